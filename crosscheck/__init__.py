@@ -1,0 +1,1 @@
+"""Cross-framework checks: ``python -m crosscheck`` and the functions the tests share."""

@@ -1,0 +1,88 @@
+"""``python -m crosscheck``: every model class in both frameworks from one seeded weight set.
+
+Prints a table (class, outputs compared, max abs diff, tolerance, round trips, status) and
+exits non-zero if any row fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+
+def _format_table(rows, reference: bool) -> str:
+    head = ["case", "class", "outputs", "max abs diff", "tol", "PT>TF>PT", "PT>h5>PT"]
+    if reference:
+        head.append("vs HF torch")
+    head += ["status", "s"]
+    lines = []
+    for r in rows:
+        rt = r.round_trip
+        cells = [
+            r.case,
+            r.architecture,
+            ",".join(r.outputs) if not r.error else "-",
+            f"{r.max_diff:.2e}" if not r.error else "-",
+            f"{r.tolerance:.0e}",
+            {True: "bit-exact", False: "DIFFERS", None: "-"}[rt.get("pt>tf>pt")],
+            {True: "bit-exact", False: "DIFFERS", None: "-"}[rt.get("pt>h5>pt")],
+        ]
+        if reference:
+            cells.append(f"{r.reference_diff:.2e}" if r.reference_diff is not None else "-")
+        cells += ["ok" if r.ok else "FAIL", f"{r.seconds:.1f}"]
+        lines.append(cells)
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *lines)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    out = [fmt.format(*head), fmt.format(*["-" * w for w in widths])]
+    out += [fmt.format(*cells) for cells in lines]
+    for r in rows:
+        if r.error:
+            out.append(f"{r.case}: {r.error}")
+    return "\n".join(out)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m crosscheck", description=__doc__)
+    parser.add_argument("--size", choices=["small", "base"], default="small", help="model size (default: small)")
+    parser.add_argument("--family", action="append", choices=["text", "audio", "vision"], help="limit to a family")
+    parser.add_argument("--case", action="append", help="run only cases whose name contains this")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--reference", choices=["hf"], help="also compare d2v torch with transformers' PyTorch classes")
+    parser.add_argument("--no-round-trips", action="store_true", help="skip the save/load round trips")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    args = parser.parse_args(argv)
+
+    from crosscheck.cases import all_cases
+    from crosscheck.runner import check_case
+
+    cases = all_cases(args.size, args.family)
+    if args.case:
+        cases = [c for c in cases if any(s in c.name for s in args.case)]
+    if not cases:
+        print("no cases selected", file=sys.stderr)
+        return 2
+    rows = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for case in cases:
+            row = check_case(case, args.seed, args.reference, with_round_trips=not args.no_round_trips)
+            rows.append(row)
+            if not args.json:
+                print(f"  {case.name}: {'ok' if row.ok else 'FAIL'} ({row.seconds:.1f}s)", file=sys.stderr, flush=True)
+    failed = [r for r in rows if not r.ok]
+    if args.json:
+        print(json.dumps({"rows": [r.to_dict() for r in rows], "failed": len(failed)}, indent=2))
+    else:
+        print(_format_table(rows, args.reference is not None))
+        print(f"\n{len(rows) - len(failed)} passed, {len(failed)} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

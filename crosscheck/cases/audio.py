@@ -1,0 +1,9 @@
+"""Audio cases (filled in with the audio family)."""
+
+from __future__ import annotations
+
+from crosscheck.cases.base import Case
+
+
+def cases(size: str = "small") -> list[Case]:
+    return []

@@ -1,0 +1,23 @@
+"""Framework-neutral core of d2v: configs, weight specs, layouts and checkpoint IO (numpy only)."""
+
+from d2v_common.configs import (
+    Data2VecAudioConfig,
+    Data2VecConfigBase,
+    Data2VecTextConfig,
+    Data2VecVisionConfig,
+    load_config,
+)
+from d2v_common.loading import LoadReport
+from d2v_common.spec import weight_spec
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Data2VecAudioConfig",
+    "Data2VecConfigBase",
+    "Data2VecTextConfig",
+    "Data2VecVisionConfig",
+    "LoadReport",
+    "load_config",
+    "weight_spec",
+]

@@ -1,0 +1,348 @@
+"""Checkpoint IO with numpy only: files in, ``{canonical name: ndarray}`` out, and back.
+
+Formats:
+
+* ``model.safetensors`` (also sharded via ``model.safetensors.index.json``): the default;
+* ``pytorch_model.bin`` (also sharded): read with ``torch.load(weights_only=True)`` and only
+  when no safetensors file is present; needs torch >= 2.6;
+* ``tf_model.h5``: HF's TF layout, read and written with h5py through the weight spec.
+
+All writes go through a temporary file and an atomic rename.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+from collections.abc import Iterable, Iterator
+
+import h5py
+import numpy as np
+
+from d2v_common import layouts
+from d2v_common.io_utils import atomic_write_bytes, atomic_write_with
+from d2v_common.spec.core import WeightSpec
+
+SAFE_WEIGHTS_NAME = "model.safetensors"
+SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
+PT_WEIGHTS_NAME = "pytorch_model.bin"
+PT_WEIGHTS_INDEX_NAME = "pytorch_model.bin.index.json"
+TF_WEIGHTS_NAME = "tf_model.h5"
+WEIGHT_FILES = (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, PT_WEIGHTS_NAME, PT_WEIGHTS_INDEX_NAME, TF_WEIGHTS_NAME)
+
+# Largest tensor we accept from a file (elements): guards against absurd shapes in hostile files.
+MAX_TENSOR_ELEMENTS = 2**34
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, unreadable, corrupt or refused."""
+
+
+def find_checkpoint(directory: str | os.PathLike, prefer: str | None = None) -> tuple[str, str]:
+    """``(format, path)`` of the weights in ``directory``: safetensors > pytorch bin > tf h5.
+
+    ``prefer`` ("safetensors" / "pt-bin" / "tf-h5") picks a format when several are present.
+    """
+    directory = os.fspath(directory)
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"checkpoint directory {directory!r} does not exist")
+    candidates = [
+        ("safetensors", SAFE_WEIGHTS_NAME),
+        ("safetensors", SAFE_WEIGHTS_INDEX_NAME),
+        ("pt-bin", PT_WEIGHTS_NAME),
+        ("pt-bin", PT_WEIGHTS_INDEX_NAME),
+        ("tf-h5", TF_WEIGHTS_NAME),
+    ]
+    if prefer is not None:
+        if prefer not in {fmt for fmt, _ in candidates}:
+            raise ValueError(f"unknown checkpoint format {prefer!r}")
+        candidates.sort(key=lambda c: c[0] != prefer)
+    for fmt, name in candidates:
+        path = os.path.join(directory, name)
+        if os.path.isfile(path):
+            return fmt, path
+    raise FileNotFoundError(f"no weights in {directory!r}: expected one of {', '.join(WEIGHT_FILES)}")
+
+
+# ------------------------------------------------------------------------------- reading
+def _check_array(name: str, array: np.ndarray) -> None:
+    if array.size > MAX_TENSOR_ELEMENTS:
+        raise CheckpointError(f"tensor {name!r} has an absurd shape {array.shape}")
+
+
+def _read_index(path: str) -> list[str]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            index = json.load(f)
+        weight_map = index["weight_map"]
+        if not isinstance(weight_map, dict):
+            raise TypeError
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{path} is not a valid shard index ({type(e).__name__})") from None
+    directory = os.path.dirname(path)
+    shards = []
+    for shard in weight_map.values():
+        if not isinstance(shard, str) or os.path.basename(shard) != shard:
+            raise CheckpointError(f"{path}: shard name {shard!r} must be a plain file name")
+        if shard not in shards:
+            shards.append(shard)
+    return [os.path.join(directory, s) for s in shards]
+
+
+def iter_safetensors(path: str) -> Iterator[tuple[str, np.ndarray]]:
+    """Yield tensors one at a time (memory stays at one tensor beyond what the caller keeps)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(path, framework="numpy") as f:
+            for name in f.keys():
+                array = f.get_tensor(name)
+                _check_array(name, array)
+                yield name, array
+    except SafetensorError as e:
+        raise CheckpointError(f"{path} is not a valid safetensors file: {e}") from None
+    except (OSError, TypeError) as e:
+        # safetensors cannot give bf16 to numpy, and reports torn files as OSError.
+        raise CheckpointError(f"cannot read {path}: {e}") from None
+
+
+def read_safetensors(path: str) -> dict[str, np.ndarray]:
+    if path.endswith(".json"):
+        out: dict[str, np.ndarray] = {}
+        for shard in _read_index(path):
+            out.update(read_safetensors(shard))
+        return out
+    return dict(iter_safetensors(path))
+
+
+def _torch():
+    """torch, imported on demand (d2v_common itself needs no framework)."""
+    try:
+        torch = importlib.import_module("torch")
+    except ImportError:
+        raise CheckpointError("reading or writing pytorch_model.bin needs torch (pip install torch==2.13.0)") from None
+    major, minor = (int(x) for x in torch.__version__.split("+")[0].split(".")[:2])
+    if (major, minor) < (2, 6):
+        raise CheckpointError(
+            f"refusing pytorch_model.bin with torch {torch.__version__}: torch >= 2.6 is needed for a safe "
+            "weights_only load"
+        )
+    return torch
+
+
+def read_pytorch_bin(path: str) -> dict[str, np.ndarray]:
+    if path.endswith(".json"):
+        out: dict[str, np.ndarray] = {}
+        for shard in _read_index(path):
+            out.update(read_pytorch_bin(shard))
+        return out
+    torch = _torch()
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises many types for hostile pickles
+        raise CheckpointError(
+            f"refused to load {path}: not a plain tensor state dict ({type(e).__name__}: {str(e)[:200]})"
+        ) from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} holds a {type(state).__name__}, not a state dict")
+    out = {}
+    for name, tensor in state.items():
+        if not isinstance(name, str) or not isinstance(tensor, torch.Tensor):
+            raise CheckpointError(f"{path}: entry {name!r} is not a named tensor")
+        tensor = tensor.detach().cpu()
+        if tensor.dtype == torch.bfloat16:  # numpy has no bfloat16; float32 holds it exactly
+            tensor = tensor.float()
+        out[name] = tensor.contiguous().numpy()
+        _check_array(name, out[name])
+    return out
+
+
+# HDF5 caps one attribute near 64 KiB; longer name lists are split as key0, key1, ... (as Keras does).
+_H5_ATTR_LIMIT = 64000
+
+
+def _h5_attr_strings(obj, key: str, path: str) -> list[str]:
+    if key in obj.attrs:
+        values = list(np.asarray(obj.attrs[key]).ravel())
+    elif f"{key}0" in obj.attrs:
+        values, i = [], 0
+        while f"{key}{i}" in obj.attrs:
+            values += list(np.asarray(obj.attrs[f"{key}{i}"]).ravel())
+            i += 1
+    else:
+        raise CheckpointError(f"{path} is not an HF tf_model.h5: attribute {key!r} missing")
+    return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in values]
+
+
+def _h5_set_attr_strings(obj, key: str, values: list[str]) -> None:
+    encoded = np.array([v.encode("utf-8") for v in values], dtype="S")
+    chunks = max(1, -(-encoded.nbytes // _H5_ATTR_LIMIT))
+    if chunks == 1:
+        obj.attrs[key] = encoded
+        return
+    for i, part in enumerate(np.array_split(encoded, chunks)):
+        obj.attrs[f"{key}{i}"] = part
+
+
+def read_tf_h5(path: str, spec: WeightSpec) -> tuple[dict[str, np.ndarray], list[str]]:
+    """HF ``tf_model.h5`` -> canonical arrays; also returns the h5 names no spec entry claims.
+
+    Only datasets inside the file are read: external links and external storage are refused.
+    """
+    by_h5 = layouts.h5_names(spec)
+    bn_counters = {layouts.h5_name(p, spec): p for p in spec.stored() if not layouts.leaf_rule(p).in_hf_h5}
+    arrays: dict[str, np.ndarray] = {}
+    unexpected: list[str] = []
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise CheckpointError(f"cannot open {path} as HDF5: {e}") from None
+    with f:
+        for group_name in _h5_attr_strings(f, "layer_names", path):
+            if group_name not in f:
+                raise CheckpointError(f"{path}: layer group {group_name!r} listed but missing")
+            group = f[group_name]
+            names = _h5_attr_strings(group, "weight_names", path)
+            listed = [(n, True) for n in names]
+            # d2v writes PyTorch-only buffers (BatchNorm counters) unlisted, so HF ignores them.
+            listed += [(n, False) for n in _unlisted_datasets(group, set(names))]
+            for full_name, is_listed in listed:
+                short = "/".join(full_name.split("/")[1:])
+                p = by_h5.get(short) if is_listed else bn_counters.get(short)
+                if p is None:
+                    if is_listed:
+                        unexpected.append(short)
+                    continue
+                dataset = _h5_dataset(group, full_name, path)
+                if int(np.prod(dataset.shape)) > MAX_TENSOR_ELEMENTS:
+                    raise CheckpointError(f"{path}: dataset {short!r} has an absurd shape {dataset.shape}")
+                array = np.asarray(dataset[()])
+                arrays[p.name] = layouts.from_keras_array(p, array) if is_listed else array
+    return arrays, unexpected
+
+
+def _unlisted_datasets(group, listed: set[str]) -> list[str]:
+    found: list[str] = []
+
+    def visit(name, obj):
+        if isinstance(obj, h5py.Dataset) and name not in listed and name.endswith("num_batches_tracked:0"):
+            found.append(name)
+
+    group.visititems(visit)
+    return found
+
+
+def _h5_dataset(group, name: str, path: str):
+    link = group.get(name, getlink=True)
+    if link is None:
+        raise CheckpointError(f"{path}: dataset {name!r} listed but missing")
+    parts = name.split("/")
+    node = group
+    for part in parts:  # refuse soft/external links anywhere on the path
+        link = node.get(part, getlink=True)
+        if not isinstance(link, h5py.HardLink):
+            raise CheckpointError(f"{path}: {name!r} goes through a {type(link).__name__}; only plain datasets are read")
+        node = node[part]
+    if not isinstance(node, h5py.Dataset):
+        raise CheckpointError(f"{path}: {name!r} is not a dataset")
+    if node.external:
+        raise CheckpointError(f"{path}: dataset {name!r} uses external storage; refused")
+    return node
+
+
+def read_checkpoint(
+    directory: str | os.PathLike, spec: WeightSpec | None = None, prefer: str | None = None
+) -> tuple[dict[str, np.ndarray], list[str], str]:
+    """Read a checkpoint directory: ``(arrays, unexpected h5 names, format)``.
+
+    ``spec`` is needed only for tf_model.h5 (its names are mapped through the spec).
+    """
+    fmt, path = find_checkpoint(directory, prefer)
+    if fmt == "safetensors":
+        return read_safetensors(path), [], fmt
+    if fmt == "pt-bin":
+        return read_pytorch_bin(path), [], fmt
+    if spec is None:
+        raise ValueError("reading tf_model.h5 needs the model's weight spec")
+    arrays, unexpected = read_tf_h5(path, spec)
+    return arrays, unexpected, fmt
+
+
+# ------------------------------------------------------------------------------- writing
+def write_safetensors(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
+    from safetensors.numpy import save
+
+    payload = {name: np.require(a, requirements="C") for name, a in arrays.items()}
+    atomic_write_bytes(path, save(payload, metadata={"format": "pt"}))
+
+
+def write_pytorch_bin(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
+    torch = _torch()
+    state = {name: torch.from_numpy(np.require(a, requirements="C")).clone() for name, a in arrays.items()}
+    atomic_write_with(path, lambda tmp: torch.save(state, tmp))
+
+
+def write_tf_h5(path: str | os.PathLike, arrays: dict[str, np.ndarray], spec: WeightSpec) -> None:
+    """Write HF's ``tf_model.h5`` layout (loadable by transformers' TF classes)."""
+    model_name = layouts.h5_model_name(spec)
+    entries = []
+    for p in spec.stored():
+        if p.name not in arrays:
+            raise ValueError(f"cannot write tf_model.h5: tensor {p.name!r} is missing")
+        rule = layouts.leaf_rule(p)
+        value = layouts.to_keras_array(p, np.asarray(arrays[p.name])) if rule.in_hf_h5 else np.asarray(arrays[p.name])
+        entries.append((layouts.h5_name(p, spec), value, rule.in_hf_h5))
+
+    def writer(tmp: str) -> None:
+        with h5py.File(tmp, "w") as f:
+            groups = layouts.h5_layer_names(spec)
+            _h5_set_attr_strings(f, "layer_names", groups)
+            f.attrs["backend"] = "tensorflow"
+            weight_names: dict[str, list[str]] = {g: [] for g in groups}
+            for short, value, listed in entries:
+                group = short.split("/")[0]
+                full = f"{model_name}/{short}"
+                f.require_group(group).create_dataset(full, data=value)
+                if listed:
+                    weight_names[group].append(full)
+            for group, names in weight_names.items():
+                _h5_set_attr_strings(f.require_group(group), "weight_names", names)
+
+    atomic_write_with(path, writer)
+
+
+def write_checkpoint(
+    directory: str | os.PathLike,
+    arrays: dict[str, np.ndarray],
+    spec: WeightSpec | None = None,
+    formats: Iterable[str] = ("safetensors",),
+) -> list[str]:
+    """Write ``arrays`` into ``directory`` in each format; returns the files written."""
+    directory = os.fspath(directory)
+    os.makedirs(directory, exist_ok=True)
+    written = []
+    for fmt in formats:
+        if fmt == "safetensors":
+            path = os.path.join(directory, SAFE_WEIGHTS_NAME)
+            write_safetensors(path, _without_tied(arrays, spec))
+        elif fmt == "pt-bin":
+            path = os.path.join(directory, PT_WEIGHTS_NAME)
+            write_pytorch_bin(path, arrays if spec is None else spec.tie(dict(arrays)))
+        elif fmt == "tf-h5":
+            if spec is None:
+                raise ValueError("writing tf_model.h5 needs the model's weight spec")
+            path = os.path.join(directory, TF_WEIGHTS_NAME)
+            write_tf_h5(path, arrays, spec)
+        else:
+            raise ValueError(f"unknown checkpoint format {fmt!r}; use safetensors, pt-bin or tf-h5")
+        written.append(path)
+    return written
+
+
+def _without_tied(arrays: dict[str, np.ndarray], spec: WeightSpec | None) -> dict[str, np.ndarray]:
+    """safetensors refuses shared storage, so tied copies are left out (HF does the same)."""
+    if spec is None:
+        return arrays
+    tied = {p.name for p in spec if p.tied_to is not None}
+    return {k: v for k, v in arrays.items() if k not in tied}

@@ -1,0 +1,98 @@
+"""The framework-neutral halves of ``from_pretrained`` / ``save_pretrained``.
+
+A model package builds its model, then asks here for a complete set of canonical arrays
+(checkpoint tensors matched to the spec, fresh values for new head tensors), or hands its
+canonical arrays here to be written. Nested-build bookkeeping lives here too, so both
+packages initialise a head model's weights exactly once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Iterator
+
+import numpy as np
+
+from d2v_common import checkpoint
+from d2v_common.configs import Data2VecConfigBase
+from d2v_common.loading import LoadReport, complete_arrays, match_checkpoint
+from d2v_common.spec.core import WeightSpec
+
+
+def load_arrays_for(
+    path: str | os.PathLike,
+    spec: WeightSpec,
+    *,
+    prefer: str | None = None,
+    ignore_mismatched_sizes: bool = False,
+    check_finite: bool = False,
+    seed: int | None = None,
+) -> tuple[dict[str, np.ndarray], LoadReport]:
+    """Every tensor of ``spec`` from the checkpoint in ``path`` (new head tensors initialised)."""
+    path = os.fspath(path)
+    arrays, unexpected, fmt = checkpoint.read_checkpoint(path, spec, prefer=prefer)
+    matched, report = match_checkpoint(
+        arrays,
+        spec,
+        ignore_mismatched_sizes=ignore_mismatched_sizes,
+        check_finite=check_finite,
+        extra_unexpected=unexpected,
+        source=f"{path} ({fmt})",
+        warn=True,
+    )
+    return complete_arrays(matched, spec, report, seed), report
+
+
+def save_arrays_for(
+    directory: str | os.PathLike,
+    arrays: dict[str, np.ndarray],
+    spec: WeightSpec,
+    config: Data2VecConfigBase,
+    formats: list[str],
+) -> list[str]:
+    """Write the weights in each format, then ``config.json`` last (each file atomic)."""
+    written = checkpoint.write_checkpoint(directory, arrays, spec, formats)
+    config.architectures = [spec.architecture]
+    written.append(config.save_pretrained(directory))
+    return written
+
+
+# ------------------------------------------------------------------------- build state
+_STATE = threading.local()
+
+
+def _depth(name: str) -> int:
+    return getattr(_STATE, name, 0)
+
+
+@contextlib.contextmanager
+def _entered(name: str) -> Iterator[None]:
+    setattr(_STATE, name, _depth(name) + 1)
+    try:
+        yield
+    finally:
+        setattr(_STATE, name, _depth(name) - 1)
+
+
+def build_nested(cls: type, *args, **kwargs):
+    """Build a model that lives inside another (a head's encoder): the outer model checks
+    and initialises all weights once, so the inner one does neither."""
+    with _entered("nested"):
+        return cls(*args, **kwargs)
+
+
+def building_nested() -> bool:
+    return _depth("nested") > 0
+
+
+@contextlib.contextmanager
+def weights_come_later() -> Iterator[None]:
+    """Build without the random initialisation (``from_pretrained`` loads weights next)."""
+    with _entered("no_init"):
+        yield
+
+
+def skip_initialisation() -> bool:
+    return _depth("no_init") > 0

@@ -1,0 +1,67 @@
+"""Framework-neutral pieces of the vision family: index tables and input checks."""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from d2v_common.configs import Data2VecVisionConfig
+
+
+@functools.lru_cache(maxsize=32)
+def relative_position_index(grid: tuple[int, int]) -> np.ndarray:
+    """(N+1, N+1) row of the relative-bias table for every (query, key) pair of a patch grid.
+
+    Patch pairs index their (dy, dx) offset; the last three rows serve CLS->patch,
+    patch->CLS and CLS->CLS.
+    """
+    gh, gw = grid
+    coords = np.stack(np.meshgrid(np.arange(gh), np.arange(gw), indexing="ij")).reshape(2, -1)
+    rel = (coords[:, :, None] - coords[:, None, :]).transpose(1, 2, 0)
+    rel[:, :, 0] += gh - 1
+    rel[:, :, 1] += gw - 1
+    rel[:, :, 0] *= 2 * gw - 1
+    rows = (2 * gh - 1) * (2 * gw - 1) + 3
+    n = gh * gw
+    index = np.zeros((n + 1, n + 1), dtype=np.int64)
+    index[1:, 1:] = rel.sum(-1)
+    index[0, :] = rows - 3
+    index[:, 0] = rows - 2
+    index[0, 0] = rows - 1
+    index.setflags(write=False)
+    return index
+
+
+def stochastic_depth_rates(config: Data2VecVisionConfig) -> list[float]:
+    """Drop-path rate per layer, rising linearly from 0 to ``drop_path_rate``."""
+    n = config.num_hidden_layers
+    return [float(x) for x in np.linspace(0.0, config.drop_path_rate, n, dtype=np.float32)]
+
+
+def check_pixel_values(
+    config: Data2VecVisionConfig, shape: tuple, dtype: str, interpolate_pos_encoding: bool
+) -> tuple[int, int]:
+    """Validate an NCHW batch; returns its patch grid."""
+    if len(shape) != 4:
+        raise ValueError(f"pixel_values must be 4-D (batch, channels, height, width), got shape {tuple(shape)}")
+    if not any(k in dtype for k in ("float", "half", "bfloat")):
+        raise TypeError(f"pixel_values must be floating point, got {dtype}")
+    batch, channels, height, width = shape
+    if batch == 0:
+        raise ValueError("pixel_values is an empty batch")
+    if channels != config.num_channels:
+        raise ValueError(
+            f"pixel_values has {channels} channels but the model expects num_channels={config.num_channels} "
+            "(pixel_values must be NCHW)"
+        )
+    ph, pw = config.patch_size_hw
+    if height < ph or width < pw:
+        raise ValueError(f"image {height}x{width} is smaller than one patch ({ph}x{pw})")
+    if not interpolate_pos_encoding and (height, width) != config.image_size_hw:
+        h, w = config.image_size_hw
+        raise ValueError(
+            f"input image size ({height}x{width}) doesn't match the model ({h}x{w}); "
+            "pass interpolate_pos_encoding=True to run at another size"
+        )
+    return height // ph, width // pw

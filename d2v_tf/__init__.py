@@ -1,0 +1,30 @@
+"""Data2Vec in Keras 3 (TensorFlow backend), with HF's class names, arguments and outputs."""
+
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import keras  # noqa: E402
+
+if keras.backend.backend() != "tensorflow":
+    raise ImportError(f"d2v_tf needs Keras 3 with the TensorFlow backend; KERAS_BACKEND is {keras.backend.backend()!r}")
+
+from d2v_common.configs import Data2VecAudioConfig, Data2VecTextConfig, Data2VecVisionConfig  # noqa: E402
+from d2v_tf.base import TFData2VecPreTrainedModel  # noqa: E402
+from d2v_tf.vision import (  # noqa: E402
+    TFData2VecVisionForImageClassification,
+    TFData2VecVisionForSemanticSegmentation,
+    TFData2VecVisionModel,
+    TFData2VecVisionPreTrainedModel,
+)
+
+__all__ = [
+    "Data2VecAudioConfig",
+    "Data2VecTextConfig",
+    "Data2VecVisionConfig",
+    "TFData2VecPreTrainedModel",
+    "TFData2VecVisionForImageClassification",
+    "TFData2VecVisionForSemanticSegmentation",
+    "TFData2VecVisionModel",
+    "TFData2VecVisionPreTrainedModel",
+]

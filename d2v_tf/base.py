@@ -1,0 +1,233 @@
+"""What every d2v Keras model shares: variables named by the weight spec, loading, saving,
+and Keras training with the built-in loss. Twin of ``d2v_torch/base.py``."""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+from typing import Any
+
+import keras
+import numpy as np
+
+from d2v_common import layouts
+from d2v_common.configs import CONFIG_CLASSES, Data2VecConfigBase
+from d2v_common.pretrained import (
+    building_nested,
+    load_arrays_for,
+    save_arrays_for,
+    skip_initialisation,
+    weights_come_later,
+)
+from d2v_common.spec import ARCHITECTURES, WeightSpec, weight_spec
+
+
+def _architecture_of(cls: type) -> str:
+    for klass in cls.__mro__:
+        if klass.__name__.startswith("TF") and klass.__name__[2:] in ARCHITECTURES:
+            return klass.__name__[2:]
+    raise TypeError(f"{cls.__name__} is not a Data2Vec architecture")
+
+
+def _snake_case(name: str) -> str:
+    s = re.sub(r"(.)([A-Z][a-z0-9]+)", r"\1_\2", name)
+    return re.sub(r"([a-z])([A-Z])", r"\1_\2", s).lower()
+
+
+def named_variables(layer: keras.layers.Layer, prefix: str = "") -> dict[str, keras.Variable]:
+    """Variables by attribute path (``encoder.layer.0.attention.query.kernel``), the Keras
+    counterpart of ``torch.nn.Module.state_dict()`` keys."""
+    out: dict[str, keras.Variable] = {}
+
+    def walk(value: Any, path: str) -> None:
+        if isinstance(value, keras.Variable):
+            out[path] = value
+        elif isinstance(value, keras.layers.Layer):
+            for attr, child in vars(value).items():
+                if not attr.startswith("_"):
+                    walk(child, f"{path}.{attr}" if path else attr)
+        elif isinstance(value, (list, tuple)):
+            for i, child in enumerate(value):
+                walk(child, f"{path}.{i}")
+
+    for attr, child in vars(layer).items():
+        if not attr.startswith("_"):
+            walk(child, f"{prefix}{attr}")
+    return out
+
+
+def unpack_inputs(call):
+    """Let ``call`` take its inputs as one dict (``model({"pixel_values": x, "labels": y})``),
+    as Keras passes them from ``fit``."""
+
+    @functools.wraps(call)
+    def wrapper(self, *args, **kwargs):
+        if args and isinstance(args[0], dict):
+            merged = dict(args[0])
+            overlap = set(merged) & set(kwargs)
+            if overlap:
+                raise TypeError(f"inputs given twice: {sorted(overlap)}")
+            return call(self, *args[1:], **merged, **kwargs)
+        return call(self, *args, **kwargs)
+
+    return wrapper
+
+
+class TFData2VecPreTrainedModel(keras.Model):
+    """Base of the Keras classes. Subclasses set ``config_class`` and ``main_input_name``, hold
+    their layers under the PyTorch module names, and call ``post_init()`` last."""
+
+    config_class: type[Data2VecConfigBase] = Data2VecConfigBase
+    base_model_prefix = ""
+    main_input_name = ""
+
+    def __init__(self, config: Data2VecConfigBase, **kwargs: Any):
+        if not isinstance(config, self.config_class):
+            raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__}")
+        kwargs.setdefault("name", _snake_case(type(self).__name__))
+        super().__init__(**kwargs)
+        self.config = config
+        self.spec: WeightSpec = weight_spec(config, _architecture_of(type(self)))
+
+    @property
+    def architecture(self) -> str:
+        return _architecture_of(type(self))
+
+    # ----------------------------------------------------------------- weights <-> spec
+    def _keras_variables(self) -> dict[str, keras.Variable]:
+        return named_variables(self)
+
+    def post_init(self) -> None:
+        """Check the variables against the spec, then initialise them from it."""
+        if building_nested():
+            return
+        names = set(self._keras_variables())
+        expected = {layouts.keras_name(p) for p in self.spec.stored()}
+        if names != expected:
+            raise RuntimeError(
+                f"{type(self).__name__} does not match its weight spec: extra {sorted(names - expected)[:5]}, "
+                f"missing {sorted(expected - names)[:5]}"
+            )
+        self.built = True
+        if not skip_initialisation():
+            self.load_arrays(self.spec.init_arrays(int(np.random.randint(0, 2**31 - 1))))
+
+    def load_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        """Assign canonical arrays (every stored spec name) through the layout rules."""
+        variables = self._keras_variables()
+        for p in self.spec.stored():
+            if p.name not in arrays:
+                raise ValueError(f"{type(self).__name__}: no value for {p.name}")
+            value = layouts.to_keras_array(p, np.asarray(arrays[p.name]))
+            variables[layouts.keras_name(p)].assign(value.astype(p.dtype, copy=False))
+
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        """Canonical numpy arrays of every tensor (tied copies included)."""
+        variables = self._keras_variables()
+        out = {
+            p.name: layouts.from_keras_array(p, np.asarray(variables[layouts.keras_name(p)].numpy()))
+            for p in self.spec.stored()
+        }
+        return self.spec.tie(out)
+
+    # -------------------------------------------------------------------- checkpoints
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike,
+        *,
+        config: Data2VecConfigBase | None = None,
+        ignore_mismatched_sizes: bool = False,
+        check_finite: bool = False,
+        output_loading_info: bool = False,
+        checkpoint_format: str | None = None,
+        **config_overrides: Any,
+    ):
+        """Load ``model.safetensors``, ``pytorch_model.bin`` or HF's ``tf_model.h5`` (first
+        found, in that order). Keyword arguments override config fields, as in HF."""
+        path = os.fspath(pretrained_model_name_or_path)
+        if config is None:
+            config = cls.config_class.from_pretrained(path, **config_overrides)
+        elif config_overrides:
+            config = config.copy(**config_overrides)
+        with weights_come_later():
+            model = cls(config)
+        arrays, report = load_arrays_for(
+            path,
+            model.spec,
+            prefer=checkpoint_format,
+            ignore_mismatched_sizes=ignore_mismatched_sizes,
+            check_finite=check_finite,
+            seed=int(np.random.randint(0, 2**31 - 1)),
+        )
+        model.load_arrays(arrays)
+        del arrays
+        model.load_report = report
+        return (model, report) if output_loading_info else model
+
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        safe_serialization: bool = True,
+        tf_h5: bool = False,
+    ) -> list[str]:
+        """Write ``model.safetensors`` (or ``pytorch_model.bin``), plus HF's ``tf_model.h5`` with
+        ``tf_h5=True`` (loadable by transformers' TF classes), then ``config.json`` last."""
+        formats = ["safetensors" if safe_serialization else "pt-bin"] + (["tf-h5"] if tf_h5 else [])
+        return save_arrays_for(save_directory, self.state_arrays(), self.spec, self.config, formats)
+
+    # ------------------------------------------------------------ Keras serialisation
+    def get_config(self) -> dict:
+        return {"name": self.name, "trainable": self.trainable, "config": self.config.to_dict()}
+
+    @classmethod
+    def from_config(cls, config: dict):
+        config = dict(config)
+        data = config.pop("config")
+        config_cls = CONFIG_CLASSES.get(data.get("model_type"), cls.config_class)
+        config.pop("dtype", None)
+        return cls(config_cls.from_dict(data), **config)
+
+    # ----------------------------------------------------------------- Keras training
+    def loss_from_outputs(self, outputs, labels):
+        """The head's built-in loss from its outputs and labels (heads override)."""
+        raise NotImplementedError(f"{type(self).__name__} has no built-in loss")
+
+    def _labels(self, x, y):
+        if y is not None:
+            return y
+        return x.get("labels") if isinstance(x, dict) else None
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """The built-in loss unless a loss was given to ``compile``."""
+        if getattr(self, "_compile_loss", None) is not None:
+            return super().compute_loss(x, y, self.metric_outputs(y_pred), sample_weight, training)
+        if getattr(y_pred, "loss", None) is not None:
+            return y_pred.loss
+        labels = self._labels(x, y)
+        if labels is None:
+            raise ValueError(f"{type(self).__name__}: fit/evaluate needs labels, as y or as x['labels']")
+        return self.loss_from_outputs(y_pred, labels)
+
+    def metric_outputs(self, outputs):
+        """What compiled metrics (and a compiled loss) see: the logits."""
+        return outputs.logits
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        return super().compute_metrics(x, self._labels(x, y), self.metric_outputs(y_pred), sample_weight)
+
+    def predict_step(self, data):
+        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+        return dict(self(x, training=False))
+
+    # ------------------------------------------------------------------------ helpers
+    def num_parameters(self) -> int:
+        return self.spec.num_parameters()
+
+    def _flag(self, value: bool | None, name: str) -> bool:
+        return getattr(self.config, name) if value is None else value
+
+    @property
+    def _return_dict_default(self) -> bool:
+        return self.config.use_return_dict

@@ -1,0 +1,357 @@
+"""Blocks shared by the three Keras families, twin of ``d2v_torch/layers.py``.
+
+The primitive layers take PyTorch-style constructor arguments (``Linear(in, out)``) and create
+their variables in ``__init__`` (shapes come from the config), named with Keras leaves
+(``kernel``, ``bias``, ``gamma`` ...). A model's variable paths are its attribute paths, so they
+equal the weight spec's module paths (see ``d2v_tf.base.named_variables``).
+
+Convolutions run channels-last (TensorFlow's CPU kernels want NHWC / NWC).
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import ops
+
+from d2v_common.configs import ACTIVATIONS
+from d2v_common.interpolation import resize_matrices
+from d2v_common.losses import infer_problem_type
+
+# --------------------------------------------------------------------------- primitives
+
+
+class Layer(keras.layers.Layer):
+    """Base of every d2v Keras layer: weights are created in ``__init__`` (their shapes come
+    from the config), so building is a no-op."""
+
+    def build(self, *args, **kwargs):
+        self.built = True
+
+
+class Linear(Layer):
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        self.kernel = self.add_weight(shape=(in_features, out_features), initializer="zeros", name="kernel")
+        self.bias = self.add_weight(shape=(out_features,), initializer="zeros", name="bias") if bias else None
+
+    def call(self, x):
+        y = ops.matmul(x, self.kernel)
+        return y + self.bias if self.bias is not None else y
+
+
+class Embedding(Layer):
+    def __init__(self, num_embeddings: int, dim: int, **kwargs):
+        super().__init__(**kwargs)
+        self.num_embeddings = num_embeddings
+        self.embeddings = self.add_weight(shape=(num_embeddings, dim), initializer="zeros", name="embeddings")
+
+    def call(self, ids):
+        return ops.take(self.embeddings, ops.cast(ids, "int32"), axis=0)
+
+
+class LayerNorm(Layer):
+    """LayerNorm over the last axis, computed in float32 (stable under mixed precision)."""
+
+    def __init__(self, dim: int, eps: float = 1e-5, affine: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        self.eps = eps
+        self.gamma = self.add_weight(shape=(dim,), initializer="ones", name="gamma") if affine else None
+        self.beta = self.add_weight(shape=(dim,), initializer="zeros", name="beta") if affine else None
+
+    def call(self, x):
+        dtype = x.dtype
+        x = ops.cast(x, "float32")
+        mean = ops.mean(x, axis=-1, keepdims=True)
+        var = ops.mean(ops.square(x - mean), axis=-1, keepdims=True)
+        y = (x - mean) * ops.rsqrt(var + self.eps)
+        if self.gamma is not None:
+            y = y * ops.cast(self.gamma, "float32") + ops.cast(self.beta, "float32")
+        return ops.cast(y, dtype)
+
+
+class BatchNorm(Layer):
+    """BatchNorm over the last (channel) axis with PyTorch's semantics: batch statistics in
+    training (biased variance to normalise, unbiased to update the running variance),
+    running statistics in inference, momentum 0.1, and a batch counter."""
+
+    def __init__(self, dim: int, eps: float = 1e-5, momentum: float = 0.1, **kwargs):
+        super().__init__(**kwargs)
+        self.eps, self.momentum = eps, momentum
+        self.gamma = self.add_weight(shape=(dim,), initializer="ones", name="gamma")
+        self.beta = self.add_weight(shape=(dim,), initializer="zeros", name="beta")
+        self.moving_mean = self.add_weight(shape=(dim,), initializer="zeros", name="moving_mean", trainable=False)
+        self.moving_variance = self.add_weight(
+            shape=(dim,), initializer="ones", name="moving_variance", trainable=False
+        )
+        self.num_batches_tracked = self.add_weight(
+            shape=(), initializer="zeros", dtype="int64", name="num_batches_tracked", trainable=False
+        )
+
+    def call(self, x, training=False):
+        dtype = x.dtype
+        x = ops.cast(x, "float32")
+        if training:
+            axes = list(range(len(x.shape) - 1))
+            mean = ops.mean(x, axis=axes)
+            var = ops.mean(ops.square(x - mean), axis=axes)
+            n = ops.cast(ops.prod(ops.shape(x)[:-1]), "float32")
+            unbiased = var * n / ops.maximum(n - 1.0, 1.0)
+            m = self.momentum
+            self.moving_mean.assign((1 - m) * self.moving_mean + m * mean)
+            self.moving_variance.assign((1 - m) * self.moving_variance + m * unbiased)
+            self.num_batches_tracked.assign_add(ops.cast(1, "int64"))
+        else:
+            mean, var = ops.cast(self.moving_mean, "float32"), ops.cast(self.moving_variance, "float32")
+        y = (x - mean) * ops.rsqrt(var + self.eps) * ops.cast(self.gamma, "float32") + ops.cast(self.beta, "float32")
+        return ops.cast(y, dtype)
+
+
+def _pair(v) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+class Conv1d(Layer):
+    """1-D convolution on (B, T, C) with PyTorch's zero padding and groups."""
+
+    def __init__(self, in_ch, out_ch, kernel_size, stride=1, padding=0, dilation=1, groups=1, bias=True, **kwargs):
+        super().__init__(**kwargs)
+        self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
+        self.kernel = self.add_weight(shape=(kernel_size, in_ch // groups, out_ch), initializer="zeros", name="kernel")
+        self.bias = self.add_weight(shape=(out_ch,), initializer="zeros", name="bias") if bias else None
+
+    def call(self, x):
+        if self.padding:
+            x = ops.pad(x, [[0, 0], [self.padding, self.padding], [0, 0]])
+        y = tf.nn.conv1d(x, ops.cast(self.kernel, x.dtype), stride=self.stride, padding="VALID", dilations=self.dilation)
+        return y + self.bias if self.bias is not None else y
+
+
+class Conv2d(Layer):
+    """2-D convolution on NHWC with PyTorch's symmetric zero padding."""
+
+    def __init__(self, in_ch, out_ch, kernel_size, stride=1, padding=0, dilation=1, bias=True, **kwargs):
+        super().__init__(**kwargs)
+        kh, kw = _pair(kernel_size)
+        self.stride, self.padding, self.dilation = _pair(stride), _pair(padding), _pair(dilation)
+        self.kernel = self.add_weight(shape=(kh, kw, in_ch, out_ch), initializer="zeros", name="kernel")
+        self.bias = self.add_weight(shape=(out_ch,), initializer="zeros", name="bias") if bias else None
+
+    def call(self, x):
+        ph, pw = self.padding
+        if ph or pw:
+            x = ops.pad(x, [[0, 0], [ph, ph], [pw, pw], [0, 0]])
+        y = tf.nn.conv2d(x, ops.cast(self.kernel, x.dtype), strides=self.stride, padding="VALID", dilations=self.dilation)
+        return y + self.bias if self.bias is not None else y
+
+
+class ConvTranspose2d(Layer):
+    """Transposed convolution with kernel == stride (non-overlapping), on NHWC."""
+
+    def __init__(self, in_ch, out_ch, kernel_size, stride, **kwargs):
+        super().__init__(**kwargs)
+        kh, kw = _pair(kernel_size)
+        if _pair(stride) != (kh, kw):
+            raise ValueError("ConvTranspose2d here supports stride == kernel_size only")
+        self.kernel = self.add_weight(shape=(kh, kw, out_ch, in_ch), initializer="zeros", name="kernel")
+        self.bias = self.add_weight(shape=(out_ch,), initializer="zeros", name="bias")
+
+    def call(self, x):
+        b, h, w, _ = ops.shape(x)
+        kh, kw, out_ch, _ = self.kernel.shape
+        # Each input pixel writes its own kh x kw block: a matmul then a depth-to-space.
+        y = ops.einsum("bhwi,pqoi->bhpwqo", x, ops.cast(self.kernel, x.dtype))
+        y = ops.reshape(y, (b, h * kh, w * kw, out_ch))
+        return y + self.bias
+
+
+class Dropout(Layer):
+    def __init__(self, rate: float, **kwargs):
+        super().__init__(**kwargs)
+        self.rate = rate
+        self.seed_generator = keras.random.SeedGenerator() if rate > 0 else None
+
+    def call(self, x, training=False):
+        if not training or self.rate == 0.0:
+            return x
+        return keras.random.dropout(x, self.rate, seed=self.seed_generator)
+
+
+class DropPath(Layer):
+    """Stochastic depth: in training, drop a sample's residual branch with probability ``p``."""
+
+    def __init__(self, p: float, **kwargs):
+        super().__init__(**kwargs)
+        self.p = p
+        self.seed_generator = keras.random.SeedGenerator() if p > 0 else None
+
+    def call(self, x, training=False):
+        if not training or self.p == 0.0:
+            return x
+        keep = 1.0 - self.p
+        shape = (ops.shape(x)[0],) + (1,) * (len(x.shape) - 1)
+        mask = ops.floor(keep + keras.random.uniform(shape, dtype=x.dtype, seed=self.seed_generator))
+        return x / keep * mask
+
+
+# --------------------------------------------------------------------------- activations
+
+
+def _gelu_tanh(x):
+    return 0.5 * x * (1.0 + ops.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * ops.power(x, 3.0))))
+
+
+def _gelu_erf(x):
+    return x * 0.5 * (1.0 + tf.math.erf(x / math.sqrt(2.0)))
+
+
+_ACTIVATION_FNS = {
+    "gelu": _gelu_erf,
+    "gelu_python": _gelu_erf,
+    "gelu_10": lambda x: ops.clip(_gelu_erf(x), -10.0, 10.0),
+    "gelu_new": _gelu_tanh,
+    "gelu_fast": lambda x: 0.5 * x * (1.0 + ops.tanh(x * 0.7978845608 * (1.0 + 0.044715 * x * x))),
+    "gelu_pytorch_tanh": _gelu_tanh,
+    "gelu_python_tanh": _gelu_tanh,
+    "gelu_accurate": _gelu_tanh,
+    "quick_gelu": lambda x: x * ops.sigmoid(1.702 * x),
+    "laplace": lambda x: 0.5 * (1.0 + tf.math.erf((x - 0.707107) / (0.282095 * math.sqrt(2.0)))),
+    "leaky_relu": lambda x: ops.leaky_relu(x, 0.01),
+    "linear": lambda x: x,
+    "mish": lambda x: x * ops.tanh(ops.softplus(x)),
+    "relu": ops.relu,
+    "relu2": lambda x: ops.square(ops.relu(x)),
+    "relu6": ops.relu6,
+    "sigmoid": ops.sigmoid,
+    "silu": ops.silu,
+    "swish": ops.silu,
+    "tanh": ops.tanh,
+}
+assert set(_ACTIVATION_FNS) == set(ACTIVATIONS)
+
+
+class Activation(Layer):
+    """An activation chosen by its HF name (the config validates the name)."""
+
+    def __init__(self, function: str, **kwargs):
+        super().__init__(**kwargs)
+        self.function = function
+        self.fn = _ACTIVATION_FNS[function]
+
+    def call(self, x):
+        return self.fn(x)
+
+
+# ----------------------------------------------------------------------------- attention
+
+
+def split_heads(x, num_heads: int):
+    """(B, T, H*D) -> (B, H, T, D)."""
+    b, t = ops.shape(x)[0], ops.shape(x)[1]
+    return ops.transpose(ops.reshape(x, (b, t, num_heads, -1)), (0, 2, 1, 3))
+
+
+def merge_heads(x):
+    """(B, H, T, D) -> (B, T, H*D)."""
+    b, h, t, d = ops.shape(x)
+    return ops.reshape(ops.transpose(x, (0, 2, 1, 3)), (b, t, h * d))
+
+
+def attention(query, key, value, bias=None, head_mask=None, dropout=None, training=False, need_weights=False,
+              scale=None):
+    """Scaled dot-product attention on (B, H, T, D); softmax in float32.
+
+    ``dropout`` is a ``Dropout`` layer (or None) applied to the weights in training.
+    Returns (context (B, T, H*D), weights or None).
+    """
+    scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
+    scores = ops.matmul(query, ops.transpose(key, (0, 1, 3, 2))) * ops.cast(scale, query.dtype)
+    scores = ops.cast(scores, "float32")
+    if bias is not None:
+        scores = scores + ops.cast(bias, "float32")
+    weights = ops.cast(ops.softmax(scores, axis=-1), query.dtype)
+    probs = dropout(weights, training=training) if dropout is not None else weights
+    if head_mask is not None:
+        probs = probs * ops.cast(head_mask, probs.dtype)
+    context = merge_heads(ops.matmul(probs, value))
+    if not need_weights:
+        return context, None
+    return context, weights if head_mask is None else probs
+
+
+def padding_bias(mask, dtype="float32"):
+    """(B, S) keep-mask -> additive (B, 1, 1, S) bias: 0 or float32's minimum."""
+    mask = ops.cast(mask, "float32")[:, None, None, :]
+    return (1.0 - mask) * np.finfo(np.float32).min
+
+
+def expand_head_mask(head_mask, num_layers: int):
+    """(heads,) or (layers, heads) keep-mask -> one (1, H, 1, 1) mask per layer."""
+    if head_mask is None:
+        return [None] * num_layers
+    head_mask = ops.convert_to_tensor(head_mask, "float32")
+    if len(head_mask.shape) == 1:
+        return [head_mask[None, :, None, None]] * num_layers
+    if len(head_mask.shape) != 2:
+        raise ValueError(f"head_mask must have shape (num_heads,) or (num_layers, num_heads), got {tuple(head_mask.shape)}")
+    if head_mask.shape[0] != num_layers:
+        raise ValueError(f"head_mask has {head_mask.shape[0]} layers, the model has {num_layers}")
+    return [head_mask[i][None, :, None, None] for i in range(num_layers)]
+
+
+# ------------------------------------------------------------------------------ resizing
+
+
+def resize2d(x, size: tuple[int, int], mode: str = "bilinear"):
+    """Resize NHWC maps like ``torch.nn.functional.interpolate`` (align_corners=False) or
+    ``adaptive_avg_pool2d`` (mode "adaptive_avg"), via ``d2v_common.interpolation``."""
+    in_hw = (int(x.shape[1]), int(x.shape[2]))
+    size = (int(size[0]), int(size[1]))
+    if in_hw == size and mode != "bicubic":
+        return x
+    mh, mw = resize_matrices(in_hw, size, mode)
+    dtype = x.dtype
+    mh, mw = ops.cast(mh, dtype), ops.cast(mw, dtype)
+    return ops.einsum("oh,bhwc,pw->bopc", mh, x, mw)
+
+
+# -------------------------------------------------------------------------------- losses
+
+
+def cross_entropy(logits, labels, ignore_index: int = -100):
+    """Mean cross-entropy (classes on the last axis) over labels != ignore_index, in float32.
+
+    Ignored positions are replaced by class 0 before the lookup, then masked out, so an ignore
+    index such as 255 never indexes past the classes.
+    """
+    logits = ops.cast(logits, "float32")
+    labels = ops.cast(labels, "int32")
+    valid = ops.not_equal(labels, ignore_index)
+    safe = ops.where(valid, labels, ops.zeros_like(labels))
+    log_probs = ops.log_softmax(logits, axis=-1)
+    picked = ops.take_along_axis(log_probs, ops.expand_dims(safe, -1), axis=-1)[..., 0]
+    validf = ops.cast(valid, "float32")
+    # Like torch: an all-ignored batch gives NaN (0 / 0).
+    return -ops.sum(picked * validf) / ops.sum(validf)
+
+
+def classification_loss(logits, labels, config):
+    """HF's sequence / image classification loss (regression, single- or multi-label).
+
+    A config without ``problem_type`` gets one on first use, as in HF.
+    """
+    if config.problem_type is None:
+        config.problem_type = infer_problem_type(config.num_labels, keras.backend.standardize_dtype(labels.dtype))
+    logits = ops.cast(logits, "float32")
+    if config.problem_type == "regression":
+        labels = ops.cast(labels, "float32")
+        if config.num_labels == 1:
+            return ops.mean(ops.square(ops.squeeze(logits) - ops.squeeze(labels)))
+        return ops.mean(ops.square(logits - labels))
+    if config.problem_type == "single_label_classification":
+        return cross_entropy(ops.reshape(logits, (-1, config.num_labels)), ops.reshape(labels, (-1,)))
+    labels = ops.cast(labels, "float32")
+    return ops.mean(ops.maximum(logits, 0.0) - logits * labels + ops.log1p(ops.exp(-ops.abs(logits))))

@@ -1,0 +1,179 @@
+"""What every d2v PyTorch model shares: construction from the weight spec, loading, saving."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from d2v_common.configs import Data2VecConfigBase
+from d2v_common.pretrained import building_nested, load_arrays_for, save_arrays_for
+from d2v_common.spec import ARCHITECTURES, WeightSpec, weight_spec
+
+
+def _architecture_of(cls: type) -> str:
+    """The HF class name this class implements (the nearest d2v class in its MRO)."""
+    for klass in cls.__mro__:
+        if klass.__name__ in ARCHITECTURES:
+            return klass.__name__
+    raise TypeError(f"{cls.__name__} is not a Data2Vec architecture")
+
+
+def _torch_seed() -> int:
+    """A seed drawn from torch's RNG, so ``torch.manual_seed`` makes fresh models reproducible."""
+    return int(torch.randint(0, 2**31 - 1, ()).item())
+
+
+class Data2VecPreTrainedModel(nn.Module):
+    """Base of the 15 PyTorch classes. Subclasses set ``config_class`` and ``main_input_name``,
+    build their modules so that ``state_dict()`` keys equal the weight spec's names, and call
+    ``post_init()`` last."""
+
+    config_class: type[Data2VecConfigBase] = Data2VecConfigBase
+    base_model_prefix = ""
+    main_input_name = ""
+    supports_gradient_checkpointing = True
+
+    def __init__(self, config: Data2VecConfigBase):
+        if not isinstance(config, self.config_class):
+            raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__}")
+        super().__init__()
+        self.config = config
+        self.spec: WeightSpec = weight_spec(config, _architecture_of(type(self)))
+
+    @property
+    def architecture(self) -> str:
+        return _architecture_of(type(self))
+
+    # ----------------------------------------------------------------- weights <-> spec
+    def post_init(self) -> None:
+        """Check the module tree against the spec, then initialise every tensor from it."""
+        if building_nested():
+            return  # nested in a head: the head checks and initialises everything
+        names = set(self.state_dict().keys())
+        expected = set(self.spec.names())
+        if names != expected:
+            raise RuntimeError(
+                f"{type(self).__name__} does not match its weight spec: extra {sorted(names - expected)[:5]}, "
+                f"missing {sorted(expected - names)[:5]}"
+            )
+        if any(p.is_meta for p in self.parameters()):
+            return  # built for from_pretrained: weights come from the checkpoint
+        self.load_arrays(self.spec.init_arrays(_torch_seed()))
+
+    def tie_weights(self) -> None:
+        """Re-share tied tensors (the LM decoder and the word embeddings); heads override."""
+
+    def load_arrays(self, arrays: dict[str, np.ndarray], assign: bool = False) -> None:
+        """Load canonical arrays (every spec name; tied copies may be omitted)."""
+        arrays = self.spec.tie(dict(arrays))
+        missing = [n for n in self.spec.names() if n not in arrays]
+        if missing:
+            raise ValueError(f"{type(self).__name__}: no value for {missing[:5]}")
+        state = {}
+        for p in self.spec:
+            array = np.asarray(arrays[p.name])
+            if tuple(array.shape) != p.shape:
+                raise ValueError(f"{p.name}: got shape {tuple(array.shape)}, expected {p.shape}")
+            if not array.flags.writeable:
+                array = array.copy()
+            state[p.name] = torch.from_numpy(np.require(array, requirements="C"))
+        if not assign:
+            dtypes = {k: v.dtype for k, v in self.state_dict().items()}
+            state = {k: v.to(dtypes[k]) for k, v in state.items()}
+        self.load_state_dict(state, strict=True, assign=assign)
+        self.tie_weights()
+
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        """Canonical numpy copies of every tensor (tied copies included), float32 for bf16/fp16."""
+        out = {}
+        for name, tensor in self.state_dict().items():
+            t = tensor.detach().cpu()
+            if t.dtype in (torch.bfloat16, torch.float16):
+                t = t.float()
+            out[name] = t.numpy().copy()
+        return out
+
+    # -------------------------------------------------------------------- checkpoints
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike,
+        *,
+        config: Data2VecConfigBase | None = None,
+        ignore_mismatched_sizes: bool = False,
+        check_finite: bool = False,
+        output_loading_info: bool = False,
+        checkpoint_format: str | None = None,
+        torch_dtype: torch.dtype | None = None,
+        **config_overrides: Any,
+    ):
+        """Load ``model.safetensors``, ``pytorch_model.bin`` or ``tf_model.h5`` (first found, in
+        that order) from a directory. Keyword arguments override config fields, as in HF."""
+        path = os.fspath(pretrained_model_name_or_path)
+        if config is None:
+            config = cls.config_class.from_pretrained(path, **config_overrides)
+        elif config_overrides:
+            config = config.copy(**config_overrides)
+        with torch.device("meta"):  # no memory, no random init: the checkpoint fills it
+            model = cls(config)
+        arrays, report = load_arrays_for(
+            path,
+            model.spec,
+            prefer=checkpoint_format,
+            ignore_mismatched_sizes=ignore_mismatched_sizes,
+            check_finite=check_finite,
+            seed=_torch_seed(),
+        )
+        model.load_arrays(arrays, assign=True)
+        del arrays
+        if torch_dtype is not None:
+            model.to(torch_dtype)
+        model.eval()
+        model.load_report = report
+        return (model, report) if output_loading_info else model
+
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        safe_serialization: bool = True,
+        tf_h5: bool = False,
+    ) -> list[str]:
+        """Write the weights (safetensors, or pytorch_model.bin when ``safe_serialization=False``;
+        also HF's tf_model.h5 with ``tf_h5=True``), then ``config.json`` last."""
+        formats = ["safetensors" if safe_serialization else "pt-bin"] + (["tf-h5"] if tf_h5 else [])
+        return save_arrays_for(save_directory, self.state_arrays(), self.spec, self.config, formats)
+
+    # ------------------------------------------------------------------------ helpers
+    def num_parameters(self, only_trainable: bool = False) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not only_trainable)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    def gradient_checkpointing_enable(self) -> None:
+        """Recompute encoder layers in the backward pass (same gradients, less memory)."""
+        for module in self.modules():
+            if hasattr(module, "gradient_checkpointing"):
+                module.gradient_checkpointing = True
+
+    def gradient_checkpointing_disable(self) -> None:
+        for module in self.modules():
+            if hasattr(module, "gradient_checkpointing"):
+                module.gradient_checkpointing = False
+
+    def _flag(self, value: bool | None, name: str) -> bool:
+        """A call argument, falling back to the config's default (``output_attentions`` ...)."""
+        return getattr(self.config, name) if value is None else value
+
+    @property
+    def _return_dict_default(self) -> bool:
+        return self.config.use_return_dict
