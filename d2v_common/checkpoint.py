@@ -219,6 +219,10 @@ def read_tf_h5(path: str, spec: WeightSpec) -> tuple[dict[str, np.ndarray], list
                     raise CheckpointError(f"{path}: dataset {short!r} has an absurd shape {dataset.shape}")
                 array = np.asarray(dataset[()])
                 arrays[p.name] = layouts.from_keras_array(p, array) if is_listed else array
+    # HF's own files lack PyTorch-only buffers (BatchNorm counters): they start from zero,
+    # as HF's TF -> PT conversion leaves them.
+    for p in bn_counters.values():
+        arrays.setdefault(p.name, np.zeros(p.shape, dtype=p.dtype))
     return arrays, unexpected
 
 

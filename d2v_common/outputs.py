@@ -33,6 +33,10 @@ class ModelOutput(OrderedDict):
                 super().pop(name, None)
             else:
                 super().__setitem__(name, value)
+                # keep field order whatever order fields are set in (loss is often set last)
+                for later in self.fields[self.fields.index(name) + 1 :]:
+                    if later in self:
+                        self.move_to_end(later)
         object.__setattr__(self, name, value)
 
     def __setitem__(self, key: str, value: Any) -> None:
