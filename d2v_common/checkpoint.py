@@ -21,7 +21,7 @@ import h5py
 import numpy as np
 
 from d2v_common import layouts
-from d2v_common.io_utils import atomic_write_bytes, atomic_write_with
+from d2v_common.io_utils import atomic_write_with, write_files_transactionally
 from d2v_common.spec.core import WeightSpec
 
 SAFE_WEIGHTS_NAME = "model.safetensors"
@@ -274,21 +274,22 @@ def read_checkpoint(
 
 
 # ------------------------------------------------------------------------------- writing
-def write_safetensors(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
-    from safetensors.numpy import save
+# ``_dump_*`` write one format to a given (temporary) path; the public writers and
+# ``write_checkpoint`` wrap them in atomic renames.
+def _dump_safetensors(path: str, arrays: dict[str, np.ndarray]) -> None:
+    from safetensors.numpy import save_file
 
     payload = {name: np.require(a, requirements="C") for name, a in arrays.items()}
-    atomic_write_bytes(path, save(payload, metadata={"format": "pt"}))
+    save_file(payload, path, metadata={"format": "pt"})
 
 
-def write_pytorch_bin(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
+def _dump_pytorch_bin(path: str, arrays: dict[str, np.ndarray]) -> None:
     torch = _torch()
     state = {name: torch.from_numpy(np.require(a, requirements="C")).clone() for name, a in arrays.items()}
-    atomic_write_with(path, lambda tmp: torch.save(state, tmp))
+    torch.save(state, path)
 
 
-def write_tf_h5(path: str | os.PathLike, arrays: dict[str, np.ndarray], spec: WeightSpec) -> None:
-    """Write HF's ``tf_model.h5`` layout (loadable by transformers' TF classes)."""
+def _dump_tf_h5(path: str, arrays: dict[str, np.ndarray], spec: WeightSpec) -> None:
     model_name = layouts.h5_model_name(spec)
     entries = []
     for p in spec.stored():
@@ -297,23 +298,35 @@ def write_tf_h5(path: str | os.PathLike, arrays: dict[str, np.ndarray], spec: We
         rule = layouts.leaf_rule(p)
         value = layouts.to_keras_array(p, np.asarray(arrays[p.name])) if rule.in_hf_h5 else np.asarray(arrays[p.name])
         entries.append((layouts.h5_name(p, spec), value, rule.in_hf_h5))
+    with h5py.File(path, "w") as f:
+        groups = layouts.h5_layer_names(spec)
+        _h5_set_attr_strings(f, "layer_names", groups)
+        f.attrs["backend"] = "tensorflow"
+        weight_names: dict[str, list[str]] = {g: [] for g in groups}
+        for short, value, listed in entries:
+            group = short.split("/")[0]
+            full = f"{model_name}/{short}"
+            f.require_group(group).create_dataset(full, data=value)
+            if listed:  # PyTorch-only buffers stay unlisted, so HF's loader ignores them
+                weight_names[group].append(full)
+        for group, names in weight_names.items():
+            _h5_set_attr_strings(f.require_group(group), "weight_names", names)
 
-    def writer(tmp: str) -> None:
-        with h5py.File(tmp, "w") as f:
-            groups = layouts.h5_layer_names(spec)
-            _h5_set_attr_strings(f, "layer_names", groups)
-            f.attrs["backend"] = "tensorflow"
-            weight_names: dict[str, list[str]] = {g: [] for g in groups}
-            for short, value, listed in entries:
-                group = short.split("/")[0]
-                full = f"{model_name}/{short}"
-                f.require_group(group).create_dataset(full, data=value)
-                if listed:
-                    weight_names[group].append(full)
-            for group, names in weight_names.items():
-                _h5_set_attr_strings(f.require_group(group), "weight_names", names)
 
-    atomic_write_with(path, writer)
+def write_safetensors(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
+    atomic_write_with(path, lambda tmp: _dump_safetensors(tmp, arrays))
+
+
+def write_pytorch_bin(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
+    atomic_write_with(path, lambda tmp: _dump_pytorch_bin(tmp, arrays))
+
+
+def write_tf_h5(path: str | os.PathLike, arrays: dict[str, np.ndarray], spec: WeightSpec) -> None:
+    """Write HF's ``tf_model.h5`` layout (loadable by transformers' TF classes)."""
+    atomic_write_with(path, lambda tmp: _dump_tf_h5(tmp, arrays, spec))
+
+
+FORMAT_FILES = {"safetensors": SAFE_WEIGHTS_NAME, "pt-bin": PT_WEIGHTS_NAME, "tf-h5": TF_WEIGHTS_NAME}
 
 
 def write_checkpoint(
@@ -321,27 +334,54 @@ def write_checkpoint(
     arrays: dict[str, np.ndarray],
     spec: WeightSpec | None = None,
     formats: Iterable[str] = ("safetensors",),
+    extra_files: dict[str, bytes] | None = None,
 ) -> list[str]:
-    """Write ``arrays`` into ``directory`` in each format; returns the files written."""
+    """Write ``arrays`` into ``directory`` in each format, plus ``extra_files`` (name -> bytes,
+    e.g. ``config.json``); returns the paths written.
+
+    Every file is first written in full beside its target; only then are they swapped in,
+    weights first and extra files last, with a rollback if anything fails: an interrupted save
+    leaves the previous checkpoint as it was. Weight files of a previous save that this save did
+    not write are removed afterwards, so the directory never offers stale weights.
+    """
     directory = os.fspath(directory)
-    os.makedirs(directory, exist_ok=True)
-    written = []
+    formats = list(formats)
     for fmt in formats:
-        if fmt == "safetensors":
-            path = os.path.join(directory, SAFE_WEIGHTS_NAME)
-            write_safetensors(path, _without_tied(arrays, spec))
-        elif fmt == "pt-bin":
-            path = os.path.join(directory, PT_WEIGHTS_NAME)
-            write_pytorch_bin(path, arrays if spec is None else spec.tie(dict(arrays)))
-        elif fmt == "tf-h5":
-            if spec is None:
-                raise ValueError("writing tf_model.h5 needs the model's weight spec")
-            path = os.path.join(directory, TF_WEIGHTS_NAME)
-            write_tf_h5(path, arrays, spec)
-        else:
+        if fmt not in FORMAT_FILES:
             raise ValueError(f"unknown checkpoint format {fmt!r}; use safetensors, pt-bin or tf-h5")
-        written.append(path)
-    return written
+        if fmt == "tf-h5" and spec is None:
+            raise ValueError("writing tf_model.h5 needs the model's weight spec")
+    written = [os.path.join(directory, FORMAT_FILES[f]) for f in formats]
+    dumpers = {
+        "safetensors": lambda tmp: _dump_safetensors(tmp, _without_tied(arrays, spec)),
+        "pt-bin": lambda tmp: _dump_pytorch_bin(tmp, arrays if spec is None else spec.tie(dict(arrays))),
+        "tf-h5": lambda tmp: _dump_tf_h5(tmp, arrays, spec),
+    }
+    plan = [(path, dumpers[fmt]) for fmt, path in zip(formats, written)]
+    for name, data in (extra_files or {}).items():  # after the weights: config.json goes in last
+        plan.append((os.path.join(directory, name), lambda tmp, data=data: _write_bytes(tmp, data)))
+    write_files_transactionally(plan)
+    _remove_stale_weights(directory, keep=set(written))
+    return [target for target, _ in plan]
+
+
+def _write_bytes(path: str, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def _remove_stale_weights(directory: str, keep: set[str]) -> None:
+    stale = [os.path.join(directory, n) for n in WEIGHT_FILES]
+    for index_name in (SAFE_WEIGHTS_INDEX_NAME, PT_WEIGHTS_INDEX_NAME):
+        index = os.path.join(directory, index_name)
+        if os.path.isfile(index):
+            try:
+                stale += _read_index(index)
+            except CheckpointError:
+                pass
+    for path in stale:
+        if path not in keep and os.path.isfile(path):
+            os.unlink(path)
 
 
 def _without_tied(arrays: dict[str, np.ndarray], spec: WeightSpec | None) -> dict[str, np.ndarray]:

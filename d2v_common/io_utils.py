@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 
@@ -54,3 +55,70 @@ def atomic_write_with(path: str | os.PathLike, writer: Callable[[str], None]) ->
     """Run ``writer(tmp_path)`` and move the result to ``path`` atomically."""
     with atomic_path(path) as tmp:
         writer(tmp)
+
+
+def write_files_transactionally(plan: list[tuple[str, Callable[[str], None]]]) -> None:
+    """Write several files so that, on any exception, every target is left as it was.
+
+    ``plan`` lists ``(target path, writer(tmp_path))``. All files are first written and fsynced
+    beside their targets; then each target is swapped in (in plan order) with a hard-linked
+    backup of the old file, and if anything fails the swapped ones are rolled back.
+    """
+    staged: list[tuple[str, str]] = []
+    try:
+        for target, writer in plan:
+            directory = os.path.dirname(os.path.abspath(target))
+            os.makedirs(directory, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=".tmp", dir=directory)
+            os.close(fd)
+            staged.append((tmp, target))
+            writer(tmp)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        _commit(staged)
+    finally:
+        for tmp, _ in staged:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
+
+def _backup_of(target: str) -> str | None:
+    if not os.path.exists(target):
+        return None
+    directory = os.path.dirname(os.path.abspath(target))
+    fd, backup = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=".bak", dir=directory)
+    os.close(fd)
+    os.unlink(backup)
+    try:
+        os.link(target, backup)
+    except OSError:  # no hard links here: fall back to a copy
+        shutil.copy2(target, backup)
+    return backup
+
+
+def _commit(staged: list[tuple[str, str]]) -> None:
+    done: list[tuple[str, str | None]] = []
+    try:
+        for tmp, target in staged:
+            backup = _backup_of(target)
+            try:
+                os.replace(tmp, target)
+            except BaseException:
+                if backup is not None:  # this target was not touched: drop its backup only
+                    os.unlink(backup)
+                raise
+            done.append((target, backup))
+    except BaseException:
+        for target, backup in reversed(done):
+            if backup is not None:
+                os.replace(backup, target)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(target)
+        raise
+    for _, backup in done:
+        if backup is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(backup)
+    for directory in {os.path.dirname(os.path.abspath(t)) for _, t in staged}:
+        _fsync_dir(directory)

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from d2v_common import checkpoint
-from d2v_common.configs import Data2VecConfigBase
+from d2v_common.configs import CONFIG_NAME, Data2VecConfigBase
 from d2v_common.loading import LoadReport, complete_arrays, match_checkpoint
 from d2v_common.spec.core import WeightSpec
 
@@ -52,11 +52,11 @@ def save_arrays_for(
     config: Data2VecConfigBase,
     formats: list[str],
 ) -> list[str]:
-    """Write the weights in each format, then ``config.json`` last (each file atomic)."""
-    written = checkpoint.write_checkpoint(directory, arrays, spec, formats)
+    """Write the weights in each format and ``config.json``, staged so that an interrupted
+    save leaves the previous checkpoint intact (config renamed in last)."""
     config.architectures = [spec.architecture]
-    written.append(config.save_pretrained(directory))
-    return written
+    config_bytes = config.to_json_string().encode("utf-8")
+    return checkpoint.write_checkpoint(directory, arrays, spec, formats, extra_files={CONFIG_NAME: config_bytes})
 
 
 # ------------------------------------------------------------------------- build state

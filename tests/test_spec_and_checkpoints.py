@@ -189,11 +189,22 @@ def test_sharded_safetensors(tmp_path):
 def test_safetensors_preferred_over_bin(tmp_path):
     spec = weight_spec(Data2VecVisionConfig(**VISION), "Data2VecVisionModel")
     a, b = spec.random_arrays(0), spec.random_arrays(1)
-    checkpoint.write_checkpoint(tmp_path, a, spec, ["safetensors"])
-    checkpoint.write_checkpoint(tmp_path, b, spec, ["pt-bin"])
+    checkpoint.write_safetensors(tmp_path / "model.safetensors", a)
+    checkpoint.write_pytorch_bin(tmp_path / "pytorch_model.bin", b)
     back, _, fmt = checkpoint.read_checkpoint(tmp_path)
     assert fmt == "safetensors"
     assert all(np.array_equal(back[k], a[k]) for k in a)
+
+
+def test_a_save_removes_stale_weight_files(tmp_path):
+    """What loads is what was saved: a .bin save must not leave an older safetensors behind."""
+    spec = weight_spec(Data2VecVisionConfig(**VISION), "Data2VecVisionModel")
+    a, b = spec.random_arrays(0), spec.random_arrays(1)
+    checkpoint.write_checkpoint(tmp_path, a, spec, ["safetensors", "tf-h5"])
+    checkpoint.write_checkpoint(tmp_path, b, spec, ["pt-bin"])
+    assert sorted(os.listdir(tmp_path)) == ["pytorch_model.bin"]
+    back, _, fmt = checkpoint.read_checkpoint(tmp_path)
+    assert fmt == "pt-bin" and all(np.array_equal(back[k], b[k]) for k in b)
 
 
 # ----------------------------------------------------------------------- load report
