@@ -71,7 +71,7 @@ def _check_array(name: str, array: np.ndarray) -> None:
         raise CheckpointError(f"tensor {name!r} has an absurd shape {array.shape}")
 
 
-def _read_index(path: str) -> list[str]:
+def read_index(path: str) -> list[str]:
     try:
         with open(path, encoding="utf-8") as f:
             index = json.load(f)
@@ -110,13 +110,13 @@ def iter_safetensors(path: str) -> Iterator[tuple[str, np.ndarray]]:
 def read_safetensors(path: str) -> dict[str, np.ndarray]:
     if path.endswith(".json"):
         out: dict[str, np.ndarray] = {}
-        for shard in _read_index(path):
+        for shard in read_index(path):
             out.update(read_safetensors(shard))
         return out
     return dict(iter_safetensors(path))
 
 
-def _torch():
+def import_torch():
     """torch, imported on demand (d2v_common itself needs no framework)."""
     try:
         torch = importlib.import_module("torch")
@@ -134,10 +134,10 @@ def _torch():
 def read_pytorch_bin(path: str) -> dict[str, np.ndarray]:
     if path.endswith(".json"):
         out: dict[str, np.ndarray] = {}
-        for shard in _read_index(path):
+        for shard in read_index(path):
             out.update(read_pytorch_bin(shard))
         return out
-    torch = _torch()
+    torch = import_torch()
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many types for hostile pickles
@@ -284,7 +284,7 @@ def _dump_safetensors(path: str, arrays: dict[str, np.ndarray]) -> None:
 
 
 def _dump_pytorch_bin(path: str, arrays: dict[str, np.ndarray]) -> None:
-    torch = _torch()
+    torch = import_torch()
     state = {name: torch.from_numpy(np.require(a, requirements="C")).clone() for name, a in arrays.items()}
     torch.save(state, path)
 
@@ -376,7 +376,7 @@ def _remove_stale_weights(directory: str, keep: set[str]) -> None:
         index = os.path.join(directory, index_name)
         if os.path.isfile(index):
             try:
-                stale += _read_index(index)
+                stale += read_index(index)
             except CheckpointError:
                 pass
     for path in stale:

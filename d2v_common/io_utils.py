@@ -9,7 +9,18 @@ import tempfile
 from collections.abc import Callable, Iterator
 
 
-def _fsync_dir(directory: str) -> None:
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _make_readable(path: str) -> None:
+    """mkstemp files are private (0600); give written files the usual mode (0666 & ~umask)."""
+    os.chmod(path, 0o666 & ~_umask())
+
+
+def fsync_dir(directory: str) -> None:
     try:
         fd = os.open(directory, os.O_RDONLY)
     except OSError:  # some platforms cannot open directories
@@ -37,8 +48,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        _make_readable(tmp)
         os.replace(tmp, path)
-        _fsync_dir(directory)
+        fsync_dir(directory)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -75,6 +87,7 @@ def write_files_transactionally(plan: list[tuple[str, Callable[[str], None]]]) -
             writer(tmp)
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
+            _make_readable(tmp)
         _commit(staged)
     finally:
         for tmp, _ in staged:
@@ -121,4 +134,4 @@ def _commit(staged: list[tuple[str, str]]) -> None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(backup)
     for directory in {os.path.dirname(os.path.abspath(t)) for _, t in staged}:
-        _fsync_dir(directory)
+        fsync_dir(directory)

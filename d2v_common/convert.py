@@ -1,0 +1,488 @@
+"""``d2v-convert``: convert a checkpoint directory between weight formats without a model.
+
+    d2v-convert SRC DST --to {safetensors,tf-h5,pt-bin} [--from FMT] [--architecture NAME]
+                        [--overwrite] [--progress | --quiet]
+
+This is the model-free path through the loading machinery: ``config.json`` + the architecture
+give the weight spec, the source file is read into canonical arrays, ``match_checkpoint``
+checks them strictly against the spec, and ``write_checkpoint`` writes the target format.
+Only numpy, safetensors and h5py are needed (torch too for ``pytorch_model.bin``).
+
+Guarantees:
+
+* the tensor set never changes silently: a missing, unexpected, shape-mismatched or renamed
+  tensor prints the load report and exits 1 before anything is written;
+* tensors keep their dtype and bytes (except bfloat16 ``.bin`` tensors, which numpy cannot
+  hold: they become float32, exactly, with a note);
+* the destination appears complete or not at all: everything is written into a temporary
+  sibling directory that is renamed into place (``--overwrite`` swaps the old one out first).
+
+Exit codes: 0 done, 1 the checkpoint does not match the spec, 2 usage or IO error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import os
+import secrets
+import shutil
+import sys
+from dataclasses import dataclass, field
+
+import h5py
+import numpy as np
+
+from d2v_common import checkpoint, layouts
+from d2v_common.configs import CONFIG_NAME, Data2VecConfigBase, load_config
+from d2v_common.io_utils import fsync_dir
+from d2v_common.loading import LoadReport, match_checkpoint
+from d2v_common.spec import ARCHITECTURES, canonical_architecture, weight_spec
+from d2v_common.spec.core import WeightSpec
+
+FORMATS = ("safetensors", "tf-h5", "pt-bin")
+# Above this much weight data a progress bar is shown unless --quiet.
+PROGRESS_THRESHOLD_BYTES = 50 * 2**20
+# Base models whose spec depends on HF's ``add_pooling_layer`` constructor argument: the file
+# decides which variant it is.
+_POOLER_OPTIONAL = {"Data2VecTextModel", "Data2VecVisionModel"}
+
+EXIT_OK, EXIT_MISMATCH, EXIT_ERROR = 0, 1, 2
+
+
+class ConversionError(Exception):
+    """The conversion could not run (bad arguments, unreadable input, IO failure): exit 2."""
+
+
+class CheckpointMismatch(Exception):
+    """The checkpoint does not match the architecture's spec: exit 1, nothing written."""
+
+    def __init__(self, report: LoadReport, problems: list[str]):
+        self.report = report
+        self.problems = problems
+        super().__init__("\n".join([str(report), *problems]))
+
+
+@dataclass
+class ConversionResult:
+    destination: str
+    architecture: str
+    source_format: str
+    target_format: str
+    report: LoadReport
+    files: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------ progress
+class _Progress:
+    """Byte-counting progress: a tqdm bar when tqdm is installed, else a plain stderr counter."""
+
+    def __init__(self, total: int, enabled: bool, stream=None):
+        self.total = max(int(total), 1)
+        self.done = 0
+        self.stream = stream if stream is not None else sys.stderr
+        self._bar = None
+        self._shown = -1
+        self.enabled = enabled
+        if not enabled:
+            return
+        tqdm = _load_tqdm()
+        if tqdm is not None:
+            self._bar = tqdm(total=self.total, unit="B", unit_scale=True, unit_divisor=1024,
+                             desc="converting", file=self.stream, leave=False)
+
+    def set_total(self, total: int) -> None:
+        self.total = max(int(total), 1)
+        if self._bar is not None:
+            self._bar.total = self.total
+            self._bar.refresh()
+
+    def phase(self, desc: str) -> None:
+        if self._bar is not None:
+            self._bar.set_description(desc)
+        elif self.enabled:
+            self._draw(desc)
+
+    def advance(self, nbytes: int) -> None:
+        self.done = min(self.total, self.done + int(nbytes))
+        if self._bar is not None:
+            self._bar.update(int(nbytes))
+        elif self.enabled:
+            self._draw()
+
+    def _draw(self, desc: str = "") -> None:
+        percent = 100 * self.done // self.total
+        if percent != self._shown or desc:
+            self._shown = percent
+            label = f"{desc}: " if desc else ""
+            self.stream.write(f"\r{label}{percent:3d}% of {self.total / 2**20:.1f} MiB")
+            self.stream.flush()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        elif self.enabled:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _load_tqdm():
+    """``tqdm.tqdm`` if the optional ``progress`` extra is installed, else None."""
+    try:
+        return importlib.import_module("tqdm").tqdm
+    except ImportError:
+        return None
+
+
+# ------------------------------------------------------------------------------ source side
+def resolve_architecture(config: Data2VecConfigBase, override: str | None) -> str:
+    """The HF PyTorch class name: ``override``, else ``config.architectures[0]`` ("TF" stripped)."""
+    if override is not None:
+        name = override
+    else:
+        archs = config.architectures
+        if not archs:
+            raise ConversionError(
+                f"{CONFIG_NAME} names no architecture; pass --architecture with one of "
+                + ", ".join(sorted(ARCHITECTURES))
+            )
+        if not isinstance(archs, list) or not isinstance(archs[0], str):
+            raise ConversionError(f"{CONFIG_NAME}: 'architectures' must be a list of class names, got {archs!r}")
+        name = archs[0]
+    try:
+        return canonical_architecture(name)
+    except ValueError as e:
+        raise ConversionError(f"{e}; pass --architecture to choose one") from None
+
+
+def _candidate_specs(config: Data2VecConfigBase, arch: str) -> list[WeightSpec]:
+    """The spec(s) a checkpoint of ``arch`` may follow; the HF default comes first."""
+    try:
+        specs = [weight_spec(config, arch)]
+        if arch in _POOLER_OPTIONAL:
+            with_pooler = weight_spec(config, arch, add_pooling_layer=True)
+            without = weight_spec(config, arch, add_pooling_layer=False)
+            specs += [s for s in (with_pooler, without) if s.names() != specs[0].names()]
+    except (ValueError, TypeError) as e:
+        raise ConversionError(f"cannot build the weight spec of {arch}: {e}") from None
+    return specs
+
+
+def _weight_files(path: str) -> list[str]:
+    """The files holding the weights: the shards of an index, else the file itself."""
+    return checkpoint.read_index(path) if path.endswith(".json") else [path]
+
+
+def _read_source(src: str, fmt: str, path: str, spec: WeightSpec, progress: _Progress):
+    """``(arrays, unexpected h5 names)``, ticking ``progress`` as bytes are read."""
+    if fmt == "tf-h5":
+        progress.phase("reading tf_model.h5")
+        arrays, unexpected = checkpoint.read_tf_h5(path, spec)
+        progress.advance(os.path.getsize(path))
+        return arrays, unexpected
+    arrays: dict[str, np.ndarray] = {}
+    for file in _weight_files(path):
+        progress.phase(f"reading {os.path.basename(file)}")
+        if fmt == "safetensors":
+            for name, array in checkpoint.iter_safetensors(file):
+                if name in arrays:
+                    raise checkpoint.CheckpointError(f"tensor {name!r} appears in more than one shard")
+                arrays[name] = array
+                progress.advance(array.nbytes)
+        else:
+            part = checkpoint.read_pytorch_bin(file)
+            clash = sorted(set(part) & set(arrays))
+            if clash:
+                raise checkpoint.CheckpointError(f"tensor {clash[0]!r} appears in more than one shard")
+            arrays.update(part)
+            progress.advance(os.path.getsize(file))
+    return arrays, []
+
+
+def _bfloat16_names(path: str) -> list[str]:
+    """Names of bfloat16 tensors in a ``.bin`` checkpoint (read as metadata only)."""
+    torch = checkpoint.import_torch()
+    names = []
+    for file in _weight_files(path):
+        state = torch.load(file, map_location="meta", weights_only=True)
+        names += [k for k, v in state.items() if isinstance(v, torch.Tensor) and v.dtype == torch.bfloat16]
+    return names
+
+
+def _h5_counter_count(path: str) -> int:
+    """How many PyTorch BatchNorm counters a tf_model.h5 holds (d2v writes them, HF does not)."""
+    found = []
+    with h5py.File(path, "r") as f:
+        f.visit(lambda name: found.append(name) if name.endswith("num_batches_tracked:0") else None)
+    return len(found)
+
+
+def _match(arrays, unexpected, spec: WeightSpec, source: str):
+    """Check ``arrays`` against ``spec``: ``(arrays to write, report, problems, notes)``."""
+    notes: list[str] = []
+    try:
+        # Mismatches are collected into the report instead of raising at the first one.
+        _, report = match_checkpoint(arrays, spec, ignore_mismatched_sizes=True, extra_unexpected=unexpected,
+                                     source=source, warn=False)
+    except ValueError as e:  # a missing backbone tensor or an unusable dtype
+        return None, LoadReport(spec.architecture, source), [f"error: {e}"], notes
+
+    out = spec.tie({name: arrays[name] for name in spec.names() if name in arrays})
+
+    problems = []
+    renamed = sorted(n for n in arrays if n not in spec and n not in report.unexpected)
+    if renamed:
+        problems.append(
+            f"{len(renamed)} tensor name(s) differ from {spec.architecture}'s by the "
+            f"'{spec.base_prefix}.' prefix (e.g. {renamed[0]!r}); pass the checkpoint's own --architecture"
+        )
+    for p in spec:
+        if p.tied_to is not None and p.name in arrays and p.tied_to in arrays:
+            a, b = arrays[p.name], arrays[p.tied_to]
+            if a.shape == b.shape and not (a.dtype == b.dtype and np.array_equal(a, b)):
+                problems.append(f"{p.name} should be a copy of {p.tied_to} but holds other values")
+    cast = sorted({str(a.dtype) for n, a in out.items() if a.dtype != np.dtype(spec[n].dtype)})
+    if cast:
+        notes.append(f"note: tensors keep their stored dtype ({', '.join(cast)}); d2v models load them as the "
+                     "spec's dtype")
+    if not report.clean:
+        problems.insert(0, "error: the checkpoint does not match the architecture's weight spec")
+    return out, report, problems, notes
+
+
+# ------------------------------------------------------------------------------ destination side
+_WEIGHT_SUFFIXES = (".safetensors", ".safetensors.index.json", ".bin.index.json", ".h5", ".msgpack",
+                    ".msgpack.index.json")
+
+
+def _is_weight_file(name: str) -> bool:
+    """Weight files of any format (shards too) stay behind: DST gets only the target format."""
+    if name in checkpoint.WEIGHT_FILES or name.endswith(_WEIGHT_SUFFIXES):
+        return True
+    return name.startswith(("pytorch_model", "tf_model", "flax_model")) and name.endswith((".bin", ".h5"))
+
+
+def _companion_files(src: str) -> tuple[list[str], list[str]]:
+    """``(files to copy, entries skipped)``: config, tokenizer and processor files go along."""
+    copy, skipped = [], []
+    for name in sorted(os.listdir(src)):
+        full = os.path.join(src, name)
+        if os.path.isfile(full) and not _is_weight_file(name):
+            copy.append(name)
+        elif not os.path.isfile(full):
+            skipped.append(name + "/")
+    return copy, skipped
+
+
+def _same_or_nested(a: str, b: str) -> bool:
+    a, b = os.path.realpath(a), os.path.realpath(b)
+    return a == b or a.startswith(b + os.sep) or b.startswith(a + os.sep)
+
+
+def _fresh_sibling(dst: str, tag: str) -> str:
+    """A new, empty directory ``DST.<tag>-XXXXXXXX`` beside ``dst`` (created with the umask)."""
+    parent, base = os.path.split(dst)
+    while True:
+        path = os.path.join(parent, f"{base}.{tag}-{secrets.token_hex(4)}")
+        try:
+            os.mkdir(path)
+            return path
+        except FileExistsError:
+            continue
+
+
+def _copy_file(src: str, dst: str) -> None:
+    shutil.copyfile(src, dst)  # follows symlinks (HF cache snapshots are links into blobs)
+    with open(dst, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def _install(tmp: str, dst: str, overwrite: bool) -> None:
+    """Move the finished ``tmp`` to ``dst``; an old ``dst`` is moved aside first, removed last."""
+    if not os.path.lexists(dst):
+        os.rename(tmp, dst)
+        return
+    if not overwrite:
+        raise ConversionError(f"destination {dst} already exists; pass --overwrite to replace it")
+    old = _fresh_sibling(dst, "old")
+    os.rmdir(old)  # only its unique name is needed
+    os.rename(dst, old)
+    try:
+        os.rename(tmp, dst)
+    except BaseException:
+        os.rename(old, dst)
+        raise
+    if os.path.isdir(old) and not os.path.islink(old):
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.unlink(old)
+
+
+# ------------------------------------------------------------------------------ the conversion
+def convert(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    to: str,
+    *,
+    source_format: str | None = None,
+    architecture: str | None = None,
+    overwrite: bool = False,
+    progress: bool | None = None,
+) -> ConversionResult:
+    """Convert the checkpoint directory ``src`` into ``dst`` holding ``to`` weights.
+
+    ``progress``: True / False, or None for "on above 50 MB". Raises ``ConversionError`` (bad
+    input or IO) or ``CheckpointMismatch`` (report problems); in both cases nothing is left at
+    ``dst``. The result's ``notes`` say what the user should know (upcasts, files not copied).
+    """
+    if to not in FORMATS:
+        raise ConversionError(f"unknown target format {to!r}; use one of {', '.join(FORMATS)}")
+    if source_format is not None and source_format not in FORMATS:
+        raise ConversionError(f"unknown source format {source_format!r}; use one of {', '.join(FORMATS)}")
+    src, dst = os.fspath(src), os.path.abspath(os.fspath(dst))
+    if not os.path.isdir(src):
+        raise ConversionError(f"source {src} is not a directory")
+    if os.path.lexists(dst):
+        if not overwrite:
+            raise ConversionError(f"destination {dst} already exists; pass --overwrite to replace it")
+        if not os.path.isdir(dst) or os.path.islink(dst):
+            raise ConversionError(f"destination {dst} exists and is not a directory; refusing to replace it")
+    if _same_or_nested(src, dst):
+        raise ConversionError(f"source {src} and destination {dst} must be separate directories")
+
+    try:
+        config = load_config(src)
+    except (OSError, ValueError, TypeError) as e:
+        raise ConversionError(f"cannot read {os.path.join(src, CONFIG_NAME)}: {e}") from None
+    arch = resolve_architecture(config, architecture)
+    specs = _candidate_specs(config, arch)
+
+    try:
+        fmt, path = checkpoint.find_checkpoint(src, source_format)
+    except (OSError, ValueError) as e:
+        raise ConversionError(str(e)) from None
+    if source_format is not None and fmt != source_format:
+        raise ConversionError(f"no {source_format} weights in {src} (found {os.path.basename(path)})")
+    try:
+        sizes = sum(os.path.getsize(f) for f in _weight_files(path))
+    except OSError as e:
+        raise ConversionError(f"cannot read {path}: {e}") from None
+    show = progress if progress is not None else sizes > PROGRESS_THRESHOLD_BYTES
+    bar = _Progress(2 * sizes, bool(show))
+    notes: list[str] = []
+    tmp = None
+    try:
+        # Reading an h5 file goes through a spec: the largest candidate claims every entry.
+        reader_spec = max(specs, key=len)
+        try:
+            arrays, unexpected = _read_source(src, fmt, path, reader_spec, bar)
+            bf16 = _bfloat16_names(path) if fmt == "pt-bin" else []
+            stored = _h5_counter_count(path) if fmt == "tf-h5" else 0
+        except (OSError, ValueError) as e:  # CheckpointError is a ValueError
+            raise ConversionError(str(e)) from None
+        except Exception as e:  # noqa: BLE001 - h5py / torch on a damaged file: still a clean error
+            raise ConversionError(f"cannot read {path}: {type(e).__name__}: {e}") from None
+        if fmt == "tf-h5":
+            counters = sum(not layouts.leaf_rule(p).in_hf_h5 for p in reader_spec.stored())
+            if stored < counters:
+                notes.append(f"note: {counters - stored} BatchNorm counter(s) (num_batches_tracked) are not in "
+                             "this tf_model.h5 (HF's TF classes do not keep them); they start at 0")
+        if bf16:
+            notes.append(f"note: {len(bf16)} bfloat16 tensor(s) were read as float32 (numpy has no bfloat16; "
+                         "the values are exact) and are written as float32")
+
+        source = f"{src} ({fmt})"
+        attempts = [_match(arrays, unexpected, s, source) for s in specs]
+        chosen = next((a for a in attempts if not a[2]), attempts[0])
+        out, report, problems, match_notes = chosen
+        if problems:
+            raise CheckpointMismatch(report, problems)
+        notes += match_notes
+        spec = specs[attempts.index(chosen)]
+
+        copy, skipped = _companion_files(src)
+        if skipped:
+            notes.append(f"note: not copied (not plain files): {', '.join(skipped)}")
+        out_bytes = sum(a.nbytes for a in out.values())
+        bar.set_total(bar.done + out_bytes)
+
+        parent = os.path.dirname(dst)
+        try:
+            os.makedirs(parent, exist_ok=True)
+            tmp = _fresh_sibling(dst, "tmp")
+            bar.phase(f"writing {to}")
+            written = checkpoint.write_checkpoint(tmp, out, spec, [to])
+            bar.advance(out_bytes)
+            for name in copy:
+                _copy_file(os.path.join(src, name), os.path.join(tmp, name))
+            fsync_dir(tmp)
+            _install(tmp, dst, overwrite)
+            tmp = None
+            fsync_dir(parent)
+        except ConversionError:
+            raise
+        except Exception as e:  # noqa: BLE001 - h5py, torch and the OS raise many types; all mean "not written"
+            raise ConversionError(f"writing {dst} failed ({type(e).__name__}: {e}); nothing was written") from None
+    finally:
+        bar.close()
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    files = [os.path.join(dst, os.path.basename(w)) for w in written] + [os.path.join(dst, n) for n in copy]
+    return ConversionResult(dst, arch, fmt, to, report, files, notes)
+
+
+# ------------------------------------------------------------------------------ command line
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="d2v-convert",
+        description="Convert a Data2Vec checkpoint directory between weight formats (bit-exact). "
+        "config.json and the other non-weight files are copied along.",
+        epilog="exit status: 0 done, 1 the weights do not match the architecture (nothing written), "
+        "2 usage or IO error",
+    )
+    parser.add_argument("src", metavar="SRC", help="checkpoint directory (config.json + weights)")
+    parser.add_argument("dst", metavar="DST", help="new directory to create")
+    parser.add_argument("--to", required=True, choices=FORMATS, help="target weight format")
+    parser.add_argument("--from", dest="source_format", choices=FORMATS,
+                        help="source format when SRC holds several (default: safetensors > pt-bin > tf-h5)")
+    parser.add_argument("--architecture", metavar="NAME",
+                        help="HF class name (e.g. Data2VecVisionForImageClassification); "
+                        "default: config.json's architectures[0]")
+    parser.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
+    shown = parser.add_mutually_exclusive_group()
+    shown.add_argument("--progress", action="store_true", default=None,
+                       help="always show a progress bar (default: only above 50 MB)")
+    shown.add_argument("--quiet", action="store_true", help="print nothing unless something is wrong")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    progress = False if args.quiet else args.progress
+    try:
+        result = convert(args.src, args.dst, args.to, source_format=args.source_format,
+                         architecture=args.architecture, overwrite=args.overwrite, progress=progress)
+    except CheckpointMismatch as e:
+        print(e.report, file=sys.stderr)
+        for problem in e.problems:
+            print(problem, file=sys.stderr)
+        print(f"nothing written to {os.path.abspath(args.dst)}", file=sys.stderr)
+        return EXIT_MISMATCH
+    except ConversionError as e:
+        print(f"d2v-convert: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    if not args.quiet:
+        print(result.report)
+        for note in result.notes:
+            print(note)
+        print(f"wrote {result.destination} ({result.target_format}): "
+              + ", ".join(os.path.basename(f) for f in result.files))
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(BrokenPipeError):
+        sys.exit(main())
