@@ -35,6 +35,15 @@ def _snake_case(name: str) -> str:
     return re.sub(r"([a-z])([A-Z])", r"\1_\2", s).lower()
 
 
+def _public_attributes(layer: keras.layers.Layer):
+    """(canonical name, value) of a layer's public attributes. Keras reserves some names
+    (``output`` is a Layer property, and Keras' saver skips it), so a sub-layer that PyTorch
+    calls ``output`` is stored as ``output_``: one trailing underscore is dropped here."""
+    for attr, value in vars(layer).items():
+        if not attr.startswith("_"):
+            yield (attr[:-1] if attr.endswith("_") else attr), value
+
+
 def named_variables(layer: keras.layers.Layer, prefix: str = "") -> dict[str, keras.Variable]:
     """Variables by attribute path (``encoder.layer.0.attention.query.kernel``), the Keras
     counterpart of ``torch.nn.Module.state_dict()`` keys."""
@@ -44,17 +53,33 @@ def named_variables(layer: keras.layers.Layer, prefix: str = "") -> dict[str, ke
         if isinstance(value, keras.Variable):
             out[path] = value
         elif isinstance(value, keras.layers.Layer):
-            for attr, child in vars(value).items():
-                if not attr.startswith("_"):
-                    walk(child, f"{path}.{attr}" if path else attr)
+            for attr, child in _public_attributes(value):
+                walk(child, f"{path}.{attr}" if path else attr)
         elif isinstance(value, (list, tuple)):
             for i, child in enumerate(value):
                 walk(child, f"{path}.{i}")
 
-    for attr, child in vars(layer).items():
-        if not attr.startswith("_"):
-            walk(child, f"{prefix}{attr}")
+    for attr, child in _public_attributes(layer):
+        walk(child, f"{prefix}{attr}")
     return out
+
+
+def name_sublayers(layer: keras.layers.Layer) -> None:
+    """Name every sub-layer by its attribute path (``encoder.layer.0``). Keras keys list items
+    in ``.keras`` files by layer name, and default names carry process-wide counters, so
+    without this a saved model could not find its weights again."""
+
+    def walk(value: Any, path: str) -> None:
+        if isinstance(value, keras.layers.Layer):
+            if path:
+                value.name = path
+            for attr, child in _public_attributes(value):
+                walk(child, f"{path}.{attr}" if path else attr)
+        elif isinstance(value, (list, tuple)):
+            for i, child in enumerate(value):
+                walk(child, f"{path}.{i}")
+
+    walk(layer, "")
 
 
 def unpack_inputs(call):
@@ -81,6 +106,11 @@ class TFData2VecPreTrainedModel(keras.Model):
     config_class: type[Data2VecConfigBase] = Data2VecConfigBase
     base_model_prefix = ""
     main_input_name = ""
+
+    def __init_subclass__(cls, **kwargs: Any):
+        # every d2v model can be restored from a .keras file with safe_mode=True
+        super().__init_subclass__(**kwargs)
+        keras.saving.register_keras_serializable(package="d2v")(cls)
 
     def __init__(self, config: Data2VecConfigBase, **kwargs: Any):
         if not isinstance(config, self.config_class):
@@ -110,6 +140,7 @@ class TFData2VecPreTrainedModel(keras.Model):
                 f"missing {sorted(expected - names)[:5]}"
             )
         self.built = True
+        name_sublayers(self)
         if not skip_initialisation():
             self.load_arrays(self.spec.init_arrays(int(np.random.randint(0, 2**31 - 1))))
 

@@ -43,6 +43,21 @@ class Linear(Layer):
         return y + self.bias if self.bias is not None else y
 
 
+@tf.custom_gradient
+def _lookup_with_dense_gradient(table, ids):
+    """Row lookup whose gradient is a dense table, as in PyTorch. TensorFlow would return
+    IndexedSlices, which Keras' Adam-type optimizers update wrongly when an id repeats in a
+    batch (each repeat is applied on its own instead of being summed first)."""
+    rows = tf.gather(table, ids)
+
+    def grad(upstream):
+        flat = tf.reshape(upstream, (-1, tf.shape(table)[1]))
+        dense = tf.math.unsorted_segment_sum(flat, tf.reshape(ids, (-1,)), tf.shape(table)[0])
+        return dense, None
+
+    return rows, grad
+
+
 class Embedding(Layer):
     def __init__(self, num_embeddings: int, dim: int, **kwargs):
         super().__init__(**kwargs)
@@ -50,7 +65,7 @@ class Embedding(Layer):
         self.embeddings = self.add_weight(shape=(num_embeddings, dim), initializer="zeros", name="embeddings")
 
     def call(self, ids):
-        return ops.take(self.embeddings, ops.cast(ids, "int32"), axis=0)
+        return _lookup_with_dense_gradient(tf.convert_to_tensor(self.embeddings), ops.cast(ids, "int32"))
 
 
 class LayerNorm(Layer):
@@ -59,8 +74,10 @@ class LayerNorm(Layer):
     def __init__(self, dim: int, eps: float = 1e-5, affine: bool = True, **kwargs):
         super().__init__(**kwargs)
         self.eps = eps
-        self.gamma = self.add_weight(shape=(dim,), initializer="ones", name="gamma") if affine else None
-        self.beta = self.add_weight(shape=(dim,), initializer="zeros", name="beta") if affine else None
+        # read in float32 even under mixed precision (the norm is computed in float32)
+        weight = lambda n, init: self.add_weight(shape=(dim,), initializer=init, name=n, autocast=False)  # noqa: E731
+        self.gamma = weight("gamma", "ones") if affine else None
+        self.beta = weight("beta", "zeros") if affine else None
 
     def call(self, x):
         dtype = x.dtype
@@ -69,7 +86,7 @@ class LayerNorm(Layer):
         var = ops.mean(ops.square(x - mean), axis=-1, keepdims=True)
         y = (x - mean) * ops.rsqrt(var + self.eps)
         if self.gamma is not None:
-            y = y * ops.cast(self.gamma, "float32") + ops.cast(self.beta, "float32")
+            y = y * self.gamma + self.beta
         return ops.cast(y, dtype)
 
 
@@ -81,12 +98,14 @@ class BatchNorm(Layer):
     def __init__(self, dim: int, eps: float = 1e-5, momentum: float = 0.1, **kwargs):
         super().__init__(**kwargs)
         self.eps, self.momentum = eps, momentum
-        self.gamma = self.add_weight(shape=(dim,), initializer="ones", name="gamma")
-        self.beta = self.add_weight(shape=(dim,), initializer="zeros", name="beta")
-        self.moving_mean = self.add_weight(shape=(dim,), initializer="zeros", name="moving_mean", trainable=False)
-        self.moving_variance = self.add_weight(
-            shape=(dim,), initializer="ones", name="moving_variance", trainable=False
+        # float32 even under mixed precision: statistics and the norm are computed in float32
+        weight = lambda n, init, trainable=True: self.add_weight(  # noqa: E731
+            shape=(dim,), initializer=init, name=n, trainable=trainable, autocast=False
         )
+        self.gamma = weight("gamma", "ones")
+        self.beta = weight("beta", "zeros")
+        self.moving_mean = weight("moving_mean", "zeros", trainable=False)
+        self.moving_variance = weight("moving_variance", "ones", trainable=False)
         self.num_batches_tracked = self.add_weight(
             shape=(), initializer="zeros", dtype="int64", name="num_batches_tracked", trainable=False
         )
@@ -105,8 +124,8 @@ class BatchNorm(Layer):
             self.moving_variance.assign((1 - m) * self.moving_variance + m * unbiased)
             self.num_batches_tracked.assign_add(ops.cast(1, "int64"))
         else:
-            mean, var = ops.cast(self.moving_mean, "float32"), ops.cast(self.moving_variance, "float32")
-        y = (x - mean) * ops.rsqrt(var + self.eps) * ops.cast(self.gamma, "float32") + ops.cast(self.beta, "float32")
+            mean, var = self.moving_mean, self.moving_variance
+        y = (x - mean) * ops.rsqrt(var + self.eps) * self.gamma + self.beta
         return ops.cast(y, dtype)
 
 
@@ -126,7 +145,17 @@ class Conv1d(Layer):
     def call(self, x):
         if self.padding:
             x = ops.pad(x, [[0, 0], [self.padding, self.padding], [0, 0]])
-        y = tf.nn.conv1d(x, ops.cast(self.kernel, x.dtype), stride=self.stride, padding="VALID", dilations=self.dilation)
+        kernel = ops.cast(self.kernel, x.dtype)
+        if self.groups == 1:
+            y = tf.nn.conv1d(x, kernel, stride=self.stride, padding="VALID", dilations=self.dilation)
+        else:
+            # One conv per group: TF's CPU kernels have no grouped-conv gradient outside float32.
+            xs = ops.split(x, self.groups, axis=-1)
+            ks = ops.split(kernel, self.groups, axis=-1)
+            y = ops.concatenate(
+                [tf.nn.conv1d(a, k, stride=self.stride, padding="VALID", dilations=self.dilation) for a, k in zip(xs, ks)],
+                axis=-1,
+            )
         return y + self.bias if self.bias is not None else y
 
 
@@ -251,7 +280,8 @@ class Activation(Layer):
 def split_heads(x, num_heads: int):
     """(B, T, H*D) -> (B, H, T, D)."""
     b, t = ops.shape(x)[0], ops.shape(x)[1]
-    return ops.transpose(ops.reshape(x, (b, t, num_heads, -1)), (0, 2, 1, 3))
+    # explicit head size: with an unknown batch size a -1 here would lose the static shape
+    return ops.transpose(ops.reshape(x, (b, t, num_heads, x.shape[-1] // num_heads)), (0, 2, 1, 3))
 
 
 def merge_heads(x):
@@ -313,9 +343,10 @@ def resize2d(x, size: tuple[int, int], mode: str = "bilinear"):
     if in_hw == size and mode != "bicubic":
         return x
     mh, mw = resize_matrices(in_hw, size, mode)
+    # in float32 whatever the compute dtype: bf16 interpolation weights lose too much
     dtype = x.dtype
-    mh, mw = ops.cast(mh, dtype), ops.cast(mw, dtype)
-    return ops.einsum("oh,bhwc,pw->bopc", mh, x, mw)
+    y = ops.einsum("oh,bhwc,pw->bopc", mh, ops.cast(x, "float32"), mw)
+    return ops.cast(y, dtype)
 
 
 # -------------------------------------------------------------------------------- losses

@@ -109,7 +109,8 @@ class TFData2VecVisionRelativePositionBias(Layer):
         self.grid = grid
         rows = (2 * grid[0] - 1) * (2 * grid[1] - 1) + 3
         self.relative_position_bias_table = self.add_weight(
-            shape=(rows, config.num_attention_heads), initializer="zeros", name="relative_position_bias_table"
+            shape=(rows, config.num_attention_heads), initializer="zeros", name="relative_position_bias_table",
+            autocast=False,  # the bias is added to float32 scores
         )
 
     def call(self, grid):
@@ -160,19 +161,17 @@ class TFData2VecVisionSelfOutput(Layer):
 
 
 class TFData2VecVisionAttention(Layer):
-    output = None  # a sub-layer here (as in PyTorch), not Keras' symbolic-output property
-
     def __init__(self, config: Data2VecVisionConfig, grid, **kwargs):
         super().__init__(**kwargs)
         self.attention = TFData2VecVisionSelfAttention(config, grid)
-        self.output = TFData2VecVisionSelfOutput(config)
+        self.output_ = TFData2VecVisionSelfOutput(config)
 
     def call(self, x, grid, shared_bias=None, head_mask=None, output_attentions=False, training=False):
         context, weights = self.attention(
             x, grid=grid, shared_bias=shared_bias, head_mask=head_mask, output_attentions=output_attentions,
             training=training,
         )
-        return self.output(context, training=training), weights
+        return self.output_(context, training=training), weights
 
 
 # ---------------------------------------------------------------------------------- layers
@@ -199,14 +198,12 @@ class TFData2VecVisionOutput(Layer):
 
 
 class TFData2VecVisionLayer(Layer):
-    output = None  # a sub-layer here (as in PyTorch), not Keras' symbolic-output property
-
     def __init__(self, config: Data2VecVisionConfig, grid, drop_path: float, **kwargs):
         super().__init__(**kwargs)
         hidden, eps = config.hidden_size, config.layer_norm_eps
         self.attention = TFData2VecVisionAttention(config, grid)
         self.intermediate = TFData2VecVisionIntermediate(config)
-        self.output = TFData2VecVisionOutput(config)
+        self.output_ = TFData2VecVisionOutput(config)
         self.layernorm_before = LayerNorm(hidden, eps=eps)
         self.layernorm_after = LayerNorm(hidden, eps=eps)
         self.drop_path = DropPath(drop_path)
@@ -223,7 +220,7 @@ class TFData2VecVisionLayer(Layer):
         if self.lambda_1 is not None:
             attn = self.lambda_1 * attn
         x = x + self.drop_path(attn, training=training)
-        ff = self.output(self.intermediate(self.layernorm_after(x)), training=training)
+        ff = self.output_(self.intermediate(self.layernorm_after(x)), training=training)
         if self.lambda_2 is not None:
             ff = self.lambda_2 * ff
         return x + self.drop_path(ff, training=training), weights

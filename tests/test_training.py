@@ -1,0 +1,178 @@
+"""Training in both frameworks (issue 8): step parity, Keras fit/evaluate/predict with
+tf.data and XLA, .keras files, mixed precision, gradient checkpointing, torch.compile."""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+import torch
+
+import d2v_tf
+import d2v_torch
+from crosscheck.cases import all_cases
+from crosscheck.runner import run_torch, torch_inputs
+from crosscheck.training import deterministic_config, step_parity
+from d2v_common.spec import weight_spec
+
+
+def _one_case_per_head():
+    seen, out = set(), []
+    for case in all_cases("small"):
+        if case.architecture.endswith("Model") or "interp" in case.name or case.architecture in seen:
+            continue
+        seen.add(case.architecture)
+        out.append(case)
+    return out
+
+
+HEAD_CASES = _one_case_per_head()
+ALL_CLASS_CASES = [c for c in all_cases("small") if "interp" not in c.name]
+ONE_PER_CLASS = list({c.architecture: c for c in reversed(ALL_CLASS_CASES)}.values())
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+@pytest.mark.parametrize("case", HEAD_CASES, ids=lambda c: c.name)
+def test_one_step_same_weights(case, optimizer):
+    worst, where, (loss_pt, loss_tf) = step_parity(case, optimizer)
+    # summed losses (CTC "sum") reach the hundreds, where float32's spacing exceeds 1e-5
+    assert abs(loss_pt - loss_tf) <= 1e-5 * max(1.0, abs(loss_pt))
+    assert worst <= 1e-5, f"{where}: {worst:.2e}"
+
+
+def _model_pair(case, seed=0):
+    config = deterministic_config(case.config)
+    arrays = weight_spec(config, case.architecture).random_arrays(seed)
+    tfm = getattr(d2v_tf, "TF" + case.architecture)(config)
+    tfm.load_arrays(arrays)
+    return config, arrays, tfm
+
+
+@pytest.mark.parametrize("case", ONE_PER_CLASS, ids=lambda c: c.architecture)
+def test_keras_file_round_trip_bit_identical(case, tmp_path):
+    _, _, model = _model_pair(case)
+    inputs = case.make_inputs(np.random.default_rng(1))
+    inputs.pop("labels", None)
+    before = model(**inputs, **case.call_kwargs)
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path, safe_mode=True)
+    assert type(loaded) is type(model)
+    after = loaded(**inputs, **case.call_kwargs)
+    assert set(before.keys()) == set(after.keys())
+    for key in before.keys():
+        a, b = before[key], after[key]
+        for x, y in zip(a if isinstance(a, tuple) else (a,), b if isinstance(b, tuple) else (b,)):
+            assert np.array_equal(np.asarray(x), np.asarray(y)), key
+    assert loaded.config == model.config
+
+
+@pytest.mark.parametrize("case", HEAD_CASES, ids=lambda c: c.name)
+def test_keras_fit_evaluate_predict_with_tf_data(case):
+    keras.utils.set_random_seed(0)
+    _, _, model = _model_pair(case)
+    rng = np.random.default_rng(2)
+    batches = [case.make_inputs(rng) for _ in range(3)]
+    x = {k: np.concatenate([b[k] for b in batches]) for k in batches[0] if k != "labels"}
+    y = np.concatenate([b["labels"] for b in batches])
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(2)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    hist = model.fit(ds, epochs=2, verbose=0)
+    assert np.isfinite(hist.history["loss"]).all()
+    assert np.isfinite(model.evaluate(ds, verbose=0))
+    preds = model.predict(x, batch_size=2, verbose=0)
+    assert preds["logits"].shape[0] == y.shape[0] if "logits" in preds else True
+    # labels inside x
+    ds_x = tf.data.Dataset.from_tensor_slices({**x, "labels": y}).batch(2)
+    assert np.isfinite(model.fit(ds_x, epochs=1, verbose=0).history["loss"][0])
+
+
+def test_keras_fit_xla_and_metrics():
+    case = next(c for c in HEAD_CASES if c.architecture == "Data2VecVisionForImageClassification")
+    keras.utils.set_random_seed(0)
+    _, _, model = _model_pair(case)
+    rng = np.random.default_rng(0)
+    batches = [case.make_inputs(rng) for _ in range(4)]
+    x = np.concatenate([b["pixel_values"] for b in batches])
+    y = np.concatenate([b["labels"] for b in batches])
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), metrics=["accuracy"], jit_compile=True)
+    hist = model.fit(x, y, batch_size=4, epochs=2, verbose=0)
+    assert set(hist.history) == {"loss", "accuracy"} and np.isfinite(hist.history["loss"]).all()
+    # a loss given to compile replaces the built-in one
+    model.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    assert np.isfinite(model.evaluate(x, y, verbose=0))
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+@pytest.mark.parametrize("case", HEAD_CASES, ids=lambda c: c.name)
+def test_keras_mixed_precision(case, policy):
+    config = deterministic_config(case.config)
+    arrays = weight_spec(config, case.architecture).random_arrays(0)
+    inputs = case.make_inputs(np.random.default_rng(1))
+    reference = run_torch(case, arrays, inputs)
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        model = getattr(d2v_tf, "TF" + case.architecture)(config)
+        model.load_arrays(arrays)
+        out = model(**inputs, **case.call_kwargs)  # inference first: training updates BatchNorm
+        with tf.GradientTape() as tape:
+            train_out = model(**inputs, **case.call_kwargs, training=True)
+        grads = tape.gradient(train_out.loss, model.trainable_variables)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert train_out.loss.dtype == tf.float32 and out.loss.dtype == tf.float32
+    assert all(g is None or np.isfinite(np.asarray(g, np.float32)).all() for g in grads)
+    key = "logits" if "logits" in reference else "start_logits"
+    assert np.abs(np.asarray(out[key], np.float32) - reference[key]).max() <= 2e-2
+
+
+@pytest.mark.parametrize("case", HEAD_CASES, ids=lambda c: c.name)
+def test_torch_autocast_bf16(case):
+    config = deterministic_config(case.config)
+    arrays = weight_spec(config, case.architecture).random_arrays(0)
+    inputs = case.make_inputs(np.random.default_rng(1))
+    reference = run_torch(case, arrays, inputs)
+    model = getattr(d2v_torch, case.architecture)(config)
+    model.load_arrays(arrays)
+    model.eval()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(**torch_inputs(inputs), **case.call_kwargs)
+    assert out.loss.dtype == torch.float32
+    out.loss.backward()
+    key = "logits" if "logits" in reference else "start_logits"
+    assert np.abs(out[key].detach().float().numpy() - reference[key]).max() <= 2e-2
+
+
+@pytest.mark.parametrize("case", HEAD_CASES, ids=lambda c: c.name)
+def test_torch_gradient_checkpointing_same_gradients(case):
+    config = deterministic_config(case.config)
+    arrays = weight_spec(config, case.architecture).random_arrays(0)
+    inputs = torch_inputs(case.make_inputs(np.random.default_rng(1)))
+    grads = []
+    for checkpointing in (False, True):
+        model = getattr(d2v_torch, case.architecture)(config)
+        model.load_arrays(arrays)
+        model.train()
+        if checkpointing:
+            model.gradient_checkpointing_enable()
+        model(**inputs, **case.call_kwargs).loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        assert torch.allclose(grads[0][name], grads[1][name], atol=1e-6), name
+
+
+def test_train_eval_modes_and_torch_compile():
+    case = next(c for c in HEAD_CASES if c.architecture == "Data2VecVisionForImageClassification")
+    config = case.config.copy(hidden_dropout_prob=0.3)
+    model = d2v_torch.Data2VecVisionForImageClassification(config)
+    inputs = torch_inputs(case.make_inputs(np.random.default_rng(0)))
+    inputs.pop("labels")
+    model.train()
+    assert not torch.equal(model(**inputs).logits, model(**inputs).logits)
+    model.eval()
+    with torch.no_grad():
+        eager = model(**inputs).logits
+        compiled = torch.compile(model)(**inputs).logits
+    assert torch.allclose(eager, compiled, atol=1e-5)
