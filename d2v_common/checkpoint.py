@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
 import h5py
 import numpy as np
@@ -90,30 +90,107 @@ def read_index(path: str) -> list[str]:
     return [os.path.join(directory, s) for s in shards]
 
 
-def iter_safetensors(path: str) -> Iterator[tuple[str, np.ndarray]]:
-    """Yield tensors one at a time (memory stays at one tensor beyond what the caller keeps)."""
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(path, framework="numpy") as f:
-            for name in f.keys():
-                array = f.get_tensor(name)
-                _check_array(name, array)
-                yield name, array
-    except SafetensorError as e:
-        raise CheckpointError(f"{path} is not a valid safetensors file: {e}") from None
-    except (OSError, TypeError) as e:
-        # safetensors cannot give bf16 to numpy, and reports torn files as OSError.
-        raise CheckpointError(f"cannot read {path}: {e}") from None
+_SAFETENSORS_DTYPES = {
+    "F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32,
+    "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_, "BF16": np.float32,
+}
 
 
-def read_safetensors(path: str) -> dict[str, np.ndarray]:
+class LazyTensor:
+    """A tensor of a safetensors file, read when first used.
+
+    Shape and dtype come from the file's header, so a checkpoint can be checked against a spec
+    before any data is read, and a model can load it one tensor at a time. ``np.asarray``
+    reads it. bfloat16 tensors (numpy has none) are read as float32, exactly.
+    """
+
+    def __init__(self, source: "_SafetensorsFile", name: str, shape: tuple[int, ...], dtype_code: str):
+        self.source, self.name, self.shape, self.dtype_code = source, name, shape, dtype_code
+        self.dtype = np.dtype(_SAFETENSORS_DTYPES[dtype_code])
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+    def load(self) -> np.ndarray:
+        return self.source.load(self)
+
+    def astype(self, dtype) -> np.ndarray:
+        return self.load().astype(dtype)
+
+    def __array__(self, dtype=None, copy=None):
+        array = self.load()
+        return array if dtype is None else array.astype(dtype)
+
+    def __repr__(self) -> str:
+        return f"LazyTensor({self.name!r}, shape={self.shape}, dtype={self.dtype_code})"
+
+
+class _SafetensorsFile:
+    """One safetensors file: validated by the safetensors library, then read tensor by tensor
+    with plain file reads (no memory map, so a load never holds the whole file)."""
+
+    def __init__(self, path: str):
+        from safetensors import SafetensorError, safe_open
+
+        self.path = path
+        self.tensors: dict[str, LazyTensor] = {}
+        try:
+            with safe_open(path, framework="numpy") as handle:  # checks header, offsets, sizes
+                for name in handle.keys():
+                    info = handle.get_slice(name)
+                    shape, code = tuple(int(d) for d in info.get_shape()), info.get_dtype()
+                    if code not in _SAFETENSORS_DTYPES:
+                        raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {code}")
+                    if int(np.prod(shape)) > MAX_TENSOR_ELEMENTS:
+                        raise CheckpointError(f"tensor {name!r} has an absurd shape {shape}")
+                    self.tensors[name] = LazyTensor(self, name, shape, code)
+            with open(path, "rb") as f:
+                header_size = int.from_bytes(f.read(8), "little")
+                header = json.loads(f.read(header_size))
+        except SafetensorError as e:
+            raise CheckpointError(f"{path} is not a valid safetensors file: {e}") from None
+        except CheckpointError:
+            raise
+        except (OSError, ValueError, TypeError) as e:
+            raise CheckpointError(f"cannot read {path}: {e}") from None
+        self.data_start = 8 + header_size
+        self.offsets = {name: header[name]["data_offsets"] for name in self.tensors}
+
+    def load(self, tensor: LazyTensor) -> np.ndarray:
+        start, end = self.offsets[tensor.name]
+        stored = np.dtype("<u2") if tensor.dtype_code == "BF16" else tensor.dtype.newbyteorder("<")
+        out = np.empty(tensor.shape, dtype=stored)
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.data_start + start)
+                if f.readinto(memoryview(out.reshape(-1).view(np.uint8))) != end - start:
+                    raise OSError("file ended early")
+        except OSError as e:
+            raise CheckpointError(f"cannot read tensor {tensor.name!r} from {self.path}: {e}") from None
+        if tensor.dtype_code == "BF16":  # bfloat16 is the top half of a float32
+            return (out.astype(np.uint32) << 16).view(np.float32)
+        return out.astype(tensor.dtype, copy=False)
+
+
+def iter_safetensors(path: str):
+    """Yield ``(name, array)`` one tensor at a time."""
+    for name, tensor in _SafetensorsFile(path).tensors.items():
+        yield name, tensor.load()
+
+
+def read_safetensors(path: str) -> dict[str, LazyTensor]:
+    """Name -> LazyTensor for a safetensors file or a shard index."""
     if path.endswith(".json"):
-        out: dict[str, np.ndarray] = {}
+        out: dict[str, LazyTensor] = {}
         for shard in read_index(path):
             out.update(read_safetensors(shard))
         return out
-    return dict(iter_safetensors(path))
+    return dict(_SafetensorsFile(path).tensors)
 
 
 def import_torch():
@@ -263,7 +340,7 @@ def read_checkpoint(
     ``spec`` is needed only for tf_model.h5 (its names are mapped through the spec).
     """
     fmt, path = find_checkpoint(directory, prefer)
-    if fmt == "safetensors":
+    if fmt == "safetensors":  # lazy: tensors are read when used
         return read_safetensors(path), [], fmt
     if fmt == "pt-bin":
         return read_pytorch_bin(path), [], fmt

@@ -130,8 +130,10 @@ def match_checkpoint(
             if np.dtype(p.dtype).kind == "f" and array.dtype.kind not in "fiu":
                 raise ValueError(f"{p.name}: checkpoint dtype {array.dtype} cannot become {p.dtype}")
             matched[p.name] = array.astype(p.dtype)
-        if check_finite and matched[p.name].dtype.kind == "f" and not np.isfinite(matched[p.name]).all():
-            raise ValueError(f"{p.name}: checkpoint tensor holds NaN or Inf values")
+        if check_finite and np.dtype(p.dtype).kind == "f":
+            matched[p.name] = np.asarray(matched[p.name])  # read it (lazy tensors) to look
+            if not np.isfinite(matched[p.name]).all():
+                raise ValueError(f"{p.name}: checkpoint tensor holds NaN or Inf values")
     if bad_shapes and not ignore_mismatched_sizes:
         name, got, want = bad_shapes[0]
         raise ValueError(

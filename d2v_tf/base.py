@@ -147,11 +147,14 @@ class TFData2VecPreTrainedModel(keras.Model):
     def load_arrays(self, arrays: dict[str, np.ndarray]) -> None:
         """Assign canonical arrays (every stored spec name) through the layout rules."""
         variables = self._keras_variables()
+        missing = [p.name for p in self.spec.stored() if p.name not in arrays]
+        if missing:
+            raise ValueError(f"{type(self).__name__}: no value for {missing[:5]}")
         for p in self.spec.stored():
-            if p.name not in arrays:
-                raise ValueError(f"{type(self).__name__}: no value for {p.name}")
+            # one tensor at a time: lazily read checkpoints never sit in memory whole
             value = layouts.to_keras_array(p, np.asarray(arrays[p.name]))
             variables[layouts.keras_name(p)].assign(value.astype(p.dtype, copy=False))
+            del value
 
     def state_arrays(self) -> dict[str, np.ndarray]:
         """Canonical numpy arrays of every tensor (tied copies included)."""
