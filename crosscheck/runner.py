@@ -76,7 +76,8 @@ def hf_model(case: Case, arrays: dict):
 
     transformers = importlib.import_module("transformers")
     config = getattr(transformers, type(case.config).__name__).from_dict(case.config.to_dict())
-    config._attn_implementation = "eager"
+    if case.call_kwargs.get("output_attentions"):
+        config._attn_implementation = "eager"  # HF's fused (sdpa) audio attention returns no weights
     model = getattr(transformers, case.architecture)(config).eval()
     full = weight_spec(case.config, case.architecture).tie(dict(arrays))
     state = {k: torch.from_numpy(np.require(v, requirements="C")) for k, v in full.items()}

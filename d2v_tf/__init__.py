@@ -10,7 +10,25 @@ if keras.backend.backend() != "tensorflow":
     raise ImportError(f"d2v_tf needs Keras 3 with the TensorFlow backend; KERAS_BACKEND is {keras.backend.backend()!r}")
 
 from d2v_common.configs import Data2VecAudioConfig, Data2VecTextConfig, Data2VecVisionConfig  # noqa: E402
+from d2v_tf.audio import (  # noqa: E402
+    TFData2VecAudioForAudioFrameClassification,
+    TFData2VecAudioForCTC,
+    TFData2VecAudioForSequenceClassification,
+    TFData2VecAudioForXVector,
+    TFData2VecAudioModel,
+    TFData2VecAudioPreTrainedModel,
+)
 from d2v_tf.base import TFData2VecPreTrainedModel  # noqa: E402
+from d2v_tf.text import (  # noqa: E402
+    TFData2VecTextForCausalLM,
+    TFData2VecTextForMaskedLM,
+    TFData2VecTextForMultipleChoice,
+    TFData2VecTextForQuestionAnswering,
+    TFData2VecTextForSequenceClassification,
+    TFData2VecTextForTokenClassification,
+    TFData2VecTextModel,
+    TFData2VecTextPreTrainedModel,
+)
 from d2v_tf.vision import (  # noqa: E402
     TFData2VecVisionForImageClassification,
     TFData2VecVisionForSemanticSegmentation,
@@ -22,7 +40,21 @@ __all__ = [
     "Data2VecAudioConfig",
     "Data2VecTextConfig",
     "Data2VecVisionConfig",
+    "TFData2VecAudioForAudioFrameClassification",
+    "TFData2VecAudioForCTC",
+    "TFData2VecAudioForSequenceClassification",
+    "TFData2VecAudioForXVector",
+    "TFData2VecAudioModel",
+    "TFData2VecAudioPreTrainedModel",
     "TFData2VecPreTrainedModel",
+    "TFData2VecTextForCausalLM",
+    "TFData2VecTextForMaskedLM",
+    "TFData2VecTextForMultipleChoice",
+    "TFData2VecTextForQuestionAnswering",
+    "TFData2VecTextForSequenceClassification",
+    "TFData2VecTextForTokenClassification",
+    "TFData2VecTextModel",
+    "TFData2VecTextPreTrainedModel",
     "TFData2VecVisionForImageClassification",
     "TFData2VecVisionForSemanticSegmentation",
     "TFData2VecVisionModel",

@@ -253,7 +253,9 @@ class TFData2VecPreTrainedModel(keras.Model):
 
     def predict_step(self, data):
         x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
-        return dict(self(x, training=False))
+        out = dict(self(x, training=False))
+        out.pop("past_key_values", None)  # a decoding cache means nothing once batches are joined
+        return out
 
     # ------------------------------------------------------------------------ helpers
     def num_parameters(self) -> int:

@@ -1,7 +1,25 @@
 """Data2Vec in PyTorch, with HF's class names, arguments and outputs."""
 
 from d2v_common.configs import Data2VecAudioConfig, Data2VecTextConfig, Data2VecVisionConfig
+from d2v_torch.audio import (
+    Data2VecAudioForAudioFrameClassification,
+    Data2VecAudioForCTC,
+    Data2VecAudioForSequenceClassification,
+    Data2VecAudioForXVector,
+    Data2VecAudioModel,
+    Data2VecAudioPreTrainedModel,
+)
 from d2v_torch.base import Data2VecPreTrainedModel
+from d2v_torch.text import (
+    Data2VecTextForCausalLM,
+    Data2VecTextForMaskedLM,
+    Data2VecTextForMultipleChoice,
+    Data2VecTextForQuestionAnswering,
+    Data2VecTextForSequenceClassification,
+    Data2VecTextForTokenClassification,
+    Data2VecTextModel,
+    Data2VecTextPreTrainedModel,
+)
 from d2v_torch.vision import (
     Data2VecVisionForImageClassification,
     Data2VecVisionForSemanticSegmentation,
@@ -11,8 +29,22 @@ from d2v_torch.vision import (
 
 __all__ = [
     "Data2VecAudioConfig",
+    "Data2VecAudioForAudioFrameClassification",
+    "Data2VecAudioForCTC",
+    "Data2VecAudioForSequenceClassification",
+    "Data2VecAudioForXVector",
+    "Data2VecAudioModel",
+    "Data2VecAudioPreTrainedModel",
     "Data2VecPreTrainedModel",
     "Data2VecTextConfig",
+    "Data2VecTextForCausalLM",
+    "Data2VecTextForMaskedLM",
+    "Data2VecTextForMultipleChoice",
+    "Data2VecTextForQuestionAnswering",
+    "Data2VecTextForSequenceClassification",
+    "Data2VecTextForTokenClassification",
+    "Data2VecTextModel",
+    "Data2VecTextPreTrainedModel",
     "Data2VecVisionConfig",
     "Data2VecVisionForImageClassification",
     "Data2VecVisionForSemanticSegmentation",

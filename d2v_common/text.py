@@ -1,0 +1,196 @@
+"""Framework-neutral pieces of the text family: length limits, index tables, input checks.
+
+Both ``d2v_torch/text.py`` and ``d2v_tf/text.py`` call these, so the two frameworks accept and
+refuse exactly the same inputs with the same messages.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from d2v_common.configs import Data2VecTextConfig
+
+RELATIVE_TYPES = ("relative_key", "relative_key_query")
+IGNORE_INDEX = -100
+
+
+def uses_relative_positions(config: Data2VecTextConfig) -> bool:
+    return config.position_embedding_type in RELATIVE_TYPES
+
+
+def position_offset(config: Data2VecTextConfig) -> int:
+    """Position ids start after this value (the pad id; 0 when the config has no pad id)."""
+    return config.pad_token_id if config.pad_token_id is not None else 0
+
+
+def max_input_length(config: Data2VecTextConfig) -> int:
+    """Longest sequence (cached positions included) the position tables can index.
+
+    Absolute positions run from pad+1, so ``max_position_embeddings - pad - 1`` tokens fit; the
+    relative distance table holds offsets up to ``max_position_embeddings - 1`` either way.
+    """
+    if uses_relative_positions(config):
+        return config.max_position_embeddings
+    return config.max_sequence_length
+
+
+def _length_error(config: Data2VecTextConfig, length: int, past_length: int) -> ValueError:
+    limit = max_input_length(config)
+    what = f"{length} tokens" + (f" after {past_length} cached positions" if past_length else "")
+    if uses_relative_positions(config):
+        why = f"the relative distance table covers max_position_embeddings={config.max_position_embeddings} positions"
+    else:
+        why = (
+            f"absolute position ids run from pad_token_id+1={position_offset(config) + 1} up to "
+            f"max_position_embeddings-1={config.max_position_embeddings - 1}"
+        )
+    return ValueError(f"input of {what} is longer than this model allows: the limit is {limit} tokens ({why})")
+
+
+def check_sequence_length(
+    config: Data2VecTextConfig, length: int, past_length: int = 0, from_embeds: bool = False,
+    explicit_positions: bool = False,
+) -> None:
+    """Raise ``ValueError`` naming the limit when positions would run past the tables.
+
+    Positions made from ``inputs_embeds`` restart at pad+1 whatever the cache holds (as in HF), so
+    only the new tokens count there; explicit ``position_ids`` are checked by value instead.
+    """
+    if length is None:
+        return
+    if uses_relative_positions(config):
+        total = length + past_length
+    elif explicit_positions:
+        return
+    else:
+        total = length if from_embeds else length + past_length
+    if total > max_input_length(config):
+        raise _length_error(config, length, past_length)
+
+
+def check_inputs(input_ids_shape, inputs_embeds_shape, hidden_size: int) -> tuple[int, int]:
+    """Exactly one of ``input_ids`` (B, L) / ``inputs_embeds`` (B, L, hidden); returns (B, L)."""
+    if input_ids_shape is not None and inputs_embeds_shape is not None:
+        raise ValueError("pass either input_ids or inputs_embeds, not both")
+    if input_ids_shape is None and inputs_embeds_shape is None:
+        raise ValueError("pass input_ids or inputs_embeds")
+    if input_ids_shape is not None:
+        if len(input_ids_shape) != 2:
+            raise ValueError(f"input_ids must have shape (batch, sequence_length), got {tuple(input_ids_shape)}")
+        return input_ids_shape[0], input_ids_shape[1]
+    if len(inputs_embeds_shape) != 3 or inputs_embeds_shape[-1] != hidden_size:
+        raise ValueError(
+            f"inputs_embeds must have shape (batch, sequence_length, hidden_size={hidden_size}), "
+            f"got {tuple(inputs_embeds_shape)}"
+        )
+    return inputs_embeds_shape[0], inputs_embeds_shape[1]
+
+
+def check_same_shape(name: str, shape, expected) -> None:
+    if shape is not None and (len(shape) != len(expected) or not _dims_match(shape, expected)):
+        raise ValueError(f"{name} must have shape {tuple(expected)} like the input ids, got {tuple(shape)}")
+
+
+def check_attention_mask_shape(shape, batch: int, query_length: int, key_length: int, name="attention_mask") -> None:
+    """A keep-mask is (B, keys) or (B, queries, keys); keys include cached positions."""
+    ok2 = len(shape) == 2 and _dims_match(shape, (batch, key_length))
+    ok3 = len(shape) == 3 and _dims_match(shape, (batch, query_length, key_length))
+    if not (ok2 or ok3):
+        raise ValueError(
+            f"{name} must have shape (batch, {key_length}) or (batch, {query_length}, {key_length}) "
+            f"(keys include cached positions), got {tuple(shape)}"
+        )
+
+
+def _dims_match(shape, expected) -> bool:
+    return all(s is None or e is None or int(s) == int(e) for s, e in zip(shape, expected))
+
+
+def check_index_range(name: str, values: np.ndarray, upper: int, limit_name: str) -> None:
+    """Every value in [0, upper); ``ValueError`` naming the offending ids and the limit otherwise."""
+    values = np.asarray(values)
+    if values.size == 0:
+        return
+    bad = (values < 0) | (values >= upper)
+    if bad.any():
+        raise ValueError(f"{name} must be in [0, {upper}) ({limit_name}={upper}), got {values[bad][:5].tolist()}")
+
+
+def check_labels(name: str, values: np.ndarray, num_classes: int, ignore_index: int = IGNORE_INDEX) -> None:
+    """Class labels in [0, num_classes) or ``ignore_index``."""
+    values = np.asarray(values)
+    if values.dtype.kind not in "iu":
+        raise TypeError(f"{name} must be integers, got dtype {values.dtype}")
+    bad = (values != ignore_index) & ((values < 0) | (values >= num_classes))
+    if bad.any():
+        raise ValueError(
+            f"{name} must be in [0, {num_classes}) or {ignore_index} to ignore, got {values[bad][:5].tolist()}"
+        )
+
+
+def relative_distance_index(query_length: int, key_length: int, max_position_embeddings: int) -> np.ndarray:
+    """(queries, keys) rows of the distance table: query i sits at position ``past + i`` where
+    ``past = keys - queries`` (the cached prefix), key j at position j."""
+    past = key_length - query_length
+    query_pos = np.arange(past, key_length, dtype=np.int64)[:, None]
+    key_pos = np.arange(key_length, dtype=np.int64)[None, :]
+    return query_pos - key_pos + (max_position_embeddings - 1)
+
+
+def causal_keep_mask(query_length: int, key_length: int) -> np.ndarray:
+    """(queries, keys) 0/1 mask: query i (at position past + i) sees keys 0 .. past + i."""
+    past = key_length - query_length
+    return (np.arange(key_length)[None, :] <= np.arange(query_length)[:, None] + past).astype(np.float32)
+
+
+def check_past(past_shapes: list[list[tuple]], config: Data2VecTextConfig, batch) -> int:
+    """Shapes of a legacy cache (per layer: self k, self v[, cross k, cross v]); returns its length."""
+    num_layers, heads = config.num_hidden_layers, config.num_attention_heads
+    head_dim = config.hidden_size // heads
+    if len(past_shapes) != num_layers:
+        raise ValueError(f"past_key_values has {len(past_shapes)} layers, the model has {num_layers}")
+    lengths = set()
+    for i, shapes in enumerate(past_shapes):
+        if len(shapes) not in (2, 4):
+            raise ValueError(
+                f"past_key_values[{i}] must hold (key, value) or (key, value, cross_key, cross_value), "
+                f"got {len(shapes)} tensors"
+            )
+        for s in shapes:
+            if len(s) != 4 or not _dims_match(s, (batch, heads, None, head_dim)):
+                raise ValueError(
+                    f"past_key_values[{i}] tensors must have shape (batch={batch}, heads={heads}, length, "
+                    f"head_dim={head_dim}), got {tuple(s)}"
+                )
+        lengths.add(shapes[0][2])
+    if len(lengths) != 1:
+        raise ValueError(f"past_key_values layers cache different lengths: {sorted(lengths)}")
+    return int(lengths.pop())
+
+
+def multiple_choice_shapes(input_ids_shape, inputs_embeds_shape) -> tuple[int, int, int]:
+    """(batch, choices, length) of a multiple-choice input: ids (B, C, L) or embeds (B, C, L, H)."""
+    if input_ids_shape is not None and inputs_embeds_shape is not None:
+        raise ValueError("pass either input_ids or inputs_embeds, not both")
+    if input_ids_shape is not None:
+        if len(input_ids_shape) != 3:
+            raise ValueError(
+                "multiple choice input_ids must have shape (batch, num_choices, sequence_length), "
+                f"got {tuple(input_ids_shape)}"
+            )
+        return tuple(input_ids_shape)
+    if inputs_embeds_shape is None:
+        raise ValueError("pass input_ids or inputs_embeds")
+    if len(inputs_embeds_shape) != 4:
+        raise ValueError(
+            "multiple choice inputs_embeds must have shape (batch, num_choices, sequence_length, hidden_size), "
+            f"got {tuple(inputs_embeds_shape)}"
+        )
+    return tuple(inputs_embeds_shape[:3])
+
+
+def check_question_answering(config: Data2VecTextConfig) -> None:
+    if config.num_labels != 2:
+        raise ValueError(
+            f"question answering needs config.num_labels == 2 (start and end logits), got {config.num_labels}"
+        )
