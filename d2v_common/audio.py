@@ -90,19 +90,32 @@ def check_input_values(config: Data2VecAudioConfig, shape: tuple, dtype: str) ->
     return None if samples is None else int(feature_lengths(config, samples, add_adapter=False))
 
 
-def check_attention_mask(config: Data2VecAudioConfig, mask: np.ndarray, input_shape: tuple) -> None:
-    """Validate a sample-level attention mask (numpy): shape, and every row long enough."""
-    if tuple(mask.shape) != tuple(input_shape):
+def check_attention_mask_shape(mask_shape: tuple, input_shape: tuple) -> None:
+    """The sample-level mask has the waveform batch's shape (unknown sizes pass)."""
+    ok = len(mask_shape) == len(input_shape) == 2 and all(
+        m is None or i is None or int(m) == int(i) for m, i in zip(mask_shape, input_shape)
+    )
+    if not ok:
         raise ValueError(
-            f"attention_mask must have the shape of input_values {tuple(input_shape)}, got {tuple(mask.shape)}"
+            f"attention_mask must have the shape of input_values {tuple(input_shape)}, got {tuple(mask_shape)}"
         )
+
+
+def check_attention_mask(config: Data2VecAudioConfig, mask: np.ndarray, input_shape: tuple) -> None:
+    """Validate a sample-level attention mask (numpy): shape, and every row long enough.
+
+    A row that keeps no sample at all is an all-padding row (a filler in a batch): it gets no
+    frames and finite outputs. A row with some samples but fewer than the receptive field is
+    an error, since none of its audio would reach the model.
+    """
+    check_attention_mask_shape(tuple(mask.shape), tuple(input_shape))
     lengths = mask.astype(np.int64).sum(-1)
     need = min_input_samples(config)
-    short = np.nonzero(lengths < need)[0]
+    short = np.nonzero((lengths > 0) & (lengths < need))[0]
     if short.size:
         raise ValueError(
             f"attention_mask keeps only {lengths[short].tolist()} samples in batch rows {short.tolist()}; "
-            f"each row needs at least {need} (the feature encoder's receptive field)"
+            f"each row needs at least {need} (the feature encoder's receptive field), or none for a padding row"
         )
 
 
@@ -117,10 +130,18 @@ def check_mask_time_indices(shape: tuple, expected: tuple, has_embed: bool) -> N
 
 
 def check_xvector_frames(config: Data2VecAudioConfig, frames: int | None, lengths: np.ndarray | None = None) -> None:
-    """Statistics pooling needs two TDNN frames per row (the std of one frame is undefined)."""
+    """Statistics pooling needs two TDNN frames per row (the std of one frame is undefined).
+
+    ``lengths``: encoder frames per row; rows with none (all padding) are exempt, they pool to zeros.
+    """
     if frames is None:
         return
     real = tdnn_frames(config, frames)
+    if lengths is not None:
+        lengths = np.asarray(lengths)
+        lengths = lengths[lengths > 0]
+        if lengths.size == 0:
+            return
     usable = np.array([real]) if lengths is None else np.minimum(tdnn_lengths(config, lengths), real)
     if (usable < 2).any():
         raise ValueError(

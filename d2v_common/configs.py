@@ -158,8 +158,9 @@ class Data2VecConfigBase:
             value = kwargs.pop(key, copy.deepcopy(field.default))
             setattr(self, key, _check_kind(name, key, field.kind, value))
         for key, value in kwargs.items():
-            if key.startswith("__"):
-                raise ValueError(f"{name}: invalid config key {key!r}")
+            # an unknown key may not shadow a method or property of the config class
+            if key.startswith("__") or hasattr(type(self), key):
+                raise ValueError(f"{name}: config key {key!r} is reserved and cannot be set")
             setattr(self, key, value)
             self._extra_keys.append(key)
 

@@ -77,13 +77,23 @@ def check_inputs(input_ids_shape, inputs_embeds_shape, hidden_size: int) -> tupl
     if input_ids_shape is not None:
         if len(input_ids_shape) != 2:
             raise ValueError(f"input_ids must have shape (batch, sequence_length), got {tuple(input_ids_shape)}")
+        _check_not_empty("input_ids", input_ids_shape)
         return input_ids_shape[0], input_ids_shape[1]
     if len(inputs_embeds_shape) != 3 or inputs_embeds_shape[-1] != hidden_size:
         raise ValueError(
             f"inputs_embeds must have shape (batch, sequence_length, hidden_size={hidden_size}), "
             f"got {tuple(inputs_embeds_shape)}"
         )
+    _check_not_empty("inputs_embeds", inputs_embeds_shape)
     return inputs_embeds_shape[0], inputs_embeds_shape[1]
+
+
+def _check_not_empty(name: str, shape) -> None:
+    # Unknown (symbolic) sizes pass; zero sizes would only fail later, far from the cause.
+    if shape[0] is not None and int(shape[0]) == 0:
+        raise ValueError(f"{name} is an empty batch (shape {tuple(shape)}): give at least one sequence")
+    if shape[1] is not None and int(shape[1]) == 0:
+        raise ValueError(f"{name} has sequences of length 0 (shape {tuple(shape)}): give at least one token")
 
 
 def check_same_shape(name: str, shape, expected) -> None:
@@ -187,6 +197,25 @@ def multiple_choice_shapes(input_ids_shape, inputs_embeds_shape) -> tuple[int, i
             f"got {tuple(inputs_embeds_shape)}"
         )
     return tuple(inputs_embeds_shape[:3])
+
+
+def check_positions(name: str, shape, dtype: str, batch) -> None:
+    """Question-answering targets: one integer token index per sequence, (batch,) or (batch, 1).
+
+    Indices outside the sequence are allowed: the loss clamps and ignores them, as HF does.
+    """
+    if not _is_integer_dtype(dtype):
+        raise TypeError(f"{name} must be integer token indices, got dtype {dtype}")
+    size = None if None in tuple(shape) else int(np.prod(shape, dtype=np.int64))
+    if len(shape) > 2 or (len(shape) == 2 and shape[1] not in (1, None)) or (
+        size is not None and batch is not None and size != int(batch)
+    ):
+        raise ValueError(f"{name} must hold one index per sequence, shape ({batch},), got {tuple(shape)}")
+
+
+def _is_integer_dtype(dtype: str) -> bool:
+    """Integer dtype named by numpy, torch (``torch.int64``) or TensorFlow (``<dtype: 'int64'>``)."""
+    return "int" in str(dtype)
 
 
 def check_question_answering(config: Data2VecTextConfig) -> None:
