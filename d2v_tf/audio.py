@@ -182,9 +182,11 @@ class TFData2VecAudioEncoderLayer(Layer):
         self.final_layer_norm = LayerNorm(config.hidden_size, eps=eps)
 
     def call(self, x, bias=None, output_attentions=False, training=False):
+        """(output, attention weights, feed-forward output before the residual)."""
         attn, weights = self.attention(x, bias=bias, output_attentions=output_attentions, training=training)
         x = self.layer_norm(x + self.dropout(attn, training=training))
-        return self.final_layer_norm(x + self.feed_forward(x, training=training)), weights
+        ffn = self.feed_forward(x, training=training)
+        return self.final_layer_norm(x + ffn), weights, ffn
 
 
 class TFData2VecAudioEncoder(Layer):
@@ -197,7 +199,8 @@ class TFData2VecAudioEncoder(Layer):
         self.layers = [TFData2VecAudioEncoderLayer(config) for _ in range(config.num_hidden_layers)]
         self.seed_generator = keras.random.SeedGenerator() if config.layerdrop > 0 else None
 
-    def call(self, x, frame_mask=None, output_attentions=False, output_hidden_states=False, training=False):
+    def call(self, x, frame_mask=None, output_attentions=False, output_hidden_states=False, output_ffn_states=False,
+             training=False):
         bias = None
         if frame_mask is not None:
             # Padded frames are zeroed, but the positional convs below still see them (as in HF).
@@ -205,7 +208,7 @@ class TFData2VecAudioEncoder(Layer):
             bias = padding_bias(frame_mask)
         x = x + self.pos_conv_embed(x)
         x = self.dropout(self.layer_norm(x), training=training)
-        hidden_states, attentions = [], []
+        hidden_states, attentions, ffn_states = [], [], []
         for layer in self.layers:
             if output_hidden_states:
                 hidden_states.append(x)
@@ -213,19 +216,22 @@ class TFData2VecAudioEncoder(Layer):
             if training and self.layerdrop > 0:
                 drop = _draw(self.seed_generator) < self.layerdrop
             if drop is not None and _is_eager(drop) and bool(drop):
-                weights = None  # skipped by layerdrop, as in HF
+                weights = ffn = None  # skipped by layerdrop, as in HF
             else:
-                new_x, weights = layer(x, bias=bias, output_attentions=output_attentions, training=training)
+                new_x, weights, ffn = layer(x, bias=bias, output_attentions=output_attentions, training=training)
                 # In a traced graph the draw is symbolic: run the layer and select.
                 x = new_x if drop is None or _is_eager(drop) else ops.where(drop, x, new_x)
             if output_attentions:
                 attentions.append(weights)
+            if output_ffn_states:
+                ffn_states.append(ffn)
         if output_hidden_states:
             hidden_states.append(x)
         return (
             x,
             tuple(hidden_states) if output_hidden_states else None,
             tuple(attentions) if output_attentions else None,
+            tuple(ffn_states) if output_ffn_states else None,
         )
 
 
@@ -330,8 +336,9 @@ def statistics_pooling(x, lengths):
     """[mean, unbiased std] over the first ``lengths`` frames of each row -> (B, 2C)."""
     keep = ops.cast(tf.range(ops.shape(x)[1])[None, :] < lengths[:, None], x.dtype)[..., None]
     n = ops.cast(lengths, x.dtype)[:, None]
-    mean = ops.sum(x * keep, axis=1) / n
-    var = ops.sum(ops.square((x - mean[:, None]) * keep), axis=1) / (n - 1.0)
+    # An all-padding row (no frames) pools to zeros instead of 0 / 0.
+    mean = ops.sum(x * keep, axis=1) / ops.maximum(n, 1.0)
+    var = ops.sum(ops.square((x - mean[:, None]) * keep), axis=1) / ops.maximum(n - 1.0, 1.0)
     # A constant channel (a dead ReLU) has std 0 and, as with torch.std, gets no gradient
     # instead of sqrt's infinite one.
     positive = var > 0
@@ -407,6 +414,7 @@ def _check_inputs(config, input_values, attention_mask):
     frames = A.check_input_values(config, tuple(input_values.shape), str(input_values.dtype))
     if attention_mask is not None:
         attention_mask = ops.convert_to_tensor(attention_mask)
+        A.check_attention_mask_shape(tuple(attention_mask.shape), tuple(input_values.shape))
         if _is_eager(attention_mask):
             A.check_attention_mask(config, np.asarray(attention_mask), tuple(input_values.shape))
     return input_values, attention_mask, frames
@@ -484,8 +492,11 @@ class TFData2VecAudioModel(TFData2VecAudioPreTrainedModel):
         output_attentions=None,
         output_hidden_states=None,
         return_dict=None,
+        output_ffn_states=False,
         training=False,
     ):
+        """``output_ffn_states`` (d2v only, for data2vec pretraining): the returned object also
+        carries ``ffn_states``, each layer's feed-forward output before its residual."""
         output_attentions = self._flag(output_attentions, "output_attentions")
         output_hidden_states = self._flag(output_hidden_states, "output_hidden_states")
         return_dict = self._return_dict_default if return_dict is None else return_dict
@@ -496,13 +507,15 @@ class TFData2VecAudioModel(TFData2VecAudioPreTrainedModel):
             frame_mask = self._frame_mask(attention_mask, ops.shape(features)[1])
         x, extract_features = self.feature_projection(features, training=training)
         x = self._mask_hidden_states(x, mask_time_indices, frame_mask, training)
-        x, hidden_states, attentions = self.encoder(
+        x, hidden_states, attentions, ffn_states = self.encoder(
             x, frame_mask=frame_mask, output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states, training=training,
+            output_hidden_states=output_hidden_states, output_ffn_states=output_ffn_states, training=training,
         )
         if self.adapter is not None:
             x = self.adapter(x, training=training)
         out = Wav2Vec2BaseModelOutput(x, extract_features, hidden_states, attentions)
+        if output_ffn_states:
+            out.ffn_states = ffn_states  # an attribute, not an HF output field
         return finish(out, return_dict)
 
 
@@ -534,7 +547,8 @@ class TFData2VecAudioForCTC(TFData2VecAudioPreTrainedModel):
             samples = tf.fill([shape[0]], shape[1])
         else:
             samples = ops.sum(ops.cast(attention_mask, "int32"), axis=-1)
-        return A.feature_lengths(self.config, samples)
+        # an all-padding row has no frames (the formula goes negative there)
+        return ops.maximum(A.feature_lengths(self.config, samples), 0)
 
     def loss_from_outputs(self, outputs, labels):
         config = self.config
@@ -671,7 +685,9 @@ class TFData2VecAudioForSequenceClassification(_TFData2VecAudioClassifierBase):
         else:
             keep = self._frame_mask(attention_mask, ops.shape(x)[1], add_adapter=self.config.add_adapter)
             total = ops.sum(ops.where(keep[..., None], x, ops.zeros_like(x)), axis=1)
-            pooled = total / ops.cast(ops.sum(ops.cast(keep, "int32"), axis=1), x.dtype)[:, None]
+            # an all-padding row pools to zeros (HF divides 0 by its frame count, or worse)
+            count = ops.maximum(ops.sum(ops.cast(keep, "int32"), axis=1), 1)
+            pooled = total / ops.cast(count, x.dtype)[:, None]
         logits = self.classifier(pooled)
         out = SequenceClassifierOutput(None, logits, base.hidden_states, base.attentions)
         if labels is not None:
@@ -765,7 +781,7 @@ class TFData2VecAudioForXVector(_TFData2VecAudioClassifierBase):
             lengths = full
         else:
             # HF's TDNN length formula ignores dilation; slicing past the end keeps every frame.
-            lengths = ops.minimum(A.tdnn_lengths(config, A.feature_lengths(config, samples)), full)
+            lengths = ops.maximum(ops.minimum(A.tdnn_lengths(config, A.feature_lengths(config, samples)), full), 0)
         embeddings = self.feature_extractor(statistics_pooling(x, lengths))
         logits = self.classifier(embeddings)
         out = XVectorOutput(None, logits, embeddings, base.hidden_states, base.attentions)

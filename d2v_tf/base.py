@@ -257,6 +257,49 @@ class TFData2VecPreTrainedModel(keras.Model):
         out.pop("past_key_values", None)  # a decoding cache means nothing once batches are joined
         return out
 
+    # ------------------------------------------------------------------ fast inference
+    def make_fast(self, jit_compile: bool | None = None):
+        """A compiled inference callable; the model itself is left as it is.
+
+        ``fast = model.make_fast(); out = fast(pixel_values=x)`` runs the call (``training=False``)
+        inside one ``tf.function``: XLA-compiled with ``jit_compile=True``, a TensorFlow graph
+        with ``False``. The default (None) picks XLA when a GPU is visible and the graph on CPU,
+        where TF's oneDNN kernels (matmuls with their bias and activation fused) beat XLA's, and
+        XLA has no fast bfloat16 matmul (see the README's benchmarks). It traces once per input
+        signature (shapes, dtypes and Python flags such as ``output_hidden_states``) and returns
+        the model's output class, or its tuple with ``return_dict=False``. The first positional
+        argument, if any, is the model's main input (or a dict of inputs, as for ``model(...)``).
+        """
+        import tensorflow as tf
+
+        if jit_compile is None:
+            jit_compile = bool(tf.config.list_physical_devices("GPU"))
+        output_class = {}
+
+        def run(inputs):
+            out = self(**inputs, training=False, return_dict=True)
+            output_class["cls"] = type(out)
+            return dict(out)  # tf.function returns plain nests; the class is restored below
+
+        compiled = tf.function(run, jit_compile=jit_compile)
+
+        def fast(*args, return_dict=None, **inputs):
+            if len(args) > 1:
+                raise TypeError("make_fast(): pass at most one positional input (the main input or a dict)")
+            if args:
+                given = dict(args[0]) if isinstance(args[0], dict) else {self.main_input_name: args[0]}
+                overlap = set(given) & set(inputs)
+                if overlap:
+                    raise TypeError(f"inputs given twice: {sorted(overlap)}")
+                inputs = {**given, **inputs}
+            if "training" in inputs:
+                raise TypeError("make_fast() runs inference only (training=False)")
+            result = compiled(inputs)  # traces on first use, which records the output class
+            out = output_class["cls"](**result)
+            return out if (self._return_dict_default if return_dict is None else return_dict) else out.to_tuple()
+
+        return fast
+
     # ------------------------------------------------------------------------ helpers
     def num_parameters(self) -> int:
         return self.spec.num_parameters()

@@ -39,8 +39,17 @@ class Linear(Layer):
         self.bias = self.add_weight(shape=(out_features,), initializer="zeros", name="bias") if bias else None
 
     def call(self, x):
-        y = ops.matmul(x, self.kernel)
-        return y + self.bias if self.bias is not None else y
+        kernel = self.kernel
+        if len(x.shape) == 2:
+            y = tf.matmul(x, kernel)
+            return tf.nn.bias_add(y, self.bias) if self.bias is not None else y
+        # As one 2-D GEMM with the bias right after it: oneDNN runs that faster than a broadcast
+        # batch matmul, and TF graphs fuse the pair (a reshape in between would stop that).
+        lead = [d if d is not None else tf.shape(x)[i] for i, d in enumerate(x.shape[:-1])]
+        y = tf.matmul(tf.reshape(x, (-1, kernel.shape[0])), kernel)
+        if self.bias is not None:
+            y = tf.nn.bias_add(y, self.bias)
+        return tf.reshape(y, lead + [kernel.shape[1]])
 
 
 @tf.custom_gradient
@@ -298,7 +307,7 @@ def attention(query, key, value, bias=None, head_mask=None, dropout=None, traini
     Returns (context (B, T, H*D), weights or None).
     """
     scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
-    scores = ops.matmul(query, ops.transpose(key, (0, 1, 3, 2))) * ops.cast(scale, query.dtype)
+    scores = tf.matmul(query, key, transpose_b=True) * ops.cast(scale, query.dtype)
     scores = ops.cast(scores, "float32")
     if bias is not None:
         scores = scores + ops.cast(bias, "float32")

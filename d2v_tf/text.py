@@ -22,6 +22,7 @@ from keras import ops
 from d2v_common import layouts
 from d2v_common import text as common
 from d2v_common.configs import Data2VecTextConfig
+from d2v_common.losses import check_classification_labels
 from d2v_common.outputs import (
     BaseModelOutputWithPoolingAndCrossAttentions,
     CausalLMOutputWithCrossAttentions,
@@ -272,7 +273,9 @@ class TFData2VecTextOutput(Layer):
         self.dropout = Dropout(config.hidden_dropout_prob)
 
     def call(self, x, residual=None, training=False):
-        return self.LayerNorm(self.dropout(self.dense(x), training=training) + residual)
+        """(output, feed-forward output before dropout and residual: data2vec's teacher targets)."""
+        ffn = self.dense(x)
+        return self.LayerNorm(self.dropout(ffn, training=training) + residual), ffn
 
 
 class TFData2VecTextLayer(Layer):
@@ -303,7 +306,8 @@ class TFData2VecTextLayer(Layer):
                 output_attentions=output_attentions, training=training,
             )
             present = present + cross_present
-        return self.output_(self.intermediate(x), residual=x, training=training), weights, cross_weights, present
+        x, ffn = self.output_(self.intermediate(x), residual=x, training=training)
+        return x, weights, cross_weights, present, ffn
 
 
 class TFData2VecTextEncoder(Layer):
@@ -312,16 +316,19 @@ class TFData2VecTextEncoder(Layer):
         self.layer = [TFData2VecTextLayer(config) for _ in range(config.num_hidden_layers)]
 
     def call(self, x, bias=None, head_mask=None, encoder_states=None, encoder_bias=None, past=None,
-             use_cache=False, output_attentions=False, output_hidden_states=False, training=False):
+             use_cache=False, output_attentions=False, output_hidden_states=False, output_ffn_states=False,
+             training=False):
         head_masks = expand_head_mask(head_mask, len(self.layer))
-        hidden_states, attentions, cross_attentions, presents = [], [], [], []
+        hidden_states, attentions, cross_attentions, presents, ffn_states = [], [], [], [], []
         for i, layer in enumerate(self.layer):
             if output_hidden_states:
                 hidden_states.append(x)
-            x, weights, cross_weights, present = layer(
+            x, weights, cross_weights, present, ffn = layer(
                 x, bias=bias, head_mask=head_masks[i], encoder_states=encoder_states, encoder_bias=encoder_bias,
                 past=past[i] if past else None, output_attentions=output_attentions, training=training,
             )
+            if output_ffn_states:
+                ffn_states.append(ffn)
             if use_cache:
                 presents.append(present)
             if output_attentions:
@@ -336,6 +343,7 @@ class TFData2VecTextEncoder(Layer):
             tuple(hidden_states) if output_hidden_states else None,
             tuple(attentions) if output_attentions else None,
             tuple(cross_attentions) if cross_attentions else None,
+            tuple(ffn_states) if output_ffn_states else None,
         )
 
 
@@ -399,6 +407,9 @@ def causal_lm_loss(logits, labels):
 
 def question_answering_loss(start_logits, end_logits, start_positions, end_positions):
     """Mean of the start and end cross-entropies; positions outside the input are ignored."""
+    for name, t in (("start_positions", start_positions), ("end_positions", end_positions)):
+        t = _tensor(t)
+        common.check_positions(name, _shape(t), str(t.dtype), start_logits.shape[0])
     start_positions, end_positions = _tensor(start_positions, "int32"), _tensor(end_positions, "int32")
     if len(start_positions.shape) > 1:
         start_positions = ops.squeeze(start_positions, -1)
@@ -565,8 +576,11 @@ class TFData2VecTextModel(TFData2VecTextPreTrainedModel):
         output_attentions=None,
         output_hidden_states=None,
         return_dict=None,
+        output_ffn_states=False,
         training=False,
     ):
+        """``output_ffn_states`` (d2v only, for data2vec pretraining): the returned object also
+        carries ``ffn_states``, each layer's feed-forward output before its residual."""
         config = self.config
         output_attentions = self._flag(output_attentions, "output_attentions")
         output_hidden_states = self._flag(output_hidden_states, "output_hidden_states")
@@ -615,18 +629,21 @@ class TFData2VecTextModel(TFData2VecTextPreTrainedModel):
             input_ids=input_ids, token_type_ids=token_type_ids, position_ids=position_ids,
             inputs_embeds=inputs_embeds, past_length=past_length, training=training,
         )
-        x, presents, hidden_states, attentions, cross_attentions = self.encoder(
+        x, presents, hidden_states, attentions, cross_attentions, ffn_states = self.encoder(
             x, bias=bias, head_mask=head_mask, encoder_states=encoder_hidden_states, encoder_bias=encoder_bias,
             past=past, use_cache=use_cache, output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states, training=training,
+            output_hidden_states=output_hidden_states, output_ffn_states=output_ffn_states, training=training,
         )
         pooled = self.pooler(x) if self.pooler is not None else None
         if not return_dict:  # HF keeps the pooled slot even when there is no pooler
             rest = (presents, hidden_states, attentions, cross_attentions)
             return (x, pooled) + tuple(v for v in rest if v is not None)
-        return BaseModelOutputWithPoolingAndCrossAttentions(
+        out = BaseModelOutputWithPoolingAndCrossAttentions(
             x, pooled, hidden_states, presents, attentions, cross_attentions
         )
+        if output_ffn_states:
+            out.ffn_states = ffn_states  # an attribute, not an HF output field
+        return out
 
 
 class _TFLMHeadModel(TFData2VecTextPreTrainedModel):
@@ -750,8 +767,8 @@ class TFData2VecTextForSequenceClassification(TFData2VecTextPreTrainedModel):
     def loss_from_outputs(self, outputs, labels):
         labels = _tensor(labels)
         logits = outputs.logits
-        if labels.shape[0] is not None and logits.shape[0] is not None and labels.shape[0] != logits.shape[0]:
-            raise ValueError(f"labels has batch size {labels.shape[0]}, the input has {logits.shape[0]}")
+        check_classification_labels(self.config, _shape(labels), keras.backend.standardize_dtype(labels.dtype),
+                                    logits.shape[0])
         if "int" in str(labels.dtype) and self.config.num_labels > 1:
             _check_labels("labels", labels, self.config.num_labels)
         return classification_loss(logits, labels, self.config)

@@ -12,6 +12,7 @@ from keras import ops
 
 from d2v_common.configs import Data2VecVisionConfig
 from d2v_common.interpolation import bicubic_matrix, bilinear_matrix
+from d2v_common.losses import check_classification_labels
 from d2v_common.outputs import (
     Data2VecVisionModelOutputWithPooling,
     ImageClassifierOutput,
@@ -468,6 +469,7 @@ class TFData2VecVisionForImageClassification(TFData2VecVisionPreTrainedModel):
 def _check_class_labels(config, labels, batch) -> None:
     if labels.shape[0] is not None and batch is not None and labels.shape[0] != batch:
         raise ValueError(f"labels has batch size {labels.shape[0]}, pixel_values has {batch}")
+    check_classification_labels(config, tuple(labels.shape), keras.backend.standardize_dtype(labels.dtype), batch)
     if "int" in str(labels.dtype) and config.num_labels > 1 and _is_eager(labels):
         values = np.asarray(labels)
         bad = (values != -100) & ((values < 0) | (values >= config.num_labels))

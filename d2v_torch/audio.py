@@ -26,7 +26,15 @@ from d2v_common.outputs import (
 )
 from d2v_common.pretrained import build_nested
 from d2v_torch.base import Data2VecPreTrainedModel, _torch_seed
-from d2v_torch.layers import Activation, attention, cross_entropy, padding_bias, split_heads
+from d2v_torch.layers import (
+    Activation,
+    Linear,
+    attention,
+    conv1d_time_major,
+    cross_entropy,
+    padding_bias,
+    split_heads,
+)
 
 # ------------------------------------------------------------------------- feature encoder
 
@@ -44,8 +52,8 @@ class Data2VecAudioConvLayer(nn.Module):
         self.layer_norm = nn.LayerNorm(out_ch)
         self.activation = Activation(config.feat_extract_activation)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, T)
-        x = self.conv(x)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, T), stored time-major
+        x = conv1d_time_major(self.conv, x)
         x = self.layer_norm(x.transpose(1, 2)).transpose(1, 2)
         return self.activation(x)
 
@@ -74,7 +82,7 @@ class Data2VecAudioFeatureProjection(nn.Module):
     def __init__(self, config: Data2VecAudioConfig):
         super().__init__()
         self.layer_norm = nn.LayerNorm(config.conv_dim[-1], eps=config.layer_norm_eps)
-        self.projection = nn.Linear(config.conv_dim[-1], config.hidden_size)
+        self.projection = Linear(config.conv_dim[-1], config.hidden_size)
         self.dropout = nn.Dropout(config.feat_proj_dropout)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -99,8 +107,8 @@ class Data2VecAudioPositionalConvLayer(nn.Module):
         self.layer_norm = nn.LayerNorm(config.hidden_size, elementwise_affine=False)
         self.activation = Activation(config.feat_extract_activation)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, T)
-        x = self.conv(x)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, T), stored time-major
+        x = conv1d_time_major(self.conv, x)
         if self.trim:
             x = x[:, :, : -self.trim]
         x = self.layer_norm(x.transpose(1, 2)).transpose(1, 2)
@@ -131,10 +139,10 @@ class Data2VecAudioAttention(nn.Module):
         self.num_heads = config.num_attention_heads
         self.scale = (hidden // config.num_attention_heads) ** -0.5
         self.dropout = config.attention_dropout
-        self.k_proj = nn.Linear(hidden, hidden)
-        self.v_proj = nn.Linear(hidden, hidden)
-        self.q_proj = nn.Linear(hidden, hidden)
-        self.out_proj = nn.Linear(hidden, hidden)
+        self.k_proj = Linear(hidden, hidden)
+        self.v_proj = Linear(hidden, hidden)
+        self.q_proj = Linear(hidden, hidden)
+        self.out_proj = Linear(hidden, hidden)
 
     def forward(self, x, bias=None, output_attentions=False):
         q, k, v = (split_heads(proj(x), self.num_heads) for proj in (self.q_proj, self.k_proj, self.v_proj))
@@ -146,9 +154,9 @@ class Data2VecAudioFeedForward(nn.Module):
     def __init__(self, config: Data2VecAudioConfig):
         super().__init__()
         self.intermediate_dropout = nn.Dropout(config.activation_dropout)
-        self.intermediate_dense = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.intermediate_dense = Linear(config.hidden_size, config.intermediate_size)
         self.intermediate_act_fn = Activation(config.hidden_act)
-        self.output_dense = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.output_dense = Linear(config.intermediate_size, config.hidden_size)
         self.output_dropout = nn.Dropout(config.hidden_dropout)
 
     def forward(self, x):
@@ -169,9 +177,11 @@ class Data2VecAudioEncoderLayer(nn.Module):
         self.final_layer_norm = nn.LayerNorm(config.hidden_size, eps=eps)
 
     def forward(self, x, bias=None, output_attentions=False):
+        """(output, attention weights, feed-forward output before the residual)."""
         attn, weights = self.attention(x, bias, output_attentions)
         x = self.layer_norm(x + self.dropout(attn))
-        return self.final_layer_norm(x + self.feed_forward(x)), weights
+        ffn = self.feed_forward(x)
+        return self.final_layer_norm(x + ffn), weights, ffn
 
 
 class Data2VecAudioEncoder(nn.Module):
@@ -184,7 +194,8 @@ class Data2VecAudioEncoder(nn.Module):
         self.layers = nn.ModuleList([Data2VecAudioEncoderLayer(config) for _ in range(config.num_hidden_layers)])
         self.gradient_checkpointing = False
 
-    def forward(self, x, frame_mask=None, output_attentions=False, output_hidden_states=False):
+    def forward(self, x, frame_mask=None, output_attentions=False, output_hidden_states=False,
+                output_ffn_states=False):
         bias = None
         if frame_mask is not None:
             # Padded frames are zeroed, but the positional convs below still see them (as in HF).
@@ -192,26 +203,29 @@ class Data2VecAudioEncoder(nn.Module):
             bias = padding_bias(frame_mask, x.dtype)
         x = x + self.pos_conv_embed(x)
         x = self.dropout(self.layer_norm(x))
-        hidden_states, attentions = [], []
+        hidden_states, attentions, ffn_states = [], [], []
         for layer in self.layers:
             if output_hidden_states:
                 hidden_states.append(x)
-            weights = None
+            weights = ffn = None
             if not (self.training and self.layerdrop > 0 and float(torch.rand([])) < self.layerdrop):
                 if self.gradient_checkpointing and self.training:
-                    x, weights = torch.utils.checkpoint.checkpoint(
+                    x, weights, ffn = torch.utils.checkpoint.checkpoint(
                         layer, x, bias, output_attentions, use_reentrant=False
                     )
                 else:
-                    x, weights = layer(x, bias, output_attentions)
+                    x, weights, ffn = layer(x, bias, output_attentions)
             if output_attentions:
                 attentions.append(weights)  # None for a layer that layerdrop skipped, as in HF
+            if output_ffn_states:
+                ffn_states.append(ffn)
         if output_hidden_states:
             hidden_states.append(x)
         return (
             x,
             tuple(hidden_states) if output_hidden_states else None,
             tuple(attentions) if output_attentions else None,
+            tuple(ffn_states) if output_ffn_states else None,
         )
 
 
@@ -234,7 +248,7 @@ class Data2VecAudioAdapter(nn.Module):
     def __init__(self, config: Data2VecAudioConfig):
         super().__init__()
         if config.output_hidden_size != config.hidden_size:
-            self.proj = nn.Linear(config.hidden_size, config.output_hidden_size)
+            self.proj = Linear(config.hidden_size, config.output_hidden_size)
             self.proj_layer_norm = nn.LayerNorm(config.output_hidden_size)
         else:
             self.proj = self.proj_layer_norm = None
@@ -264,7 +278,7 @@ class TDNNLayer(nn.Module):
         self.out_dim = dims[layer_id]
         self.kernel_size = config.tdnn_kernel[layer_id]
         self.dilation = config.tdnn_dilation[layer_id]
-        self.kernel = nn.Linear(self.in_dim * self.kernel_size, self.out_dim)
+        self.kernel = Linear(self.in_dim * self.kernel_size, self.out_dim)
 
     def forward(self, x):  # (B, T, C)
         # The Linear's input axis is (kernel tap, channel); conv1d wants (out, channel, tap).
@@ -300,8 +314,9 @@ def statistics_pooling(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """[mean, unbiased std] over the first ``lengths`` frames of each row -> (B, 2C)."""
     keep = (torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]).to(x.dtype)[..., None]
     n = lengths.to(x.dtype)[:, None]
-    mean = (x * keep).sum(1) / n
-    var = (((x - mean[:, None]) * keep) ** 2).sum(1) / (n - 1)
+    # An all-padding row (no frames) pools to zeros instead of 0 / 0.
+    mean = (x * keep).sum(1) / n.clamp(min=1)
+    var = (((x - mean[:, None]) * keep) ** 2).sum(1) / (n - 1).clamp(min=1)
     # A constant channel (a dead ReLU) has std 0 and, as with torch.std, gets no gradient
     # instead of sqrt's infinite one.
     positive = var > 0
@@ -381,7 +396,10 @@ class Data2VecAudioModel(Data2VecAudioPreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        output_ffn_states: bool = False,
     ):
+        """``output_ffn_states`` (d2v only, for data2vec pretraining): the returned object also
+        carries ``ffn_states``, each layer's feed-forward output before its residual."""
         output_attentions = self._flag(output_attentions, "output_attentions")
         output_hidden_states = self._flag(output_hidden_states, "output_hidden_states")
         return_dict = self._return_dict_default if return_dict is None else return_dict
@@ -393,10 +411,14 @@ class Data2VecAudioModel(Data2VecAudioPreTrainedModel):
             frame_mask = self._frame_mask(attention_mask, features.shape[1])
         x, extract_features = self.feature_projection(features)
         x = self._mask_hidden_states(x, mask_time_indices, frame_mask)
-        x, hidden_states, attentions = self.encoder(x, frame_mask, output_attentions, output_hidden_states)
+        x, hidden_states, attentions, ffn_states = self.encoder(
+            x, frame_mask, output_attentions, output_hidden_states, output_ffn_states
+        )
         if self.adapter is not None:
             x = self.adapter(x)
         out = Wav2Vec2BaseModelOutput(x, extract_features, hidden_states, attentions)
+        if output_ffn_states:
+            out.ffn_states = ffn_states  # an attribute, not an HF output field
         return finish(out, return_dict)
 
 
@@ -408,7 +430,7 @@ class Data2VecAudioForCTC(Data2VecAudioPreTrainedModel):
         self.data2vec_audio = build_nested(Data2VecAudioModel, config)
         self.dropout = nn.Dropout(config.final_dropout)
         width = config.output_hidden_size if config.add_adapter else config.hidden_size
-        self.lm_head = nn.Linear(width, config.vocab_size)
+        self.lm_head = Linear(width, config.vocab_size)
         self.post_init()
 
     def freeze_feature_encoder(self) -> None:
@@ -424,7 +446,8 @@ class Data2VecAudioForCTC(Data2VecAudioPreTrainedModel):
             samples = torch.full((input_values.shape[0],), input_values.shape[1], dtype=torch.long)
         else:
             samples = attention_mask.long().sum(-1)
-        return A.feature_lengths(self.config, samples).to(torch.long)
+        # an all-padding row has no frames (the formula goes negative there)
+        return A.feature_lengths(self.config, samples).to(torch.long).clamp(min=0)
 
     def forward(
         self,
@@ -519,8 +542,8 @@ class Data2VecAudioForSequenceClassification(_Data2VecAudioClassifierBase):
     def __init__(self, config: Data2VecAudioConfig):
         super().__init__(config)
         self._init_base(config)
-        self.projector = nn.Linear(config.hidden_size, config.classifier_proj_size)
-        self.classifier = nn.Linear(config.classifier_proj_size, config.num_labels)
+        self.projector = Linear(config.hidden_size, config.classifier_proj_size)
+        self.classifier = Linear(config.classifier_proj_size, config.num_labels)
         self.post_init()
 
     def forward(
@@ -539,7 +562,9 @@ class Data2VecAudioForSequenceClassification(_Data2VecAudioClassifierBase):
             pooled = x.mean(dim=1)
         else:
             keep = self._frame_mask(attention_mask, x.shape[1], add_adapter=self.config.add_adapter)
-            pooled = x.masked_fill(~keep[..., None], 0.0).sum(dim=1) / keep.sum(dim=1).view(-1, 1)
+            # an all-padding row pools to zeros (HF divides 0 by its frame count, or worse)
+            count = keep.sum(dim=1).clamp(min=1).view(-1, 1)
+            pooled = x.masked_fill(~keep[..., None], 0.0).sum(dim=1) / count
         logits = self.classifier(pooled)
         loss = None
         if labels is not None:
@@ -556,7 +581,7 @@ class Data2VecAudioForAudioFrameClassification(_Data2VecAudioClassifierBase):
     def __init__(self, config: Data2VecAudioConfig):
         super().__init__(config)
         self._init_base(config)
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.classifier = Linear(config.hidden_size, config.num_labels)
         self.num_labels = config.num_labels
         self.post_init()
 
@@ -587,10 +612,10 @@ class Data2VecAudioForXVector(_Data2VecAudioClassifierBase):
     def __init__(self, config: Data2VecAudioConfig):
         super().__init__(config)
         self._init_base(config)
-        self.projector = nn.Linear(config.hidden_size, config.tdnn_dim[0])
+        self.projector = Linear(config.hidden_size, config.tdnn_dim[0])
         self.tdnn = nn.ModuleList([TDNNLayer(config, i) for i in range(len(config.tdnn_dim))])
-        self.feature_extractor = nn.Linear(config.tdnn_dim[-1] * 2, config.xvector_output_dim)
-        self.classifier = nn.Linear(config.xvector_output_dim, config.xvector_output_dim)
+        self.feature_extractor = Linear(config.tdnn_dim[-1] * 2, config.xvector_output_dim)
+        self.classifier = Linear(config.xvector_output_dim, config.xvector_output_dim)
         self.objective = AMSoftmaxLoss(config.xvector_output_dim, config.num_labels)
         self.post_init()
 
@@ -618,7 +643,7 @@ class Data2VecAudioForXVector(_Data2VecAudioClassifierBase):
         else:
             # HF's TDNN length formula ignores dilation; slicing past the end keeps every frame.
             lengths = A.tdnn_lengths(self.config, A.feature_lengths(self.config, attention_mask.long().sum(-1)))
-            lengths = torch.minimum(lengths.to(x.device), full)
+            lengths = torch.minimum(lengths.to(x.device), full).clamp(min=0)
         embeddings = self.feature_extractor(statistics_pooling(x, lengths))
         logits = self.classifier(embeddings)
         loss = None

@@ -1,4 +1,4 @@
-"""Blocks shared by the three PyTorch families: activations, attention, drop path, resizing.
+"""Blocks shared by the three PyTorch families: linear, activations, attention, drop path, losses.
 
 The Keras twin of this file is ``d2v_tf/layers.py``; the two are kept section for section.
 """
@@ -6,6 +6,8 @@ The Keras twin of this file is ``d2v_tf/layers.py``; the two are kept section fo
 from __future__ import annotations
 
 import math
+import os
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -13,6 +15,118 @@ from torch import nn
 
 from d2v_common.configs import ACTIVATIONS
 from d2v_common.losses import infer_problem_type
+
+# ----------------------------------------------------------------------------- primitives
+
+# Inference matmuls of a large enough Linear run on oneDNN's kernel directly:
+# - float32: torch sends CPU float32 matmuls to MKL, which on non-Intel x86 CPUs takes a narrower
+#   vector path (half oneDNN's speed on an AVX-512 AMD EPYC); oneDNN picks the widest unit.
+# - bfloat16: F.linear already uses oneDNN but re-lays the weight out for it on every call
+#   (5-30 % of the GEMM); here the weight is laid out once and cached (see Linear).
+# Anything that needs gradients uses F.linear. D2V_ONEDNN_LINEAR=0 turns all of this off.
+ONEDNN_LINEAR = os.environ.get("D2V_ONEDNN_LINEAR", "1") != "0"
+# Below this many multiply-adds oneDNN's fixed cost per call (about 10 us) outweighs its speed.
+ONEDNN_MIN_MACS = 1 << 22
+
+
+def _onednn_ops():
+    try:
+        if torch.backends.mkldnn.is_available():
+            ops = torch.ops.mkldnn
+            return ops._linear_pointwise, ops._reorder_linear_weight, bool(ops._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a build without these ops
+        pass
+    return None, None, False
+
+
+_ONEDNN_LINEAR_OP, _ONEDNN_PACK_WEIGHT, _ONEDNN_BF16 = _onednn_ops()
+
+
+def _use_onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    if not ONEDNN_LINEAR or _ONEDNN_LINEAR_OP is None:
+        return False
+    dtype = x.dtype
+    if dtype != torch.float32 and not (dtype == torch.bfloat16 and _ONEDNN_BF16):
+        return False
+    # plain dense CPU tensors only: no tensor subclasses (fake, functorch), no tracing
+    if type(x) is not torch.Tensor or x.device.type != "cpu" or x.layout != torch.strided:
+        return False
+    if weight.dtype != dtype or weight.device.type != "cpu" or weight.layout != torch.strided or weight.dim() != 2:
+        return False
+    if bias is not None and (bias.dtype != dtype or bias.device.type != "cpu"):
+        return False
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)):
+        return False  # the kernel has no backward
+    if torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return False
+    return x.numel() * weight.shape[0] >= ONEDNN_MIN_MACS
+
+
+class Linear(nn.Linear):
+    """``nn.Linear`` (same parameters, same state-dict keys) whose CPU inference runs on oneDNN.
+
+    In bfloat16 the weight is kept a second time in oneDNN's GEMM layout, refreshed whenever
+    the weight changes through autograd-visible means (optimizer steps, ``load_state_dict``,
+    ``.to()``, in-place ops under ``no_grad``); an in-place change made through ``.data``
+    bypasses the version counter this relies on and is not seen.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.weight
+        if _use_onednn(x, weight, self.bias):
+            if weight.dtype == torch.float32:  # runs as fast from the plain layout
+                return _ONEDNN_LINEAR_OP(x, weight, self.bias, "none", [], "")
+            packed = self._packed_weight()
+            if packed is not None:
+                return _ONEDNN_LINEAR_OP(x, packed, self.bias, "none", [], "")
+        return F.linear(x, weight, self.bias)
+
+    def _packed_weight(self) -> torch.Tensor | None:
+        w = self.weight
+        try:
+            key = (w.data_ptr(), w._version, w.dtype, tuple(w.shape))
+        except RuntimeError:  # an inference-mode tensor has no version counter: no cache
+            return None
+        cached = self.__dict__.get("_onednn_packed")
+        if cached is None or cached[0] != key or cached[1]() is not w:
+            cached = (key, weakref.ref(w), _ONEDNN_PACK_WEIGHT(w.detach(), None))
+            self.__dict__["_onednn_packed"] = cached
+        return cached[2]
+
+    def _apply(self, fn, recurse=True):
+        # .to() / .float() / .bfloat16() make new weights, possibly at a freed weight's address
+        self.__dict__.pop("_onednn_packed", None)
+        return super()._apply(fn, recurse)
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_onednn_packed", None)  # a cache (and oneDNN tensors do not pickle)
+        return state
+
+
+def conv1d_time_major(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x)`` for (B, C, T) ``x``; on CPU, where it pays, the result is stored time-major
+    ((B, T', C') memory), so the LayerNorm over channels that follows each audio conv gets its
+    (B, T', C') input by a free transpose instead of a copy."""
+    if x.device.type != "cpu":
+        return conv(x)
+    if conv.in_channels == 1 and conv.groups == 1 and conv.padding == (0,) and conv.dilation == (1,):
+        # One input channel (the raw waveform): a convolution kernel has almost no work per
+        # output and runs at a few GFLOP/s; windows x weights as one matmul is 2x faster, with
+        # the same sums (bit-identical in float32).
+        windows = x[:, 0].unfold(1, conv.kernel_size[0], conv.stride[0])  # (B, T', K), a view
+        return F.linear(windows, conv.weight[:, 0], conv.bias).transpose(1, 2)
+    if x.dtype in (torch.bfloat16, torch.float16):
+        # oneDNN's channels-last kernel, 1.4x faster with the copies it saves. Not in float32:
+        # its blocked sums round 2-4x more than torch's kernel (d2v keeps float32 at HF's 1e-5).
+        x4 = x.unsqueeze(2).contiguous(memory_format=torch.channels_last)  # (B, C, 1, T): free if time-major
+        y = F.conv2d(
+            x4, conv.weight.unsqueeze(2), conv.bias, stride=(1, conv.stride[0]), padding=(0, conv.padding[0]),
+            dilation=(1, conv.dilation[0]), groups=conv.groups,
+        )
+        return y.squeeze(2)
+    return conv(x)
+
 
 # --------------------------------------------------------------------------- activations
 
@@ -90,14 +204,17 @@ def attention(
     """Scaled dot-product attention on (B, H, T, D) tensors.
 
     ``bias`` is added to the scores (padding / causal masks as large negatives, relative
-    position terms). Without attention weights or a head mask this runs the fused kernel;
-    otherwise it computes the weights explicitly. Returns (context (B, T, H*D), weights).
+    position terms). Without attention weights or a head mask this runs the fastest path
+    (torch's fused kernel, or batched matmuls in reduced precision on CPU); otherwise it
+    computes the weights explicitly. Returns (context (B, T, H*D), weights).
     """
     scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
     p = dropout if training else 0.0
     if not need_weights and head_mask is None:
         if bias is not None:
             bias = bias.to(query.dtype)
+        if _matmul_attention_is_faster(query, key):
+            return _matmul_attention(query, key, value, bias, p, scale), None
         context = F.scaled_dot_product_attention(query, key, value, attn_mask=bias, dropout_p=p, scale=scale)
         return merge_heads(context), None
     scores = torch.matmul(query, key.transpose(-1, -2)) * scale
@@ -109,6 +226,37 @@ def attention(
         probs = probs * head_mask
     context = torch.matmul(probs, value)
     return merge_heads(context), weights if head_mask is None else probs
+
+
+def _matmul_attention_is_faster(query: torch.Tensor, key: torch.Tensor) -> bool:
+    """On CPU in bfloat16 / float16, torch's fused kernel works through float32 tiles and runs
+    about 2x slower than two batched matmuls and a softmax for up to ~1k tokens; beyond that
+    (or when the scores would take much memory) the fused kernel wins."""
+    b, h, t, _ = query.shape
+    s = key.shape[2]
+    return (
+        query.device.type == "cpu"
+        and query.dtype in (torch.bfloat16, torch.float16)
+        and t * s <= 1 << 20
+        and b * h * t * s <= 1 << 26
+    )
+
+
+def _matmul_attention(query, key, value, bias, dropout: float, scale: float) -> torch.Tensor:
+    """Softmax(q k^T * scale + bias) v as batched matmuls (float32 accumulation, float32 softmax
+    inside torch's kernels); returns (B, T, H*D)."""
+    b, h, t, d = query.shape
+    s = key.shape[2]
+    q = query.reshape(b * h, t, d)
+    k = key.reshape(b * h, s, d).transpose(1, 2)
+    if bias is None:
+        scores = torch.baddbmm(q.new_zeros(()), q, k, beta=0.0, alpha=scale)
+    else:
+        scores = torch.baddbmm(bias.expand(b, h, t, s).reshape(b * h, t, s), q, k, alpha=scale)
+    probs = torch.softmax(scores, dim=-1)
+    if dropout > 0:
+        probs = F.dropout(probs, dropout, True)
+    return merge_heads(torch.bmm(probs, value.reshape(b * h, s, d)).view(b, h, t, d))
 
 
 def padding_bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -19,6 +19,7 @@ from torch import nn
 
 from d2v_common import text as common
 from d2v_common.configs import Data2VecTextConfig
+from d2v_common.losses import check_classification_labels
 from d2v_common.outputs import (
     BaseModelOutputWithPoolingAndCrossAttentions,
     CausalLMOutputWithCrossAttentions,
@@ -34,6 +35,7 @@ from d2v_common.spec import weight_spec
 from d2v_torch.base import Data2VecPreTrainedModel, _torch_seed
 from d2v_torch.layers import (
     Activation,
+    Linear,
     attention,
     classification_loss,
     cross_entropy,
@@ -160,9 +162,9 @@ class Data2VecTextSelfAttention(nn.Module):
         hidden = config.hidden_size
         self.num_heads = config.num_attention_heads
         self.head_dim = hidden // self.num_heads
-        self.query = nn.Linear(hidden, hidden)
-        self.key = nn.Linear(hidden, hidden)
-        self.value = nn.Linear(hidden, hidden)
+        self.query = Linear(hidden, hidden)
+        self.key = Linear(hidden, hidden)
+        self.value = Linear(hidden, hidden)
         self.dropout = config.attention_probs_dropout_prob
         self.position_embedding_type = position_embedding_type
         self.max_position_embeddings = config.max_position_embeddings
@@ -204,7 +206,7 @@ class Data2VecTextSelfAttention(nn.Module):
 class Data2VecTextSelfOutput(nn.Module):
     def __init__(self, config: Data2VecTextConfig):
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dense = Linear(config.hidden_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
@@ -229,7 +231,7 @@ class Data2VecTextAttention(nn.Module):
 class Data2VecTextIntermediate(nn.Module):
     def __init__(self, config: Data2VecTextConfig):
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.dense = Linear(config.hidden_size, config.intermediate_size)
         self.act = Activation(config.hidden_act)
 
     def forward(self, x):
@@ -239,12 +241,14 @@ class Data2VecTextIntermediate(nn.Module):
 class Data2VecTextOutput(nn.Module):
     def __init__(self, config: Data2VecTextConfig):
         super().__init__()
-        self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.dense = Linear(config.intermediate_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, x, residual):
-        return self.LayerNorm(self.dropout(self.dense(x)) + residual)
+        """(output, feed-forward output before dropout and residual: data2vec's teacher targets)."""
+        ffn = self.dense(x)
+        return self.LayerNorm(self.dropout(ffn) + residual), ffn
 
 
 class Data2VecTextLayer(nn.Module):
@@ -273,7 +277,8 @@ class Data2VecTextLayer(nn.Module):
                 x, encoder_bias, head_mask, encoder_states, cross_past, output_attentions
             )
             present = present + cross_present
-        return self.output(self.intermediate(x), x), weights, cross_weights, present
+        x, ffn = self.output(self.intermediate(x), x)
+        return x, weights, cross_weights, present, ffn
 
 
 class Data2VecTextEncoder(nn.Module):
@@ -283,21 +288,23 @@ class Data2VecTextEncoder(nn.Module):
         self.gradient_checkpointing = False
 
     def forward(self, x, bias=None, head_mask=None, encoder_states=None, encoder_bias=None, past=None,
-                use_cache=False, output_attentions=False, output_hidden_states=False):
+                use_cache=False, output_attentions=False, output_hidden_states=False, output_ffn_states=False):
         head_masks = expand_head_mask(head_mask, len(self.layer), x.dtype)
         checkpointing = self.gradient_checkpointing and self.training
         use_cache = use_cache and not checkpointing  # recomputation and caching do not mix
-        hidden_states, attentions, cross_attentions, presents = [], [], [], []
+        hidden_states, attentions, cross_attentions, presents, ffn_states = [], [], [], [], []
         for i, layer in enumerate(self.layer):
             if output_hidden_states:
                 hidden_states.append(x)
             args = (x, bias, head_masks[i], encoder_states, encoder_bias, past[i] if past else None, output_attentions)
             if checkpointing:
-                x, weights, cross_weights, present = torch.utils.checkpoint.checkpoint(
+                x, weights, cross_weights, present, ffn = torch.utils.checkpoint.checkpoint(
                     layer, *args, use_reentrant=False
                 )
             else:
-                x, weights, cross_weights, present = layer(*args)
+                x, weights, cross_weights, present, ffn = layer(*args)
+            if output_ffn_states:
+                ffn_states.append(ffn)
             if use_cache:
                 presents.append(present)
             if output_attentions:
@@ -312,6 +319,7 @@ class Data2VecTextEncoder(nn.Module):
             tuple(hidden_states) if output_hidden_states else None,
             tuple(attentions) if output_attentions else None,
             tuple(cross_attentions) if cross_attentions else None,
+            tuple(ffn_states) if output_ffn_states else None,
         )
 
 
@@ -320,7 +328,7 @@ class Data2VecTextPooler(nn.Module):
 
     def __init__(self, config: Data2VecTextConfig):
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dense = Linear(config.hidden_size, config.hidden_size)
 
     def forward(self, x):
         return torch.tanh(self.dense(x[:, 0]))
@@ -335,10 +343,10 @@ class Data2VecTextLMHead(nn.Module):
     def __init__(self, config: Data2VecTextConfig):
         super().__init__()
         hidden = config.hidden_size
-        self.dense = nn.Linear(hidden, hidden)
+        self.dense = Linear(hidden, hidden)
         self.act = Activation("gelu")
         self.layer_norm = nn.LayerNorm(hidden, eps=config.layer_norm_eps)
-        self.decoder = nn.Linear(hidden, config.vocab_size)
+        self.decoder = Linear(hidden, config.vocab_size)
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
         self.decoder.bias = self.bias
 
@@ -351,9 +359,9 @@ class Data2VecTextClassificationHead(nn.Module):
 
     def __init__(self, config: Data2VecTextConfig):
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dense = Linear(config.hidden_size, config.hidden_size)
         self.dropout = nn.Dropout(_classifier_dropout(config))
-        self.out_proj = nn.Linear(config.hidden_size, config.num_labels)
+        self.out_proj = Linear(config.hidden_size, config.num_labels)
 
     def forward(self, x):
         x = torch.tanh(self.dense(self.dropout(x[:, 0])))
@@ -480,7 +488,10 @@ class Data2VecTextModel(Data2VecTextPreTrainedModel):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         cache_position: torch.Tensor | None = None,  # accepted for HF compatibility; the cache tracks itself
+        output_ffn_states: bool = False,
     ):
+        """``output_ffn_states`` (d2v only, for data2vec pretraining): the returned object also
+        carries ``ffn_states``, each layer's feed-forward output before its residual."""
         config = self.config
         output_attentions = self._flag(output_attentions, "output_attentions")
         output_hidden_states = self._flag(output_hidden_states, "output_hidden_states")
@@ -537,17 +548,20 @@ class Data2VecTextModel(Data2VecTextPreTrainedModel):
             encoder_bias = cross_attention_bias(encoder_attention_mask, dtype)
 
         x = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds, past_length)
-        x, presents, hidden_states, attentions, cross_attentions = self.encoder(
+        x, presents, hidden_states, attentions, cross_attentions, ffn_states = self.encoder(
             x, bias, head_mask, encoder_hidden_states, encoder_bias, past, use_cache, output_attentions,
-            output_hidden_states,
+            output_hidden_states, output_ffn_states,
         )
         pooled = self.pooler(x) if self.pooler is not None else None
         if not return_dict:  # HF keeps the pooled slot even when there is no pooler
             rest = (presents, hidden_states, attentions, cross_attentions)
             return (x, pooled) + tuple(v for v in rest if v is not None)
-        return BaseModelOutputWithPoolingAndCrossAttentions(
+        out = BaseModelOutputWithPoolingAndCrossAttentions(
             x, pooled, hidden_states, presents, attentions, cross_attentions
         )
+        if output_ffn_states:
+            out.ffn_states = ffn_states  # an attribute, not an HF output field
+        return out
 
 
 class _LMHeadModel(Data2VecTextPreTrainedModel):
@@ -563,7 +577,7 @@ class _LMHeadModel(Data2VecTextPreTrainedModel):
 
     def _resize_output(self, n: int, device, dtype) -> None:
         head = self.lm_head
-        head.decoder = nn.Linear(head.decoder.in_features, n, device=device, dtype=dtype)
+        head.decoder = Linear(head.decoder.in_features, n, device=device, dtype=dtype)
         head.bias = nn.Parameter(torch.zeros(n, device=device, dtype=dtype))
         self.tie_weights()
 
@@ -714,8 +728,7 @@ class Data2VecTextForSequenceClassification(Data2VecTextPreTrainedModel):
         logits = self.classifier(base.last_hidden_state)
         loss = None
         if labels is not None:
-            if labels.shape[0] != logits.shape[0]:
-                raise ValueError(f"labels has batch size {labels.shape[0]}, the input has {logits.shape[0]}")
+            check_classification_labels(self.config, _shape(labels), str(labels.dtype), logits.shape[0])
             if not labels.dtype.is_floating_point and self.config.num_labels > 1:
                 _check_labels("labels", labels, self.config.num_labels)
             loss = classification_loss(logits, labels, self.config)
@@ -730,7 +743,7 @@ class Data2VecTextForMultipleChoice(Data2VecTextPreTrainedModel):
         super().__init__(config)
         self.data2vec_text = build_nested(Data2VecTextModel, config, add_pooling_layer=True)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
-        self.classifier = nn.Linear(config.hidden_size, 1)
+        self.classifier = Linear(config.hidden_size, 1)
         self.post_init()
 
     def forward(
@@ -785,7 +798,7 @@ class Data2VecTextForTokenClassification(Data2VecTextPreTrainedModel):
         self.num_labels = config.num_labels
         self.data2vec_text = build_nested(Data2VecTextModel, config, add_pooling_layer=False)
         self.dropout = nn.Dropout(_classifier_dropout(config))
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.classifier = Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
     def forward(
@@ -831,7 +844,7 @@ class Data2VecTextForQuestionAnswering(Data2VecTextPreTrainedModel):
         super().__init__(config)
         self.num_labels = config.num_labels
         self.data2vec_text = build_nested(Data2VecTextModel, config, add_pooling_layer=False)
-        self.qa_outputs = nn.Linear(config.hidden_size, config.num_labels)
+        self.qa_outputs = Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
     def forward(
@@ -867,10 +880,7 @@ class Data2VecTextForQuestionAnswering(Data2VecTextPreTrainedModel):
         loss = None
         if start_positions is not None and end_positions is not None:
             for name, t in (("start_positions", start_positions), ("end_positions", end_positions)):
-                if t.dtype.is_floating_point or t.reshape(-1).shape[0] != logits.shape[0]:
-                    raise ValueError(
-                        f"{name} must hold one integer per sequence ({logits.shape[0]}), got {t.dtype} {tuple(t.shape)}"
-                    )
+                common.check_positions(name, _shape(t), str(t.dtype), logits.shape[0])
             loss = question_answering_loss(start_logits, end_logits, start_positions, end_positions)
         out = QuestionAnsweringModelOutput(loss, start_logits, end_logits, base.hidden_states, base.attentions)
         return finish(out, return_dict)

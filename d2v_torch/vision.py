@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from d2v_common.configs import Data2VecVisionConfig
+from d2v_common.losses import check_classification_labels
 from d2v_common.spec import weight_spec
 from d2v_common.outputs import (
     Data2VecVisionModelOutputWithPooling,
@@ -23,6 +24,7 @@ from d2v_common.pretrained import build_nested
 from d2v_torch.base import Data2VecPreTrainedModel
 from d2v_torch.layers import (
     Activation,
+    Linear,
     DropPath,
     attention,
     classification_loss,
@@ -121,9 +123,9 @@ class Data2VecVisionSelfAttention(nn.Module):
         super().__init__()
         hidden = config.hidden_size
         self.num_heads = config.num_attention_heads
-        self.query = nn.Linear(hidden, hidden)
-        self.key = nn.Linear(hidden, hidden, bias=False)
-        self.value = nn.Linear(hidden, hidden)
+        self.query = Linear(hidden, hidden)
+        self.key = Linear(hidden, hidden, bias=False)
+        self.value = Linear(hidden, hidden)
         self.dropout = config.attention_probs_dropout_prob
         self.relative_position_bias = Data2VecVisionRelativePositionBias(config, grid) if grid else None
 
@@ -138,7 +140,7 @@ class Data2VecVisionSelfAttention(nn.Module):
 class Data2VecVisionSelfOutput(nn.Module):
     def __init__(self, config: Data2VecVisionConfig):
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dense = Linear(config.hidden_size, config.hidden_size)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, x):
@@ -162,7 +164,7 @@ class Data2VecVisionAttention(nn.Module):
 class Data2VecVisionIntermediate(nn.Module):
     def __init__(self, config: Data2VecVisionConfig):
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.dense = Linear(config.hidden_size, config.intermediate_size)
         self.act = Activation(config.hidden_act)
 
     def forward(self, x):
@@ -172,7 +174,7 @@ class Data2VecVisionIntermediate(nn.Module):
 class Data2VecVisionOutput(nn.Module):
     def __init__(self, config: Data2VecVisionConfig):
         super().__init__()
-        self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.dense = Linear(config.intermediate_size, config.hidden_size)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, x):
@@ -410,7 +412,7 @@ class Data2VecVisionForImageClassification(Data2VecVisionPreTrainedModel):
         super().__init__(config)
         self.num_labels = config.num_labels
         self.data2vec_vision = build_nested(Data2VecVisionModel, config, add_pooling_layer=True)
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
+        self.classifier = Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
         self.post_init()
 
     def forward(
@@ -444,6 +446,7 @@ class Data2VecVisionForImageClassification(Data2VecVisionPreTrainedModel):
 def _check_class_labels(config, labels: torch.Tensor, batch: int) -> None:
     if labels.shape[0] != batch:
         raise ValueError(f"labels has batch size {labels.shape[0]}, pixel_values has {batch}")
+    check_classification_labels(config, tuple(labels.shape), str(labels.dtype), batch)
     if not labels.dtype.is_floating_point and config.num_labels > 1:
         bad = (labels != -100) & ((labels < 0) | (labels >= config.num_labels))
         if bool(bad.any()):

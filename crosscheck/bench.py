@@ -1,0 +1,730 @@
+"""``python -m crosscheck.bench``: d2v's speed next to transformers', same weights, same inputs.
+
+Every workload builds each model from one seeded weight set and times one inference call per
+row, interleaved (each repeat runs every row once, in a rotated order, so slow spells of a
+shared machine hit all rows alike); warm-up calls (XLA compilation included) are not timed.
+Rows: d2v PyTorch float32 and bfloat16 (the model cast with ``.to(torch.bfloat16)``, inputs
+cast too); d2v Keras float32 eager, as a TF graph (``model.make_fast(jit_compile=False)``) and
+XLA-compiled (``make_fast(jit_compile=True)``), and bfloat16 (``mixed_bfloat16`` policy) as a
+graph; and, where transformers is installed, HF's PyTorch class in float32 and bfloat16 and HF's
+TF class (vision only: HF has no TF text or audio Data2Vec) eager, in ``tf.function`` and in
+``tf.function(jit_compile=True)``. "vs HF" is HF's median time over d2v's for the same framework,
+precision and mode (above 1: d2v is faster). "err" is the main output's max
+|row - d2v torch float32| over max |d2v torch float32|.
+
+``from_pretrained`` of a base vision checkpoint is timed for every loader in a fresh
+subprocess: seconds, and peak resident memory above the post-import level, as a multiple of
+the weight file's size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import importlib.util
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import numpy as np  # noqa: E402
+
+# ------------------------------------------------------------------------------ workloads
+
+TEXT_BASE = dict(vocab_size=50265, max_position_embeddings=514, type_vocab_size=1, layer_norm_eps=1e-5, pad_token_id=1)
+# data2vec-vision-base-ft1k / the ADE20k segmentation checkpoints
+VISION_BASE = dict(use_relative_position_bias=True, layer_scale_init_value=0.1, use_mean_pooling=True)
+AUDIO_BASE: dict = {}
+TINY = {
+    "text": dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+                 max_position_embeddings=40, pad_token_id=1),
+    "audio": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37, conv_dim=[16, 16],
+                  conv_stride=[5, 2], conv_kernel=[10, 3], num_conv_pos_embeddings=2, conv_pos_kernel_size=4,
+                  num_conv_pos_embedding_groups=2),
+    "vision": dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=37, patch_size=8,
+                   out_indices=[1, 2, 3, 4], auxiliary_channels=16, pool_scales=[1, 2], use_relative_position_bias=True),
+}
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    family: str
+    architecture: str
+    batch: int
+    length: int  # tokens, audio samples, or image side
+    extra: dict = field(default_factory=dict)  # config fields beyond the family's base
+    tiny_length: int = 0
+
+    def config(self, size: str):
+        from d2v_common import configs
+
+        cls = getattr(configs, f"Data2Vec{self.family.capitalize()}Config")
+        base = {"text": TEXT_BASE, "audio": AUDIO_BASE, "vision": VISION_BASE}[self.family]
+        fields = {**base, **self.extra} if size == "base" else {**TINY[self.family], **self.extra}
+        if self.family == "vision":
+            fields["image_size"] = self.size_for(size)
+        return cls(**fields)
+
+    def size_for(self, size: str) -> int:
+        return self.length if size == "base" else self.tiny_length
+
+    def inputs(self, config, size: str, seed: int = 0) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng(seed)
+        n, b = self.size_for(size), self.batch
+        if self.family == "text":
+            ids = rng.integers(3, config.vocab_size, size=(b, n)).astype(np.int64)
+            mask = np.ones((b, n), np.int64)
+            if b > 1:  # one padded row, as in real batches
+                ids[-1, n // 2 :] = config.pad_token_id
+                mask[-1, n // 2 :] = 0
+            return {"input_ids": ids, "attention_mask": mask}
+        if self.family == "audio":
+            return {"input_values": rng.standard_normal((b, n)).astype(np.float32)}
+        return {"pixel_values": rng.standard_normal((b, config.num_channels, n, n)).astype(np.float32)}
+
+    @property
+    def main_output(self) -> str:
+        return "logits" if "For" in self.architecture else "last_hidden_state"
+
+
+WORKLOADS = {
+    w.name: w
+    for w in [
+        Workload("text-b8x128", "text", "Data2VecTextModel", 8, 128, tiny_length=16),
+        Workload("text-b4x512", "text", "Data2VecTextModel", 4, 512, tiny_length=32),
+        Workload("audio-b2x10s", "audio", "Data2VecAudioModel", 2, 160_000, tiny_length=4000),
+        Workload("vision-cls-b8x224", "vision", "Data2VecVisionForImageClassification", 8, 224,
+                 dict(num_labels=1000), tiny_length=32),
+        Workload("vision-seg-b2x512", "vision", "Data2VecVisionForSemanticSegmentation", 2, 512,
+                 dict(num_labels=150, use_auxiliary_head=True), tiny_length=32),
+    ]
+}
+QUICK_WORKLOADS = ["text-b8x128", "vision-cls-b8x224"]
+
+# row key -> (label, the HF row it is compared with)
+ROWS = {
+    "torch-fp32": ("d2v torch fp32", "hf-torch-fp32"),
+    "torch-bf16": ("d2v torch bf16", "hf-torch-bf16"),
+    "keras-eager": ("d2v keras eager", "hf-tf-eager"),
+    "keras-graph": ("d2v keras graph", "hf-tf-graph"),
+    "keras-xla": ("d2v keras xla", "hf-tf-xla"),
+    "keras-bf16": ("d2v keras bf16 graph", None),
+    "hf-torch-fp32": ("HF torch fp32", None),
+    "hf-torch-bf16": ("HF torch bf16", None),
+    "hf-tf-eager": ("HF TF eager", None),
+    "hf-tf-graph": ("HF TF graph", None),
+    "hf-tf-xla": ("HF TF xla", None),
+}
+# float32 Keras paths: eager, tf.function (TF graph: grappler + oneDNN fusions), tf.function + XLA
+KERAS_ROWS = ("keras-eager", "keras-graph", "keras-xla")
+HF_TF_ROWS = ("hf-tf-eager", "hf-tf-graph", "hf-tf-xla")
+
+# The issue's targets (speed ratios are HF time / d2v time).
+TARGETS = {
+    "torch_fp32_vs_hf": 0.95,
+    "torch_bf16_vs_hf": 1.15,
+    "bf16_err": 2e-2,
+    "keras_best_vs_hf_tf_xla": 1.1,
+    "keras_best_vs_hf_tf_eager": 1.5,
+    "tf_load_seconds": 1.0,
+    "tf_load_rss_x": 2.0,
+}
+
+
+def hf_available() -> bool:
+    return importlib.util.find_spec("transformers") is not None
+
+
+def hf_tf_available() -> bool:
+    return hf_available() and importlib.util.find_spec("tf_keras") is not None
+
+
+def set_threads(threads: int) -> None:
+    """The same thread count for both frameworks (TF's must be set before its first op)."""
+    import tensorflow as tf
+    import torch
+
+    torch.set_num_threads(threads)
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:  # TF already initialised in this process: keep its settings
+        pass
+
+
+# ----------------------------------------------------------------------------------- rows
+
+
+@dataclass
+class Row:
+    key: str
+    run: object  # () -> numpy array of the main output
+    first_call_s: float = 0.0
+    times: list = field(default_factory=list)
+    output: object = None  # the main output of the first call
+
+
+def _to_numpy(value) -> np.ndarray:
+    if hasattr(value, "detach"):
+        return value.detach().float().cpu().numpy()
+    return np.asarray(value, dtype=np.float32)
+
+
+def _torch_rows(workload: Workload, model, inputs: dict, prefix: str, keys: list[str]) -> dict:
+    """float32 and bfloat16 rows of one PyTorch model (bf16: a cast copy, with cast inputs)."""
+    import torch
+
+    field_ = workload.main_output
+    pt_inputs = {k: torch.from_numpy(v) for k, v in inputs.items()}
+
+    def runner(m, x):
+        def run():
+            with torch.inference_mode():
+                return _to_numpy(getattr(m(**x, return_dict=True), field_))
+
+        return run
+
+    runs = {}
+    if f"{prefix}-fp32" in keys:
+        runs[f"{prefix}-fp32"] = runner(model, pt_inputs)
+    if f"{prefix}-bf16" in keys:
+        low = copy.deepcopy(model).to(torch.bfloat16)
+        bf_inputs = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in pt_inputs.items()}
+        runs[f"{prefix}-bf16"] = runner(low, bf_inputs)
+    return runs
+
+
+def build_rows(workload: Workload, size: str, keys: list[str], seed: int = 0) -> tuple[dict, dict]:
+    """(row key -> callable returning the main output as numpy, row key -> why it cannot run)."""
+    from d2v_common.spec import weight_spec
+
+    config = workload.config(size)
+    arrays = weight_spec(config, workload.architecture).random_arrays(seed)
+    inputs = workload.inputs(config, size, seed + 1)
+    field_ = workload.main_output
+    runs: dict = {}
+    skipped: dict = {}
+
+    def attempt(group, build):
+        group = [k for k in group if k in keys]
+        if group:
+            try:
+                runs.update(build(group))
+            except Exception as e:  # noqa: BLE001 - a row that cannot be built is reported, not fatal
+                skipped.update({k: f"{type(e).__name__}: {e}"[:200] for k in group})
+
+    def d2v_torch_rows(group):
+        import d2v_torch
+
+        model = getattr(d2v_torch, workload.architecture)(config)
+        model.load_arrays(arrays)
+        return _torch_rows(workload, model.eval(), inputs, "torch", group)
+
+    def keras_rows(group):
+        model = _keras_model(workload, config, arrays)
+        graph, xla = model.make_fast(jit_compile=False), model.make_fast(jit_compile=True)
+        return {
+            "keras-eager": lambda: _to_numpy(getattr(model(**inputs, training=False), field_)),
+            "keras-graph": lambda: _to_numpy(getattr(graph(**inputs), field_)),
+            "keras-xla": lambda: _to_numpy(getattr(xla(**inputs), field_)),
+        }
+
+    def keras_bf16_row(group):
+        low = _keras_model(workload, config, arrays, "mixed_bfloat16").make_fast(jit_compile=False)
+        return {"keras-bf16": lambda: _to_numpy(getattr(low(**inputs), field_))}
+
+    attempt(["torch-fp32", "torch-bf16"], d2v_torch_rows)
+    attempt(KERAS_ROWS, keras_rows)
+    attempt(["keras-bf16"], keras_bf16_row)
+    hf_keys = [k for k in keys if k.startswith("hf-")]
+    if hf_keys and not hf_available():
+        skipped.update({k: "transformers is not installed" for k in hf_keys})
+    elif hf_keys:
+        attempt(["hf-torch-fp32", "hf-torch-bf16"],
+                lambda group: _torch_rows(workload, _hf_torch_model(workload, config, arrays), inputs, "hf-torch", group))
+        if workload.family != "vision":
+            skipped.update({k: "HF has no TF Data2Vec text/audio classes" for k in HF_TF_ROWS if k in keys})
+        elif not hf_tf_available():
+            skipped.update({k: "tf-keras is not installed" for k in HF_TF_ROWS if k in keys})
+        else:
+            attempt(HF_TF_ROWS, lambda group: _hf_tf_rows(workload, config, arrays, inputs))
+    return {k: v for k, v in runs.items() if k in keys}, skipped
+
+
+def _keras_model(workload: Workload, config, arrays: dict, policy: str | None = None):
+    """d2v's Keras model; ``policy`` (e.g. "mixed_bfloat16") applies while its layers are built."""
+    import keras
+
+    import d2v_tf
+
+    previous = keras.config.dtype_policy()
+    if policy:
+        keras.config.set_dtype_policy(policy)
+    try:
+        model = getattr(d2v_tf, "TF" + workload.architecture)(config)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    model.load_arrays(arrays)
+    return model
+
+
+def _hf_torch_model(workload: Workload, config, arrays: dict):
+    import torch
+    import transformers
+
+    from d2v_common.spec import weight_spec
+
+    hf_config = getattr(transformers, type(config).__name__).from_dict(config.to_dict())
+    model = getattr(transformers, workload.architecture)(hf_config).eval()
+    full = weight_spec(config, workload.architecture).tie(dict(arrays))
+    model.load_state_dict({k: torch.from_numpy(np.require(v, requirements="C")) for k, v in full.items()}, strict=True)
+    return model
+
+
+def _hf_tf_rows(workload: Workload, config, arrays: dict, inputs: dict) -> dict:
+    """HF's TF class loaded from a tf_model.h5 that d2v writes from the same arrays."""
+    import tensorflow as tf
+    import transformers
+
+    from d2v_common import checkpoint
+    from d2v_common.spec import weight_spec
+
+    field_ = workload.main_output
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint.write_checkpoint(tmp, arrays, weight_spec(config, workload.architecture), ["tf-h5"])
+        getattr(transformers, type(config).__name__).from_dict(config.to_dict()).save_pretrained(tmp)
+        model = getattr(transformers, "TF" + workload.architecture).from_pretrained(tmp)
+    x = tf.constant(inputs["pixel_values"])
+
+    def call(p):
+        return getattr(model(pixel_values=p, training=False), field_)
+
+    graph, xla = tf.function(call, jit_compile=False), tf.function(call, jit_compile=True)
+    return {
+        "hf-tf-eager": lambda: _to_numpy(call(x)),
+        "hf-tf-graph": lambda: _to_numpy(graph(x)),
+        "hf-tf-xla": lambda: _to_numpy(xla(x)),
+    }
+
+
+# ------------------------------------------------------------------------------- timing
+
+
+def time_rows(runs: dict, repeats: int, warmup: int, failed: dict) -> dict[str, Row]:
+    """Warm up every row, then time ``repeats`` rounds; each round runs every row once, in an
+    order rotated by one per round, PyTorch rows and Keras rows as two blocks (so one framework's
+    idle threads spin down before the other's run). Rows whose first call raises go to ``failed``."""
+    rows = {k: Row(k, fn) for k, fn in runs.items()}
+    for key, row in list(rows.items()):
+        start = time.perf_counter()
+        try:
+            row.output = row.run()
+        except Exception as e:  # noqa: BLE001 - e.g. a graph that does not compile: reported
+            del rows[key]
+            failed[key] = f"{type(e).__name__}: {e}"[:200]
+            continue
+        row.first_call_s = time.perf_counter() - start
+        for _ in range(max(warmup - 1, 0)):
+            row.run()
+    torch_keys = [k for k in rows if "torch" in k]
+    tf_keys = [k for k in rows if k not in torch_keys]
+    for r in range(repeats):
+        blocks = [torch_keys, tf_keys] if r % 2 == 0 else [tf_keys, torch_keys]
+        for block in blocks:
+            if not block:
+                continue
+            shift = r % len(block)
+            for key in block[shift:] + block[:shift]:
+                start = time.perf_counter()
+                rows[key].run()
+                rows[key].times.append(time.perf_counter() - start)
+    return rows
+
+
+def summarize(workload: Workload, rows: dict[str, Row], skipped: dict) -> dict:
+    """Per-row statistics, ratios to HF and output errors (JSON-ready)."""
+    reference = rows["torch-fp32"].output if "torch-fp32" in rows else None
+    scale = float(np.abs(reference).max()) if reference is not None else None
+    out = {}
+    for key, row in rows.items():
+        t = sorted(row.times)
+        med = statistics.median(t) if t else float("nan")
+        q = np.percentile(t, [25, 75]) if t else [float("nan")] * 2
+        entry = {
+            "label": ROWS[key][0],
+            "median_ms": med * 1e3,
+            "min_ms": t[0] * 1e3 if t else float("nan"),
+            "max_ms": t[-1] * 1e3 if t else float("nan"),
+            "iqr_ms": float(q[1] - q[0]) * 1e3,
+            "samples_per_s": workload.batch / med if t else float("nan"),
+            "first_call_s": row.first_call_s,
+            "times_ms": [x * 1e3 for x in row.times],
+        }
+        if reference is not None and row.output.shape == reference.shape:
+            diff = float(np.abs(row.output.astype(np.float64) - reference).max())
+            entry["max_abs_err"] = diff
+            entry["rel_err"] = diff / scale if scale else diff
+        out[key] = entry
+    for key, entry in out.items():
+        hf = ROWS[key][1]
+        if hf in out:
+            entry["vs_hf"] = out[hf]["median_ms"] / entry["median_ms"]
+            entry["vs_hf_min"] = out[hf]["min_ms"] / entry["min_ms"]
+    keras = [k for k in KERAS_ROWS if k in out]
+    summary = {"workload": workload.name, "architecture": workload.architecture, "batch": workload.batch,
+               "rows": out, "skipped": skipped}
+    if keras:
+        best = min(keras, key=lambda k: out[k]["median_ms"])
+        summary["keras_best"] = best
+        for hf in HF_TF_ROWS:
+            if hf in out:
+                summary[f"keras_best_vs_{hf.replace('-', '_')}"] = out[hf]["median_ms"] / out[best]["median_ms"]
+    return summary
+
+
+def run_workload(workload: Workload, size: str, keys: list[str], repeats: int, warmup: int, seed: int = 0) -> dict:
+    runs, skipped = build_rows(workload, size, keys, seed)
+    rows = time_rows(runs, repeats, warmup, skipped)
+    result = summarize(workload, rows, skipped)
+    del runs, rows
+    gc.collect()
+    return result
+
+
+# ------------------------------------------------------------------------ from_pretrained
+
+LOADERS = {
+    # name -> (framework module, class, checkpoint file it reads)
+    "d2v torch": ("d2v_torch", "Data2VecVisionForImageClassification", "safetensors"),
+    "HF torch": ("transformers", "Data2VecVisionForImageClassification", "safetensors"),
+    "d2v keras": ("d2v_tf", "TFData2VecVisionForImageClassification", "safetensors"),
+    "d2v keras (h5)": ("d2v_tf", "TFData2VecVisionForImageClassification", "tf-h5"),
+    "HF TF (h5)": ("transformers", "TFData2VecVisionForImageClassification", "tf-h5"),
+}
+LOAD_COMPARISONS = {"d2v torch": "HF torch", "d2v keras": "HF TF (h5)", "d2v keras (h5)": "HF TF (h5)"}
+
+
+def _rss_kb() -> tuple[int, int]:
+    """(current, peak) resident set size of this process in kB (Linux)."""
+    fields = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            fields[key] = value
+    return int(fields["VmRSS"].split()[0]), int(fields["VmHWM"].split()[0])
+
+
+def _load_worker(loader: str, directory: str, threads: int) -> dict:
+    """Runs in a fresh process: import, then time one from_pretrained and its peak memory."""
+    module_name, class_name, fmt = LOADERS[loader]
+    import tensorflow  # noqa: F401 - every loader pays the same imports before the baseline
+    import torch
+
+    torch.set_num_threads(threads)
+    if module_name == "transformers":
+        import transformers  # noqa: F401
+    module = importlib.import_module(module_name)
+    cls = getattr(module, class_name)
+    gc.collect()
+    try:  # reset the peak to the current size, so the peak is the load's own
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+    baseline, _ = _rss_kb()
+    start = time.perf_counter()
+    if module_name.startswith("d2v"):
+        model = cls.from_pretrained(directory, checkpoint_format=fmt)
+    else:
+        model = cls.from_pretrained(directory)
+    seconds = time.perf_counter() - start
+    _, peak = _rss_kb()
+    if isinstance(model, torch.nn.Module):  # memory-mapped weights (HF torch) are only read now
+        with torch.no_grad():
+            for p in model.parameters():
+                p.sum()
+    _, peak_used = _rss_kb()
+    del model
+    return {"seconds": seconds, "baseline_mb": baseline / 1024, "peak_extra_mb": (peak - baseline) / 1024,
+            "peak_extra_mb_after_use": (peak_used - baseline) / 1024}
+
+
+def write_load_checkpoints(root: str, size: str, seed: int = 0) -> dict[str, str]:
+    """A base classification checkpoint: model.safetensors + config.json, and HF's
+    tf_model.h5 + config.json in a second directory (HF's TF loader prefers safetensors)."""
+    from d2v_common import checkpoint
+    from d2v_common.spec import weight_spec
+
+    workload = WORKLOADS["vision-cls-b8x224"]
+    config = workload.config(size)
+    spec = weight_spec(config, workload.architecture)
+    arrays = spec.random_arrays(seed)
+    dirs = {"safetensors": os.path.join(root, "pt"), "tf-h5": os.path.join(root, "h5")}
+    for fmt, d in dirs.items():
+        os.makedirs(d, exist_ok=True)
+        checkpoint.write_checkpoint(d, arrays, spec, [fmt])
+        config.architectures = [("TF" if fmt == "tf-h5" else "") + workload.architecture]
+        config.save_pretrained(d)
+    return dirs
+
+
+def measure_loading(size: str, runs: int, threads: int, loaders=None, hf: bool = True) -> dict:
+    loaders = [name for name in (loaders or LOADERS) if hf or LOADERS[name][0] != "transformers"]
+    results: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        dirs = write_load_checkpoints(tmp, size)
+        sizes = {fmt: os.path.getsize(os.path.join(d, checkpoint_file(fmt))) for fmt, d in dirs.items()}
+        for d in dirs.values():  # warm the page cache so no loader pays the first disk read
+            for name in os.listdir(d):
+                with open(os.path.join(d, name), "rb") as f:
+                    while f.read(1 << 24):
+                        pass
+        samples = {name: [] for name in loaders}
+        errors = {}
+        for _ in range(runs):
+            for name in loaders:  # interleaved, like the speed rows
+                if name in errors:
+                    continue
+                fmt = LOADERS[name][2]
+                proc = subprocess.run(
+                    [sys.executable, "-m", "crosscheck.bench", "--load-worker", name, dirs[fmt], "--threads", str(threads)],
+                    capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"},
+                )
+                lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+                if proc.returncode != 0 or not lines:
+                    errors[name] = (proc.stderr.strip().splitlines() or ["failed"])[-1][:200]
+                    continue
+                samples[name].append(json.loads(lines[-1]))
+        for name in loaders:
+            fmt = LOADERS[name][2]
+            if name in errors:
+                results[name] = {"error": errors[name]}
+                continue
+            secs = [s["seconds"] for s in samples[name]]
+            peaks = [s["peak_extra_mb"] for s in samples[name]]
+            used = [s["peak_extra_mb_after_use"] for s in samples[name]]
+            results[name] = {
+                "format": fmt,
+                "checkpoint_mb": sizes[fmt] / 2**20,
+                "seconds": statistics.median(secs),
+                "seconds_min": min(secs),
+                "seconds_max": max(secs),
+                "peak_extra_mb": statistics.median(peaks),
+                "rss_x_checkpoint": statistics.median(peaks) / (sizes[fmt] / 2**20),
+                "peak_extra_mb_after_use": statistics.median(used),
+            }
+    for name, hf_name in LOAD_COMPARISONS.items():
+        if name in results and "seconds" in results.get(hf_name, {}) and "seconds" in results[name]:
+            results[name]["vs_hf"] = results[hf_name]["seconds"] / results[name]["seconds"]
+    return results
+
+
+def checkpoint_file(fmt: str) -> str:
+    from d2v_common.checkpoint import FORMAT_FILES
+
+    return FORMAT_FILES[fmt]
+
+
+# -------------------------------------------------------------------------------- reports
+
+
+def targets(results: list[dict], loading: dict) -> list[dict]:
+    """The issue's targets against what was measured (None where the rows were not run)."""
+
+    def worst(row: str, metric: str):
+        vals = [(r["rows"][row][metric], r["workload"]) for r in results if metric in r["rows"].get(row, {})]
+        return min(vals) if vals else None
+
+    out = []
+
+    def add(name, value, limit, higher_is_better=True, where=""):
+        if value is None:
+            out.append({"target": name, "limit": limit, "measured": None, "met": None, "where": where})
+            return
+        met = value >= limit if higher_is_better else value <= limit
+        out.append({"target": name, "limit": limit, "measured": value, "met": met, "where": where})
+
+    w = worst("torch-fp32", "vs_hf")
+    add("d2v torch fp32 vs HF torch fp32 (slowest workload)", w and w[0], TARGETS["torch_fp32_vs_hf"], where=w and w[1])
+    w = worst("torch-bf16", "vs_hf")
+    add("d2v torch bf16 vs HF torch bf16 (slowest workload)", w and w[0], TARGETS["torch_bf16_vs_hf"], where=w and w[1])
+    errs = [(r["rows"]["torch-bf16"]["rel_err"], r["workload"]) for r in results if "rel_err" in r["rows"].get("torch-bf16", {})]
+    e = max(errs) if errs else None
+    add("d2v torch bf16 error vs fp32 (largest)", e and e[0], TARGETS["bf16_err"], higher_is_better=False, where=e and e[1])
+    vision = [r for r in results if r["workload"] == "vision-cls-b8x224"]
+    v = vision[0] if vision else {}
+    add("fastest d2v keras vs HF TF xla (vision-cls-b8x224)", v.get("keras_best_vs_hf_tf_xla"),
+        TARGETS["keras_best_vs_hf_tf_xla"], where=v.get("keras_best", ""))
+    add("fastest d2v keras vs HF TF eager (vision-cls-b8x224)", v.get("keras_best_vs_hf_tf_eager"),
+        TARGETS["keras_best_vs_hf_tf_eager"], where=v.get("keras_best", ""))
+    k = loading.get("d2v keras", {})
+    add("d2v keras from_pretrained seconds", k.get("seconds"), TARGETS["tf_load_seconds"], higher_is_better=False)
+    add("d2v keras from_pretrained peak RSS / checkpoint", k.get("rss_x_checkpoint"), TARGETS["tf_load_rss_x"],
+        higher_is_better=False)
+    return out
+
+
+def _table(head: list[str], lines: list[list[str]]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *lines)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    return "\n".join([fmt.format(*head), fmt.format(*["-" * w for w in widths])] + [fmt.format(*c) for c in lines])
+
+
+def format_report(report: dict) -> str:
+    parts = [f"threads={report['threads']}  repeats={report['repeats']}  warmup={report['warmup']}  size={report['size']}"]
+    lines = []
+    for r in report["workloads"]:
+        for key, e in r["rows"].items():
+            lines.append([
+                r["workload"], e["label"], f"{e['median_ms']:.0f}", f"{e['min_ms']:.0f}-{e['max_ms']:.0f}",
+                f"{e['samples_per_s']:.2f}", f"{e['vs_hf']:.2f}x" if "vs_hf" in e else "-",
+                f"{e['vs_hf_min']:.2f}x" if "vs_hf_min" in e else "-",
+                f"{e['rel_err']:.1e}" if "rel_err" in e else "-", f"{e['first_call_s']:.1f}",
+            ])
+        for key, why in r["skipped"].items():
+            lines.append([r["workload"], ROWS[key][0], "-", "-", "-", "-", "-", "-", f"skipped: {why}"])
+    if lines:
+        parts.append(_table(["workload", "row", "median ms", "min-max ms", "samples/s", "vs HF", "vs HF (min)", "err",
+                             "first call s"], lines))
+    if report.get("loading"):
+        lines = []
+        for name, e in report["loading"].items():
+            if "error" in e:
+                lines.append([name, "-", "-", "-", "-", "-", "-", f"failed: {e['error']}"])
+                continue
+            lines.append([name, e["format"], f"{e['seconds']:.2f}", f"{e['seconds_min']:.2f}-{e['seconds_max']:.2f}",
+                          f"{e['peak_extra_mb']:.0f}", f"{e['rss_x_checkpoint']:.2f}x",
+                          f"{e['peak_extra_mb_after_use']:.0f}", f"{e['vs_hf']:.2f}x" if "vs_hf" in e else "-"])
+        mb = next((e["checkpoint_mb"] for e in report["loading"].values() if "checkpoint_mb" in e), 0)
+        parts.append(f"from_pretrained, base vision classification checkpoint ({mb:.0f} MB), fresh process each:")
+        parts.append(_table(["loader", "reads", "seconds", "min-max s", "peak MB over imports", "x checkpoint",
+                             "MB once weights used", "vs HF"], lines))
+    lines = []
+    for t in report["targets"]:
+        measured = "-" if t["measured"] is None else f"{t['measured']:.3g}"
+        status = {True: "met", False: "NOT MET", None: "not measured"}[t["met"]]
+        lines.append([t["target"], f"{t['limit']:g}", measured, status, t["where"] or ""])
+    parts.append(_table(["target", "limit", "measured", "status", "where"], lines))
+    return "\n\n".join(parts)
+
+
+def plot(report: dict, path: str) -> None:
+    """Bar chart of d2v's speed over HF's (median) per workload, plus the loaders."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as e:
+        raise SystemExit("--plot needs matplotlib: pip install 'd2v[bench]'") from e
+    keys = ["torch-fp32", "torch-bf16", *KERAS_ROWS]
+    names = [r["workload"] for r in report["workloads"]]
+    loading = {k: v for k, v in report.get("loading", {}).items() if "vs_hf" in v}
+    fig, axes = plt.subplots(1, 2 if loading else 1, figsize=(10 if loading else 7, 3.6),
+                             gridspec_kw={"width_ratios": [3, 1]} if loading else None, squeeze=False)
+    ax = axes[0][0]
+    width = 0.8 / len(keys)
+    for i, key in enumerate(keys):
+        vals = [r["rows"].get(key, {}).get("vs_hf", np.nan) for r in report["workloads"]]
+        pos = np.arange(len(names)) + (i - (len(keys) - 1) / 2) * width
+        bars = ax.bar(pos, vals, width, label=ROWS[key][0].replace("d2v ", "") + " vs " + ROWS[ROWS[key][1]][0])
+        for b, v in zip(bars, vals):
+            if np.isfinite(v):
+                ax.text(b.get_x() + b.get_width() / 2, v, f"{v:.2f}", ha="center", va="bottom", fontsize=6)
+    ax.axhline(1.0, color="black", lw=0.8)
+    ax.set_xticks(np.arange(len(names)), names, fontsize=7)
+    ax.set_ylabel("speed-up over HF (median)")
+    ax.set_title(f"d2v vs transformers, CPU, {report['threads']} threads", fontsize=9)
+    ax.legend(fontsize=6, loc="upper left")
+    if loading:
+        ax = axes[0][1]
+        ax.bar(range(len(loading)), [v["vs_hf"] for v in loading.values()], color="tab:gray")
+        ax.axhline(1.0, color="black", lw=0.8)
+        ax.set_xticks(range(len(loading)), list(loading), fontsize=6, rotation=20)
+        ax.set_title("from_pretrained speed-up", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------ CLI
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m crosscheck.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workloads", help=f"comma-separated, from {', '.join(WORKLOADS)} (default: all)")
+    parser.add_argument("--rows", help=f"comma-separated, from {', '.join(ROWS)} (default: all)")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"{', '.join(QUICK_WORKLOADS)} only, 3 repeats, one load run per loader")
+    parser.add_argument("--repeats", type=int, help="timed calls per row (default 5, --quick 3)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed calls per row first (default 1)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads for both frameworks")
+    parser.add_argument("--size", choices=["base", "tiny"], default="base", help="model size (tiny: smoke runs)")
+    parser.add_argument("--no-hf", action="store_true", help="leave out transformers' rows")
+    parser.add_argument("--no-load", action="store_true", help="skip the from_pretrained measurements")
+    parser.add_argument("--load-runs", type=int, help="fresh processes per loader (default 3, --quick 1)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON ('-': print JSON only)")
+    parser.add_argument("--plot", metavar="FILE.png", help="draw the speed-ups (needs matplotlib)")
+    parser.add_argument("--load-worker", nargs=2, metavar=("LOADER", "DIR"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.load_worker:
+        print(json.dumps(_load_worker(*args.load_worker, threads=args.threads)))
+        return 0
+    names = args.workloads.split(",") if args.workloads else (QUICK_WORKLOADS if args.quick else list(WORKLOADS))
+    keys = args.rows.split(",") if args.rows else list(ROWS)
+    for bad in [n for n in names if n not in WORKLOADS] + [k for k in keys if k not in ROWS]:
+        parser.error(f"unknown workload or row {bad!r}")
+    if args.no_hf:
+        keys = [k for k in keys if not k.startswith("hf-")]
+    repeats = args.repeats or (3 if args.quick else 5)
+    if repeats < 1 or args.warmup < 1 or args.threads < 1:
+        parser.error("--repeats, --warmup and --threads must be at least 1")
+    quiet = args.json == "-"
+
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    set_threads(args.threads)
+    import d2v_tf  # noqa: F401 - Keras 3 before transformers' TF classes switch tf.keras to Keras 2
+    import d2v_torch  # noqa: F401
+
+    report = {"threads": args.threads, "repeats": repeats, "warmup": args.warmup, "size": args.size,
+              "workloads": [], "loading": {}}
+    for name in names:
+        if not quiet:
+            print(f"  {name} ...", file=sys.stderr, flush=True)
+        report["workloads"].append(run_workload(WORKLOADS[name], args.size, keys, repeats, args.warmup, args.seed))
+    if not args.no_load:
+        if not quiet:
+            print("  from_pretrained ...", file=sys.stderr, flush=True)
+        runs = args.load_runs or (1 if args.quick else 3)
+        report["loading"] = measure_loading(args.size, runs, args.threads, hf=not args.no_hf)
+    report["targets"] = targets(report["workloads"], report["loading"])
+    if args.json:
+        text = json.dumps(report, indent=2)
+        if quiet:
+            print(text)
+        else:
+            with open(args.json, "w") as f:
+                f.write(text)
+    if not quiet:
+        print(format_report(report))
+    if args.plot:
+        plot(report, args.plot)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

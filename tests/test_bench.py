@@ -1,0 +1,165 @@
+"""The benchmark's machinery on tiny models (no timing assertions), and the fast paths it
+measures: oneDNN linears and reduced-precision matmul attention in PyTorch, ``make_fast``
+in Keras. Speed itself is checked by ``python -m crosscheck.bench``, never here."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import d2v_tf
+import d2v_torch
+from crosscheck import bench
+from crosscheck.cases import all_cases
+from crosscheck.runner import check_case, max_abs_diff, run_torch
+from d2v_common.spec import weight_spec
+from d2v_torch import layers
+
+
+def test_bench_rows_tables_and_plot(tmp_path):
+    workload = bench.WORKLOADS["vision-cls-b8x224"]
+    result = bench.run_workload(workload, "tiny", list(bench.ROWS), repeats=1, warmup=1)
+    rows = result["rows"]
+    assert set(rows) == set(bench.ROWS) and not result["skipped"]
+    for key, row in rows.items():
+        assert len(row["times_ms"]) == 1 and row["median_ms"] > 0, key
+        # every row computes the same function: float32 rows agree, bfloat16 rows roughly
+        assert row["rel_err"] <= (3e-2 if "bf16" in key else 1e-5), (key, row["rel_err"])
+    for key in ("torch-fp32", "torch-bf16", "keras-eager", "keras-xla"):
+        assert rows[key]["vs_hf"] > 0
+    assert result["keras_best"] in bench.KERAS_ROWS
+    text = bench.run_workload(bench.WORKLOADS["text-b8x128"], "tiny", ["torch-fp32", "hf-tf-xla"], 1, 1)
+    assert list(text["rows"]) == ["torch-fp32"] and "no TF" in text["skipped"]["hf-tf-xla"]
+
+    report = {"threads": 1, "repeats": 1, "warmup": 1, "size": "tiny", "workloads": [result, text], "loading": {}}
+    report["targets"] = bench.targets(report["workloads"], report["loading"])
+    table = bench.format_report(report)
+    for key in bench.ROWS:
+        assert bench.ROWS[key][0] in table
+    measured = {t["target"]: t for t in report["targets"]}
+    assert measured["d2v keras from_pretrained seconds"]["met"] is None  # not run: not claimed
+    bench.plot(report, str(tmp_path / "b.png"))
+    assert (tmp_path / "b.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bench_cli_rejects_unknown_names():
+    with pytest.raises(SystemExit):
+        bench.main(["--workloads", "nope", "--no-load"])
+
+
+def test_load_measurement_in_a_fresh_process():
+    result = bench.measure_loading("tiny", runs=1, threads=1, loaders=["d2v torch"])
+    entry = result["d2v torch"]
+    assert "error" not in entry, entry
+    assert entry["seconds"] > 0 and entry["peak_extra_mb"] >= 0 and entry["format"] == "safetensors"
+
+
+# ------------------------------------------------------------------------- fast paths
+
+
+@pytest.fixture
+def onednn_everywhere(monkeypatch):
+    """Route even tiny float32 inference matmuls through oneDNN."""
+    monkeypatch.setattr(layers, "ONEDNN_MIN_MACS", 0)
+    calls = []
+    op = layers._ONEDNN_LINEAR_OP
+    monkeypatch.setattr(layers, "_ONEDNN_LINEAR_OP", lambda *a: calls.append(1) or op(*a))
+    return calls
+
+
+@pytest.mark.parametrize("name", ["text-mlm-abs", "audio-ctc-adapter", "vision-seg-relbias"])
+def test_onednn_linears_match_hf_and_keras(name, onednn_everywhere):
+    case = next(c for c in all_cases("small") if c.name == name)
+    row = check_case(case, seed=0, reference="hf", with_round_trips=False)
+    assert row.ok, row.to_dict()
+    assert onednn_everywhere  # the fast kernel really ran
+
+
+def test_onednn_linear_steps_aside_for_training(onednn_everywhere):
+    lin = layers.Linear(8, 5)
+    x = torch.randn(3, 8)
+    loss = lin(x).square().sum()
+    loss.backward()  # oneDNN's kernel has no backward: F.linear ran
+    assert not onednn_everywhere and lin.weight.grad is not None
+    with torch.no_grad():
+        y = lin(x)
+    assert onednn_everywhere
+    torch.testing.assert_close(y, F.linear(x, lin.weight, lin.bias), rtol=0, atol=1e-6)
+    assert isinstance(lin, torch.nn.Linear) and set(lin.state_dict()) == {"weight", "bias"}
+
+
+def test_bf16_packed_weight_follows_weight_changes(onednn_everywhere):
+    import copy
+
+    lin = layers.Linear(16, 8).bfloat16()
+    x = torch.randn(4, 16).bfloat16()
+
+    def check():
+        with torch.no_grad():
+            torch.testing.assert_close(lin(x), F.linear(x, lin.weight, lin.bias), rtol=0, atol=0)
+
+    check()
+    # CPUs without oneDNN bfloat16 support keep F.linear (and no cache)
+    assert ("_onednn_packed" in lin.__dict__) == bool(onednn_everywhere) == layers._ONEDNN_BF16
+    with torch.no_grad():
+        lin.weight.mul_(-2)  # an in-place update (what optimizers and EMA updates do)
+    check()
+    lin.load_state_dict({"weight": torch.randn(8, 16), "bias": torch.randn(8)})
+    check()
+    lin.float()
+    lin.weight.data.normal_()  # changes made in float32 ...
+    lin.bfloat16()  # ... reach the new bfloat16 weight even if it reuses the old address
+    check()
+    assert "_onednn_packed" not in copy.deepcopy(lin).__dict__  # a cache, never copied or pickled
+
+
+@pytest.mark.parametrize("bias_shape", [None, (1, 3, 7, 7), (2, 1, 1, 7)])
+def test_matmul_attention_equals_fused_kernel(bias_shape):
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 7, 4, generator=g) for _ in range(3))
+    bias = None if bias_shape is None else torch.randn(*bias_shape, generator=g)
+    expected = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=0.3)
+    expected = expected.transpose(1, 2).reshape(2, 7, 12)
+    got = layers._matmul_attention(q, k, v, bias, 0.0, 0.3)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+    # bfloat16 on CPU takes the matmul path inside attention(); close to float32
+    low, _ = layers.attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), None if bias is None else bias.bfloat16(),
+                              scale=0.3)
+    assert layers._matmul_attention_is_faster(q.bfloat16(), k.bfloat16())
+    assert float((low.float() - expected).abs().max()) < 3e-2
+
+
+def test_bf16_models_stay_close_to_float32():
+    for name in ("text-model-abs", "audio-model-plain", "vision-model-relbias"):
+        case = next(c for c in all_cases("small") if c.name == name)
+        arrays = weight_spec(case.config, case.architecture).random_arrays(0)
+        inputs = case.make_inputs(np.random.default_rng(1))
+        model = getattr(d2v_torch, case.architecture)(case.config)
+        model.load_arrays(arrays)
+        ref = run_torch(case, arrays, inputs, model.eval())["last_hidden_state"]
+        low = {k: torch.from_numpy(v).bfloat16() if v.dtype.kind == "f" else torch.from_numpy(v)
+               for k, v in inputs.items()}
+        with torch.no_grad():
+            out = model.to(torch.bfloat16)(**low).last_hidden_state.float().numpy()
+        assert np.abs(out - ref).max() <= 3e-2 * np.abs(ref).max(), name
+
+
+def test_keras_make_fast_equals_the_eager_call():
+    case = next(c for c in all_cases("small") if c.name == "text-causal-dec")
+    arrays = weight_spec(case.config, case.architecture).random_arrays(0)
+    inputs = {k: v for k, v in case.make_inputs(np.random.default_rng(1)).items()}
+    model = d2v_tf.TFData2VecTextForCausalLM(case.config)
+    model.load_arrays(arrays)
+    eager = model(**inputs, output_hidden_states=True, use_cache=False)
+    for jit in (True, False):
+        fast = model.make_fast(jit_compile=jit)
+        out = fast(**inputs, output_hidden_states=True, use_cache=False)
+        assert type(out) is type(eager) and list(out) == list(eager)
+        diffs = max_abs_diff({k: np.asarray(v) if not isinstance(v, tuple) else [np.asarray(x) for x in v]
+                              for k, v in out.items()},
+                             {k: np.asarray(v) if not isinstance(v, tuple) else [np.asarray(x) for x in v]
+                              for k, v in eager.items()})
+        assert max(diffs.values()) <= 1e-5, diffs
+        assert isinstance(fast(inputs["input_ids"], return_dict=False), tuple)
+    with pytest.raises(TypeError, match="inference only"):
+        fast(**inputs, training=True)
