@@ -19,6 +19,11 @@ from d2v_tf.audio import (  # noqa: E402
     TFData2VecAudioPreTrainedModel,
 )
 from d2v_tf.base import TFData2VecPreTrainedModel  # noqa: E402
+from d2v_tf.pretraining import (  # noqa: E402
+    TFData2VecAudioForPreTraining,
+    TFData2VecTextForPreTraining,
+    TFData2VecVisionForPreTraining,
+)
 from d2v_tf.text import (  # noqa: E402
     TFData2VecTextForCausalLM,
     TFData2VecTextForMaskedLM,
@@ -42,6 +47,7 @@ __all__ = [
     "Data2VecVisionConfig",
     "TFData2VecAudioForAudioFrameClassification",
     "TFData2VecAudioForCTC",
+    "TFData2VecAudioForPreTraining",
     "TFData2VecAudioForSequenceClassification",
     "TFData2VecAudioForXVector",
     "TFData2VecAudioModel",
@@ -50,12 +56,14 @@ __all__ = [
     "TFData2VecTextForCausalLM",
     "TFData2VecTextForMaskedLM",
     "TFData2VecTextForMultipleChoice",
+    "TFData2VecTextForPreTraining",
     "TFData2VecTextForQuestionAnswering",
     "TFData2VecTextForSequenceClassification",
     "TFData2VecTextForTokenClassification",
     "TFData2VecTextModel",
     "TFData2VecTextPreTrainedModel",
     "TFData2VecVisionForImageClassification",
+    "TFData2VecVisionForPreTraining",
     "TFData2VecVisionForSemanticSegmentation",
     "TFData2VecVisionModel",
     "TFData2VecVisionPreTrainedModel",

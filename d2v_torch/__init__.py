@@ -10,6 +10,11 @@ from d2v_torch.audio import (
     Data2VecAudioPreTrainedModel,
 )
 from d2v_torch.base import Data2VecPreTrainedModel
+from d2v_torch.pretraining import (
+    Data2VecAudioForPreTraining,
+    Data2VecTextForPreTraining,
+    Data2VecVisionForPreTraining,
+)
 from d2v_torch.text import (
     Data2VecTextForCausalLM,
     Data2VecTextForMaskedLM,
@@ -31,6 +36,7 @@ __all__ = [
     "Data2VecAudioConfig",
     "Data2VecAudioForAudioFrameClassification",
     "Data2VecAudioForCTC",
+    "Data2VecAudioForPreTraining",
     "Data2VecAudioForSequenceClassification",
     "Data2VecAudioForXVector",
     "Data2VecAudioModel",
@@ -40,6 +46,7 @@ __all__ = [
     "Data2VecTextForCausalLM",
     "Data2VecTextForMaskedLM",
     "Data2VecTextForMultipleChoice",
+    "Data2VecTextForPreTraining",
     "Data2VecTextForQuestionAnswering",
     "Data2VecTextForSequenceClassification",
     "Data2VecTextForTokenClassification",
@@ -47,6 +54,7 @@ __all__ = [
     "Data2VecTextPreTrainedModel",
     "Data2VecVisionConfig",
     "Data2VecVisionForImageClassification",
+    "Data2VecVisionForPreTraining",
     "Data2VecVisionForSemanticSegmentation",
     "Data2VecVisionModel",
     "Data2VecVisionPreTrainedModel",
