@@ -629,7 +629,7 @@ def plot(report: dict, path: str) -> None:
     keys = ["torch-fp32", "torch-bf16", *KERAS_ROWS]
     names = [r["workload"] for r in report["workloads"]]
     loading = {k: v for k, v in report.get("loading", {}).items() if "vs_hf" in v}
-    fig, axes = plt.subplots(1, 2 if loading else 1, figsize=(10 if loading else 7, 3.6),
+    fig, axes = plt.subplots(1, 2 if loading else 1, figsize=(10 if loading else 7, 4.2),
                              gridspec_kw={"width_ratios": [3, 1]} if loading else None, squeeze=False)
     ax = axes[0][0]
     width = 0.8 / len(keys)
@@ -644,7 +644,7 @@ def plot(report: dict, path: str) -> None:
     ax.set_xticks(np.arange(len(names)), names, fontsize=7)
     ax.set_ylabel("speed-up over HF (median)")
     ax.set_title(f"d2v vs transformers, CPU, {report['threads']} threads", fontsize=9)
-    ax.legend(fontsize=6, loc="upper left")
+    ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=3)
     if loading:
         ax = axes[0][1]
         ax.bar(range(len(loading)), [v["vs_hf"] for v in loading.values()], color="tab:gray")

@@ -249,9 +249,11 @@ def _matmul_attention(query, key, value, bias, dropout: float, scale: float) -> 
     s = key.shape[2]
     q = query.reshape(b * h, t, d)
     k = key.reshape(b * h, s, d).transpose(1, 2)
-    if bias is None:
+    if bias is None or (bias.shape[1] == 1 and bias.shape[2] == 1):
         scores = torch.baddbmm(q.new_zeros(()), q, k, beta=0.0, alpha=scale)
-    else:
+        if bias is not None:  # a padding row (B, 1, 1, S): broadcast in place, no (B*H, T, S) copy
+            scores.view(b, h, t, s).add_(bias)
+    else:  # a full (.., H, T, S) bias (relative positions) is summed inside the GEMM
         scores = torch.baddbmm(bias.expand(b, h, t, s).reshape(b * h, t, s), q, k, alpha=scale)
     probs = torch.softmax(scores, dim=-1)
     if dropout > 0:
