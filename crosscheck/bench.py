@@ -140,12 +140,14 @@ TARGETS = {
 }
 
 
-def hf_available() -> bool:
-    return importlib.util.find_spec("transformers") is not None
+def hf_oracle():
+    """The test oracle module (transformers with known weights), or None without it."""
+    try:
+        from crosscheck.runner import oracle
 
-
-def hf_tf_available() -> bool:
-    return hf_available() and importlib.util.find_spec("tf_keras") is not None
+        return oracle()
+    except RuntimeError:
+        return None
 
 
 def set_threads(threads: int) -> None:
@@ -246,17 +248,20 @@ def build_rows(workload: Workload, size: str, keys: list[str], seed: int = 0) ->
     attempt(KERAS_ROWS, keras_rows)
     attempt(["keras-bf16"], keras_bf16_row)
     hf_keys = [k for k in keys if k.startswith("hf-")]
-    if hf_keys and not hf_available():
-        skipped.update({k: "transformers is not installed" for k in hf_keys})
+    hf = hf_oracle() if hf_keys else None
+    if hf_keys and hf is None:
+        skipped.update({k: "transformers (the test extra) is not installed" for k in hf_keys})
     elif hf_keys:
         attempt(["hf-torch-fp32", "hf-torch-bf16"],
-                lambda group: _torch_rows(workload, _hf_torch_model(workload, config, arrays), inputs, "hf-torch", group))
+                lambda group: _torch_rows(workload, hf.hf_torch_model(config, workload.architecture, arrays),
+                                          inputs, "hf-torch", group))
         if workload.family != "vision":
             skipped.update({k: "HF has no TF Data2Vec text/audio classes" for k in HF_TF_ROWS if k in keys})
-        elif not hf_tf_available():
+        elif not hf.tf_available():
             skipped.update({k: "tf-keras is not installed" for k in HF_TF_ROWS if k in keys})
         else:
-            attempt(HF_TF_ROWS, lambda group: _hf_tf_rows(workload, config, arrays, inputs))
+            attempt(HF_TF_ROWS, lambda group: _hf_tf_rows(workload, hf.hf_tf_model(config, workload.architecture, arrays),
+                                                           inputs))
     return {k: v for k, v in runs.items() if k in keys}, skipped
 
 
@@ -277,32 +282,11 @@ def _keras_model(workload: Workload, config, arrays: dict, policy: str | None = 
     return model
 
 
-def _hf_torch_model(workload: Workload, config, arrays: dict):
-    import torch
-    import transformers
-
-    from d2v_common.spec import weight_spec
-
-    hf_config = getattr(transformers, type(config).__name__).from_dict(config.to_dict())
-    model = getattr(transformers, workload.architecture)(hf_config).eval()
-    full = weight_spec(config, workload.architecture).tie(dict(arrays))
-    model.load_state_dict({k: torch.from_numpy(np.require(v, requirements="C")) for k, v in full.items()}, strict=True)
-    return model
-
-
-def _hf_tf_rows(workload: Workload, config, arrays: dict, inputs: dict) -> dict:
-    """HF's TF class loaded from a tf_model.h5 that d2v writes from the same arrays."""
+def _hf_tf_rows(workload: Workload, model, inputs: dict) -> dict:
+    """Eager, tf.function and XLA rows of HF's TF class."""
     import tensorflow as tf
-    import transformers
-
-    from d2v_common import checkpoint
-    from d2v_common.spec import weight_spec
 
     field_ = workload.main_output
-    with tempfile.TemporaryDirectory() as tmp:
-        checkpoint.write_checkpoint(tmp, arrays, weight_spec(config, workload.architecture), ["tf-h5"])
-        getattr(transformers, type(config).__name__).from_dict(config.to_dict()).save_pretrained(tmp)
-        model = getattr(transformers, "TF" + workload.architecture).from_pretrained(tmp)
     x = tf.constant(inputs["pixel_values"])
 
     def call(p):
@@ -403,12 +387,12 @@ def run_workload(workload: Workload, size: str, keys: list[str], repeats: int, w
 # ------------------------------------------------------------------------ from_pretrained
 
 LOADERS = {
-    # name -> (framework module, class, checkpoint file it reads)
+    # name -> (module ("hf": transformers, through the test oracle), class, checkpoint file it reads)
     "d2v torch": ("d2v_torch", "Data2VecVisionForImageClassification", "safetensors"),
-    "HF torch": ("transformers", "Data2VecVisionForImageClassification", "safetensors"),
+    "HF torch": ("hf", "Data2VecVisionForImageClassification", "safetensors"),
     "d2v keras": ("d2v_tf", "TFData2VecVisionForImageClassification", "safetensors"),
     "d2v keras (h5)": ("d2v_tf", "TFData2VecVisionForImageClassification", "tf-h5"),
-    "HF TF (h5)": ("transformers", "TFData2VecVisionForImageClassification", "tf-h5"),
+    "HF TF (h5)": ("hf", "TFData2VecVisionForImageClassification", "tf-h5"),
 }
 LOAD_COMPARISONS = {"d2v torch": "HF torch", "d2v keras": "HF TF (h5)", "d2v keras (h5)": "HF TF (h5)"}
 
@@ -430,10 +414,12 @@ def _load_worker(loader: str, directory: str, threads: int) -> dict:
     import torch
 
     torch.set_num_threads(threads)
-    if module_name == "transformers":
-        import transformers  # noqa: F401
-    module = importlib.import_module(module_name)
-    cls = getattr(module, class_name)
+    if module_name == "hf":  # through the test oracle, which imports transformers
+        from crosscheck.runner import oracle
+
+        cls = oracle().hf_class(class_name)
+    else:
+        cls = getattr(importlib.import_module(module_name), class_name)
     gc.collect()
     try:  # reset the peak to the current size, so the peak is the load's own
         with open("/proc/self/clear_refs", "w") as f:
@@ -478,7 +464,7 @@ def write_load_checkpoints(root: str, size: str, seed: int = 0) -> dict[str, str
 
 
 def measure_loading(size: str, runs: int, threads: int, loaders=None, hf: bool = True) -> dict:
-    loaders = [name for name in (loaders or LOADERS) if hf or LOADERS[name][0] != "transformers"]
+    loaders = [name for name in (loaders or LOADERS) if hf or LOADERS[name][0] != "hf"]
     results: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         dirs = write_load_checkpoints(tmp, size)

@@ -70,19 +70,22 @@ def run_tf(case: Case, arrays: dict, inputs: dict, model=None) -> dict:
     return to_numpy_outputs(out)
 
 
+def oracle():
+    """The test oracle (``tests/oracle.py``: transformers with known weights). It lives with the
+    tests and needs the ``test`` extra; d2v itself never imports transformers."""
+    try:
+        return importlib.import_module("tests.oracle")
+    except ImportError as e:
+        raise RuntimeError(
+            "comparing with transformers needs a source checkout (tests/oracle.py) and the test extra: "
+            f"pip install -e '.[all,test]' ({e})"
+        ) from e
+
+
 def hf_model(case: Case, arrays: dict):
     """transformers' PyTorch class with the same weights (the test oracle)."""
-    import torch
-
-    transformers = importlib.import_module("transformers")
-    config = getattr(transformers, type(case.config).__name__).from_dict(case.config.to_dict())
-    if case.call_kwargs.get("output_attentions"):
-        config._attn_implementation = "eager"  # HF's fused (sdpa) audio attention returns no weights
-    model = getattr(transformers, case.architecture)(config).eval()
-    full = weight_spec(case.config, case.architecture).tie(dict(arrays))
-    state = {k: torch.from_numpy(np.require(v, requirements="C")) for k, v in full.items()}
-    model.load_state_dict(state, strict=True)
-    return model
+    eager = bool(case.call_kwargs.get("output_attentions"))
+    return oracle().hf_torch_model(case.config, case.architecture, arrays, eager_attention=eager)
 
 
 def run_hf(case: Case, arrays: dict, inputs: dict) -> dict:

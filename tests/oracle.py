@@ -29,3 +29,42 @@ def random_hf_model(architecture: str, hf_cfg, seed: int = 0):
 
 def state_arrays(model) -> dict[str, np.ndarray]:
     return {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+
+
+# ------------------------------------------------ used by crosscheck's --reference hf and bench
+
+
+def tf_available() -> bool:
+    """HF's TF classes need tf-keras (Keras 2) beside Keras 3."""
+    import importlib.util
+
+    return importlib.util.find_spec("tf_keras") is not None
+
+
+def hf_class(name: str):
+    """transformers' class of that name (e.g. "TFData2VecVisionModel")."""
+    return getattr(transformers, name)
+
+
+def hf_torch_model(config, architecture: str, arrays: dict, eager_attention: bool = False):
+    """transformers' PyTorch class with exactly these (d2v canonical) weights, in eval mode.
+    ``eager_attention``: HF's fused attention returns no attention weights."""
+    cfg = hf_config(config)
+    if eager_attention:
+        cfg._attn_implementation = "eager"
+    model = getattr(transformers, architecture)(cfg).eval()
+    full = weight_spec(config, architecture).tie(dict(arrays))
+    model.load_state_dict({k: torch.from_numpy(np.require(v, requirements="C")) for k, v in full.items()}, strict=True)
+    return model
+
+
+def hf_tf_model(config, architecture: str, arrays: dict):
+    """transformers' TF class, loaded from a tf_model.h5 that d2v writes from these weights."""
+    import tempfile
+
+    from d2v_common import checkpoint
+
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint.write_checkpoint(tmp, arrays, weight_spec(config, architecture), ["tf-h5"])
+        hf_config(config).save_pretrained(tmp)
+        return getattr(transformers, "TF" + architecture).from_pretrained(tmp)
