@@ -515,9 +515,9 @@ def measure_loading(size: str, runs: int, threads: int, loaders=None, hf: bool =
 
 
 def checkpoint_file(fmt: str) -> str:
-    from d2v_common.checkpoint import FORMAT_FILES
+    from d2v_common.checkpoint import checkpoint_format
 
-    return FORMAT_FILES[fmt]
+    return checkpoint_format(fmt).file_name
 
 
 # -------------------------------------------------------------------------------- reports

@@ -7,7 +7,10 @@ Formats:
   when no safetensors file is present; needs torch >= 2.6;
 * ``tf_model.h5``: HF's TF layout, read and written with h5py through the weight spec.
 
-All writes go through a temporary file and an atomic rename.
+Each format is one ``CheckpointFormat`` entry of ``CHECKPOINT_FORMATS`` (file names, reader,
+writer, what it needs); the loader, the converter and ``save_pretrained(formats=...)`` iterate
+that registry, so a new format is one ``register_checkpoint_format`` call plus its reader and
+writer. All writes go through a temporary file and an atomic rename.
 """
 
 from __future__ import annotations
@@ -15,12 +18,15 @@ from __future__ import annotations
 import importlib
 import json
 import os
-from collections.abc import Iterable
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import h5py
 import numpy as np
 
 from d2v_common import layouts
+from d2v_common.configs import CONFIG_NAME
 from d2v_common.io_utils import atomic_write_with, write_files_transactionally
 from d2v_common.spec.core import WeightSpec
 
@@ -29,7 +35,6 @@ SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
 PT_WEIGHTS_NAME = "pytorch_model.bin"
 PT_WEIGHTS_INDEX_NAME = "pytorch_model.bin.index.json"
 TF_WEIGHTS_NAME = "tf_model.h5"
-WEIGHT_FILES = (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, PT_WEIGHTS_NAME, PT_WEIGHTS_INDEX_NAME, TF_WEIGHTS_NAME)
 
 # Largest tensor we accept from a file (elements): guards against absurd shapes in hostile files.
 MAX_TENSOR_ELEMENTS = 2**34
@@ -37,32 +42,6 @@ MAX_TENSOR_ELEMENTS = 2**34
 
 class CheckpointError(ValueError):
     """A checkpoint file is missing, unreadable, corrupt or refused."""
-
-
-def find_checkpoint(directory: str | os.PathLike, prefer: str | None = None) -> tuple[str, str]:
-    """``(format, path)`` of the weights in ``directory``: safetensors > pytorch bin > tf h5.
-
-    ``prefer`` ("safetensors" / "pt-bin" / "tf-h5") picks a format when several are present.
-    """
-    directory = os.fspath(directory)
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(f"checkpoint directory {directory!r} does not exist")
-    candidates = [
-        ("safetensors", SAFE_WEIGHTS_NAME),
-        ("safetensors", SAFE_WEIGHTS_INDEX_NAME),
-        ("pt-bin", PT_WEIGHTS_NAME),
-        ("pt-bin", PT_WEIGHTS_INDEX_NAME),
-        ("tf-h5", TF_WEIGHTS_NAME),
-    ]
-    if prefer is not None:
-        if prefer not in {fmt for fmt, _ in candidates}:
-            raise ValueError(f"unknown checkpoint format {prefer!r}")
-        candidates.sort(key=lambda c: c[0] != prefer)
-    for fmt, name in candidates:
-        path = os.path.join(directory, name)
-        if os.path.isfile(path):
-            return fmt, path
-    raise FileNotFoundError(f"no weights in {directory!r}: expected one of {', '.join(WEIGHT_FILES)}")
 
 
 # ------------------------------------------------------------------------------- reading
@@ -332,24 +311,6 @@ def _h5_dataset(group, name: str, path: str):
     return node
 
 
-def read_checkpoint(
-    directory: str | os.PathLike, spec: WeightSpec | None = None, prefer: str | None = None
-) -> tuple[dict[str, np.ndarray], list[str], str]:
-    """Read a checkpoint directory: ``(arrays, unexpected h5 names, format)``.
-
-    ``spec`` is needed only for tf_model.h5 (its names are mapped through the spec).
-    """
-    fmt, path = find_checkpoint(directory, prefer)
-    if fmt == "safetensors":  # lazy: tensors are read when used
-        return read_safetensors(path), [], fmt
-    if fmt == "pt-bin":
-        return read_pytorch_bin(path), [], fmt
-    if spec is None:
-        raise ValueError("reading tf_model.h5 needs the model's weight spec")
-    arrays, unexpected = read_tf_h5(path, spec)
-    return arrays, unexpected, fmt
-
-
 # ------------------------------------------------------------------------------- writing
 # ``_dump_*`` write one format to a given (temporary) path; the public writers and
 # ``write_checkpoint`` wrap them in atomic renames.
@@ -403,9 +364,289 @@ def write_tf_h5(path: str | os.PathLike, arrays: dict[str, np.ndarray], spec: We
     atomic_write_with(path, lambda tmp: _dump_tf_h5(tmp, arrays, spec))
 
 
-FORMAT_FILES = {"safetensors": SAFE_WEIGHTS_NAME, "pt-bin": PT_WEIGHTS_NAME, "tf-h5": TF_WEIGHTS_NAME}
+def _write_bytes(path: str, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
 
 
+def _without_tied(arrays: dict[str, np.ndarray], spec: WeightSpec | None) -> dict[str, np.ndarray]:
+    """safetensors refuses shared storage, so tied copies are left out (HF does the same)."""
+    if spec is None:
+        return arrays
+    tied = {p.name for p in spec if p.tied_to is not None}
+    return {k: v for k, v in arrays.items() if k not in tied}
+
+
+def _bfloat16_notes(path: str, spec: WeightSpec | None) -> list[str]:
+    """``.bin`` tensors stored as bfloat16 (read as metadata only) become float32."""
+    torch = import_torch()
+    names = []
+    for file in weight_files(path):
+        state = torch.load(file, map_location="meta", weights_only=True)
+        names += [k for k, v in state.items() if isinstance(v, torch.Tensor) and v.dtype == torch.bfloat16]
+    if not names:
+        return []
+    return [f"note: {len(names)} bfloat16 tensor(s) were read as float32 (numpy has no bfloat16; "
+            "the values are exact) and are written as float32"]
+
+
+def _h5_counter_notes(path: str, spec: WeightSpec | None) -> list[str]:
+    """BatchNorm counters an HF tf_model.h5 lacks (d2v writes them, HF does not)."""
+    found = []
+    with h5py.File(path, "r") as f:
+        f.visit(lambda name: found.append(name) if name.endswith("num_batches_tracked:0") else None)
+    counters = 0 if spec is None else sum(not layouts.leaf_rule(p).in_hf_h5 for p in spec.stored())
+    if len(found) >= counters:
+        return []
+    return [f"note: {counters - len(found)} BatchNorm counter(s) (num_batches_tracked) are not in "
+            "this tf_model.h5 (HF's TF classes do not keep them); they start at 0"]
+
+
+# ------------------------------------------------------------------------------- registry
+Arrays = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class CheckpointFormat:
+    """One weight-file format that checkpoints can be read from and written in.
+
+    Args:
+        name: the format's name in ``formats=[...]``, ``checkpoint_format=`` and d2v-convert.
+        file_name: the single-file name (``model.safetensors``).
+        read_file: ``(path, spec) -> (arrays, unexpected names)`` for one file (not an index);
+            ``spec`` is None unless ``needs_spec``.
+        write_file: ``(path, arrays, spec) -> None``: write one complete file at ``path``.
+        index_name: the shard index's name, or None when the format is never sharded.
+        shard_pattern: a regular expression matching the format's shard file names.
+        needs_spec: reading or writing maps names through the model's weight spec.
+        needs_torch: reading or writing needs PyTorch.
+        conversion_notes: ``(path, spec) -> list[str]``: what d2v-convert should tell the user
+            about a file of this format (e.g. dtypes changed on reading).
+    """
+
+    name: str
+    file_name: str
+    read_file: Callable[[str, WeightSpec | None], tuple[Arrays, list[str]]]
+    write_file: Callable[[str, Arrays, WeightSpec | None], None]
+    index_name: str | None = None
+    shard_pattern: str | None = None
+    needs_spec: bool = False
+    needs_torch: bool = False
+    conversion_notes: Callable[[str, WeightSpec | None], list[str]] | None = None
+
+    @property
+    def file_names(self) -> tuple[str, ...]:
+        """The names a checkpoint of this format is found under, in order of preference."""
+        return (self.file_name,) + ((self.index_name,) if self.index_name else ())
+
+    def owns(self, file_name: str) -> bool:
+        """Whether ``file_name`` is one of this format's files (shards included)."""
+        return file_name in self.file_names or bool(
+            self.shard_pattern and re.fullmatch(self.shard_pattern, file_name)
+        )
+
+    def read(self, path: str, spec: WeightSpec | None = None) -> tuple[Arrays, list[str]]:
+        """Read a file or a shard index of this format: ``(arrays, unexpected names)``.
+
+        Raises:
+            ValueError: the format needs the spec and none was given.
+            CheckpointError: a file is unreadable or a tensor appears in two shards.
+        """
+        if self.needs_spec and spec is None:
+            raise ValueError(f"reading {self.file_name} needs the model's weight spec")
+        arrays: Arrays = {}
+        unexpected: list[str] = []
+        for file in weight_files(path):
+            part, extra = self.read_file(file, spec)
+            clash = sorted(set(part) & set(arrays))
+            if clash:
+                raise CheckpointError(f"tensor {clash[0]!r} appears in more than one shard")
+            arrays.update(part)
+            unexpected += extra
+        return arrays, unexpected
+
+
+CHECKPOINT_FORMATS: dict[str, CheckpointFormat] = {}
+# The entries below call the module's readers and writers through lambdas, so they always reach
+# the functions by their current names (tests patch them to inject failures).
+
+
+def register_checkpoint_format(fmt: CheckpointFormat) -> CheckpointFormat:
+    """Add ``fmt`` to ``CHECKPOINT_FORMATS``; registration order is the loading preference.
+
+    Returns:
+        ``fmt``, so an entry can be registered where it is defined.
+    """
+    if fmt.name in CHECKPOINT_FORMATS:
+        raise ValueError(f"checkpoint format {fmt.name!r} is already registered")
+    CHECKPOINT_FORMATS[fmt.name] = fmt
+    return fmt
+
+
+register_checkpoint_format(CheckpointFormat(
+    name="safetensors",
+    file_name=SAFE_WEIGHTS_NAME,
+    index_name=SAFE_WEIGHTS_INDEX_NAME,
+    shard_pattern=r"model-\d+-of-\d+\.safetensors",
+    read_file=lambda path, spec: (read_safetensors(path), []),  # lazy: tensors are read when used
+    write_file=lambda path, arrays, spec: _dump_safetensors(path, _without_tied(arrays, spec)),
+))
+register_checkpoint_format(CheckpointFormat(
+    name="pt-bin",
+    file_name=PT_WEIGHTS_NAME,
+    index_name=PT_WEIGHTS_INDEX_NAME,
+    shard_pattern=r"pytorch_model-\d+-of-\d+\.bin",
+    read_file=lambda path, spec: (read_pytorch_bin(path), []),
+    write_file=lambda path, arrays, spec: _dump_pytorch_bin(path, arrays if spec is None else spec.tie(dict(arrays))),
+    needs_torch=True,
+    conversion_notes=_bfloat16_notes,
+))
+register_checkpoint_format(CheckpointFormat(
+    name="tf-h5",
+    file_name=TF_WEIGHTS_NAME,
+    read_file=lambda path, spec: read_tf_h5(path, spec),
+    write_file=lambda path, arrays, spec: _dump_tf_h5(path, arrays, spec),
+    needs_spec=True,
+    conversion_notes=_h5_counter_notes,
+))
+
+def registered_weight_files() -> tuple[str, ...]:
+    """Every single-file and index name of the registered formats, in loading order."""
+    return tuple(name for fmt in CHECKPOINT_FORMATS.values() for name in fmt.file_names)
+
+
+# The built-in formats' tables, as they were before the registry (kept for existing callers).
+WEIGHT_FILES = registered_weight_files()
+FORMAT_FILES = {fmt.name: fmt.file_name for fmt in CHECKPOINT_FORMATS.values()}
+
+
+def checkpoint_format(name: str) -> CheckpointFormat:
+    """The registered format called ``name``.
+
+    Raises:
+        ValueError: no such format (the message lists the registered ones).
+    """
+    if name not in CHECKPOINT_FORMATS:
+        raise ValueError(f"unknown checkpoint format {name!r}; use {', '.join(CHECKPOINT_FORMATS)}")
+    return CHECKPOINT_FORMATS[name]
+
+
+def format_of_file(file_name: str) -> CheckpointFormat | None:
+    """The registered format a weight file (single file, index or shard) belongs to, if any."""
+    return next((fmt for fmt in CHECKPOINT_FORMATS.values() if fmt.owns(file_name)), None)
+
+
+def weight_files(path: str) -> list[str]:
+    """The files holding the weights: the shards of an index, else the file itself."""
+    return read_index(path) if path.endswith(".json") else [path]
+
+
+# ------------------------------------------------------------------------------- choosing
+def select_weights(
+    available: Iterable[str], *, prefer: str | None = None, torch_available: bool = True
+) -> tuple[CheckpointFormat, str] | None:
+    """The format and file to load from a set of file names, or None when none fits.
+
+    Args:
+        available: file names present (a directory or a hub repository listing).
+        prefer: a format name tried first; the others follow in registry order.
+        torch_available: when False, formats that need torch are passed over.
+
+    Returns:
+        ``(format, file name)`` (an index name for a sharded checkpoint), or None.
+    """
+    available = set(available)
+    order = list(CHECKPOINT_FORMATS.values())
+    if prefer is not None:
+        order.sort(key=lambda fmt: fmt.name != checkpoint_format(prefer).name)
+    for fmt in order:
+        if fmt.needs_torch and not torch_available:
+            continue
+        for name in fmt.file_names:
+            if name in available:
+                return fmt, name
+    return None
+
+
+def files_to_fetch(
+    available: Iterable[str], *, torch_available: bool, prefer: str | None = None
+) -> list[str]:
+    """The files to download from a repository listing to load a model, in order.
+
+    ``config.json`` comes first, then the chosen weights: the single file, or the shard index
+    followed by the shards of that format found in the listing (sorted).
+
+    Args:
+        available: every file name of the repository (e.g. ``HfApi().list_repo_files``).
+        torch_available: whether torch can be imported here (``.bin`` files need it).
+        prefer: a format name to choose when several are present.
+
+    Returns:
+        File names, in the order to fetch them.
+
+    Raises:
+        FileNotFoundError: the listing has no ``config.json`` or no weights this machine can read.
+    """
+    available = sorted(set(available))
+    if CONFIG_NAME not in available:
+        raise FileNotFoundError(f"the repository has no {CONFIG_NAME}")
+    chosen = select_weights(available, prefer=prefer, torch_available=torch_available)
+    if chosen is None:
+        readable = [n for f in CHECKPOINT_FORMATS.values() if torch_available or not f.needs_torch for n in f.file_names]
+        raise FileNotFoundError(f"no weights in the repository: expected one of {', '.join(readable)}")
+    fmt, name = chosen
+    shards = [n for n in available if n not in fmt.file_names and fmt.owns(n)] if name == fmt.index_name else []
+    return [CONFIG_NAME, name, *shards]
+
+
+def find_checkpoint(directory: str | os.PathLike, prefer: str | None = None) -> tuple[str, str]:
+    """``(format, path)`` of the weights in ``directory``, in registry order
+    (safetensors > pytorch bin > tf h5).
+
+    ``prefer`` ("safetensors" / "pt-bin" / "tf-h5") picks a format when several are present.
+    """
+    directory = os.fspath(directory)
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"checkpoint directory {directory!r} does not exist")
+    present = [n for n in os.listdir(directory) if os.path.isfile(os.path.join(directory, n))]
+    chosen = select_weights(present, prefer=prefer)
+    if chosen is None:
+        raise FileNotFoundError(
+            f"no weights in {directory!r}: expected one of {', '.join(registered_weight_files())}"
+        )
+    fmt, name = chosen
+    return fmt.name, os.path.join(directory, name)
+
+
+def read_checkpoint(
+    directory: str | os.PathLike, spec: WeightSpec | None = None, prefer: str | None = None
+) -> tuple[dict[str, np.ndarray], list[str], str]:
+    """Read a checkpoint directory: ``(arrays, unexpected h5 names, format)``.
+
+    ``spec`` is needed only for formats that map names through it (tf_model.h5).
+    """
+    fmt, path = find_checkpoint(directory, prefer)
+    arrays, unexpected = checkpoint_format(fmt).read(path, spec)
+    return arrays, unexpected, fmt
+
+
+def formats_from_flags(
+    formats: Iterable[str] | None = None, safe_serialization: bool = True, tf_h5: bool = False
+) -> list[str]:
+    """The formats ``save_pretrained`` writes: ``formats`` when given, else the HF-style flags
+    (safetensors, or pytorch_model.bin when ``safe_serialization=False``; plus tf_model.h5 with
+    ``tf_h5=True``)."""
+    if formats is not None:
+        if isinstance(formats, str):
+            formats = [formats]
+        formats = list(formats)
+        if not formats:
+            raise ValueError("formats must name at least one checkpoint format")
+        return formats
+    return ["safetensors" if safe_serialization else "pt-bin"] + (["tf-h5"] if tf_h5 else [])
+
+
+# ------------------------------------------------------------------------------- writing
 def write_checkpoint(
     directory: str | os.PathLike,
     arrays: dict[str, np.ndarray],
@@ -422,36 +663,31 @@ def write_checkpoint(
     not write are removed afterwards, so the directory never offers stale weights.
     """
     directory = os.fspath(directory)
-    formats = list(formats)
-    for fmt in formats:
-        if fmt not in FORMAT_FILES:
-            raise ValueError(f"unknown checkpoint format {fmt!r}; use safetensors, pt-bin or tf-h5")
-        if fmt == "tf-h5" and spec is None:
-            raise ValueError("writing tf_model.h5 needs the model's weight spec")
-    written = [os.path.join(directory, FORMAT_FILES[f]) for f in formats]
-    dumpers = {
-        "safetensors": lambda tmp: _dump_safetensors(tmp, _without_tied(arrays, spec)),
-        "pt-bin": lambda tmp: _dump_pytorch_bin(tmp, arrays if spec is None else spec.tie(dict(arrays))),
-        "tf-h5": lambda tmp: _dump_tf_h5(tmp, arrays, spec),
-    }
-    plan = [(path, dumpers[fmt]) for fmt, path in zip(formats, written)]
+    chosen = []
+    for name in formats:
+        if name not in CHECKPOINT_FORMATS:
+            raise ValueError(f"unknown checkpoint format {name!r}; use {', '.join(CHECKPOINT_FORMATS)}")
+        fmt = CHECKPOINT_FORMATS[name]
+        if fmt.needs_spec and spec is None:
+            raise ValueError(f"writing {fmt.file_name} needs the model's weight spec")
+        chosen.append(fmt)
+    plan = [
+        (os.path.join(directory, fmt.file_name), lambda tmp, fmt=fmt: fmt.write_file(tmp, arrays, spec))
+        for fmt in chosen
+    ]
+    written = {target for target, _ in plan}
     for name, data in (extra_files or {}).items():  # after the weights: config.json goes in last
         plan.append((os.path.join(directory, name), lambda tmp, data=data: _write_bytes(tmp, data)))
     write_files_transactionally(plan)
-    _remove_stale_weights(directory, keep=set(written))
+    _remove_stale_weights(directory, keep=written)
     return [target for target, _ in plan]
 
 
-def _write_bytes(path: str, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-
-
 def _remove_stale_weights(directory: str, keep: set[str]) -> None:
-    stale = [os.path.join(directory, n) for n in WEIGHT_FILES]
-    for index_name in (SAFE_WEIGHTS_INDEX_NAME, PT_WEIGHTS_INDEX_NAME):
-        index = os.path.join(directory, index_name)
-        if os.path.isfile(index):
+    stale = [os.path.join(directory, n) for n in registered_weight_files()]
+    for fmt in CHECKPOINT_FORMATS.values():
+        index = os.path.join(directory, fmt.index_name) if fmt.index_name else None
+        if index and os.path.isfile(index):
             try:
                 stale += read_index(index)
             except CheckpointError:
@@ -459,11 +695,3 @@ def _remove_stale_weights(directory: str, keep: set[str]) -> None:
     for path in stale:
         if path not in keep and os.path.isfile(path):
             os.unlink(path)
-
-
-def _without_tied(arrays: dict[str, np.ndarray], spec: WeightSpec | None) -> dict[str, np.ndarray]:
-    """safetensors refuses shared storage, so tied copies are left out (HF does the same)."""
-    if spec is None:
-        return arrays
-    tied = {p.name for p in spec if p.tied_to is not None}
-    return {k: v for k, v in arrays.items() if k not in tied}

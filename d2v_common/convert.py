@@ -31,17 +31,18 @@ import shutil
 import sys
 from dataclasses import dataclass, field
 
-import h5py
 import numpy as np
 
-from d2v_common import checkpoint, layouts
+from d2v_common import checkpoint
 from d2v_common.configs import CONFIG_NAME, Data2VecConfigBase, load_config
 from d2v_common.io_utils import fsync_dir
 from d2v_common.loading import LoadReport, match_checkpoint
 from d2v_common.spec import ARCHITECTURES, canonical_architecture, weight_spec
 from d2v_common.spec.core import WeightSpec
 
-FORMATS = ("safetensors", "tf-h5", "pt-bin")
+# The registered checkpoint formats (d2v_common.checkpoint.CHECKPOINT_FORMATS); those that need
+# no torch are listed first.
+FORMATS = tuple(f.name for f in sorted(checkpoint.CHECKPOINT_FORMATS.values(), key=lambda f: f.needs_torch))
 # Above this much weight data a progress bar is shown unless --quiet.
 PROGRESS_THRESHOLD_BYTES = 50 * 2**20
 # Base models whose spec depends on HF's ``add_pooling_layer`` constructor argument: the file
@@ -170,53 +171,20 @@ def _candidate_specs(config: Data2VecConfigBase, arch: str) -> list[WeightSpec]:
     return specs
 
 
-def _weight_files(path: str) -> list[str]:
-    """The files holding the weights: the shards of an index, else the file itself."""
-    return checkpoint.read_index(path) if path.endswith(".json") else [path]
-
-
-def _read_source(src: str, fmt: str, path: str, spec: WeightSpec, progress: _Progress):
-    """``(arrays, unexpected h5 names)``, ticking ``progress`` as bytes are read."""
-    if fmt == "tf-h5":
-        progress.phase("reading tf_model.h5")
-        arrays, unexpected = checkpoint.read_tf_h5(path, spec)
-        progress.advance(os.path.getsize(path))
-        return arrays, unexpected
+def _read_source(fmt: checkpoint.CheckpointFormat, path: str, spec: WeightSpec, progress: _Progress):
+    """``(arrays, unexpected names)`` read into memory file by file, ticking ``progress``."""
     arrays: dict[str, np.ndarray] = {}
-    for file in _weight_files(path):
+    unexpected: list[str] = []
+    for file in checkpoint.weight_files(path):
         progress.phase(f"reading {os.path.basename(file)}")
-        if fmt == "safetensors":
-            for name, array in checkpoint.iter_safetensors(file):
-                if name in arrays:
-                    raise checkpoint.CheckpointError(f"tensor {name!r} appears in more than one shard")
-                arrays[name] = array
-                progress.advance(array.nbytes)
-        else:
-            part = checkpoint.read_pytorch_bin(file)
-            clash = sorted(set(part) & set(arrays))
-            if clash:
-                raise checkpoint.CheckpointError(f"tensor {clash[0]!r} appears in more than one shard")
-            arrays.update(part)
-            progress.advance(os.path.getsize(file))
-    return arrays, []
-
-
-def _bfloat16_names(path: str) -> list[str]:
-    """Names of bfloat16 tensors in a ``.bin`` checkpoint (read as metadata only)."""
-    torch = checkpoint.import_torch()
-    names = []
-    for file in _weight_files(path):
-        state = torch.load(file, map_location="meta", weights_only=True)
-        names += [k for k, v in state.items() if isinstance(v, torch.Tensor) and v.dtype == torch.bfloat16]
-    return names
-
-
-def _h5_counter_count(path: str) -> int:
-    """How many PyTorch BatchNorm counters a tf_model.h5 holds (d2v writes them, HF does not)."""
-    found = []
-    with h5py.File(path, "r") as f:
-        f.visit(lambda name: found.append(name) if name.endswith("num_batches_tracked:0") else None)
-    return len(found)
+        part, extra = fmt.read(file, spec if fmt.needs_spec else None)
+        clash = sorted(set(part) & set(arrays))
+        if clash:
+            raise checkpoint.CheckpointError(f"tensor {clash[0]!r} appears in more than one shard")
+        arrays.update({name: np.asarray(array) for name, array in part.items()})
+        unexpected += extra
+        progress.advance(os.path.getsize(file))
+    return arrays, unexpected
 
 
 def _match(arrays, unexpected, spec: WeightSpec, source: str):
@@ -259,7 +227,7 @@ _WEIGHT_SUFFIXES = (".safetensors", ".safetensors.index.json", ".bin.index.json"
 
 def _is_weight_file(name: str) -> bool:
     """Weight files of any format (shards too) stay behind: DST gets only the target format."""
-    if name in checkpoint.WEIGHT_FILES or name.endswith(_WEIGHT_SUFFIXES):
+    if checkpoint.format_of_file(name) is not None or name.endswith(_WEIGHT_SUFFIXES):
         return True
     return name.startswith(("pytorch_model", "tf_model", "flax_model")) and name.endswith((".bin", ".h5"))
 
@@ -337,10 +305,11 @@ def convert(
     input or IO) or ``CheckpointMismatch`` (report problems); in both cases nothing is left at
     ``dst``. The result's ``notes`` say what the user should know (upcasts, files not copied).
     """
-    if to not in FORMATS:
-        raise ConversionError(f"unknown target format {to!r}; use one of {', '.join(FORMATS)}")
-    if source_format is not None and source_format not in FORMATS:
-        raise ConversionError(f"unknown source format {source_format!r}; use one of {', '.join(FORMATS)}")
+    formats = checkpoint.CHECKPOINT_FORMATS
+    if to not in formats:
+        raise ConversionError(f"unknown target format {to!r}; use one of {', '.join(formats)}")
+    if source_format is not None and source_format not in formats:
+        raise ConversionError(f"unknown source format {source_format!r}; use one of {', '.join(formats)}")
     src, dst = os.fspath(src), os.path.abspath(os.fspath(dst))
     if not os.path.isdir(src):
         raise ConversionError(f"source {src} is not a directory")
@@ -366,7 +335,7 @@ def convert(
     if source_format is not None and fmt != source_format:
         raise ConversionError(f"no {source_format} weights in {src} (found {os.path.basename(path)})")
     try:
-        sizes = sum(os.path.getsize(f) for f in _weight_files(path))
+        sizes = sum(os.path.getsize(f) for f in checkpoint.weight_files(path))
     except OSError as e:
         raise ConversionError(f"cannot read {path}: {e}") from None
     show = progress if progress is not None else sizes > PROGRESS_THRESHOLD_BYTES
@@ -377,21 +346,14 @@ def convert(
         # Reading an h5 file goes through a spec: the largest candidate claims every entry.
         reader_spec = max(specs, key=len)
         try:
-            arrays, unexpected = _read_source(src, fmt, path, reader_spec, bar)
-            bf16 = _bfloat16_names(path) if fmt == "pt-bin" else []
-            stored = _h5_counter_count(path) if fmt == "tf-h5" else 0
+            source_format_entry = checkpoint.checkpoint_format(fmt)
+            arrays, unexpected = _read_source(source_format_entry, path, reader_spec, bar)
+            if source_format_entry.conversion_notes is not None:
+                notes += source_format_entry.conversion_notes(path, reader_spec)
         except (OSError, ValueError) as e:  # CheckpointError is a ValueError
             raise ConversionError(str(e)) from None
         except Exception as e:  # noqa: BLE001 - h5py / torch on a damaged file: still a clean error
             raise ConversionError(f"cannot read {path}: {type(e).__name__}: {e}") from None
-        if fmt == "tf-h5":
-            counters = sum(not layouts.leaf_rule(p).in_hf_h5 for p in reader_spec.stored())
-            if stored < counters:
-                notes.append(f"note: {counters - stored} BatchNorm counter(s) (num_batches_tracked) are not in "
-                             "this tf_model.h5 (HF's TF classes do not keep them); they start at 0")
-        if bf16:
-            notes.append(f"note: {len(bf16)} bfloat16 tensor(s) were read as float32 (numpy has no bfloat16; "
-                         "the values are exact) and are written as float32")
 
         source = f"{src} ({fmt})"
         attempts = [_match(arrays, unexpected, s, source) for s in specs]
@@ -447,7 +409,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("dst", metavar="DST", help="new directory to create")
     parser.add_argument("--to", required=True, choices=FORMATS, help="target weight format")
     parser.add_argument("--from", dest="source_format", choices=FORMATS,
-                        help="source format when SRC holds several (default: safetensors > pt-bin > tf-h5)")
+                        help="source format when SRC holds several (default: "
+                        + " > ".join(checkpoint.CHECKPOINT_FORMATS) + ")")
     parser.add_argument("--architecture", metavar="NAME",
                         help="HF class name (e.g. Data2VecVisionForImageClassification); "
                         "default: config.json's architectures[0]")

@@ -12,6 +12,7 @@ import keras
 import numpy as np
 
 from d2v_common import layouts
+from d2v_common.checkpoint import formats_from_flags
 from d2v_common.configs import CONFIG_CLASSES, Data2VecConfigBase
 from d2v_common.pretrained import (
     building_nested,
@@ -205,10 +206,22 @@ class TFData2VecPreTrainedModel(keras.Model):
         save_directory: str | os.PathLike,
         safe_serialization: bool = True,
         tf_h5: bool = False,
+        *,
+        formats: list[str] | None = None,
     ) -> list[str]:
-        """Write ``model.safetensors`` (or ``pytorch_model.bin``), plus HF's ``tf_model.h5`` with
-        ``tf_h5=True`` (loadable by transformers' TF classes), then ``config.json`` last."""
-        formats = ["safetensors" if safe_serialization else "pt-bin"] + (["tf-h5"] if tf_h5 else [])
+        """Write the weights, then ``config.json`` last (an interrupted save keeps the old files).
+
+        Args:
+            save_directory: the directory to write (created if missing).
+            safe_serialization: ``model.safetensors`` when True, else ``pytorch_model.bin``.
+            tf_h5: also write HF's ``tf_model.h5`` (loadable by transformers' TF classes).
+            formats: names from ``d2v_common.checkpoint.CHECKPOINT_FORMATS`` (e.g.
+                ``["safetensors", "tf-h5"]``); when given, the two flags above are not used.
+
+        Returns:
+            The paths written.
+        """
+        formats = formats_from_flags(formats, safe_serialization, tf_h5)
         return save_arrays_for(save_directory, self.state_arrays(), self.spec, self.config, formats)
 
     # ------------------------------------------------------------ Keras serialisation

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from d2v_common.checkpoint import formats_from_flags
 from d2v_common.configs import Data2VecConfigBase
 from d2v_common.pretrained import building_nested, load_arrays_for, save_arrays_for
 from d2v_common.spec import ARCHITECTURES, WeightSpec, weight_spec
@@ -141,10 +142,22 @@ class Data2VecPreTrainedModel(nn.Module):
         save_directory: str | os.PathLike,
         safe_serialization: bool = True,
         tf_h5: bool = False,
+        *,
+        formats: list[str] | None = None,
     ) -> list[str]:
-        """Write the weights (safetensors, or pytorch_model.bin when ``safe_serialization=False``;
-        also HF's tf_model.h5 with ``tf_h5=True``), then ``config.json`` last."""
-        formats = ["safetensors" if safe_serialization else "pt-bin"] + (["tf-h5"] if tf_h5 else [])
+        """Write the weights, then ``config.json`` last (an interrupted save keeps the old files).
+
+        Args:
+            save_directory: the directory to write (created if missing).
+            safe_serialization: ``model.safetensors`` when True, else ``pytorch_model.bin``.
+            tf_h5: also write HF's ``tf_model.h5`` (loadable by transformers' TF classes).
+            formats: names from ``d2v_common.checkpoint.CHECKPOINT_FORMATS`` (e.g.
+                ``["safetensors", "tf-h5"]``); when given, the two flags above are not used.
+
+        Returns:
+            The paths written.
+        """
+        formats = formats_from_flags(formats, safe_serialization, tf_h5)
         return save_arrays_for(save_directory, self.state_arrays(), self.spec, self.config, formats)
 
     # ------------------------------------------------------------------------ helpers

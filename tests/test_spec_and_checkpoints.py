@@ -295,3 +295,81 @@ def test_spec_audio_and_text_configs_validate():
         weight_spec(Data2VecAudioConfig(**AUDIO, add_adapter=True), "Data2VecAudioForXVector")
     with pytest.raises(ValueError, match="is_decoder"):
         weight_spec(Data2VecTextConfig(**TEXT, add_cross_attention=True), "Data2VecTextModel")
+
+
+# ------------------------------------------------------------------ the format registry
+def test_registry_drives_loader_writer_and_save_pretrained(tmp_path, monkeypatch):
+    """A format registered once is found, read, written and offered by save_pretrained."""
+    import d2v_torch
+
+    def read_npz(path, spec):
+        with np.load(path) as data:
+            return {k: data[k] for k in data.files}, []
+
+    def write_npz(path, arrays, spec):
+        with open(path, "wb") as f:
+            np.savez(f, **{k: np.asarray(v) for k, v in arrays.items()})
+
+    monkeypatch.setattr(checkpoint, "CHECKPOINT_FORMATS", dict(checkpoint.CHECKPOINT_FORMATS))
+    checkpoint.register_checkpoint_format(
+        checkpoint.CheckpointFormat(name="npz", file_name="weights.npz", read_file=read_npz, write_file=write_npz)
+    )
+    with pytest.raises(ValueError, match="already registered"):
+        checkpoint.register_checkpoint_format(checkpoint.CHECKPOINT_FORMATS["npz"])
+    model = d2v_torch.Data2VecVisionModel(Data2VecVisionConfig(**VISION))
+    written = model.save_pretrained(tmp_path, formats=["npz"])
+    assert sorted(os.listdir(tmp_path)) == ["config.json", "weights.npz"]
+    assert [os.path.basename(p) for p in written] == ["weights.npz", "config.json"]
+    back = d2v_torch.Data2VecVisionModel.from_pretrained(tmp_path, checkpoint_format="npz")
+    for name, value in model.state_arrays().items():
+        np.testing.assert_array_equal(back.state_arrays()[name], value)
+    # a later save in another format removes the stale npz file
+    model.save_pretrained(tmp_path, formats=["safetensors", "tf-h5"])
+    assert sorted(os.listdir(tmp_path)) == ["config.json", "model.safetensors", "tf_model.h5"]
+
+
+def test_save_pretrained_formats_and_flags(tmp_path):
+    assert checkpoint.formats_from_flags() == ["safetensors"]
+    assert checkpoint.formats_from_flags(safe_serialization=False, tf_h5=True) == ["pt-bin", "tf-h5"]
+    assert checkpoint.formats_from_flags("tf-h5") == ["tf-h5"]
+    with pytest.raises(ValueError, match="at least one"):
+        checkpoint.formats_from_flags([])
+    spec = weight_spec(_cfg(), "Data2VecVisionModel")
+    with pytest.raises(ValueError, match=r"unknown checkpoint format 'onnx'; use safetensors, pt-bin, tf-h5"):
+        checkpoint.write_checkpoint(tmp_path, spec.random_arrays(0), spec, ["onnx"])
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    "listing, torch_available, prefer, expected",
+    [
+        (["config.json", "model.safetensors", "pytorch_model.bin", "tf_model.h5"], True, None,
+         ["config.json", "model.safetensors"]),
+        (["config.json", "pytorch_model.bin", "tf_model.h5", "README.md"], True, None,
+         ["config.json", "pytorch_model.bin"]),
+        (["config.json", "pytorch_model.bin", "tf_model.h5"], False, None, ["config.json", "tf_model.h5"]),
+        (["config.json", "model.safetensors", "tf_model.h5"], True, "tf-h5", ["config.json", "tf_model.h5"]),
+        (["config.json", "model-00002-of-00002.safetensors", "model.safetensors.index.json",
+          "model-00001-of-00002.safetensors", "pytorch_model-00001-of-00001.bin"], True, None,
+         ["config.json", "model.safetensors.index.json", "model-00001-of-00002.safetensors",
+          "model-00002-of-00002.safetensors"]),
+    ],
+)
+def test_files_to_fetch(listing, torch_available, prefer, expected):
+    assert checkpoint.files_to_fetch(listing, torch_available=torch_available, prefer=prefer) == expected
+
+
+def test_files_to_fetch_refuses_what_cannot_load():
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        checkpoint.files_to_fetch(["model.safetensors"], torch_available=True)
+    with pytest.raises(FileNotFoundError, match="expected one of model.safetensors"):
+        checkpoint.files_to_fetch(["config.json", "pytorch_model.bin"], torch_available=False)
+    with pytest.raises(ValueError, match="unknown checkpoint format"):
+        checkpoint.files_to_fetch(["config.json"], torch_available=True, prefer="gguf")
+
+
+def test_format_of_file_knows_shards():
+    assert checkpoint.format_of_file("model-00003-of-00010.safetensors").name == "safetensors"
+    assert checkpoint.format_of_file("pytorch_model.bin.index.json").name == "pt-bin"
+    assert checkpoint.format_of_file("tf_model.h5").name == "tf-h5"
+    assert checkpoint.format_of_file("config.json") is None
