@@ -6,6 +6,8 @@ numpy arrays, torch tensors and TensorFlow tensors (all four floor-divide).
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from d2v_common.configs import Data2VecAudioConfig
@@ -287,3 +289,24 @@ def random_feature_mask(config: Data2VecAudioConfig, batch: int, rng) -> np.ndar
 def spec_augment_enabled(config: Data2VecAudioConfig) -> bool:
     """HF reads an optional ``apply_spec_augment`` config key (default True)."""
     return bool(getattr(config, "apply_spec_augment", True))
+
+
+def warn_freeze_feature_extractor() -> None:
+    """HF's old name for ``freeze_feature_encoder`` still works, with a FutureWarning."""
+    warnings.warn("freeze_feature_extractor is deprecated; use freeze_feature_encoder", FutureWarning, stacklevel=3)
+
+
+def check_ctc_label_range(config: Data2VecAudioConfig, labels: np.ndarray | None) -> None:
+    """CTC labels index the vocabulary (checked when the values are known)."""
+    if labels is not None and np.size(labels) and int(np.max(labels)) >= config.vocab_size:
+        raise ValueError(f"Label values must be < vocab_size ({config.vocab_size}), got {int(np.max(labels))}")
+
+
+def check_ctc_frames(config: Data2VecAudioConfig, longest: int, frames: int) -> None:
+    """HF's length formula must not promise more frames than the model produced."""
+    if longest > frames:
+        raise ValueError(
+            f"the length formula gives {longest} output frames but the model produced {frames} "
+            f"(adapter_kernel_size={config.adapter_kernel_size} with padding 1 does not fit HF's adapter "
+            "length formula)"
+        )

@@ -421,3 +421,17 @@ __all__ = [
     "span_mask",
     "spread",
 ]
+
+
+def check_masked_tokens_given_together(masked_input_ids, masked_positions) -> None:
+    """Text pretraining takes the corrupted tokens and their positions together, or neither."""
+    if (masked_input_ids is None) != (masked_positions is None):
+        raise ValueError("give masked_input_ids and masked_positions together (or neither)")
+
+
+def pretraining_patch_grid(vision_config, pixel_shape: tuple) -> tuple[int, int]:
+    """The patch grid of an NCHW pretraining batch (the block masks are drawn on it)."""
+    if len(pixel_shape) != 4:
+        raise ValueError(f"pixel_values must be (batch, channels, height, width), got {tuple(pixel_shape)}")
+    ph, pw = vision_config.patch_size_hw
+    return int(pixel_shape[2]) // ph, int(pixel_shape[3]) // pw

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from d2v_common.configs import Data2VecTextConfig
+from d2v_common.modeling import TensorInfo, is_integer_dtype
 
 RELATIVE_TYPES = ("relative_key", "relative_key_query")
 IGNORE_INDEX = -100
@@ -129,13 +130,25 @@ def check_index_range(name: str, values: np.ndarray, upper: int, limit_name: str
 def check_labels(name: str, values: np.ndarray, num_classes: int, ignore_index: int = IGNORE_INDEX) -> None:
     """Class labels in [0, num_classes) or ``ignore_index``."""
     values = np.asarray(values)
-    if values.dtype.kind not in "iu":
-        raise TypeError(f"{name} must be integers, got dtype {values.dtype}")
+    _check_integer_labels(name, str(values.dtype), values.dtype.kind in "iu")
     bad = (values != ignore_index) & ((values < 0) | (values >= num_classes))
     if bad.any():
         raise ValueError(
             f"{name} must be in [0, {num_classes}) or {ignore_index} to ignore, got {values[bad][:5].tolist()}"
         )
+
+
+def _check_integer_labels(name: str, dtype: str, is_integer: bool) -> None:
+    if not is_integer:
+        raise TypeError(f"{name} must be integers, got dtype {dtype}")
+
+
+def check_label_ids(name: str, labels: TensorInfo, num_classes: int) -> None:
+    """Class-id labels: integers, each in [0, num_classes) or -100 (the range when values are known)."""
+    if labels.values is not None:
+        check_labels(name, labels.values, num_classes)
+    else:
+        _check_integer_labels(name, labels.dtype, is_integer_dtype(labels.dtype))
 
 
 def relative_distance_index(query_length: int, key_length: int, max_position_embeddings: int) -> np.ndarray:
@@ -223,3 +236,90 @@ def check_question_answering(config: Data2VecTextConfig) -> None:
         raise ValueError(
             f"question answering needs config.num_labels == 2 (start and end logits), got {config.num_labels}"
         )
+
+
+# ------------------------------------------------------------------------------ model inputs
+def check_ids(name: str, ids: TensorInfo, upper: int, limit_name: str) -> None:
+    """Integer ids in [0, upper) (the range only when the values are known)."""
+    if not is_integer_dtype(ids.dtype):
+        raise TypeError(f"{name} must be an integer tensor, got {ids.dtype}")
+    if ids.values is not None:
+        check_index_range(name, ids.values, upper, limit_name)
+
+
+def check_model_inputs(
+    config: Data2VecTextConfig,
+    input_ids: TensorInfo | None,
+    inputs_embeds_shape: tuple | None,
+    token_type_ids: TensorInfo | None,
+    position_ids: TensorInfo | None,
+    past_shapes: list[list[tuple]] | None,
+) -> tuple[int, int, int]:
+    """The checks every text-model call makes before embedding.
+
+    Args:
+        config: the model's config.
+        input_ids, token_type_ids, position_ids: what is known of each (None when not given).
+        inputs_embeds_shape: the static shape of ``inputs_embeds``, or None.
+        past_shapes: per layer, the shapes of the cached tensors (legacy cache), or None.
+
+    Returns:
+        ``(batch, length, past_length)``; batch and length are None when not known statically.
+    """
+    batch, length = check_inputs(
+        None if input_ids is None else input_ids.shape, inputs_embeds_shape, config.hidden_size
+    )
+    past_length = 0
+    if past_shapes is not None:
+        if not config.is_decoder:
+            raise ValueError("past_key_values need a decoder: set config.is_decoder=True")
+        past_length = check_past(past_shapes, config, batch)
+    check_sequence_length(
+        config, length, past_length, from_embeds=input_ids is None, explicit_positions=position_ids is not None
+    )
+    if input_ids is not None:
+        check_ids("input_ids", input_ids, config.vocab_size, "vocab_size")
+    if token_type_ids is not None:
+        check_same_shape("token_type_ids", token_type_ids.shape, (batch, length))
+        check_ids("token_type_ids", token_type_ids, config.type_vocab_size, "type_vocab_size")
+    if position_ids is not None and config.position_embedding_type == "absolute":
+        last = position_ids.shape[-1] if position_ids.shape else None
+        if length is not None and last is not None and last != length:
+            raise ValueError(f"position_ids must end in the sequence length {length}, got {tuple(position_ids.shape)}")
+        check_ids("position_ids", position_ids, config.max_position_embeddings, "max_position_embeddings")
+    return batch, length, past_length
+
+
+def check_encoder_hidden_states(config: Data2VecTextConfig, shape: tuple) -> None:
+    """Cross-attention inputs: (batch, source_length, hidden_size)."""
+    if len(shape) != 3 or shape[-1] != config.hidden_size:
+        raise ValueError(
+            f"encoder_hidden_states must have shape (batch, source_length, {config.hidden_size}), got {tuple(shape)}"
+        )
+
+
+def no_cross_attention_error() -> ValueError:
+    """The error for encoder states given to a layer built without cross-attention."""
+    return ValueError(
+        "encoder_hidden_states were given but this model has no cross-attention layers: "
+        "build it with config.add_cross_attention=True"
+    )
+
+
+def embedding_mismatch_error(expected: str, shape: tuple) -> ValueError:
+    """The error for ``set_input_embeddings`` given a layer of another kind or shape."""
+    return ValueError(
+        f"set_input_embeddings needs {expected} of shape {tuple(shape)}; "
+        "use resize_token_embeddings to change the vocabulary size"
+    )
+
+
+def resized_vocab_size(current: int, new_num_tokens: int | None, pad_to_multiple_of: int | None) -> int:
+    """The vocabulary size ``resize_token_embeddings`` makes: ``new_num_tokens`` (or the current
+    size) rounded up to a multiple of ``pad_to_multiple_of``."""
+    n = current if new_num_tokens is None else int(new_num_tokens)
+    if pad_to_multiple_of is not None:
+        if int(pad_to_multiple_of) <= 0:
+            raise ValueError(f"pad_to_multiple_of must be positive, got {pad_to_multiple_of}")
+        n = -(-n // int(pad_to_multiple_of)) * int(pad_to_multiple_of)
+    return n

@@ -7,6 +7,8 @@ import functools
 import numpy as np
 
 from d2v_common.configs import Data2VecVisionConfig
+from d2v_common.losses import check_classification_labels
+from d2v_common.modeling import TensorInfo, is_integer_dtype
 
 
 @functools.lru_cache(maxsize=32)
@@ -65,3 +67,50 @@ def check_pixel_values(
             "pass interpolate_pos_encoding=True to run at another size"
         )
     return height // ph, width // pw
+
+
+def patch_grid(config: Data2VecVisionConfig, pixel_shape: tuple) -> tuple[int, int]:
+    """(rows, columns) of patches an NCHW batch of shape ``pixel_shape`` is cut into."""
+    ph, pw = config.patch_size_hw
+    return int(pixel_shape[2]) // ph, int(pixel_shape[3]) // pw
+
+
+def check_masked_positions(config: Data2VecVisionConfig, pixel_shape: tuple, mask_shape: tuple) -> None:
+    """``bool_masked_pos`` needs a mask token and one entry per patch: (batch, num_patches)."""
+    if not config.use_mask_token:
+        raise ValueError("bool_masked_pos needs a mask token: set Data2VecVisionConfig.use_mask_token=True")
+    rows, cols = patch_grid(config, pixel_shape)
+    expected = (pixel_shape[0], rows * cols)
+    if tuple(mask_shape) != expected:
+        raise ValueError(f"bool_masked_pos must have shape (batch, num_patches) = {expected}, got {tuple(mask_shape)}")
+
+
+def check_image_class_labels(config: Data2VecVisionConfig, labels: TensorInfo, batch) -> None:
+    """Image-classification labels: one per image, of the loss' kind, class ids in range."""
+    shape = labels.shape
+    if shape[0] is not None and batch is not None and shape[0] != batch:
+        raise ValueError(f"labels has batch size {shape[0]}, pixel_values has {batch}")
+    check_classification_labels(config, tuple(shape), labels.dtype, batch)
+    if labels.values is not None and is_integer_dtype(labels.dtype) and config.num_labels > 1:
+        values = labels.values
+        bad = (values != -100) & ((values < 0) | (values >= config.num_labels))
+        if bad.any():
+            raise ValueError(f"labels must be in [0, {config.num_labels}) (or -100 to ignore), got {values[bad][:5].tolist()}")
+
+
+def check_segmentation_labels(config: Data2VecVisionConfig, labels: TensorInfo, batch) -> None:
+    """Segmentation labels: (batch, height, width) integer class ids or the ignore index."""
+    if config.num_labels == 1:
+        raise ValueError("semantic segmentation needs num_labels > 1")
+    shape = labels.shape
+    if len(shape) != 3 or (shape[0] is not None and batch is not None and shape[0] != batch):
+        raise ValueError(f"labels must have shape (batch={batch}, height, width), got {tuple(shape)}")
+    if not is_integer_dtype(labels.dtype):
+        raise TypeError(f"segmentation labels must be integers, got {labels.dtype}")
+    if labels.values is not None:
+        values, ignore = labels.values, config.semantic_loss_ignore_index
+        bad = (values != ignore) & ((values < 0) | (values >= config.num_labels))
+        if bad.any():
+            raise ValueError(
+                f"labels must be in [0, {config.num_labels}) or the ignore index {ignore}, got {values[bad][:5].tolist()}"
+            )

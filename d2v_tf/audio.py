@@ -7,7 +7,6 @@ checks that need the data's values run eagerly, and as graph assertions in ``fit
 
 from __future__ import annotations
 
-import warnings
 
 import keras
 import numpy as np
@@ -27,6 +26,8 @@ from d2v_common.outputs import (
 from d2v_common.pretrained import build_nested
 from d2v_tf.base import TFData2VecPreTrainedModel, unpack_inputs
 from d2v_tf.layers import (
+    is_eager,
+    tensor_info,
     Activation,
     Conv1d,
     Dropout,
@@ -39,9 +40,6 @@ from d2v_tf.layers import (
     split_heads,
 )
 
-
-def _is_eager(tensor) -> bool:
-    return hasattr(tensor, "numpy")
 
 
 def _draw(seed_generator):
@@ -215,12 +213,12 @@ class TFData2VecAudioEncoder(Layer):
             drop = None
             if training and self.layerdrop > 0:
                 drop = _draw(self.seed_generator) < self.layerdrop
-            if drop is not None and _is_eager(drop) and bool(drop):
+            if drop is not None and is_eager(drop) and bool(drop):
                 weights = ffn = None  # skipped by layerdrop, as in HF
             else:
                 new_x, weights, ffn = layer(x, bias=bias, output_attentions=output_attentions, training=training)
                 # In a traced graph the draw is symbolic: run the layer and select.
-                x = new_x if drop is None or _is_eager(drop) else ops.where(drop, x, new_x)
+                x = new_x if drop is None or is_eager(drop) else ops.where(drop, x, new_x)
             if output_attentions:
                 attentions.append(weights)
             if output_ffn_states:
@@ -271,7 +269,7 @@ class TFData2VecAudioAdapter(Layer):
                 x = layer(x)
                 continue
             keep = _draw(self.seed_generator) > self.layerdrop
-            if _is_eager(keep):
+            if is_eager(keep):
                 x = layer(x) if bool(keep) else x
             else:  # the two branches differ in length: a graph conditional
                 x = tf.cond(keep, lambda layer=layer, x=x: layer(x), lambda x=x: x)
@@ -415,7 +413,7 @@ def _check_inputs(config, input_values, attention_mask):
     if attention_mask is not None:
         attention_mask = ops.convert_to_tensor(attention_mask)
         A.check_attention_mask_shape(tuple(attention_mask.shape), tuple(input_values.shape))
-        if _is_eager(attention_mask):
+        if is_eager(attention_mask):
             A.check_attention_mask(config, np.asarray(attention_mask), tuple(input_values.shape))
     return input_values, attention_mask, frames
 
@@ -537,7 +535,7 @@ class TFData2VecAudioForCTC(TFData2VecAudioPreTrainedModel):
         self.data2vec_audio.freeze_feature_encoder()
 
     def freeze_feature_extractor(self) -> None:
-        warnings.warn("freeze_feature_extractor is deprecated; use freeze_feature_encoder", FutureWarning)
+        A.warn_freeze_feature_extractor()
         self.freeze_feature_encoder()
 
     def ctc_input_lengths(self, input_values, attention_mask=None):
@@ -558,13 +556,9 @@ class TFData2VecAudioForCTC(TFData2VecAudioPreTrainedModel):
             raise TypeError(f"CTC labels must be integer token ids, got {labels.dtype}")
         lengths = outputs._input_lengths
         frames = ops.shape(outputs.logits)[1]
-        if _is_eager(labels) and _is_eager(lengths):
+        if is_eager(labels) and is_eager(lengths):
             lengths_np = np.asarray(lengths)
-            if lengths_np.max() > frames:
-                raise ValueError(
-                    f"the length formula gives {lengths_np.max()} output frames but the model produced {frames} "
-                    f"(adapter_kernel_size={config.adapter_kernel_size} with padding 1 does not fit HF's formula)"
-                )
+            A.check_ctc_frames(config, int(lengths_np.max()), int(frames))
             A.check_ctc_labels(config, np.asarray(labels), lengths_np)
         else:
             _graph_assert(labels < config.vocab_size, f"CTC labels must be < vocab_size ({config.vocab_size})")
@@ -593,10 +587,7 @@ class TFData2VecAudioForCTC(TFData2VecAudioPreTrainedModel):
         return_dict = self._return_dict_default if return_dict is None else return_dict
         if labels is not None:
             labels = ops.convert_to_tensor(labels)
-            if _is_eager(labels) and np.size(labels) and int(np.max(labels)) >= self.config.vocab_size:
-                raise ValueError(
-                    f"Label values must be < vocab_size ({self.config.vocab_size}), got {int(np.max(labels))}"
-                )
+            A.check_ctc_label_range(self.config, np.asarray(labels) if is_eager(labels) else None)
         base = self.data2vec_audio(
             input_values,
             attention_mask=attention_mask,
@@ -630,7 +621,7 @@ class _TFData2VecAudioClassifierBase(TFData2VecAudioPreTrainedModel):
         self.data2vec_audio.freeze_feature_encoder()
 
     def freeze_feature_extractor(self) -> None:
-        warnings.warn("freeze_feature_extractor is deprecated; use freeze_feature_encoder", FutureWarning)
+        A.warn_freeze_feature_extractor()
         self.freeze_feature_encoder()
 
     def freeze_base_model(self) -> None:
@@ -662,7 +653,7 @@ class TFData2VecAudioForSequenceClassification(_TFData2VecAudioClassifierBase):
     def loss_from_outputs(self, outputs, labels):
         labels = ops.convert_to_tensor(labels)
         n = self.config.num_labels
-        if _is_eager(labels):
+        if is_eager(labels):
             A.check_sequence_labels(np.asarray(labels), outputs.logits.shape[0], n)
         return cross_entropy(ops.reshape(outputs.logits, (-1, n)), ops.reshape(labels, (-1,)))
 
@@ -748,7 +739,7 @@ class TFData2VecAudioForXVector(_TFData2VecAudioClassifierBase):
 
     def loss_from_outputs(self, outputs, labels):
         labels = ops.convert_to_tensor(labels)
-        if _is_eager(labels):
+        if is_eager(labels):
             A.check_xvector_labels(np.asarray(labels), outputs.logits.shape[0], self.config.num_labels)
         return self.objective(outputs.logits, labels)
 
@@ -769,7 +760,7 @@ class TFData2VecAudioForXVector(_TFData2VecAudioClassifierBase):
         samples = None
         if attention_mask is not None:
             samples = ops.sum(ops.cast(attention_mask, "int32"), axis=-1)
-        if frames is not None and (samples is None or _is_eager(samples)):
+        if frames is not None and (samples is None or is_eager(samples)):
             lengths_np = None if samples is None else A.feature_lengths(config, np.asarray(samples))
             A.check_xvector_frames(config, frames, lengths_np)
         x, base = self._encode(input_values, attention_mask, output_attentions, output_hidden_states, training)

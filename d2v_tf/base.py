@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import os
-import re
 from typing import Any
 
 import keras
@@ -14,6 +13,7 @@ import numpy as np
 from d2v_common import layouts
 from d2v_common.checkpoint import formats_from_flags
 from d2v_common.configs import CONFIG_CLASSES, Data2VecConfigBase
+from d2v_common.modeling import check_config_class, check_names_match_spec, check_no_missing, snake_case
 from d2v_common.pretrained import (
     building_nested,
     load_arrays_for,
@@ -29,11 +29,6 @@ def _architecture_of(cls: type) -> str:
         if klass.__name__.startswith("TF") and klass.__name__[2:] in ARCHITECTURES:
             return klass.__name__[2:]
     raise TypeError(f"{cls.__name__} is not a Data2Vec architecture")
-
-
-def _snake_case(name: str) -> str:
-    s = re.sub(r"(.)([A-Z][a-z0-9]+)", r"\1_\2", name)
-    return re.sub(r"([a-z])([A-Z])", r"\1_\2", s).lower()
 
 
 def _public_attributes(layer: keras.layers.Layer):
@@ -114,9 +109,8 @@ class TFData2VecPreTrainedModel(keras.Model):
         keras.saving.register_keras_serializable(package="d2v")(cls)
 
     def __init__(self, config: Data2VecConfigBase, **kwargs: Any):
-        if not isinstance(config, self.config_class):
-            raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__}")
-        kwargs.setdefault("name", _snake_case(type(self).__name__))
+        check_config_class(type(self).__name__, config, self.config_class)
+        kwargs.setdefault("name", snake_case(type(self).__name__))
         super().__init__(**kwargs)
         self.config = config
         self.spec: WeightSpec = weight_spec(config, _architecture_of(type(self)))
@@ -133,13 +127,8 @@ class TFData2VecPreTrainedModel(keras.Model):
         """Check the variables against the spec, then initialise them from it."""
         if building_nested():
             return
-        names = set(self._keras_variables())
         expected = {layouts.keras_name(p) for p in self.spec.stored()}
-        if names != expected:
-            raise RuntimeError(
-                f"{type(self).__name__} does not match its weight spec: extra {sorted(names - expected)[:5]}, "
-                f"missing {sorted(expected - names)[:5]}"
-            )
+        check_names_match_spec(type(self).__name__, set(self._keras_variables()), expected)
         self.built = True
         name_sublayers(self)
         if not skip_initialisation():
@@ -148,9 +137,7 @@ class TFData2VecPreTrainedModel(keras.Model):
     def load_arrays(self, arrays: dict[str, np.ndarray]) -> None:
         """Assign canonical arrays (every stored spec name) through the layout rules."""
         variables = self._keras_variables()
-        missing = [p.name for p in self.spec.stored() if p.name not in arrays]
-        if missing:
-            raise ValueError(f"{type(self).__name__}: no value for {missing[:5]}")
+        check_no_missing(type(self).__name__, [p.name for p in self.spec.stored() if p.name not in arrays])
         for p in self.spec.stored():
             # one tensor at a time: lazily read checkpoints never sit in memory whole
             value = layouts.to_keras_array(p, np.asarray(arrays[p.name]))

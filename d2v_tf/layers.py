@@ -20,6 +20,7 @@ from keras import ops
 from d2v_common.configs import ACTIVATIONS
 from d2v_common.interpolation import resize_matrices
 from d2v_common.losses import infer_problem_type
+from d2v_common.modeling import TensorInfo, check_head_mask, dtype_name
 
 # --------------------------------------------------------------------------- primitives
 
@@ -327,17 +328,26 @@ def padding_bias(mask, dtype="float32"):
     return (1.0 - mask) * np.finfo(np.float32).min
 
 
+def is_eager(tensor) -> bool:
+    """Whether ``tensor`` holds values now (eager), not a symbol in a traced graph."""
+    return hasattr(tensor, "numpy")
+
+
+def tensor_info(tensor) -> TensorInfo:
+    """Static shape, dtype name and (when eager) values, for the checks in ``d2v_common``."""
+    shape = tuple(None if d is None else int(d) for d in tensor.shape)
+    values = np.asarray(tensor) if is_eager(tensor) else None
+    return TensorInfo(shape, dtype_name(keras.backend.standardize_dtype(tensor.dtype)), values)
+
+
 def expand_head_mask(head_mask, num_layers: int):
     """(heads,) or (layers, heads) keep-mask -> one (1, H, 1, 1) mask per layer."""
     if head_mask is None:
         return [None] * num_layers
     head_mask = ops.convert_to_tensor(head_mask, "float32")
+    check_head_mask(tuple(head_mask.shape), num_layers)
     if len(head_mask.shape) == 1:
         return [head_mask[None, :, None, None]] * num_layers
-    if len(head_mask.shape) != 2:
-        raise ValueError(f"head_mask must have shape (num_heads,) or (num_layers, num_heads), got {tuple(head_mask.shape)}")
-    if head_mask.shape[0] != num_layers:
-        raise ValueError(f"head_mask has {head_mask.shape[0]} layers, the model has {num_layers}")
     return [head_mask[i][None, :, None, None] for i in range(num_layers)]
 
 

@@ -30,7 +30,10 @@ from keras import ops
 
 from d2v_common.audio import feature_lengths
 from d2v_common.configs import Data2VecAudioConfig, Data2VecTextConfig, Data2VecVisionConfig
+from d2v_common.modeling import check_config_class
 from d2v_common.pretraining import (
+    check_masked_tokens_given_together,
+    pretraining_patch_grid,
     NORM_EPS,
     SPREAD_EPS,
     Data2VecPreTrainingOutput,
@@ -46,7 +49,7 @@ from d2v_common.pretraining import (
 )
 from d2v_tf.audio import TFData2VecAudioModel
 from d2v_tf.base import named_variables, unpack_inputs
-from d2v_tf.layers import Linear
+from d2v_tf.layers import Linear, is_eager
 from d2v_tf.text import TFData2VecTextModel
 from d2v_tf.vision import TFData2VecVisionModel
 
@@ -128,9 +131,6 @@ def _numpy_mask(make, inputs, shape):
     return mask
 
 
-def _is_eager(tensor) -> bool:
-    return hasattr(tensor, "numpy")
-
 
 # ------------------------------------------------------------------------------ base
 
@@ -170,8 +170,7 @@ class _TFData2VecForPreTraining(keras.Model):
     config_class: type = object
 
     def __init__(self, config, pretraining_config=None, seed: int | None = None, **kwargs):
-        if not isinstance(config, self.config_class):
-            raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__}")
+        check_config_class(type(self).__name__, config, self.config_class)
         super().__init__(**kwargs)
         self.config = config
         self.pretraining_config = resolve(pretraining_config, self.modality)
@@ -349,7 +348,7 @@ class _TFData2VecForPreTraining(keras.Model):
 
 def _mask_input(mask, shape, name):
     mask = ops.convert_to_tensor(mask)
-    check_mask(name, tuple(mask.shape), shape, str(mask.dtype), mask.numpy() if _is_eager(mask) else None)
+    check_mask(name, tuple(mask.shape), shape, str(mask.dtype), mask.numpy() if is_eager(mask) else None)
     return ops.cast(mask, "bool")
 
 
@@ -422,8 +421,7 @@ class TFData2VecTextForPreTraining(_TFData2VecForPreTraining):
     def call(self, input_ids=None, attention_mask=None, token_type_ids=None, masked_input_ids=None,
              masked_positions=None, return_dict=None, training=False):
         input_ids = ops.convert_to_tensor(input_ids)
-        if (masked_input_ids is None) != (masked_positions is None):
-            raise ValueError("give masked_input_ids and masked_positions together (or neither)")
+        check_masked_tokens_given_together(masked_input_ids, masked_positions)
         shape = tuple(_static(d) for d in input_ids.shape)
         if masked_input_ids is None:
             config, text_config = self.pretraining_config, self.config
@@ -468,10 +466,7 @@ class TFData2VecVisionForPreTraining(_TFData2VecForPreTraining):
     @unpack_inputs
     def call(self, pixel_values=None, bool_masked_pos=None, return_dict=None, training=False):
         pixel_values = ops.convert_to_tensor(pixel_values)
-        if len(pixel_values.shape) != 4:
-            raise ValueError(f"pixel_values must be (batch, channels, height, width), got {tuple(pixel_values.shape)}")
-        ph, pw = self.config.patch_size_hw
-        grid = (int(pixel_values.shape[2]) // ph, int(pixel_values.shape[3]) // pw)
+        grid = pretraining_patch_grid(self.config, tuple(pixel_values.shape))
         batch = _static(pixel_values.shape[0])
         if bool_masked_pos is None:
             config = self.pretraining_config

@@ -37,6 +37,8 @@ from d2v_common.pretrained import build_nested
 from d2v_common.spec import weight_spec
 from d2v_tf.base import TFData2VecPreTrainedModel, name_sublayers, unpack_inputs
 from d2v_tf.layers import (
+    is_eager,
+    tensor_info,
     Activation,
     Dropout,
     Embedding,
@@ -66,22 +68,9 @@ def _shape(t):
     return None if t is None else tuple(None if d is None else int(d) for d in t.shape)
 
 
-def _is_eager(t) -> bool:
-    return hasattr(t, "numpy")
+def _info(t):
+    return None if t is None else tensor_info(t)
 
-
-def _check_ids(name: str, ids, upper: int, limit_name: str) -> None:
-    if "int" not in str(ids.dtype):
-        raise TypeError(f"{name} must be an integer tensor, got {ids.dtype}")
-    if _is_eager(ids):
-        common.check_index_range(name, np.asarray(ids), upper, limit_name)
-
-
-def _check_labels(name: str, labels, num_classes: int) -> None:
-    if _is_eager(labels):
-        common.check_labels(name, np.asarray(labels), num_classes)
-    elif "int" not in str(labels.dtype):
-        raise TypeError(f"{name} must be integers, got dtype {labels.dtype}")
 
 
 def position_ids_from_input_ids(input_ids, config: Data2VecTextConfig, past_length=0):
@@ -296,10 +285,7 @@ class TFData2VecTextLayer(Layer):
         cross_weights = None
         if encoder_states is not None:
             if self.crossattention is None:
-                raise ValueError(
-                    "encoder_hidden_states were given but this model has no cross-attention layers: "
-                    "build it with config.add_cross_attention=True"
-                )
+                raise common.no_cross_attention_error()
             cross_past = past[2:] if past is not None and len(past) == 4 else None
             x, cross_weights, cross_present = self.crossattention(
                 x, bias=encoder_bias, head_mask=head_mask, key_value_states=encoder_states, past=cross_past,
@@ -477,10 +463,7 @@ class TFData2VecTextPreTrainedModel(TFData2VecPreTrainedModel):
     def set_input_embeddings(self, value: Embedding) -> None:
         old = self.get_input_embeddings()
         if not isinstance(value, Embedding) or tuple(value.embeddings.shape) != tuple(old.embeddings.shape):
-            raise ValueError(
-                f"set_input_embeddings needs a d2v_tf.layers.Embedding of shape {tuple(old.embeddings.shape)}; "
-                "use resize_token_embeddings to change the vocabulary size"
-            )
+            raise common.embedding_mismatch_error("a d2v_tf.layers.Embedding", tuple(old.embeddings.shape))
         _replace_attribute(self._backbone().embeddings, "word_embeddings", value)
         name_sublayers(self)
 
@@ -494,11 +477,7 @@ class TFData2VecTextPreTrainedModel(TFData2VecPreTrainedModel):
         old = self.get_input_embeddings()
         if new_num_tokens is None and pad_to_multiple_of is None:
             return old
-        n = old.num_embeddings if new_num_tokens is None else int(new_num_tokens)
-        if pad_to_multiple_of is not None:
-            if int(pad_to_multiple_of) <= 0:
-                raise ValueError(f"pad_to_multiple_of must be positive, got {pad_to_multiple_of}")
-            n = -(-n // int(pad_to_multiple_of)) * int(pad_to_multiple_of)
+        n = common.resized_vocab_size(old.num_embeddings, new_num_tokens, pad_to_multiple_of)
         new_config = self.config.copy(vocab_size=n)  # validates (pad id inside the vocabulary ...)
         old_spec = self.spec
         arrays = {k: v for k, v in self.state_arrays().items() if old_spec[k].tied_to is None}
@@ -519,29 +498,6 @@ class TFData2VecTextPreTrainedModel(TFData2VecPreTrainedModel):
         for model in {id(self): self, id(self._backbone()): self._backbone()}.values():
             model.spec = model._make_spec()
         return self.get_input_embeddings()
-
-
-def _check_common_inputs(config, input_ids, inputs_embeds, token_type_ids, position_ids, past):
-    """Static checks shared by every call; returns (batch, length, past_length)."""
-    batch, length = common.check_inputs(_shape(input_ids), _shape(inputs_embeds), config.hidden_size)
-    past_length = 0
-    if past is not None:
-        if not config.is_decoder:
-            raise ValueError("past_key_values need a decoder: set config.is_decoder=True")
-        past_length = common.check_past([[_shape(t) for t in layer] for layer in past], config, batch)
-    common.check_sequence_length(
-        config, length, past_length, from_embeds=input_ids is None, explicit_positions=position_ids is not None
-    )
-    if input_ids is not None:
-        _check_ids("input_ids", input_ids, config.vocab_size, "vocab_size")
-    if token_type_ids is not None:
-        common.check_same_shape("token_type_ids", _shape(token_type_ids), (batch, length))
-        _check_ids("token_type_ids", token_type_ids, config.type_vocab_size, "type_vocab_size")
-    if position_ids is not None and config.position_embedding_type == "absolute":
-        if length is not None and position_ids.shape[-1] is not None and position_ids.shape[-1] != length:
-            raise ValueError(f"position_ids must end in the sequence length {length}, got {_shape(position_ids)}")
-        _check_ids("position_ids", position_ids, config.max_position_embeddings, "max_position_embeddings")
-    return batch, length, past_length
 
 
 class TFData2VecTextModel(TFData2VecTextPreTrainedModel):
@@ -589,8 +545,9 @@ class TFData2VecTextModel(TFData2VecTextPreTrainedModel):
         input_ids, token_type_ids, position_ids = (_tensor(t) for t in (input_ids, token_type_ids, position_ids))
         inputs_embeds = _tensor(inputs_embeds, "float32")
         past = legacy_past(past_key_values)
-        batch, length, past_length = _check_common_inputs(
-            config, input_ids, inputs_embeds, token_type_ids, position_ids, past
+        batch, length, past_length = common.check_model_inputs(
+            config, _info(input_ids), _shape(inputs_embeds), _info(token_type_ids), _info(position_ids),
+            None if past is None else [[_shape(t) for t in layer] for layer in past],
         )
 
         reference = input_ids if input_ids is not None else inputs_embeds
@@ -610,10 +567,7 @@ class TFData2VecTextModel(TFData2VecTextPreTrainedModel):
         if encoder_hidden_states is not None:
             encoder_hidden_states = _tensor(encoder_hidden_states, "float32")
             shape = _shape(encoder_hidden_states)
-            if len(shape) != 3 or shape[-1] != config.hidden_size:
-                raise ValueError(
-                    f"encoder_hidden_states must have shape (batch, source_length, {config.hidden_size}), got {shape}"
-                )
+            common.check_encoder_hidden_states(config, shape)
             source_length = shape[1]
             if past is not None and len(past[0]) == 4:
                 source_length = _shape(past[0][2])[2]  # cached encoder projections are what is attended
@@ -659,7 +613,7 @@ class _TFLMHeadModel(TFData2VecTextPreTrainedModel):
     def loss_from_outputs(self, outputs, labels):
         labels = _tensor(labels)
         common.check_same_shape("labels", _shape(labels), _shape(outputs.logits)[:2])
-        _check_labels("labels", labels, self.config.vocab_size)
+        common.check_label_ids("labels", tensor_info(labels), self.config.vocab_size)
         return self._lm_loss(outputs.logits, labels)
 
 
@@ -770,7 +724,7 @@ class TFData2VecTextForSequenceClassification(TFData2VecTextPreTrainedModel):
         check_classification_labels(self.config, _shape(labels), keras.backend.standardize_dtype(labels.dtype),
                                     logits.shape[0])
         if "int" in str(labels.dtype) and self.config.num_labels > 1:
-            _check_labels("labels", labels, self.config.num_labels)
+            common.check_label_ids("labels", tensor_info(labels), self.config.num_labels)
         return classification_loss(logits, labels, self.config)
 
     @unpack_inputs
@@ -814,7 +768,7 @@ class TFData2VecTextForMultipleChoice(TFData2VecTextPreTrainedModel):
         labels = _tensor(labels)
         logits = outputs.logits
         common.check_same_shape("labels", _shape(labels), _shape(logits)[:1])
-        _check_labels("labels", labels, logits.shape[1])
+        common.check_label_ids("labels", tensor_info(labels), logits.shape[1])
         return cross_entropy(logits, labels)
 
     @unpack_inputs
@@ -872,7 +826,7 @@ class TFData2VecTextForTokenClassification(TFData2VecTextPreTrainedModel):
     def loss_from_outputs(self, outputs, labels):
         labels = _tensor(labels)
         common.check_same_shape("labels", _shape(labels), _shape(outputs.logits)[:2])
-        _check_labels("labels", labels, self.config.num_labels)
+        common.check_label_ids("labels", tensor_info(labels), self.config.num_labels)
         return cross_entropy(ops.reshape(outputs.logits, (-1, self.config.num_labels)), ops.reshape(labels, (-1,)))
 
     @unpack_inputs

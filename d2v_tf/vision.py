@@ -7,12 +7,10 @@ NHWC. None of HF TF's known bugs are reproduced: the numbers follow the PyTorch 
 from __future__ import annotations
 
 import keras
-import numpy as np
 from keras import ops
 
 from d2v_common.configs import Data2VecVisionConfig
 from d2v_common.interpolation import bicubic_matrix, bilinear_matrix
-from d2v_common.losses import check_classification_labels
 from d2v_common.outputs import (
     Data2VecVisionModelOutputWithPooling,
     ImageClassifierOutput,
@@ -21,7 +19,15 @@ from d2v_common.outputs import (
 )
 from d2v_common.pretrained import build_nested
 from d2v_common.spec import weight_spec
-from d2v_common.vision import check_pixel_values, relative_position_index, stochastic_depth_rates
+from d2v_common.vision import (
+    check_image_class_labels,
+    check_masked_positions,
+    check_pixel_values,
+    check_segmentation_labels,
+    patch_grid,
+    relative_position_index,
+    stochastic_depth_rates,
+)
 from d2v_tf.base import TFData2VecPreTrainedModel, unpack_inputs
 from d2v_tf.layers import (
     Layer,
@@ -39,6 +45,7 @@ from d2v_tf.layers import (
     expand_head_mask,
     resize2d,
     split_heads,
+    tensor_info,
 )
 
 # ------------------------------------------------------------------------------ embeddings
@@ -402,7 +409,7 @@ class TFData2VecVisionModel(TFData2VecVisionPreTrainedModel):
         return_dict = self._return_dict_default if return_dict is None else return_dict
         x = _to_nhwc(self.config, pixel_values, interpolate_pos_encoding)
         if bool_masked_pos is not None:
-            _check_masked_pos(self.config, tuple(pixel_values.shape), tuple(bool_masked_pos.shape))
+            check_masked_positions(self.config, tuple(pixel_values.shape), tuple(bool_masked_pos.shape))
         x, grid = self.embeddings(x, bool_masked_pos=bool_masked_pos, training=training)
         x, hidden_states, attentions = self.encoder(
             x, grid=grid, head_mask=head_mask, output_attentions=output_attentions,
@@ -415,15 +422,6 @@ class TFData2VecVisionModel(TFData2VecVisionPreTrainedModel):
         return finish(out, return_dict)
 
 
-def _check_masked_pos(config, pixel_shape, mask_shape):
-    if not config.use_mask_token:
-        raise ValueError("bool_masked_pos needs a mask token: set Data2VecVisionConfig.use_mask_token=True")
-    ph, pw = config.patch_size_hw
-    expected = (pixel_shape[0], (pixel_shape[2] // ph) * (pixel_shape[3] // pw))
-    if tuple(mask_shape) != expected:
-        raise ValueError(f"bool_masked_pos must have shape (batch, num_patches) = {expected}, got {tuple(mask_shape)}")
-
-
 class TFData2VecVisionForImageClassification(TFData2VecVisionPreTrainedModel):
     def __init__(self, config: Data2VecVisionConfig, **kwargs):
         super().__init__(config, **kwargs)
@@ -434,7 +432,7 @@ class TFData2VecVisionForImageClassification(TFData2VecVisionPreTrainedModel):
 
     def loss_from_outputs(self, outputs, labels):
         labels = ops.convert_to_tensor(labels)
-        _check_class_labels(self.config, labels, outputs.logits.shape[0])
+        check_image_class_labels(self.config, tensor_info(labels), outputs.logits.shape[0])
         return classification_loss(outputs.logits, labels, self.config)
 
     @unpack_inputs
@@ -466,21 +464,6 @@ class TFData2VecVisionForImageClassification(TFData2VecVisionPreTrainedModel):
         return finish(out, return_dict)
 
 
-def _check_class_labels(config, labels, batch) -> None:
-    if labels.shape[0] is not None and batch is not None and labels.shape[0] != batch:
-        raise ValueError(f"labels has batch size {labels.shape[0]}, pixel_values has {batch}")
-    check_classification_labels(config, tuple(labels.shape), keras.backend.standardize_dtype(labels.dtype), batch)
-    if "int" in str(labels.dtype) and config.num_labels > 1 and _is_eager(labels):
-        values = np.asarray(labels)
-        bad = (values != -100) & ((values < 0) | (values >= config.num_labels))
-        if bad.any():
-            raise ValueError(f"labels must be in [0, {config.num_labels}) (or -100 to ignore), got {values[bad][:5].tolist()}")
-
-
-def _is_eager(tensor) -> bool:
-    return hasattr(tensor, "numpy")
-
-
 class TFData2VecVisionForSemanticSegmentation(TFData2VecVisionPreTrainedModel):
     def __init__(self, config: Data2VecVisionConfig, **kwargs):
         super().__init__(config, **kwargs)
@@ -510,7 +493,7 @@ class TFData2VecVisionForSemanticSegmentation(TFData2VecVisionPreTrainedModel):
 
     def loss_from_outputs(self, outputs, labels):
         labels = ops.convert_to_tensor(labels)
-        _check_segmentation_labels(self.config, labels, outputs.logits.shape[0])
+        check_segmentation_labels(self.config, tensor_info(labels), outputs.logits.shape[0])
         return self.compute_segmentation_loss(outputs.logits, outputs._auxiliary_logits, labels)
 
     def compute_segmentation_loss(self, logits_nchw, auxiliary_nchw, labels):
@@ -542,7 +525,7 @@ class TFData2VecVisionForSemanticSegmentation(TFData2VecVisionPreTrainedModel):
         pixel_values = ops.convert_to_tensor(pixel_values)
         if labels is not None:
             labels = ops.convert_to_tensor(labels)
-            _check_segmentation_labels(self.config, labels, pixel_values.shape[0])
+            check_segmentation_labels(self.config, tensor_info(labels), pixel_values.shape[0])
         base = self.data2vec_vision(
             pixel_values,
             head_mask=head_mask,
@@ -552,8 +535,7 @@ class TFData2VecVisionForSemanticSegmentation(TFData2VecVisionPreTrainedModel):
             return_dict=True,
             training=training,
         )
-        ph, pw = self.config.patch_size_hw
-        grid = (pixel_values.shape[2] // ph, pixel_values.shape[3] // pw)
+        grid = patch_grid(self.config, pixel_values.shape)
         features = [
             ops.reshape(base.hidden_states[i][:, 1:], (-1, grid[0], grid[1], self.config.hidden_size))
             for i in self.feature_indices
@@ -570,23 +552,6 @@ class TFData2VecVisionForSemanticSegmentation(TFData2VecVisionPreTrainedModel):
         if labels is not None:
             out.loss = self.compute_segmentation_loss(logits, auxiliary, labels)
         return finish(out, return_dict)
-
-
-def _check_segmentation_labels(config, labels, batch) -> None:
-    if config.num_labels == 1:
-        raise ValueError("semantic segmentation needs num_labels > 1")
-    if len(labels.shape) != 3 or (labels.shape[0] is not None and batch is not None and labels.shape[0] != batch):
-        raise ValueError(f"labels must have shape (batch={batch}, height, width), got {tuple(labels.shape)}")
-    if "int" not in str(labels.dtype):
-        raise TypeError(f"segmentation labels must be integers, got {labels.dtype}")
-    if _is_eager(labels):
-        values = np.asarray(labels)
-        ignore = config.semantic_loss_ignore_index
-        bad = (values != ignore) & ((values < 0) | (values >= config.num_labels))
-        if bad.any():
-            raise ValueError(
-                f"labels must be in [0, {config.num_labels}) or the ignore index {ignore}, got {values[bad][:5].tolist()}"
-            )
 
 
 __all__ = [

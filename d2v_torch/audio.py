@@ -7,7 +7,6 @@ Keras twin (``d2v_tf/audio.py``, kept section for section) shares them.
 
 from __future__ import annotations
 
-import warnings
 
 import numpy as np
 import torch
@@ -437,7 +436,7 @@ class Data2VecAudioForCTC(Data2VecAudioPreTrainedModel):
         self.data2vec_audio.freeze_feature_encoder()
 
     def freeze_feature_extractor(self) -> None:
-        warnings.warn("freeze_feature_extractor is deprecated; use freeze_feature_encoder", FutureWarning)
+        A.warn_freeze_feature_extractor()
         self.freeze_feature_encoder()
 
     def ctc_input_lengths(self, input_values: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
@@ -461,10 +460,7 @@ class Data2VecAudioForCTC(Data2VecAudioPreTrainedModel):
         return_dict = self._return_dict_default if return_dict is None else return_dict
         if labels is not None:
             blank = A.ctc_blank(self.config)
-            if labels.numel() and int(labels.max()) >= self.config.vocab_size:
-                raise ValueError(
-                    f"Label values must be < vocab_size ({self.config.vocab_size}), got {int(labels.max())}"
-                )
+            A.check_ctc_label_range(self.config, _numpy(labels))
         base = self.data2vec_audio(
             input_values,
             attention_mask=attention_mask,
@@ -476,12 +472,7 @@ class Data2VecAudioForCTC(Data2VecAudioPreTrainedModel):
         loss = None
         if labels is not None:
             input_lengths = self.ctc_input_lengths(input_values, attention_mask).to(logits.device)
-            if int(input_lengths.max()) > logits.shape[1]:
-                raise ValueError(
-                    f"the length formula gives {int(input_lengths.max())} output frames but the model produced "
-                    f"{logits.shape[1]} (adapter_kernel_size={self.config.adapter_kernel_size} with padding 1 does "
-                    "not fit HF's adapter length formula)"
-                )
+            A.check_ctc_frames(self.config, int(input_lengths.max()), logits.shape[1])
             A.check_ctc_labels(self.config, _numpy(labels), _numpy(input_lengths))
             keep = labels >= 0
             log_probs = F.log_softmax(logits, dim=-1, dtype=torch.float32).transpose(0, 1)
@@ -513,7 +504,7 @@ class _Data2VecAudioClassifierBase(Data2VecAudioPreTrainedModel):
         self.data2vec_audio.freeze_feature_encoder()
 
     def freeze_feature_extractor(self) -> None:
-        warnings.warn("freeze_feature_extractor is deprecated; use freeze_feature_encoder", FutureWarning)
+        A.warn_freeze_feature_extractor()
         self.freeze_feature_encoder()
 
     def freeze_base_model(self) -> None:

@@ -11,6 +11,7 @@ from torch import nn
 
 from d2v_common.checkpoint import formats_from_flags
 from d2v_common.configs import Data2VecConfigBase
+from d2v_common.modeling import check_config_class, check_names_match_spec, check_no_missing
 from d2v_common.pretrained import building_nested, load_arrays_for, save_arrays_for
 from d2v_common.spec import ARCHITECTURES, WeightSpec, weight_spec
 
@@ -39,8 +40,7 @@ class Data2VecPreTrainedModel(nn.Module):
     supports_gradient_checkpointing = True
 
     def __init__(self, config: Data2VecConfigBase):
-        if not isinstance(config, self.config_class):
-            raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__}")
+        check_config_class(type(self).__name__, config, self.config_class)
         super().__init__()
         self.config = config
         self.spec: WeightSpec = weight_spec(config, _architecture_of(type(self)))
@@ -54,13 +54,7 @@ class Data2VecPreTrainedModel(nn.Module):
         """Check the module tree against the spec, then initialise every tensor from it."""
         if building_nested():
             return  # nested in a head: the head checks and initialises everything
-        names = set(self.state_dict().keys())
-        expected = set(self.spec.names())
-        if names != expected:
-            raise RuntimeError(
-                f"{type(self).__name__} does not match its weight spec: extra {sorted(names - expected)[:5]}, "
-                f"missing {sorted(expected - names)[:5]}"
-            )
+        check_names_match_spec(type(self).__name__, set(self.state_dict().keys()), set(self.spec.names()))
         if any(p.is_meta for p in self.parameters()):
             return  # built for from_pretrained: weights come from the checkpoint
         self.load_arrays(self.spec.init_arrays(_torch_seed()))
@@ -71,9 +65,7 @@ class Data2VecPreTrainedModel(nn.Module):
     def load_arrays(self, arrays: dict[str, np.ndarray], assign: bool = False) -> None:
         """Load canonical arrays (every spec name; tied copies may be omitted)."""
         arrays = self.spec.tie(dict(arrays))
-        missing = [n for n in self.spec.names() if n not in arrays]
-        if missing:
-            raise ValueError(f"{type(self).__name__}: no value for {missing[:5]}")
+        check_no_missing(type(self).__name__, [n for n in self.spec.names() if n not in arrays])
         state = {}
         for p in self.spec:
             array = np.asarray(arrays[p.name])

@@ -15,6 +15,7 @@ from torch import nn
 
 from d2v_common.configs import ACTIVATIONS
 from d2v_common.losses import infer_problem_type
+from d2v_common.modeling import TensorInfo, check_head_mask, dtype_name
 
 # ----------------------------------------------------------------------------- primitives
 
@@ -272,15 +273,17 @@ def expand_head_mask(head_mask: torch.Tensor | None, num_layers: int, dtype: tor
     if head_mask is None:
         return [None] * num_layers
     head_mask = torch.as_tensor(head_mask)
+    check_head_mask(tuple(head_mask.shape), num_layers)
     if head_mask.dim() == 1:
         head_mask = head_mask[None, None, :, None, None].expand(num_layers, -1, -1, -1, -1)
-    elif head_mask.dim() == 2:
-        head_mask = head_mask[:, None, :, None, None]
     else:
-        raise ValueError(f"head_mask must have shape (num_heads,) or (num_layers, num_heads), got {tuple(head_mask.shape)}")
-    if head_mask.shape[0] != num_layers:
-        raise ValueError(f"head_mask has {head_mask.shape[0]} layers, the model has {num_layers}")
+        head_mask = head_mask[:, None, :, None, None]
     return list(head_mask.to(dtype))
+
+
+def tensor_info(tensor: torch.Tensor) -> TensorInfo:
+    """Shape, dtype name and values of a tensor, for the checks in ``d2v_common``."""
+    return TensorInfo(tuple(tensor.shape), dtype_name(tensor.dtype), tensor.detach().cpu().numpy())
 
 
 # ------------------------------------------------------------------------------ drop path

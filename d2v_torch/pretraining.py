@@ -33,7 +33,10 @@ from torch import nn
 
 from d2v_common.audio import feature_lengths
 from d2v_common.configs import Data2VecAudioConfig, Data2VecTextConfig, Data2VecVisionConfig
+from d2v_common.modeling import check_config_class
 from d2v_common.pretraining import (
+    check_masked_tokens_given_together,
+    pretraining_patch_grid,
     NORM_EPS,
     SPREAD_EPS,
     Data2VecPreTrainingOutput,
@@ -128,8 +131,7 @@ class _Data2VecForPreTraining(nn.Module):
     config_class: type = object
 
     def __init__(self, config, pretraining_config=None, seed: int | None = None):
-        if not isinstance(config, self.config_class):
-            raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__}")
+        check_config_class(type(self).__name__, config, self.config_class)
         super().__init__()
         self.config = config
         self.pretraining_config = resolve(pretraining_config, self.modality)
@@ -320,8 +322,7 @@ class Data2VecTextForPreTraining(_Data2VecForPreTraining):
         """``masked_input_ids`` (the student's corrupted tokens) and ``masked_positions`` (bool,
         the tokens in the loss) come together, or are drawn (``d2v_common.pretraining.bert_mask``)."""
         input_ids = torch.as_tensor(input_ids)
-        if (masked_input_ids is None) != (masked_positions is None):
-            raise ValueError("give masked_input_ids and masked_positions together (or neither)")
+        check_masked_tokens_given_together(masked_input_ids, masked_positions)
         if masked_input_ids is None:
             am = None if attention_mask is None else torch.as_tensor(attention_mask).cpu().numpy()
             corrupted, selected = bert_mask(self.pretraining_config, self.config, input_ids.cpu().numpy(), am, self.rng)
@@ -356,10 +357,7 @@ class Data2VecVisionForPreTraining(_Data2VecForPreTraining):
 
     def forward(self, pixel_values, bool_masked_pos=None, return_dict=None):
         pixel_values = torch.as_tensor(pixel_values)
-        if pixel_values.dim() != 4:
-            raise ValueError(f"pixel_values must be (batch, channels, height, width), got {tuple(pixel_values.shape)}")
-        ph, pw = self.config.patch_size_hw
-        grid = (pixel_values.shape[2] // ph, pixel_values.shape[3] // pw)
+        grid = pretraining_patch_grid(self.config, tuple(pixel_values.shape))
         batch = pixel_values.shape[0]
         if bool_masked_pos is None:
             bool_masked_pos = torch.from_numpy(block_mask(self.pretraining_config, batch, grid, self.rng))

@@ -41,6 +41,7 @@ from d2v_torch.layers import (
     cross_entropy,
     expand_head_mask,
     split_heads,
+    tensor_info,
 )
 
 # ------------------------------------------------------------------------- inputs, masks
@@ -50,17 +51,8 @@ def _shape(t):
     return None if t is None else tuple(t.shape)
 
 
-def _check_ids(name: str, ids: torch.Tensor, upper: int, limit_name: str) -> None:
-    if ids.dtype.is_floating_point or ids.dtype == torch.bool:
-        raise TypeError(f"{name} must be an integer tensor, got {ids.dtype}")
-    if ids.numel():
-        lo, hi = int(ids.min()), int(ids.max())
-        if lo < 0 or hi >= upper:
-            common.check_index_range(name, ids.detach().cpu().numpy(), upper, limit_name)
-
-
-def _check_labels(name: str, labels: torch.Tensor, num_classes: int) -> None:
-    common.check_labels(name, labels.detach().cpu().numpy(), num_classes)
+def _info(t):
+    return None if t is None else tensor_info(t)
 
 
 def position_ids_from_input_ids(input_ids: torch.Tensor, config: Data2VecTextConfig, past_length: int = 0):
@@ -268,10 +260,7 @@ class Data2VecTextLayer(nn.Module):
         cross_weights = None
         if encoder_states is not None:
             if self.crossattention is None:
-                raise ValueError(
-                    "encoder_hidden_states were given but this model has no cross-attention layers: "
-                    "build it with config.add_cross_attention=True"
-                )
+                raise common.no_cross_attention_error()
             cross_past = past[2:] if past is not None and len(past) == 4 else None
             x, cross_weights, cross_present = self.crossattention(
                 x, encoder_bias, head_mask, encoder_states, cross_past, output_attentions
@@ -410,10 +399,7 @@ class Data2VecTextPreTrainedModel(Data2VecPreTrainedModel):
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         old = self.get_input_embeddings()
         if not isinstance(value, nn.Embedding) or tuple(value.weight.shape) != tuple(old.weight.shape):
-            raise ValueError(
-                f"set_input_embeddings needs an nn.Embedding of shape {tuple(old.weight.shape)}; "
-                "use resize_token_embeddings to change the vocabulary size"
-            )
+            raise common.embedding_mismatch_error("an nn.Embedding", tuple(old.weight.shape))
         self._backbone().embeddings.word_embeddings = value
         self.tie_weights()
 
@@ -426,11 +412,7 @@ class Data2VecTextPreTrainedModel(Data2VecPreTrainedModel):
         old = self.get_input_embeddings()
         if new_num_tokens is None and pad_to_multiple_of is None:
             return old
-        n = old.num_embeddings if new_num_tokens is None else int(new_num_tokens)
-        if pad_to_multiple_of is not None:
-            if int(pad_to_multiple_of) <= 0:
-                raise ValueError(f"pad_to_multiple_of must be positive, got {pad_to_multiple_of}")
-            n = -(-n // int(pad_to_multiple_of)) * int(pad_to_multiple_of)
+        n = common.resized_vocab_size(old.num_embeddings, new_num_tokens, pad_to_multiple_of)
         new_config = self.config.copy(vocab_size=n)  # validates (pad id inside the vocabulary ...)
         old_spec = self.spec
         state = self.state_arrays()
@@ -498,27 +480,11 @@ class Data2VecTextModel(Data2VecTextPreTrainedModel):
         return_dict = self._return_dict_default if return_dict is None else return_dict
         use_cache = (config.use_cache if use_cache is None else use_cache) and config.is_decoder
 
-        batch, length = common.check_inputs(_shape(input_ids), _shape(inputs_embeds), config.hidden_size)
         past = legacy_past(past_key_values)
-        past_length = 0
-        if past is not None:
-            if not config.is_decoder:
-                raise ValueError("past_key_values need a decoder: set config.is_decoder=True")
-            past_length = common.check_past([[tuple(t.shape) for t in layer] for layer in past], config, batch)
-        common.check_sequence_length(
-            config, length, past_length, from_embeds=input_ids is None, explicit_positions=position_ids is not None
+        batch, length, past_length = common.check_model_inputs(
+            config, _info(input_ids), _shape(inputs_embeds), _info(token_type_ids), _info(position_ids),
+            None if past is None else [[tuple(t.shape) for t in layer] for layer in past],
         )
-        if input_ids is not None:
-            _check_ids("input_ids", input_ids, config.vocab_size, "vocab_size")
-        if token_type_ids is not None:
-            common.check_same_shape("token_type_ids", _shape(token_type_ids), (batch, length))
-            _check_ids("token_type_ids", token_type_ids, config.type_vocab_size, "type_vocab_size")
-        if position_ids is not None and config.position_embedding_type == "absolute":
-            if position_ids.shape[-1] != length:
-                raise ValueError(
-                    f"position_ids must end in the sequence length {length}, got {tuple(position_ids.shape)}"
-                )
-            _check_ids("position_ids", position_ids, config.max_position_embeddings, "max_position_embeddings")
 
         dtype = self.embeddings.word_embeddings.weight.dtype
         device = input_ids.device if input_ids is not None else inputs_embeds.device
@@ -532,11 +498,7 @@ class Data2VecTextModel(Data2VecTextPreTrainedModel):
         if not config.is_decoder:
             encoder_hidden_states = None  # encoders have no cross-attention (HF ignores them too)
         if encoder_hidden_states is not None:
-            if encoder_hidden_states.dim() != 3 or encoder_hidden_states.shape[-1] != config.hidden_size:
-                raise ValueError(
-                    f"encoder_hidden_states must have shape (batch, source_length, {config.hidden_size}), "
-                    f"got {tuple(encoder_hidden_states.shape)}"
-                )
+            common.check_encoder_hidden_states(config, tuple(encoder_hidden_states.shape))
             source_length = encoder_hidden_states.shape[1]
             if past is not None and len(past[0]) == 4:
                 source_length = past[0][2].shape[2]  # cached encoder projections are what is attended
@@ -642,7 +604,7 @@ class Data2VecTextForCausalLM(_LMHeadModel):
         loss = None
         if labels is not None:
             common.check_same_shape("labels", _shape(labels), logits.shape[:2])
-            _check_labels("labels", labels, self.config.vocab_size)
+            common.check_label_ids("labels", tensor_info(labels), self.config.vocab_size)
             loss = causal_lm_loss(logits, labels)
         out = CausalLMOutputWithCrossAttentions(
             loss, logits, base.past_key_values, base.hidden_states, base.attentions, base.cross_attentions
@@ -683,7 +645,7 @@ class Data2VecTextForMaskedLM(_LMHeadModel):
         loss = None
         if labels is not None:
             common.check_same_shape("labels", _shape(labels), logits.shape[:2])
-            _check_labels("labels", labels, self.config.vocab_size)
+            common.check_label_ids("labels", tensor_info(labels), self.config.vocab_size)
             loss = cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
         out = MaskedLMOutput(loss, logits, base.hidden_states, base.attentions)
         return finish(out, return_dict)
@@ -730,7 +692,7 @@ class Data2VecTextForSequenceClassification(Data2VecTextPreTrainedModel):
         if labels is not None:
             check_classification_labels(self.config, _shape(labels), str(labels.dtype), logits.shape[0])
             if not labels.dtype.is_floating_point and self.config.num_labels > 1:
-                _check_labels("labels", labels, self.config.num_labels)
+                common.check_label_ids("labels", tensor_info(labels), self.config.num_labels)
             loss = classification_loss(logits, labels, self.config)
         out = SequenceClassifierOutput(loss, logits, base.hidden_states, base.attentions)
         return finish(out, return_dict)
@@ -784,7 +746,7 @@ class Data2VecTextForMultipleChoice(Data2VecTextPreTrainedModel):
         loss = None
         if labels is not None:
             common.check_same_shape("labels", _shape(labels), (batch,))
-            _check_labels("labels", labels, choices)
+            common.check_label_ids("labels", tensor_info(labels), choices)
             loss = cross_entropy(logits, labels)
         out = MultipleChoiceModelOutput(loss, logits, base.hidden_states, base.attentions)
         return finish(out, return_dict)
@@ -831,7 +793,7 @@ class Data2VecTextForTokenClassification(Data2VecTextPreTrainedModel):
         loss = None
         if labels is not None:
             common.check_same_shape("labels", _shape(labels), logits.shape[:2])
-            _check_labels("labels", labels, self.config.num_labels)
+            common.check_label_ids("labels", tensor_info(labels), self.config.num_labels)
             loss = cross_entropy(logits.reshape(-1, self.config.num_labels), labels.reshape(-1))
         out = TokenClassifierOutput(loss, logits, base.hidden_states, base.attentions)
         return finish(out, return_dict)

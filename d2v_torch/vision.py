@@ -11,7 +11,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from d2v_common.configs import Data2VecVisionConfig
-from d2v_common.losses import check_classification_labels
 from d2v_common.spec import weight_spec
 from d2v_common.outputs import (
     Data2VecVisionModelOutputWithPooling,
@@ -19,7 +18,15 @@ from d2v_common.outputs import (
     SemanticSegmenterOutput,
     finish,
 )
-from d2v_common.vision import check_pixel_values, relative_position_index, stochastic_depth_rates
+from d2v_common.vision import (
+    check_image_class_labels,
+    check_masked_positions,
+    check_pixel_values,
+    check_segmentation_labels,
+    patch_grid,
+    relative_position_index,
+    stochastic_depth_rates,
+)
 from d2v_common.pretrained import build_nested
 from d2v_torch.base import Data2VecPreTrainedModel
 from d2v_torch.layers import (
@@ -31,6 +38,7 @@ from d2v_torch.layers import (
     cross_entropy,
     expand_head_mask,
     split_heads,
+    tensor_info,
 )
 
 # ------------------------------------------------------------------------------ embeddings
@@ -386,7 +394,7 @@ class Data2VecVisionModel(Data2VecVisionPreTrainedModel):
         return_dict = self._return_dict_default if return_dict is None else return_dict
         check_pixel_values(self.config, tuple(pixel_values.shape), str(pixel_values.dtype), interpolate_pos_encoding)
         if bool_masked_pos is not None:
-            _check_masked_pos(self.config, pixel_values, bool_masked_pos)
+            check_masked_positions(self.config, tuple(pixel_values.shape), tuple(bool_masked_pos.shape))
         x, grid = self.embeddings(pixel_values, bool_masked_pos)
         x, hidden_states, attentions = self.encoder(x, grid, head_mask, output_attentions, output_hidden_states)
         if self.layernorm is not None:
@@ -394,15 +402,6 @@ class Data2VecVisionModel(Data2VecVisionPreTrainedModel):
         pooled = self.pooler(x) if self.pooler is not None else None
         out = Data2VecVisionModelOutputWithPooling(x, pooled, hidden_states, attentions)
         return finish(out, return_dict)
-
-
-def _check_masked_pos(config, pixel_values, bool_masked_pos):
-    if not config.use_mask_token:
-        raise ValueError("bool_masked_pos needs a mask token: set Data2VecVisionConfig.use_mask_token=True")
-    ph, pw = config.patch_size_hw
-    expected = (pixel_values.shape[0], (pixel_values.shape[2] // ph) * (pixel_values.shape[3] // pw))
-    if tuple(bool_masked_pos.shape) != expected:
-        raise ValueError(f"bool_masked_pos must have shape (batch, num_patches) = {expected}, got {tuple(bool_masked_pos.shape)}")
 
 
 class Data2VecVisionForImageClassification(Data2VecVisionPreTrainedModel):
@@ -437,20 +436,10 @@ class Data2VecVisionForImageClassification(Data2VecVisionPreTrainedModel):
         logits = self.classifier(base.pooler_output)
         loss = None
         if labels is not None:
-            _check_class_labels(self.config, labels, logits.shape[0])
+            check_image_class_labels(self.config, tensor_info(labels), logits.shape[0])
             loss = classification_loss(logits, labels, self.config)
         out = ImageClassifierOutput(loss, logits, base.hidden_states, base.attentions)
         return finish(out, return_dict)
-
-
-def _check_class_labels(config, labels: torch.Tensor, batch: int) -> None:
-    if labels.shape[0] != batch:
-        raise ValueError(f"labels has batch size {labels.shape[0]}, pixel_values has {batch}")
-    check_classification_labels(config, tuple(labels.shape), str(labels.dtype), batch)
-    if not labels.dtype.is_floating_point and config.num_labels > 1:
-        bad = (labels != -100) & ((labels < 0) | (labels >= config.num_labels))
-        if bool(bad.any()):
-            raise ValueError(f"labels must be in [0, {config.num_labels}) (or -100 to ignore), got {labels[bad][:5].tolist()}")
 
 
 class Data2VecVisionForSemanticSegmentation(Data2VecVisionPreTrainedModel):
@@ -497,7 +486,7 @@ class Data2VecVisionForSemanticSegmentation(Data2VecVisionPreTrainedModel):
         return_dict = self._return_dict_default if return_dict is None else return_dict
         output_hidden_states = self._flag(output_hidden_states, "output_hidden_states")
         if labels is not None:
-            _check_segmentation_labels(self.config, labels, pixel_values.shape[0])
+            check_segmentation_labels(self.config, tensor_info(labels), pixel_values.shape[0])
         base = self.data2vec_vision(
             pixel_values,
             head_mask=head_mask,
@@ -506,8 +495,7 @@ class Data2VecVisionForSemanticSegmentation(Data2VecVisionPreTrainedModel):
             interpolate_pos_encoding=interpolate_pos_encoding,
             return_dict=True,
         )
-        ph, pw = self.config.patch_size_hw
-        grid = (pixel_values.shape[2] // ph, pixel_values.shape[3] // pw)
+        grid = patch_grid(self.config, pixel_values.shape)
         batch = pixel_values.shape[0]
         features = [
             base.hidden_states[i][:, 1:].transpose(1, 2).reshape(batch, -1, *grid) for i in self.feature_indices
@@ -521,21 +509,6 @@ class Data2VecVisionForSemanticSegmentation(Data2VecVisionPreTrainedModel):
             loss, logits, base.hidden_states if output_hidden_states else None, base.attentions
         )
         return finish(out, return_dict)
-
-
-def _check_segmentation_labels(config, labels: torch.Tensor, batch: int) -> None:
-    if config.num_labels == 1:
-        raise ValueError("semantic segmentation needs num_labels > 1")
-    if labels.dim() != 3 or labels.shape[0] != batch:
-        raise ValueError(f"labels must have shape (batch={batch}, height, width), got {tuple(labels.shape)}")
-    if labels.dtype.is_floating_point:
-        raise TypeError(f"segmentation labels must be integers, got {labels.dtype}")
-    ignore = config.semantic_loss_ignore_index
-    bad = (labels != ignore) & ((labels < 0) | (labels >= config.num_labels))
-    if bool(bad.any()):
-        raise ValueError(
-            f"labels must be in [0, {config.num_labels}) or the ignore index {ignore}, got {labels[bad][:5].tolist()}"
-        )
 
 
 __all__ = [
