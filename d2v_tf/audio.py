@@ -600,9 +600,7 @@ class TFData2VecAudioForCTC(TFData2VecAudioPreTrainedModel):
         out = CausalLMOutput(None, logits, base.hidden_states, base.attentions)
         # Kept for the loss when Keras passes the labels separately (fit with y).
         out._input_lengths = self.ctc_input_lengths(ops.convert_to_tensor(input_values), attention_mask)
-        if labels is not None:
-            out.loss = self.loss_from_outputs(out, labels)
-        return finish(out, return_dict)
+        return self._finish_with_loss(out, labels, return_dict)
 
 
 class _TFData2VecAudioClassifierBase(TFData2VecAudioPreTrainedModel):
@@ -681,9 +679,7 @@ class TFData2VecAudioForSequenceClassification(_TFData2VecAudioClassifierBase):
             pooled = total / ops.cast(count, x.dtype)[:, None]
         logits = self.classifier(pooled)
         out = SequenceClassifierOutput(None, logits, base.hidden_states, base.attentions)
-        if labels is not None:
-            out.loss = self.loss_from_outputs(out, labels)
-        return finish(out, return_dict)
+        return self._finish_with_loss(out, labels, return_dict)
 
 
 class TFData2VecAudioForAudioFrameClassification(_TFData2VecAudioClassifierBase):
@@ -721,9 +717,7 @@ class TFData2VecAudioForAudioFrameClassification(_TFData2VecAudioClassifierBase)
         x, base = self._encode(input_values, attention_mask, output_attentions, output_hidden_states, training)
         logits = self.classifier(x)
         out = TokenClassifierOutput(None, logits, base.hidden_states, base.attentions)
-        if labels is not None:
-            out.loss = self.loss_from_outputs(out, labels)
-        return finish(out, return_dict)
+        return self._finish_with_loss(out, labels, return_dict)
 
 
 class TFData2VecAudioForXVector(_TFData2VecAudioClassifierBase):
@@ -776,9 +770,7 @@ class TFData2VecAudioForXVector(_TFData2VecAudioClassifierBase):
         embeddings = self.feature_extractor(statistics_pooling(x, lengths))
         logits = self.classifier(embeddings)
         out = XVectorOutput(None, logits, embeddings, base.hidden_states, base.attentions)
-        if labels is not None:
-            out.loss = self.loss_from_outputs(out, labels)
-        return finish(out, return_dict)
+        return self._finish_with_loss(out, labels, return_dict)
 
 
 __all__ = [

@@ -14,6 +14,7 @@ from d2v_common import layouts
 from d2v_common.checkpoint import formats_from_flags
 from d2v_common.configs import CONFIG_CLASSES, Data2VecConfigBase
 from d2v_common.modeling import check_config_class, check_names_match_spec, check_no_missing, snake_case
+from d2v_common.outputs import finish
 from d2v_common.pretrained import (
     building_nested,
     load_arrays_for,
@@ -306,6 +307,12 @@ class TFData2VecPreTrainedModel(keras.Model):
 
     def _flag(self, value: bool | None, name: str) -> bool:
         return getattr(self.config, name) if value is None else value
+
+    def _finish_with_loss(self, out, labels, return_dict: bool):
+        """A head's last step: the loss when labels came with the inputs, then ``finish``."""
+        if labels is not None:
+            out.loss = self.loss_from_outputs(out, labels)
+        return finish(out, return_dict)
 
     @property
     def _return_dict_default(self) -> bool:

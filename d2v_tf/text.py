@@ -600,6 +600,43 @@ class TFData2VecTextModel(TFData2VecTextPreTrainedModel):
         return out
 
 
+    def forward_features(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        head_mask=None,
+        inputs_embeds=None,
+        output_attentions=None,
+        output_hidden_states=None,
+        *,
+        encoder_hidden_states=None,
+        encoder_attention_mask=None,
+        past_key_values=None,
+        use_cache=False,
+        training=False,
+    ) -> BaseModelOutputWithPoolingAndCrossAttentions:
+        """The encoder call every head makes (the backbone half of a task model).
+
+        Args:
+            input_ids ... output_hidden_states, training: as in ``call``.
+            encoder_hidden_states, encoder_attention_mask, past_key_values: decoder inputs
+                (the causal LM head only).
+            use_cache: return the key/value cache (off for every head but the causal LM).
+
+        Returns:
+            The model output as an object (``return_dict=True``).
+        """
+        return self(
+            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+            position_ids=position_ids, head_mask=head_mask, inputs_embeds=inputs_embeds,
+            encoder_hidden_states=encoder_hidden_states, encoder_attention_mask=encoder_attention_mask,
+            past_key_values=past_key_values, use_cache=use_cache, output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states, return_dict=True, training=training,
+        )
+
+
 class _TFLMHeadModel(TFData2VecTextPreTrainedModel):
     """What the two language-model heads share: the tied decoder."""
 
@@ -631,41 +668,24 @@ class TFData2VecTextForCausalLM(_TFLMHeadModel):
         return causal_lm_loss(logits, labels)
 
     @unpack_inputs
-    def call(
-        self,
-        input_ids=None,
-        attention_mask=None,
-        token_type_ids=None,
-        position_ids=None,
-        head_mask=None,
-        inputs_embeds=None,
-        encoder_hidden_states=None,
-        encoder_attention_mask=None,
-        labels=None,
-        past_key_values=None,
-        use_cache=None,
-        output_attentions=None,
-        output_hidden_states=None,
-        return_dict=None,
-        training=False,
-    ):
+    def call(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
+             inputs_embeds=None, encoder_hidden_states=None, encoder_attention_mask=None, labels=None,
+             past_key_values=None, use_cache=None, output_attentions=None, output_hidden_states=None,
+             return_dict=None, training=False):
         return_dict = self._return_dict_default if return_dict is None else return_dict
         if labels is not None or (use_cache is None and training):
             use_cache = False  # a training step has no use for the cache
-        base = self.data2vec_text(
-            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-            position_ids=position_ids, head_mask=head_mask, inputs_embeds=inputs_embeds,
-            encoder_hidden_states=encoder_hidden_states, encoder_attention_mask=encoder_attention_mask,
-            past_key_values=past_key_values, use_cache=use_cache, output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states, return_dict=True, training=training,
+        base = self.data2vec_text.forward_features(
+            input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
+            output_attentions, output_hidden_states, encoder_hidden_states=encoder_hidden_states,
+            encoder_attention_mask=encoder_attention_mask, past_key_values=past_key_values, use_cache=use_cache,
+            training=training,
         )
         out = CausalLMOutputWithCrossAttentions(
             None, self._logits(base.last_hidden_state), base.past_key_values, base.hidden_states, base.attentions,
             base.cross_attentions,
         )
-        if labels is not None:
-            out.loss = self.loss_from_outputs(out, labels)
-        return finish(out, return_dict)
+        return self._finish_with_loss(out, labels, return_dict)
 
 
 class TFData2VecTextForMaskedLM(_TFLMHeadModel):
@@ -680,52 +700,33 @@ class TFData2VecTextForMaskedLM(_TFLMHeadModel):
         return cross_entropy(ops.reshape(logits, (-1, logits.shape[-1])), ops.reshape(labels, (-1,)))
 
     @unpack_inputs
-    def call(
-        self,
-        input_ids=None,
-        attention_mask=None,
-        token_type_ids=None,
-        position_ids=None,
-        head_mask=None,
-        inputs_embeds=None,
-        encoder_hidden_states=None,
-        encoder_attention_mask=None,
-        labels=None,
-        output_attentions=None,
-        output_hidden_states=None,
-        return_dict=None,
-        training=False,
-    ):
+    def call(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
+             inputs_embeds=None, encoder_hidden_states=None, encoder_attention_mask=None, labels=None,
+             output_attentions=None, output_hidden_states=None, return_dict=None, training=False):
         return_dict = self._return_dict_default if return_dict is None else return_dict
-        base = self.data2vec_text(
-            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-            position_ids=position_ids, head_mask=head_mask, inputs_embeds=inputs_embeds,
-            encoder_hidden_states=encoder_hidden_states, encoder_attention_mask=encoder_attention_mask,
-            use_cache=False, output_attentions=output_attentions, output_hidden_states=output_hidden_states,
-            return_dict=True, training=training,
+        base = self.data2vec_text.forward_features(
+            input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
+            output_attentions, output_hidden_states, encoder_hidden_states=encoder_hidden_states,
+            encoder_attention_mask=encoder_attention_mask, training=training,
         )
         out = MaskedLMOutput(None, self._logits(base.last_hidden_state), base.hidden_states, base.attentions)
-        if labels is not None:
-            out.loss = self.loss_from_outputs(out, labels)
-        return finish(out, return_dict)
+        return self._finish_with_loss(out, labels, return_dict)
 
 
-class TFData2VecTextForSequenceClassification(TFData2VecTextPreTrainedModel):
+class _PerPositionHeadModel(TFData2VecTextPreTrainedModel):
+    """Heads on the encoder's last hidden state (no pooler): sequence and token classification
+    share this call (-> ``_classify``; subclasses set ``output_class`` and define ``_classify`` and
+    ``loss_from_outputs``); question answering keeps its own."""
+
+    output_class: type = SequenceClassifierOutput
+
     def __init__(self, config: Data2VecTextConfig, **kwargs):
         super().__init__(config, **kwargs)
         self.num_labels = config.num_labels
         self.data2vec_text = build_nested(TFData2VecTextModel, config, add_pooling_layer=False)
-        self.classifier = TFData2VecTextClassificationHead(config)
-        self.post_init()
 
-    def loss_from_outputs(self, outputs, labels):
-        labels = _tensor(labels)
-        logits = outputs.logits
-        check_classification_labels(self.config, _shape(labels), keras.backend.standardize_dtype(labels.dtype),
-                                    logits.shape[0])
-        if "int" in str(labels.dtype) and self.config.num_labels > 1:
-            common.check_label_ids("labels", tensor_info(labels), self.config.num_labels)
-        return classification_loss(logits, labels, self.config)
+    def _classify(self, hidden_states, training=False):
+        raise NotImplementedError
 
     @unpack_inputs
     def call(
@@ -743,17 +744,35 @@ class TFData2VecTextForSequenceClassification(TFData2VecTextPreTrainedModel):
         training=False,
     ):
         return_dict = self._return_dict_default if return_dict is None else return_dict
-        base = self.data2vec_text(
-            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-            position_ids=position_ids, head_mask=head_mask, inputs_embeds=inputs_embeds, use_cache=False,
-            output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True,
-            training=training,
+        base = self.data2vec_text.forward_features(
+            input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
+            output_attentions, output_hidden_states, training=training,
         )
-        logits = self.classifier(base.last_hidden_state, training=training)
-        out = SequenceClassifierOutput(None, logits, base.hidden_states, base.attentions)
-        if labels is not None:
-            out.loss = self.loss_from_outputs(out, labels)
-        return finish(out, return_dict)
+        out = self.output_class(
+            None, self._classify(base.last_hidden_state, training), base.hidden_states, base.attentions
+        )
+        return self._finish_with_loss(out, labels, return_dict)
+
+
+class TFData2VecTextForSequenceClassification(_PerPositionHeadModel):
+    output_class = SequenceClassifierOutput
+
+    def __init__(self, config: Data2VecTextConfig, **kwargs):
+        super().__init__(config, **kwargs)
+        self.classifier = TFData2VecTextClassificationHead(config)
+        self.post_init()
+
+    def loss_from_outputs(self, outputs, labels):
+        labels = _tensor(labels)
+        logits = outputs.logits
+        check_classification_labels(self.config, _shape(labels), keras.backend.standardize_dtype(labels.dtype),
+                                    logits.shape[0])
+        if "int" in str(labels.dtype) and self.config.num_labels > 1:
+            common.check_label_ids("labels", tensor_info(labels), self.config.num_labels)
+        return classification_loss(logits, labels, self.config)
+
+    def _classify(self, hidden_states, training=False):
+        return self.classifier(hidden_states, training=training)
 
 
 class TFData2VecTextForMultipleChoice(TFData2VecTextPreTrainedModel):
@@ -799,26 +818,22 @@ class TFData2VecTextForMultipleChoice(TFData2VecTextPreTrainedModel):
             common.check_same_shape(name, _shape(t)[:3], (batch, choices, length))
             return tf.reshape(t, tf.concat([[-1], tf.shape(t)[2:]], axis=0))
 
-        base = self.data2vec_text(
-            input_ids=flat(input_ids, "input_ids"), attention_mask=flat(attention_mask, "attention_mask"),
-            token_type_ids=flat(token_type_ids, "token_type_ids"), position_ids=flat(position_ids, "position_ids"),
-            head_mask=head_mask, inputs_embeds=flat(inputs_embeds, "inputs_embeds"), use_cache=False,
-            output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True,
-            training=training,
+        base = self.data2vec_text.forward_features(
+            flat(input_ids, "input_ids"), flat(attention_mask, "attention_mask"),
+            flat(token_type_ids, "token_type_ids"), flat(position_ids, "position_ids"), head_mask,
+            flat(inputs_embeds, "inputs_embeds"), output_attentions, output_hidden_states, training=training,
         )
         logits = self.classifier(self.dropout(base.pooler_output, training=training))
         logits = ops.reshape(logits, (-1, num_choices))
         out = MultipleChoiceModelOutput(None, logits, base.hidden_states, base.attentions)
-        if labels is not None:
-            out.loss = self.loss_from_outputs(out, labels)
-        return finish(out, return_dict)
+        return self._finish_with_loss(out, labels, return_dict)
 
 
-class TFData2VecTextForTokenClassification(TFData2VecTextPreTrainedModel):
+class TFData2VecTextForTokenClassification(_PerPositionHeadModel):
+    output_class = TokenClassifierOutput
+
     def __init__(self, config: Data2VecTextConfig, **kwargs):
         super().__init__(config, **kwargs)
-        self.num_labels = config.num_labels
-        self.data2vec_text = build_nested(TFData2VecTextModel, config, add_pooling_layer=False)
         self.dropout = Dropout(_classifier_dropout(config))
         self.classifier = Linear(config.hidden_size, config.num_labels)
         self.post_init()
@@ -829,40 +844,13 @@ class TFData2VecTextForTokenClassification(TFData2VecTextPreTrainedModel):
         common.check_label_ids("labels", tensor_info(labels), self.config.num_labels)
         return cross_entropy(ops.reshape(outputs.logits, (-1, self.config.num_labels)), ops.reshape(labels, (-1,)))
 
-    @unpack_inputs
-    def call(
-        self,
-        input_ids=None,
-        attention_mask=None,
-        token_type_ids=None,
-        position_ids=None,
-        head_mask=None,
-        inputs_embeds=None,
-        labels=None,
-        output_attentions=None,
-        output_hidden_states=None,
-        return_dict=None,
-        training=False,
-    ):
-        return_dict = self._return_dict_default if return_dict is None else return_dict
-        base = self.data2vec_text(
-            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-            position_ids=position_ids, head_mask=head_mask, inputs_embeds=inputs_embeds, use_cache=False,
-            output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True,
-            training=training,
-        )
-        logits = self.classifier(self.dropout(base.last_hidden_state, training=training))
-        out = TokenClassifierOutput(None, logits, base.hidden_states, base.attentions)
-        if labels is not None:
-            out.loss = self.loss_from_outputs(out, labels)
-        return finish(out, return_dict)
+    def _classify(self, hidden_states, training=False):
+        return self.classifier(self.dropout(hidden_states, training=training))
 
 
-class TFData2VecTextForQuestionAnswering(TFData2VecTextPreTrainedModel):
+class TFData2VecTextForQuestionAnswering(_PerPositionHeadModel):
     def __init__(self, config: Data2VecTextConfig, **kwargs):
         super().__init__(config, **kwargs)
-        self.num_labels = config.num_labels
-        self.data2vec_text = build_nested(TFData2VecTextModel, config, add_pooling_layer=False)
         self.qa_outputs = Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
@@ -906,11 +894,9 @@ class TFData2VecTextForQuestionAnswering(TFData2VecTextPreTrainedModel):
     ):
         return_dict = self._return_dict_default if return_dict is None else return_dict
         common.check_question_answering(self.config)
-        base = self.data2vec_text(
-            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-            position_ids=position_ids, head_mask=head_mask, inputs_embeds=inputs_embeds, use_cache=False,
-            output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True,
-            training=training,
+        base = self.data2vec_text.forward_features(
+            input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
+            output_attentions, output_hidden_states, training=training,
         )
         logits = self.qa_outputs(base.last_hidden_state)
         out = QuestionAnsweringModelOutput(None, logits[..., 0], logits[..., 1], base.hidden_states, base.attentions)

@@ -459,9 +459,7 @@ class TFData2VecVisionForImageClassification(TFData2VecVisionPreTrainedModel):
         )
         logits = self.classifier(base.pooler_output) if self.classifier is not None else base.pooler_output
         out = ImageClassifierOutput(None, logits, base.hidden_states, base.attentions)
-        if labels is not None:
-            out.loss = self.loss_from_outputs(out, labels)
-        return finish(out, return_dict)
+        return self._finish_with_loss(out, labels, return_dict)
 
 
 class TFData2VecVisionForSemanticSegmentation(TFData2VecVisionPreTrainedModel):

@@ -196,9 +196,11 @@ class Data2VecTextSelfAttention(nn.Module):
 
 
 class Data2VecTextSelfOutput(nn.Module):
-    def __init__(self, config: Data2VecTextConfig):
+    """Projection back to the hidden size -> dropout -> residual -> LayerNorm."""
+
+    def __init__(self, config: Data2VecTextConfig, in_features: int | None = None):
         super().__init__()
-        self.dense = Linear(config.hidden_size, config.hidden_size)
+        self.dense = Linear(in_features or config.hidden_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
@@ -230,12 +232,9 @@ class Data2VecTextIntermediate(nn.Module):
         return self.act(self.dense(x))
 
 
-class Data2VecTextOutput(nn.Module):
+class Data2VecTextOutput(Data2VecTextSelfOutput):
     def __init__(self, config: Data2VecTextConfig):
-        super().__init__()
-        self.dense = Linear(config.intermediate_size, config.hidden_size)
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        super().__init__(config, config.intermediate_size)
 
     def forward(self, x, residual):
         """(output, feed-forward output before dropout and residual: data2vec's teacher targets)."""
@@ -526,6 +525,50 @@ class Data2VecTextModel(Data2VecTextPreTrainedModel):
         return out
 
 
+    def forward_features(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        head_mask=None,
+        inputs_embeds=None,
+        output_attentions=None,
+        output_hidden_states=None,
+        *,
+        encoder_hidden_states=None,
+        encoder_attention_mask=None,
+        past_key_values=None,
+        use_cache=False,
+    ) -> BaseModelOutputWithPoolingAndCrossAttentions:
+        """The encoder call every head makes (the backbone half of a task model).
+
+        Args:
+            input_ids ... output_hidden_states: as in ``forward``.
+            encoder_hidden_states, encoder_attention_mask, past_key_values: decoder inputs
+                (the causal LM head only).
+            use_cache: return the key/value cache (off for every head but the causal LM).
+
+        Returns:
+            The model output as an object (``return_dict=True``).
+        """
+        return self(
+            input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            head_mask=head_mask,
+            inputs_embeds=inputs_embeds,
+            encoder_hidden_states=encoder_hidden_states,
+            encoder_attention_mask=encoder_attention_mask,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
+
+
 class _LMHeadModel(Data2VecTextPreTrainedModel):
     """What the two language-model heads share: the tied decoder and vocabulary resizing."""
 
@@ -543,23 +586,17 @@ class _LMHeadModel(Data2VecTextPreTrainedModel):
         head.bias = nn.Parameter(torch.zeros(n, device=device, dtype=dtype))
         self.tie_weights()
 
+    def _check_lm_labels(self, labels, logits) -> None:
+        common.check_same_shape("labels", _shape(labels), logits.shape[:2])
+        common.check_label_ids("labels", tensor_info(labels), self.config.vocab_size)
+
     def _lm_outputs(self, input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
                     encoder_hidden_states, encoder_attention_mask, past_key_values, use_cache, output_attentions,
                     output_hidden_states):
-        base = self.data2vec_text(
-            input_ids,
-            attention_mask=attention_mask,
-            token_type_ids=token_type_ids,
-            position_ids=position_ids,
-            head_mask=head_mask,
-            inputs_embeds=inputs_embeds,
-            encoder_hidden_states=encoder_hidden_states,
-            encoder_attention_mask=encoder_attention_mask,
-            past_key_values=past_key_values,
-            use_cache=use_cache,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            return_dict=True,
+        base = self.data2vec_text.forward_features(
+            input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
+            output_attentions, output_hidden_states, encoder_hidden_states=encoder_hidden_states,
+            encoder_attention_mask=encoder_attention_mask, past_key_values=past_key_values, use_cache=use_cache,
         )
         return base, self.lm_head(base.last_hidden_state)
 
@@ -576,24 +613,10 @@ class Data2VecTextForCausalLM(_LMHeadModel):
         self.tie_weights()
         self.post_init()
 
-    def forward(
-        self,
-        input_ids=None,
-        attention_mask=None,
-        token_type_ids=None,
-        position_ids=None,
-        head_mask=None,
-        inputs_embeds=None,
-        encoder_hidden_states=None,
-        encoder_attention_mask=None,
-        labels=None,
-        past_key_values=None,
-        use_cache=None,
-        output_attentions=None,
-        output_hidden_states=None,
-        return_dict=None,
-        cache_position=None,
-    ):
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
+                inputs_embeds=None, encoder_hidden_states=None, encoder_attention_mask=None, labels=None,
+                past_key_values=None, use_cache=None, output_attentions=None, output_hidden_states=None,
+                return_dict=None, cache_position=None):
         return_dict = self._return_dict_default if return_dict is None else return_dict
         if labels is not None:
             use_cache = False
@@ -603,8 +626,7 @@ class Data2VecTextForCausalLM(_LMHeadModel):
         )
         loss = None
         if labels is not None:
-            common.check_same_shape("labels", _shape(labels), logits.shape[:2])
-            common.check_label_ids("labels", tensor_info(labels), self.config.vocab_size)
+            self._check_lm_labels(labels, logits)
             loss = causal_lm_loss(logits, labels)
         out = CausalLMOutputWithCrossAttentions(
             loss, logits, base.past_key_values, base.hidden_states, base.attentions, base.cross_attentions
@@ -622,21 +644,9 @@ class Data2VecTextForMaskedLM(_LMHeadModel):
         self.tie_weights()
         self.post_init()
 
-    def forward(
-        self,
-        input_ids=None,
-        attention_mask=None,
-        token_type_ids=None,
-        position_ids=None,
-        head_mask=None,
-        inputs_embeds=None,
-        encoder_hidden_states=None,
-        encoder_attention_mask=None,
-        labels=None,
-        output_attentions=None,
-        output_hidden_states=None,
-        return_dict=None,
-    ):
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
+                inputs_embeds=None, encoder_hidden_states=None, encoder_attention_mask=None, labels=None,
+                output_attentions=None, output_hidden_states=None, return_dict=None):
         return_dict = self._return_dict_default if return_dict is None else return_dict
         base, logits = self._lm_outputs(
             input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds, encoder_hidden_states,
@@ -644,22 +654,29 @@ class Data2VecTextForMaskedLM(_LMHeadModel):
         )
         loss = None
         if labels is not None:
-            common.check_same_shape("labels", _shape(labels), logits.shape[:2])
-            common.check_label_ids("labels", tensor_info(labels), self.config.vocab_size)
+            self._check_lm_labels(labels, logits)
             loss = cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
         out = MaskedLMOutput(loss, logits, base.hidden_states, base.attentions)
         return finish(out, return_dict)
 
 
-class Data2VecTextForSequenceClassification(Data2VecTextPreTrainedModel):
-    """Classification / regression from the first token (``problem_type`` picks the loss)."""
+class _PerPositionHeadModel(Data2VecTextPreTrainedModel):
+    """Heads on the encoder's last hidden state (no pooler): sequence and token classification
+    share this forward (-> ``_classify`` -> ``_head_loss``; subclasses set ``output_class`` and the
+    two methods); question answering keeps its own."""
+
+    output_class: type = SequenceClassifierOutput
 
     def __init__(self, config: Data2VecTextConfig):
         super().__init__(config)
         self.num_labels = config.num_labels
         self.data2vec_text = build_nested(Data2VecTextModel, config, add_pooling_layer=False)
-        self.classifier = Data2VecTextClassificationHead(config)
-        self.post_init()
+
+    def _classify(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _head_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
 
     def forward(
         self,
@@ -675,27 +692,33 @@ class Data2VecTextForSequenceClassification(Data2VecTextPreTrainedModel):
         return_dict=None,
     ):
         return_dict = self._return_dict_default if return_dict is None else return_dict
-        base = self.data2vec_text(
-            input_ids,
-            attention_mask=attention_mask,
-            token_type_ids=token_type_ids,
-            position_ids=position_ids,
-            head_mask=head_mask,
-            inputs_embeds=inputs_embeds,
-            use_cache=False,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            return_dict=True,
+        base = self.data2vec_text.forward_features(
+            input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
+            output_attentions, output_hidden_states,
         )
-        logits = self.classifier(base.last_hidden_state)
-        loss = None
-        if labels is not None:
-            check_classification_labels(self.config, _shape(labels), str(labels.dtype), logits.shape[0])
-            if not labels.dtype.is_floating_point and self.config.num_labels > 1:
-                common.check_label_ids("labels", tensor_info(labels), self.config.num_labels)
-            loss = classification_loss(logits, labels, self.config)
-        out = SequenceClassifierOutput(loss, logits, base.hidden_states, base.attentions)
-        return finish(out, return_dict)
+        logits = self._classify(base.last_hidden_state)
+        loss = self._head_loss(logits, labels) if labels is not None else None
+        return finish(self.output_class(loss, logits, base.hidden_states, base.attentions), return_dict)
+
+
+class Data2VecTextForSequenceClassification(_PerPositionHeadModel):
+    """Classification / regression from the first token (``problem_type`` picks the loss)."""
+
+    output_class = SequenceClassifierOutput
+
+    def __init__(self, config: Data2VecTextConfig):
+        super().__init__(config)
+        self.classifier = Data2VecTextClassificationHead(config)
+        self.post_init()
+
+    def _classify(self, hidden_states):
+        return self.classifier(hidden_states)
+
+    def _head_loss(self, logits, labels):
+        check_classification_labels(self.config, _shape(labels), str(labels.dtype), logits.shape[0])
+        if not labels.dtype.is_floating_point and self.config.num_labels > 1:
+            common.check_label_ids("labels", tensor_info(labels), self.config.num_labels)
+        return classification_loss(logits, labels, self.config)
 
 
 class Data2VecTextForMultipleChoice(Data2VecTextPreTrainedModel):
@@ -730,17 +753,15 @@ class Data2VecTextForMultipleChoice(Data2VecTextPreTrainedModel):
             common.check_same_shape(name, _shape(t)[:3], (batch, choices, length))
             return t.reshape(batch * choices, *t.shape[2:])
 
-        base = self.data2vec_text(
+        base = self.data2vec_text.forward_features(
             flat(input_ids, "input_ids"),
-            attention_mask=flat(attention_mask, "attention_mask"),
-            token_type_ids=flat(token_type_ids, "token_type_ids"),
-            position_ids=flat(position_ids, "position_ids"),
-            head_mask=head_mask,
-            inputs_embeds=flat(inputs_embeds, "inputs_embeds"),
-            use_cache=False,
+            flat(attention_mask, "attention_mask"),
+            flat(token_type_ids, "token_type_ids"),
+            flat(position_ids, "position_ids"),
+            head_mask,
+            flat(inputs_embeds, "inputs_embeds"),
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
-            return_dict=True,
         )
         logits = self.classifier(self.dropout(base.pooler_output)).reshape(batch, choices)
         loss = None
@@ -752,60 +773,31 @@ class Data2VecTextForMultipleChoice(Data2VecTextPreTrainedModel):
         return finish(out, return_dict)
 
 
-class Data2VecTextForTokenClassification(Data2VecTextPreTrainedModel):
+class Data2VecTextForTokenClassification(_PerPositionHeadModel):
     """A label per token (-100: not scored)."""
+
+    output_class = TokenClassifierOutput
 
     def __init__(self, config: Data2VecTextConfig):
         super().__init__(config)
-        self.num_labels = config.num_labels
-        self.data2vec_text = build_nested(Data2VecTextModel, config, add_pooling_layer=False)
         self.dropout = nn.Dropout(_classifier_dropout(config))
         self.classifier = Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
-    def forward(
-        self,
-        input_ids=None,
-        attention_mask=None,
-        token_type_ids=None,
-        position_ids=None,
-        head_mask=None,
-        inputs_embeds=None,
-        labels=None,
-        output_attentions=None,
-        output_hidden_states=None,
-        return_dict=None,
-    ):
-        return_dict = self._return_dict_default if return_dict is None else return_dict
-        base = self.data2vec_text(
-            input_ids,
-            attention_mask=attention_mask,
-            token_type_ids=token_type_ids,
-            position_ids=position_ids,
-            head_mask=head_mask,
-            inputs_embeds=inputs_embeds,
-            use_cache=False,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            return_dict=True,
-        )
-        logits = self.classifier(self.dropout(base.last_hidden_state))
-        loss = None
-        if labels is not None:
-            common.check_same_shape("labels", _shape(labels), logits.shape[:2])
-            common.check_label_ids("labels", tensor_info(labels), self.config.num_labels)
-            loss = cross_entropy(logits.reshape(-1, self.config.num_labels), labels.reshape(-1))
-        out = TokenClassifierOutput(loss, logits, base.hidden_states, base.attentions)
-        return finish(out, return_dict)
+    def _classify(self, hidden_states):
+        return self.classifier(self.dropout(hidden_states))
+
+    def _head_loss(self, logits, labels):
+        common.check_same_shape("labels", _shape(labels), logits.shape[:2])
+        common.check_label_ids("labels", tensor_info(labels), self.config.num_labels)
+        return cross_entropy(logits.reshape(-1, self.config.num_labels), labels.reshape(-1))
 
 
-class Data2VecTextForQuestionAnswering(Data2VecTextPreTrainedModel):
+class Data2VecTextForQuestionAnswering(_PerPositionHeadModel):
     """Start and end logits per token for extractive question answering."""
 
     def __init__(self, config: Data2VecTextConfig):
         super().__init__(config)
-        self.num_labels = config.num_labels
-        self.data2vec_text = build_nested(Data2VecTextModel, config, add_pooling_layer=False)
         self.qa_outputs = Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
@@ -825,17 +817,9 @@ class Data2VecTextForQuestionAnswering(Data2VecTextPreTrainedModel):
     ):
         return_dict = self._return_dict_default if return_dict is None else return_dict
         common.check_question_answering(self.config)
-        base = self.data2vec_text(
-            input_ids,
-            attention_mask=attention_mask,
-            token_type_ids=token_type_ids,
-            position_ids=position_ids,
-            head_mask=head_mask,
-            inputs_embeds=inputs_embeds,
-            use_cache=False,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            return_dict=True,
+        base = self.data2vec_text.forward_features(
+            input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
+            output_attentions, output_hidden_states,
         )
         logits = self.qa_outputs(base.last_hidden_state)
         start_logits, end_logits = logits[..., 0].contiguous(), logits[..., 1].contiguous()
