@@ -94,3 +94,70 @@ Data2VecVisionModelOutputWithPooling = _output(
 def finish(output: ModelOutput, return_dict: bool):
     """The output object, or HF's tuple form (None fields dropped) when ``return_dict`` is False."""
     return output if return_dict else output.to_tuple()
+
+
+class EncoderRecord:
+    """What an encoder collects besides its last state, as the call's flags ask: the input of
+    every layer (+ the final state), attention maps, cross-attention maps, cache entries and
+    feed-forward outputs. Framework-neutral: it only appends to lists.
+
+    Args:
+        hidden_states: keep each layer's input and the final state.
+        attentions: keep attention maps (and cross-attention maps that are not None).
+        ffn_states: keep each layer's feed-forward output (data2vec pretraining targets).
+        cache: keep each layer's key/value cache entry.
+    """
+
+    def __init__(self, hidden_states: bool = False, attentions: bool = False, ffn_states: bool = False,
+                 cache: bool = False):
+        self._hidden = [] if hidden_states else None
+        self._attentions = [] if attentions else None
+        self._cross = []
+        self._ffn = [] if ffn_states else None
+        self._presents = [] if cache else None
+
+    def layer_input(self, x) -> None:
+        """Call before each layer with its input."""
+        if self._hidden is not None:
+            self._hidden.append(x)
+
+    def layer_output(self, attention=None, cross_attention=None, ffn=None, present=None) -> None:
+        """Call after each layer with what it returned (None for a layer that was skipped)."""
+        if self._attentions is not None:
+            self._attentions.append(attention)
+            if cross_attention is not None:
+                self._cross.append(cross_attention)
+        if self._ffn is not None:
+            self._ffn.append(ffn)
+        if self._presents is not None:
+            self._presents.append(present)
+
+    def finish(self, x) -> "EncoderRecord":
+        """Call once with the final state; the properties below are then complete."""
+        if self._hidden is not None:
+            self._hidden.append(x)
+        return self
+
+    @staticmethod
+    def _tuple(values):
+        return None if values is None else tuple(values)
+
+    @property
+    def hidden_states(self):
+        return self._tuple(self._hidden)
+
+    @property
+    def attentions(self):
+        return self._tuple(self._attentions)
+
+    @property
+    def cross_attentions(self):
+        return tuple(self._cross) if self._cross else None
+
+    @property
+    def ffn_states(self):
+        return self._tuple(self._ffn)
+
+    @property
+    def presents(self):
+        return self._tuple(self._presents)

@@ -16,6 +16,7 @@ from keras import ops
 from d2v_common import audio as A
 from d2v_common.configs import Data2VecAudioConfig
 from d2v_common.outputs import (
+    EncoderRecord,
     CausalLMOutput,
     SequenceClassifierOutput,
     TokenClassifierOutput,
@@ -206,10 +207,9 @@ class TFData2VecAudioEncoder(Layer):
             bias = padding_bias(frame_mask)
         x = x + self.pos_conv_embed(x)
         x = self.dropout(self.layer_norm(x), training=training)
-        hidden_states, attentions, ffn_states = [], [], []
+        record = EncoderRecord(output_hidden_states, output_attentions, output_ffn_states)
         for layer in self.layers:
-            if output_hidden_states:
-                hidden_states.append(x)
+            record.layer_input(x)
             drop = None
             if training and self.layerdrop > 0:
                 drop = _draw(self.seed_generator) < self.layerdrop
@@ -219,18 +219,9 @@ class TFData2VecAudioEncoder(Layer):
                 new_x, weights, ffn = layer(x, bias=bias, output_attentions=output_attentions, training=training)
                 # In a traced graph the draw is symbolic: run the layer and select.
                 x = new_x if drop is None or is_eager(drop) else ops.where(drop, x, new_x)
-            if output_attentions:
-                attentions.append(weights)
-            if output_ffn_states:
-                ffn_states.append(ffn)
-        if output_hidden_states:
-            hidden_states.append(x)
-        return (
-            x,
-            tuple(hidden_states) if output_hidden_states else None,
-            tuple(attentions) if output_attentions else None,
-            tuple(ffn_states) if output_ffn_states else None,
-        )
+            record.layer_output(weights, ffn=ffn)
+        record.finish(x)
+        return x, record.hidden_states, record.attentions, record.ffn_states
 
 
 # ------------------------------------------------------------------------------- adapter
@@ -482,17 +473,8 @@ class TFData2VecAudioModel(TFData2VecAudioPreTrainedModel):
         return x
 
     @unpack_inputs
-    def call(
-        self,
-        input_values=None,
-        attention_mask=None,
-        mask_time_indices=None,
-        output_attentions=None,
-        output_hidden_states=None,
-        return_dict=None,
-        output_ffn_states=False,
-        training=False,
-    ):
+    def call(self, input_values=None, attention_mask=None, mask_time_indices=None, output_attentions=None,
+             output_hidden_states=None, return_dict=None, output_ffn_states=False, training=False):
         """``output_ffn_states`` (d2v only, for data2vec pretraining): the returned object also
         carries ``ffn_states``, each layer's feed-forward output before its residual."""
         output_attentions = self._flag(output_attentions, "output_attentions")
@@ -574,16 +556,8 @@ class TFData2VecAudioForCTC(TFData2VecAudioPreTrainedModel):
         )
 
     @unpack_inputs
-    def call(
-        self,
-        input_values=None,
-        attention_mask=None,
-        output_attentions=None,
-        output_hidden_states=None,
-        return_dict=None,
-        labels=None,
-        training=False,
-    ):
+    def call(self, input_values=None, attention_mask=None, output_attentions=None, output_hidden_states=None,
+             return_dict=None, labels=None, training=False):
         return_dict = self._return_dict_default if return_dict is None else return_dict
         if labels is not None:
             labels = ops.convert_to_tensor(labels)
@@ -656,16 +630,8 @@ class TFData2VecAudioForSequenceClassification(_TFData2VecAudioClassifierBase):
         return cross_entropy(ops.reshape(outputs.logits, (-1, n)), ops.reshape(labels, (-1,)))
 
     @unpack_inputs
-    def call(
-        self,
-        input_values=None,
-        attention_mask=None,
-        output_attentions=None,
-        output_hidden_states=None,
-        return_dict=None,
-        labels=None,
-        training=False,
-    ):
+    def call(self, input_values=None, attention_mask=None, output_attentions=None, output_hidden_states=None,
+             return_dict=None, labels=None, training=False):
         return_dict = self._return_dict_default if return_dict is None else return_dict
         x, base = self._encode(input_values, attention_mask, output_attentions, output_hidden_states, training)
         x = self.projector(x)
@@ -703,16 +669,8 @@ class TFData2VecAudioForAudioFrameClassification(_TFData2VecAudioClassifierBase)
         return cross_entropy(ops.reshape(logits, (-1, n)), first_argmax(ops.reshape(labels, (-1, n))))
 
     @unpack_inputs
-    def call(
-        self,
-        input_values=None,
-        attention_mask=None,
-        labels=None,
-        output_attentions=None,
-        output_hidden_states=None,
-        return_dict=None,
-        training=False,
-    ):
+    def call(self, input_values=None, attention_mask=None, labels=None, output_attentions=None,
+             output_hidden_states=None, return_dict=None, training=False):
         return_dict = self._return_dict_default if return_dict is None else return_dict
         x, base = self._encode(input_values, attention_mask, output_attentions, output_hidden_states, training)
         logits = self.classifier(x)
@@ -738,16 +696,8 @@ class TFData2VecAudioForXVector(_TFData2VecAudioClassifierBase):
         return self.objective(outputs.logits, labels)
 
     @unpack_inputs
-    def call(
-        self,
-        input_values=None,
-        attention_mask=None,
-        output_attentions=None,
-        output_hidden_states=None,
-        return_dict=None,
-        labels=None,
-        training=False,
-    ):
+    def call(self, input_values=None, attention_mask=None, output_attentions=None, output_hidden_states=None,
+             return_dict=None, labels=None, training=False):
         return_dict = self._return_dict_default if return_dict is None else return_dict
         config = self.config
         input_values, attention_mask, frames = _check_inputs(config, input_values, attention_mask)

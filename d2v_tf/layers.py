@@ -284,6 +284,35 @@ class Activation(Layer):
         return self.fn(x)
 
 
+# ------------------------------------------------------------------- transformer sub-blocks
+# The feed-forward and projection pieces every family's encoder layer is made of; the family
+# classes (``TFData2VecTextIntermediate`` ...) keep HF's names and only pick the sizes.
+
+
+class DenseActivation(Layer):
+    """Linear -> activation (a feed-forward block's first half)."""
+
+    def __init__(self, in_features: int, out_features: int, activation: str, **kwargs):
+        super().__init__(**kwargs)
+        self.dense = Linear(in_features, out_features)
+        self.act = Activation(activation)
+
+    def call(self, x):
+        return self.act(self.dense(x))
+
+
+class DenseDropout(Layer):
+    """Linear -> dropout (a projection back to the hidden size, residual added by the caller)."""
+
+    def __init__(self, in_features: int, out_features: int, dropout: float, **kwargs):
+        super().__init__(**kwargs)
+        self.dense = Linear(in_features, out_features)
+        self.dropout = Dropout(dropout)
+
+    def call(self, x, training=False):
+        return self.dropout(self.dense(x), training=training)
+
+
 # ----------------------------------------------------------------------------- attention
 
 

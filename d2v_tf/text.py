@@ -24,6 +24,7 @@ from d2v_common import text as common
 from d2v_common.configs import Data2VecTextConfig
 from d2v_common.losses import check_classification_labels
 from d2v_common.outputs import (
+    EncoderRecord,
     BaseModelOutputWithPoolingAndCrossAttentions,
     CausalLMOutputWithCrossAttentions,
     MaskedLMOutput,
@@ -36,6 +37,7 @@ from d2v_common.outputs import (
 from d2v_common.pretrained import build_nested
 from d2v_common.spec import weight_spec
 from d2v_tf.base import TFData2VecPreTrainedModel, name_sublayers, unpack_inputs
+from d2v_tf.layers import DenseActivation, DenseDropout
 from d2v_tf.layers import (
     is_eager,
     tensor_info,
@@ -216,9 +218,11 @@ class TFData2VecTextSelfAttention(Layer):
 
 
 class TFData2VecTextSelfOutput(Layer):
-    def __init__(self, config: Data2VecTextConfig, **kwargs):
+    """Projection back to the hidden size -> dropout -> residual -> LayerNorm."""
+
+    def __init__(self, config: Data2VecTextConfig, in_features: int | None = None, **kwargs):
         super().__init__(**kwargs)
-        self.dense = Linear(config.hidden_size, config.hidden_size)
+        self.dense = Linear(in_features or config.hidden_size, config.hidden_size)
         self.LayerNorm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = Dropout(config.hidden_dropout_prob)
 
@@ -244,22 +248,14 @@ class TFData2VecTextAttention(Layer):
 # ---------------------------------------------------------------------------------- layers
 
 
-class TFData2VecTextIntermediate(Layer):
+class TFData2VecTextIntermediate(DenseActivation):
     def __init__(self, config: Data2VecTextConfig, **kwargs):
-        super().__init__(**kwargs)
-        self.dense = Linear(config.hidden_size, config.intermediate_size)
-        self.act = Activation(config.hidden_act)
-
-    def call(self, x):
-        return self.act(self.dense(x))
+        super().__init__(config.hidden_size, config.intermediate_size, config.hidden_act, **kwargs)
 
 
-class TFData2VecTextOutput(Layer):
+class TFData2VecTextOutput(TFData2VecTextSelfOutput):
     def __init__(self, config: Data2VecTextConfig, **kwargs):
-        super().__init__(**kwargs)
-        self.dense = Linear(config.intermediate_size, config.hidden_size)
-        self.LayerNorm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = Dropout(config.hidden_dropout_prob)
+        super().__init__(config, config.intermediate_size, **kwargs)
 
     def call(self, x, residual=None, training=False):
         """(output, feed-forward output before dropout and residual: data2vec's teacher targets)."""
@@ -301,36 +297,19 @@ class TFData2VecTextEncoder(Layer):
         super().__init__(**kwargs)
         self.layer = [TFData2VecTextLayer(config) for _ in range(config.num_hidden_layers)]
 
-    def call(self, x, bias=None, head_mask=None, encoder_states=None, encoder_bias=None, past=None,
-             use_cache=False, output_attentions=False, output_hidden_states=False, output_ffn_states=False,
-             training=False):
+    def call(self, x, bias=None, head_mask=None, encoder_states=None, encoder_bias=None, past=None, use_cache=False,
+             output_attentions=False, output_hidden_states=False, output_ffn_states=False, training=False):
         head_masks = expand_head_mask(head_mask, len(self.layer))
-        hidden_states, attentions, cross_attentions, presents, ffn_states = [], [], [], [], []
+        record = EncoderRecord(output_hidden_states, output_attentions, output_ffn_states, use_cache)
         for i, layer in enumerate(self.layer):
-            if output_hidden_states:
-                hidden_states.append(x)
+            record.layer_input(x)
             x, weights, cross_weights, present, ffn = layer(
                 x, bias=bias, head_mask=head_masks[i], encoder_states=encoder_states, encoder_bias=encoder_bias,
                 past=past[i] if past else None, output_attentions=output_attentions, training=training,
             )
-            if output_ffn_states:
-                ffn_states.append(ffn)
-            if use_cache:
-                presents.append(present)
-            if output_attentions:
-                attentions.append(weights)
-                if cross_weights is not None:
-                    cross_attentions.append(cross_weights)
-        if output_hidden_states:
-            hidden_states.append(x)
-        return (
-            x,
-            tuple(presents) if use_cache else None,
-            tuple(hidden_states) if output_hidden_states else None,
-            tuple(attentions) if output_attentions else None,
-            tuple(cross_attentions) if cross_attentions else None,
-            tuple(ffn_states) if output_ffn_states else None,
-        )
+            record.layer_output(weights, cross_weights, ffn, present)
+        record.finish(x)
+        return x, record.presents, record.hidden_states, record.attentions, record.cross_attentions, record.ffn_states
 
 
 class TFData2VecTextPooler(Layer):
@@ -517,24 +496,10 @@ class TFData2VecTextModel(TFData2VecTextPreTrainedModel):
         return {**super().get_config(), "add_pooling_layer": self.add_pooling_layer}
 
     @unpack_inputs
-    def call(
-        self,
-        input_ids=None,
-        attention_mask=None,
-        token_type_ids=None,
-        position_ids=None,
-        head_mask=None,
-        inputs_embeds=None,
-        encoder_hidden_states=None,
-        encoder_attention_mask=None,
-        past_key_values=None,
-        use_cache=None,
-        output_attentions=None,
-        output_hidden_states=None,
-        return_dict=None,
-        output_ffn_states=False,
-        training=False,
-    ):
+    def call(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
+             inputs_embeds=None, encoder_hidden_states=None, encoder_attention_mask=None, past_key_values=None,
+             use_cache=None, output_attentions=None, output_hidden_states=None, return_dict=None,
+             output_ffn_states=False, training=False):
         """``output_ffn_states`` (d2v only, for data2vec pretraining): the returned object also
         carries ``ffn_states``, each layer's feed-forward output before its residual."""
         config = self.config
@@ -600,23 +565,10 @@ class TFData2VecTextModel(TFData2VecTextPreTrainedModel):
         return out
 
 
-    def forward_features(
-        self,
-        input_ids=None,
-        attention_mask=None,
-        token_type_ids=None,
-        position_ids=None,
-        head_mask=None,
-        inputs_embeds=None,
-        output_attentions=None,
-        output_hidden_states=None,
-        *,
-        encoder_hidden_states=None,
-        encoder_attention_mask=None,
-        past_key_values=None,
-        use_cache=False,
-        training=False,
-    ) -> BaseModelOutputWithPoolingAndCrossAttentions:
+    def forward_features(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                         head_mask=None, inputs_embeds=None, output_attentions=None, output_hidden_states=None, *,
+                         encoder_hidden_states=None, encoder_attention_mask=None, past_key_values=None,
+                         use_cache=False, training=False) -> BaseModelOutputWithPoolingAndCrossAttentions:
         """The encoder call every head makes (the backbone half of a task model).
 
         Args:
@@ -638,7 +590,12 @@ class TFData2VecTextModel(TFData2VecTextPreTrainedModel):
 
 
 class _TFLMHeadModel(TFData2VecTextPreTrainedModel):
-    """What the two language-model heads share: the tied decoder."""
+    """What the two language-model heads share: the encoder and LM head, the tied decoder."""
+
+    def __init__(self, config: Data2VecTextConfig, **kwargs):
+        super().__init__(config, **kwargs)
+        self.data2vec_text = build_nested(TFData2VecTextModel, config, add_pooling_layer=False)
+        self.lm_head = TFData2VecTextLMHead(config)
 
     def get_output_embeddings(self):
         """The decoder layer, or the word embeddings when they are tied."""
@@ -656,11 +613,9 @@ class _TFLMHeadModel(TFData2VecTextPreTrainedModel):
 
 class TFData2VecTextForCausalLM(_TFLMHeadModel):
     def __init__(self, config: Data2VecTextConfig, **kwargs):
-        super().__init__(config, **kwargs)
         if not config.is_decoder:
             warnings.warn("TFData2VecTextForCausalLM attends both ways unless config.is_decoder=True", stacklevel=2)
-        self.data2vec_text = build_nested(TFData2VecTextModel, config, add_pooling_layer=False)
-        self.lm_head = TFData2VecTextLMHead(config)
+        super().__init__(config, **kwargs)
         self.post_init()
 
     @staticmethod
@@ -691,8 +646,6 @@ class TFData2VecTextForCausalLM(_TFLMHeadModel):
 class TFData2VecTextForMaskedLM(_TFLMHeadModel):
     def __init__(self, config: Data2VecTextConfig, **kwargs):
         super().__init__(config, **kwargs)
-        self.data2vec_text = build_nested(TFData2VecTextModel, config, add_pooling_layer=False)
-        self.lm_head = TFData2VecTextLMHead(config)
         self.post_init()
 
     @staticmethod
@@ -729,20 +682,9 @@ class _PerPositionHeadModel(TFData2VecTextPreTrainedModel):
         raise NotImplementedError
 
     @unpack_inputs
-    def call(
-        self,
-        input_ids=None,
-        attention_mask=None,
-        token_type_ids=None,
-        position_ids=None,
-        head_mask=None,
-        inputs_embeds=None,
-        labels=None,
-        output_attentions=None,
-        output_hidden_states=None,
-        return_dict=None,
-        training=False,
-    ):
+    def call(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
+             inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None, return_dict=None,
+             training=False):
         return_dict = self._return_dict_default if return_dict is None else return_dict
         base = self.data2vec_text.forward_features(
             input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
@@ -791,20 +733,9 @@ class TFData2VecTextForMultipleChoice(TFData2VecTextPreTrainedModel):
         return cross_entropy(logits, labels)
 
     @unpack_inputs
-    def call(
-        self,
-        input_ids=None,
-        token_type_ids=None,
-        attention_mask=None,
-        labels=None,
-        position_ids=None,
-        head_mask=None,
-        inputs_embeds=None,
-        output_attentions=None,
-        output_hidden_states=None,
-        return_dict=None,
-        training=False,
-    ):
+    def call(self, input_ids=None, token_type_ids=None, attention_mask=None, labels=None, position_ids=None,
+             head_mask=None, inputs_embeds=None, output_attentions=None, output_hidden_states=None, return_dict=None,
+             training=False):
         return_dict = self._return_dict_default if return_dict is None else return_dict
         input_ids, inputs_embeds = _tensor(input_ids), _tensor(inputs_embeds, "float32")
         batch, choices, length = common.multiple_choice_shapes(_shape(input_ids), _shape(inputs_embeds))
@@ -877,21 +808,9 @@ class TFData2VecTextForQuestionAnswering(_PerPositionHeadModel):
         return ops.stack([outputs.start_logits, outputs.end_logits], axis=-1)
 
     @unpack_inputs
-    def call(
-        self,
-        input_ids=None,
-        attention_mask=None,
-        token_type_ids=None,
-        position_ids=None,
-        head_mask=None,
-        inputs_embeds=None,
-        start_positions=None,
-        end_positions=None,
-        output_attentions=None,
-        output_hidden_states=None,
-        return_dict=None,
-        training=False,
-    ):
+    def call(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
+             inputs_embeds=None, start_positions=None, end_positions=None, output_attentions=None,
+             output_hidden_states=None, return_dict=None, training=False):
         return_dict = self._return_dict_default if return_dict is None else return_dict
         common.check_question_answering(self.config)
         base = self.data2vec_text.forward_features(

@@ -12,6 +12,7 @@ from keras import ops
 from d2v_common.configs import Data2VecVisionConfig
 from d2v_common.interpolation import bicubic_matrix, bilinear_matrix
 from d2v_common.outputs import (
+    EncoderRecord,
     Data2VecVisionModelOutputWithPooling,
     ImageClassifierOutput,
     SemanticSegmenterOutput,
@@ -29,6 +30,7 @@ from d2v_common.vision import (
     stochastic_depth_rates,
 )
 from d2v_tf.base import TFData2VecPreTrainedModel, unpack_inputs
+from d2v_tf.layers import DenseActivation, DenseDropout
 from d2v_tf.layers import (
     Layer,
     Activation,
@@ -158,14 +160,9 @@ class TFData2VecVisionSelfAttention(Layer):
         return attention(q, k, v, bias, head_mask, self.dropout, training, output_attentions)
 
 
-class TFData2VecVisionSelfOutput(Layer):
+class TFData2VecVisionSelfOutput(DenseDropout):
     def __init__(self, config: Data2VecVisionConfig, **kwargs):
-        super().__init__(**kwargs)
-        self.dense = Linear(config.hidden_size, config.hidden_size)
-        self.dropout = Dropout(config.hidden_dropout_prob)
-
-    def call(self, x, training=False):
-        return self.dropout(self.dense(x), training=training)
+        super().__init__(config.hidden_size, config.hidden_size, config.hidden_dropout_prob, **kwargs)
 
 
 class TFData2VecVisionAttention(Layer):
@@ -185,24 +182,14 @@ class TFData2VecVisionAttention(Layer):
 # ---------------------------------------------------------------------------------- layers
 
 
-class TFData2VecVisionIntermediate(Layer):
+class TFData2VecVisionIntermediate(DenseActivation):
     def __init__(self, config: Data2VecVisionConfig, **kwargs):
-        super().__init__(**kwargs)
-        self.dense = Linear(config.hidden_size, config.intermediate_size)
-        self.act = Activation(config.hidden_act)
-
-    def call(self, x):
-        return self.act(self.dense(x))
+        super().__init__(config.hidden_size, config.intermediate_size, config.hidden_act, **kwargs)
 
 
-class TFData2VecVisionOutput(Layer):
+class TFData2VecVisionOutput(DenseDropout):
     def __init__(self, config: Data2VecVisionConfig, **kwargs):
-        super().__init__(**kwargs)
-        self.dense = Linear(config.intermediate_size, config.hidden_size)
-        self.dropout = Dropout(config.hidden_dropout_prob)
-
-    def call(self, x, training=False):
-        return self.dropout(self.dense(x), training=training)
+        super().__init__(config.intermediate_size, config.hidden_size, config.hidden_dropout_prob, **kwargs)
 
 
 class TFData2VecVisionLayer(Layer):
@@ -247,23 +234,16 @@ class TFData2VecVisionEncoder(Layer):
     def call(self, x, grid, head_mask=None, output_attentions=False, output_hidden_states=False, training=False):
         shared_bias = self.relative_position_bias.bias_for(grid) if self.relative_position_bias is not None else None
         head_masks = expand_head_mask(head_mask, len(self.layer))
-        hidden_states, attentions = [], []
+        record = EncoderRecord(output_hidden_states, output_attentions)
         for layer, layer_head_mask in zip(self.layer, head_masks):
-            if output_hidden_states:
-                hidden_states.append(x)
+            record.layer_input(x)
             x, weights = layer(
                 x, grid=grid, shared_bias=shared_bias, head_mask=layer_head_mask,
                 output_attentions=output_attentions, training=training,
             )
-            if output_attentions:
-                attentions.append(weights)
-        if output_hidden_states:
-            hidden_states.append(x)
-        return (
-            x,
-            tuple(hidden_states) if output_hidden_states else None,
-            tuple(attentions) if output_attentions else None,
-        )
+            record.layer_output(weights)
+        record.finish(x)
+        return x, record.hidden_states, record.attentions
 
 
 class TFData2VecVisionPooler(Layer):
@@ -393,17 +373,8 @@ class TFData2VecVisionModel(TFData2VecVisionPreTrainedModel):
         return self.embeddings.patch_embeddings
 
     @unpack_inputs
-    def call(
-        self,
-        pixel_values=None,
-        bool_masked_pos=None,
-        head_mask=None,
-        output_attentions=None,
-        output_hidden_states=None,
-        interpolate_pos_encoding=False,
-        return_dict=None,
-        training=False,
-    ):
+    def call(self, pixel_values=None, bool_masked_pos=None, head_mask=None, output_attentions=None,
+             output_hidden_states=None, interpolate_pos_encoding=False, return_dict=None, training=False):
         output_attentions = self._flag(output_attentions, "output_attentions")
         output_hidden_states = self._flag(output_hidden_states, "output_hidden_states")
         return_dict = self._return_dict_default if return_dict is None else return_dict
@@ -421,6 +392,36 @@ class TFData2VecVisionModel(TFData2VecVisionPreTrainedModel):
         out = Data2VecVisionModelOutputWithPooling(x, pooled, hidden_states, attentions)
         return finish(out, return_dict)
 
+    def forward_features(self, pixel_values, head_mask=None, output_attentions=None, output_hidden_states=None,
+                         interpolate_pos_encoding=False, feature_layers=(), training=False):
+        """The encoder call every head makes (the backbone half of a task model).
+
+        Args:
+            pixel_values ... interpolate_pos_encoding, training: as in ``call``.
+            feature_layers: indices into ``hidden_states`` (0 = embeddings) whose patch tokens
+                come back as feature maps; asking for any keeps every hidden state.
+
+        Returns:
+            ``(outputs, feature_maps)``: the model output as an object, and one
+            ``(batch, rows, cols, hidden_size)`` map per entry of ``feature_layers``.
+        """
+        pixel_values = ops.convert_to_tensor(pixel_values)
+        outputs = self(
+            pixel_values,
+            head_mask=head_mask,
+            output_attentions=output_attentions,
+            output_hidden_states=True if feature_layers else output_hidden_states,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+            return_dict=True,
+            training=training,
+        )
+        rows, cols = patch_grid(self.config, pixel_values.shape) if feature_layers else (None, None)
+        maps = [
+            ops.reshape(outputs.hidden_states[i][:, 1:], (-1, rows, cols, self.config.hidden_size))
+            for i in feature_layers
+        ]
+        return outputs, maps
+
 
 class TFData2VecVisionForImageClassification(TFData2VecVisionPreTrainedModel):
     def __init__(self, config: Data2VecVisionConfig, **kwargs):
@@ -436,25 +437,11 @@ class TFData2VecVisionForImageClassification(TFData2VecVisionPreTrainedModel):
         return classification_loss(outputs.logits, labels, self.config)
 
     @unpack_inputs
-    def call(
-        self,
-        pixel_values=None,
-        head_mask=None,
-        labels=None,
-        output_attentions=None,
-        output_hidden_states=None,
-        interpolate_pos_encoding=False,
-        return_dict=None,
-        training=False,
-    ):
+    def call(self, pixel_values=None, head_mask=None, labels=None, output_attentions=None, output_hidden_states=None,
+             interpolate_pos_encoding=False, return_dict=None, training=False):
         return_dict = self._return_dict_default if return_dict is None else return_dict
-        base = self.data2vec_vision(
-            pixel_values,
-            head_mask=head_mask,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            interpolate_pos_encoding=interpolate_pos_encoding,
-            return_dict=True,
+        base, _ = self.data2vec_vision.forward_features(
+            pixel_values, head_mask, output_attentions, output_hidden_states, interpolate_pos_encoding,
             training=training,
         )
         logits = self.classifier(base.pooler_output) if self.classifier is not None else base.pooler_output
@@ -507,37 +494,18 @@ class TFData2VecVisionForSemanticSegmentation(TFData2VecVisionPreTrainedModel):
         return loss
 
     @unpack_inputs
-    def call(
-        self,
-        pixel_values=None,
-        head_mask=None,
-        labels=None,
-        output_attentions=None,
-        output_hidden_states=None,
-        interpolate_pos_encoding=False,
-        return_dict=None,
-        training=False,
-    ):
+    def call(self, pixel_values=None, head_mask=None, labels=None, output_attentions=None, output_hidden_states=None,
+             interpolate_pos_encoding=False, return_dict=None, training=False):
         return_dict = self._return_dict_default if return_dict is None else return_dict
         output_hidden_states = self._flag(output_hidden_states, "output_hidden_states")
         pixel_values = ops.convert_to_tensor(pixel_values)
         if labels is not None:
             labels = ops.convert_to_tensor(labels)
             check_segmentation_labels(self.config, tensor_info(labels), pixel_values.shape[0])
-        base = self.data2vec_vision(
-            pixel_values,
-            head_mask=head_mask,
-            output_attentions=output_attentions,
-            output_hidden_states=True,
-            interpolate_pos_encoding=interpolate_pos_encoding,
-            return_dict=True,
+        base, features = self.data2vec_vision.forward_features(
+            pixel_values, head_mask, output_attentions, True, interpolate_pos_encoding, self.feature_indices,
             training=training,
         )
-        grid = patch_grid(self.config, pixel_values.shape)
-        features = [
-            ops.reshape(base.hidden_states[i][:, 1:], (-1, grid[0], grid[1], self.config.hidden_size))
-            for i in self.feature_indices
-        ]
         features = [self._fpn(i, f, training) for i, f in enumerate(features)]
         logits = ops.transpose(self.decode_head(features, training=training), (0, 3, 1, 2))
         auxiliary = None

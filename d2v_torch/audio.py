@@ -16,6 +16,7 @@ from torch import nn
 from d2v_common import audio as A
 from d2v_common.configs import Data2VecAudioConfig
 from d2v_common.outputs import (
+    EncoderRecord,
     CausalLMOutput,
     SequenceClassifierOutput,
     TokenClassifierOutput,
@@ -202,10 +203,9 @@ class Data2VecAudioEncoder(nn.Module):
             bias = padding_bias(frame_mask, x.dtype)
         x = x + self.pos_conv_embed(x)
         x = self.dropout(self.layer_norm(x))
-        hidden_states, attentions, ffn_states = [], [], []
+        record = EncoderRecord(output_hidden_states, output_attentions, output_ffn_states)
         for layer in self.layers:
-            if output_hidden_states:
-                hidden_states.append(x)
+            record.layer_input(x)
             weights = ffn = None
             if not (self.training and self.layerdrop > 0 and float(torch.rand([])) < self.layerdrop):
                 if self.gradient_checkpointing and self.training:
@@ -214,18 +214,9 @@ class Data2VecAudioEncoder(nn.Module):
                     )
                 else:
                     x, weights, ffn = layer(x, bias, output_attentions)
-            if output_attentions:
-                attentions.append(weights)  # None for a layer that layerdrop skipped, as in HF
-            if output_ffn_states:
-                ffn_states.append(ffn)
-        if output_hidden_states:
-            hidden_states.append(x)
-        return (
-            x,
-            tuple(hidden_states) if output_hidden_states else None,
-            tuple(attentions) if output_attentions else None,
-            tuple(ffn_states) if output_ffn_states else None,
-        )
+            record.layer_output(weights, ffn=ffn)  # None for a layer that layerdrop skipped, as in HF
+        record.finish(x)
+        return x, record.hidden_states, record.attentions, record.ffn_states
 
 
 # ------------------------------------------------------------------------------- adapter
@@ -387,16 +378,10 @@ class Data2VecAudioModel(Data2VecAudioPreTrainedModel):
             x = x.masked_fill(mask[:, None, :], 0.0)
         return x
 
-    def forward(
-        self,
-        input_values: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        mask_time_indices: torch.Tensor | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        output_ffn_states: bool = False,
-    ):
+    def forward(self, input_values: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                mask_time_indices: torch.Tensor | None = None, output_attentions: bool | None = None,
+                output_hidden_states: bool | None = None, return_dict: bool | None = None,
+                output_ffn_states: bool = False):
         """``output_ffn_states`` (d2v only, for data2vec pretraining): the returned object also
         carries ``ffn_states``, each layer's feed-forward output before its residual."""
         output_attentions = self._flag(output_attentions, "output_attentions")
@@ -448,15 +433,9 @@ class Data2VecAudioForCTC(Data2VecAudioPreTrainedModel):
         # an all-padding row has no frames (the formula goes negative there)
         return A.feature_lengths(self.config, samples).to(torch.long).clamp(min=0)
 
-    def forward(
-        self,
-        input_values: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        labels: torch.Tensor | None = None,
-    ):
+    def forward(self, input_values: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                output_attentions: bool | None = None, output_hidden_states: bool | None = None,
+                return_dict: bool | None = None, labels: torch.Tensor | None = None):
         return_dict = self._return_dict_default if return_dict is None else return_dict
         if labels is not None:
             blank = A.ctc_blank(self.config)
@@ -537,15 +516,9 @@ class Data2VecAudioForSequenceClassification(_Data2VecAudioClassifierBase):
         self.classifier = Linear(config.classifier_proj_size, config.num_labels)
         self.post_init()
 
-    def forward(
-        self,
-        input_values: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        labels: torch.Tensor | None = None,
-    ):
+    def forward(self, input_values: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                output_attentions: bool | None = None, output_hidden_states: bool | None = None,
+                return_dict: bool | None = None, labels: torch.Tensor | None = None):
         return_dict = self._return_dict_default if return_dict is None else return_dict
         x, base = self._encode(input_values, attention_mask, output_attentions, output_hidden_states)
         x = self.projector(x)
@@ -576,15 +549,9 @@ class Data2VecAudioForAudioFrameClassification(_Data2VecAudioClassifierBase):
         self.num_labels = config.num_labels
         self.post_init()
 
-    def forward(
-        self,
-        input_values: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-    ):
+    def forward(self, input_values: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None, output_attentions: bool | None = None,
+                output_hidden_states: bool | None = None, return_dict: bool | None = None):
         return_dict = self._return_dict_default if return_dict is None else return_dict
         x, base = self._encode(input_values, attention_mask, output_attentions, output_hidden_states)
         logits = self.classifier(x)
@@ -610,15 +577,9 @@ class Data2VecAudioForXVector(_Data2VecAudioClassifierBase):
         self.objective = AMSoftmaxLoss(config.xvector_output_dim, config.num_labels)
         self.post_init()
 
-    def forward(
-        self,
-        input_values: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        labels: torch.Tensor | None = None,
-    ):
+    def forward(self, input_values: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                output_attentions: bool | None = None, output_hidden_states: bool | None = None,
+                return_dict: bool | None = None, labels: torch.Tensor | None = None):
         return_dict = self._return_dict_default if return_dict is None else return_dict
         frames = A.check_input_values(self.config, tuple(input_values.shape), str(input_values.dtype))
         samples = None if attention_mask is None else _numpy(attention_mask.long().sum(-1))

@@ -176,6 +176,35 @@ class Activation(nn.Module):
         return self.name
 
 
+# ------------------------------------------------------------------- transformer sub-blocks
+# The feed-forward and projection pieces every family's encoder layer is made of; the family
+# classes (``Data2VecTextIntermediate`` ...) keep HF's names and only pick the sizes.
+
+
+class DenseActivation(nn.Module):
+    """Linear -> activation (a feed-forward block's first half)."""
+
+    def __init__(self, in_features: int, out_features: int, activation: str):
+        super().__init__()
+        self.dense = Linear(in_features, out_features)
+        self.act = Activation(activation)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.dense(x))
+
+
+class DenseDropout(nn.Module):
+    """Linear -> dropout (a projection back to the hidden size, residual added by the caller)."""
+
+    def __init__(self, in_features: int, out_features: int, dropout: float):
+        super().__init__()
+        self.dense = Linear(in_features, out_features)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.dense(x))
+
+
 # ----------------------------------------------------------------------------- attention
 
 

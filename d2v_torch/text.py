@@ -21,6 +21,7 @@ from d2v_common import text as common
 from d2v_common.configs import Data2VecTextConfig
 from d2v_common.losses import check_classification_labels
 from d2v_common.outputs import (
+    EncoderRecord,
     BaseModelOutputWithPoolingAndCrossAttentions,
     CausalLMOutputWithCrossAttentions,
     MaskedLMOutput,
@@ -33,6 +34,7 @@ from d2v_common.outputs import (
 from d2v_common.pretrained import build_nested
 from d2v_common.spec import weight_spec
 from d2v_torch.base import Data2VecPreTrainedModel, _torch_seed
+from d2v_torch.layers import DenseActivation, DenseDropout
 from d2v_torch.layers import (
     Activation,
     Linear,
@@ -222,14 +224,9 @@ class Data2VecTextAttention(nn.Module):
 # ---------------------------------------------------------------------------------- layers
 
 
-class Data2VecTextIntermediate(nn.Module):
+class Data2VecTextIntermediate(DenseActivation):
     def __init__(self, config: Data2VecTextConfig):
-        super().__init__()
-        self.dense = Linear(config.hidden_size, config.intermediate_size)
-        self.act = Activation(config.hidden_act)
-
-    def forward(self, x):
-        return self.act(self.dense(x))
+        super().__init__(config.hidden_size, config.intermediate_size, config.hidden_act)
 
 
 class Data2VecTextOutput(Data2VecTextSelfOutput):
@@ -280,10 +277,9 @@ class Data2VecTextEncoder(nn.Module):
         head_masks = expand_head_mask(head_mask, len(self.layer), x.dtype)
         checkpointing = self.gradient_checkpointing and self.training
         use_cache = use_cache and not checkpointing  # recomputation and caching do not mix
-        hidden_states, attentions, cross_attentions, presents, ffn_states = [], [], [], [], []
+        record = EncoderRecord(output_hidden_states, output_attentions, output_ffn_states, use_cache)
         for i, layer in enumerate(self.layer):
-            if output_hidden_states:
-                hidden_states.append(x)
+            record.layer_input(x)
             args = (x, bias, head_masks[i], encoder_states, encoder_bias, past[i] if past else None, output_attentions)
             if checkpointing:
                 x, weights, cross_weights, present, ffn = torch.utils.checkpoint.checkpoint(
@@ -291,24 +287,9 @@ class Data2VecTextEncoder(nn.Module):
                 )
             else:
                 x, weights, cross_weights, present, ffn = layer(*args)
-            if output_ffn_states:
-                ffn_states.append(ffn)
-            if use_cache:
-                presents.append(present)
-            if output_attentions:
-                attentions.append(weights)
-                if cross_weights is not None:
-                    cross_attentions.append(cross_weights)
-        if output_hidden_states:
-            hidden_states.append(x)
-        return (
-            x,
-            tuple(presents) if use_cache else None,
-            tuple(hidden_states) if output_hidden_states else None,
-            tuple(attentions) if output_attentions else None,
-            tuple(cross_attentions) if cross_attentions else None,
-            tuple(ffn_states) if output_ffn_states else None,
-        )
+            record.layer_output(weights, cross_weights, ffn, present)
+        record.finish(x)
+        return x, record.presents, record.hidden_states, record.attentions, record.cross_attentions, record.ffn_states
 
 
 class Data2VecTextPooler(nn.Module):
@@ -453,24 +434,14 @@ class Data2VecTextModel(Data2VecTextPreTrainedModel):
     def _make_spec(self):
         return weight_spec(self.config, self.architecture, add_pooling_layer=self.add_pooling_layer)
 
-    def forward(
-        self,
-        input_ids: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        token_type_ids: torch.Tensor | None = None,
-        position_ids: torch.Tensor | None = None,
-        head_mask: torch.Tensor | None = None,
-        inputs_embeds: torch.Tensor | None = None,
-        encoder_hidden_states: torch.Tensor | None = None,
-        encoder_attention_mask: torch.Tensor | None = None,
-        past_key_values=None,
-        use_cache: bool | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        cache_position: torch.Tensor | None = None,  # accepted for HF compatibility; the cache tracks itself
-        output_ffn_states: bool = False,
-    ):
+    def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
+                head_mask: torch.Tensor | None = None, inputs_embeds: torch.Tensor | None = None,
+                encoder_hidden_states: torch.Tensor | None = None, encoder_attention_mask: torch.Tensor | None = None,
+                past_key_values=None, use_cache: bool | None = None, output_attentions: bool | None = None,
+                output_hidden_states: bool | None = None, return_dict: bool | None = None,
+                cache_position: torch.Tensor | None = None, # accepted for HF compatibility; the cache tracks itself,
+                output_ffn_states: bool = False):
         """``output_ffn_states`` (d2v only, for data2vec pretraining): the returned object also
         carries ``ffn_states``, each layer's feed-forward output before its residual."""
         config = self.config
@@ -525,22 +496,10 @@ class Data2VecTextModel(Data2VecTextPreTrainedModel):
         return out
 
 
-    def forward_features(
-        self,
-        input_ids=None,
-        attention_mask=None,
-        token_type_ids=None,
-        position_ids=None,
-        head_mask=None,
-        inputs_embeds=None,
-        output_attentions=None,
-        output_hidden_states=None,
-        *,
-        encoder_hidden_states=None,
-        encoder_attention_mask=None,
-        past_key_values=None,
-        use_cache=False,
-    ) -> BaseModelOutputWithPoolingAndCrossAttentions:
+    def forward_features(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                         head_mask=None, inputs_embeds=None, output_attentions=None, output_hidden_states=None, *,
+                         encoder_hidden_states=None, encoder_attention_mask=None, past_key_values=None,
+                         use_cache=False) -> BaseModelOutputWithPoolingAndCrossAttentions:
         """The encoder call every head makes (the backbone half of a task model).
 
         Args:
@@ -570,7 +529,14 @@ class Data2VecTextModel(Data2VecTextPreTrainedModel):
 
 
 class _LMHeadModel(Data2VecTextPreTrainedModel):
-    """What the two language-model heads share: the tied decoder and vocabulary resizing."""
+    """What the two language-model heads share: the encoder and LM head, the tied decoder and
+    vocabulary resizing."""
+
+    def __init__(self, config: Data2VecTextConfig):
+        super().__init__(config)
+        self.data2vec_text = build_nested(Data2VecTextModel, config, add_pooling_layer=False)
+        self.lm_head = Data2VecTextLMHead(config)
+        self.tie_weights()
 
     def tie_weights(self) -> None:
         if self.config.tie_word_embeddings:
@@ -605,12 +571,9 @@ class Data2VecTextForCausalLM(_LMHeadModel):
     """Decoder + LM head; labels are the input ids (shifted inside the loss)."""
 
     def __init__(self, config: Data2VecTextConfig):
-        super().__init__(config)
         if not config.is_decoder:
             warnings.warn("Data2VecTextForCausalLM attends both ways unless config.is_decoder=True", stacklevel=2)
-        self.data2vec_text = build_nested(Data2VecTextModel, config, add_pooling_layer=False)
-        self.lm_head = Data2VecTextLMHead(config)
-        self.tie_weights()
+        super().__init__(config)
         self.post_init()
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
@@ -639,9 +602,6 @@ class Data2VecTextForMaskedLM(_LMHeadModel):
 
     def __init__(self, config: Data2VecTextConfig):
         super().__init__(config)
-        self.data2vec_text = build_nested(Data2VecTextModel, config, add_pooling_layer=False)
-        self.lm_head = Data2VecTextLMHead(config)
-        self.tie_weights()
         self.post_init()
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
@@ -678,19 +638,8 @@ class _PerPositionHeadModel(Data2VecTextPreTrainedModel):
     def _head_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def forward(
-        self,
-        input_ids=None,
-        attention_mask=None,
-        token_type_ids=None,
-        position_ids=None,
-        head_mask=None,
-        inputs_embeds=None,
-        labels=None,
-        output_attentions=None,
-        output_hidden_states=None,
-        return_dict=None,
-    ):
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
+                inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None, return_dict=None):
         return_dict = self._return_dict_default if return_dict is None else return_dict
         base = self.data2vec_text.forward_features(
             input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
@@ -731,19 +680,9 @@ class Data2VecTextForMultipleChoice(Data2VecTextPreTrainedModel):
         self.classifier = Linear(config.hidden_size, 1)
         self.post_init()
 
-    def forward(
-        self,
-        input_ids=None,
-        token_type_ids=None,
-        attention_mask=None,
-        labels=None,
-        position_ids=None,
-        head_mask=None,
-        inputs_embeds=None,
-        output_attentions=None,
-        output_hidden_states=None,
-        return_dict=None,
-    ):
+    def forward(self, input_ids=None, token_type_ids=None, attention_mask=None, labels=None, position_ids=None,
+                head_mask=None, inputs_embeds=None, output_attentions=None, output_hidden_states=None,
+                return_dict=None):
         return_dict = self._return_dict_default if return_dict is None else return_dict
         batch, choices, length = common.multiple_choice_shapes(_shape(input_ids), _shape(inputs_embeds))
 
@@ -801,20 +740,9 @@ class Data2VecTextForQuestionAnswering(_PerPositionHeadModel):
         self.qa_outputs = Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
-    def forward(
-        self,
-        input_ids=None,
-        attention_mask=None,
-        token_type_ids=None,
-        position_ids=None,
-        head_mask=None,
-        inputs_embeds=None,
-        start_positions=None,
-        end_positions=None,
-        output_attentions=None,
-        output_hidden_states=None,
-        return_dict=None,
-    ):
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
+                inputs_embeds=None, start_positions=None, end_positions=None, output_attentions=None,
+                output_hidden_states=None, return_dict=None):
         return_dict = self._return_dict_default if return_dict is None else return_dict
         common.check_question_answering(self.config)
         base = self.data2vec_text.forward_features(

@@ -13,6 +13,7 @@ from torch import nn
 from d2v_common.configs import Data2VecVisionConfig
 from d2v_common.spec import weight_spec
 from d2v_common.outputs import (
+    EncoderRecord,
     Data2VecVisionModelOutputWithPooling,
     ImageClassifierOutput,
     SemanticSegmenterOutput,
@@ -29,6 +30,7 @@ from d2v_common.vision import (
 )
 from d2v_common.pretrained import build_nested
 from d2v_torch.base import Data2VecPreTrainedModel
+from d2v_torch.layers import DenseActivation, DenseDropout
 from d2v_torch.layers import (
     Activation,
     Linear,
@@ -145,14 +147,9 @@ class Data2VecVisionSelfAttention(nn.Module):
         return attention(q, k, v, bias, head_mask, self.dropout, self.training, output_attentions)
 
 
-class Data2VecVisionSelfOutput(nn.Module):
+class Data2VecVisionSelfOutput(DenseDropout):
     def __init__(self, config: Data2VecVisionConfig):
-        super().__init__()
-        self.dense = Linear(config.hidden_size, config.hidden_size)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
-
-    def forward(self, x):
-        return self.dropout(self.dense(x))
+        super().__init__(config.hidden_size, config.hidden_size, config.hidden_dropout_prob)
 
 
 class Data2VecVisionAttention(nn.Module):
@@ -169,24 +166,14 @@ class Data2VecVisionAttention(nn.Module):
 # ---------------------------------------------------------------------------------- layers
 
 
-class Data2VecVisionIntermediate(nn.Module):
+class Data2VecVisionIntermediate(DenseActivation):
     def __init__(self, config: Data2VecVisionConfig):
-        super().__init__()
-        self.dense = Linear(config.hidden_size, config.intermediate_size)
-        self.act = Activation(config.hidden_act)
-
-    def forward(self, x):
-        return self.act(self.dense(x))
+        super().__init__(config.hidden_size, config.intermediate_size, config.hidden_act)
 
 
-class Data2VecVisionOutput(nn.Module):
+class Data2VecVisionOutput(DenseDropout):
     def __init__(self, config: Data2VecVisionConfig):
-        super().__init__()
-        self.dense = Linear(config.intermediate_size, config.hidden_size)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
-
-    def forward(self, x):
-        return self.dropout(self.dense(x))
+        super().__init__(config.intermediate_size, config.hidden_size, config.hidden_dropout_prob)
 
 
 class Data2VecVisionLayer(nn.Module):
@@ -232,25 +219,18 @@ class Data2VecVisionEncoder(nn.Module):
     def forward(self, x, grid, head_mask=None, output_attentions=False, output_hidden_states=False):
         shared_bias = self.relative_position_bias(grid) if self.relative_position_bias is not None else None
         head_masks = expand_head_mask(head_mask, len(self.layer), x.dtype)
-        hidden_states, attentions = [], []
+        record = EncoderRecord(output_hidden_states, output_attentions)
         for layer, layer_head_mask in zip(self.layer, head_masks):
-            if output_hidden_states:
-                hidden_states.append(x)
+            record.layer_input(x)
             if self.gradient_checkpointing and self.training:
                 x, weights = torch.utils.checkpoint.checkpoint(
                     layer, x, grid, shared_bias, layer_head_mask, output_attentions, use_reentrant=False
                 )
             else:
                 x, weights = layer(x, grid, shared_bias, layer_head_mask, output_attentions)
-            if output_attentions:
-                attentions.append(weights)
-        if output_hidden_states:
-            hidden_states.append(x)
-        return (
-            x,
-            tuple(hidden_states) if output_hidden_states else None,
-            tuple(attentions) if output_attentions else None,
-        )
+            record.layer_output(weights)
+        record.finish(x)
+        return x, record.hidden_states, record.attentions
 
 
 class Data2VecVisionPooler(nn.Module):
@@ -379,16 +359,10 @@ class Data2VecVisionModel(Data2VecVisionPreTrainedModel):
     def get_input_embeddings(self):
         return self.embeddings.patch_embeddings
 
-    def forward(
-        self,
-        pixel_values: torch.Tensor,
-        bool_masked_pos: torch.Tensor | None = None,
-        head_mask: torch.Tensor | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        interpolate_pos_encoding: bool = False,
-        return_dict: bool | None = None,
-    ):
+    def forward(self, pixel_values: torch.Tensor, bool_masked_pos: torch.Tensor | None = None,
+                head_mask: torch.Tensor | None = None, output_attentions: bool | None = None,
+                output_hidden_states: bool | None = None, interpolate_pos_encoding: bool = False,
+                return_dict: bool | None = None):
         output_attentions = self._flag(output_attentions, "output_attentions")
         output_hidden_states = self._flag(output_hidden_states, "output_hidden_states")
         return_dict = self._return_dict_default if return_dict is None else return_dict
@@ -403,6 +377,32 @@ class Data2VecVisionModel(Data2VecVisionPreTrainedModel):
         out = Data2VecVisionModelOutputWithPooling(x, pooled, hidden_states, attentions)
         return finish(out, return_dict)
 
+    def forward_features(self, pixel_values, head_mask=None, output_attentions=None, output_hidden_states=None,
+                         interpolate_pos_encoding=False, feature_layers=()):
+        """The encoder call every head makes (the backbone half of a task model).
+
+        Args:
+            pixel_values ... interpolate_pos_encoding: as in ``forward``.
+            feature_layers: indices into ``hidden_states`` (0 = embeddings) whose patch tokens
+                come back as feature maps; asking for any keeps every hidden state.
+
+        Returns:
+            ``(outputs, feature_maps)``: the model output as an object, and one
+            ``(batch, hidden_size, rows, cols)`` map per entry of ``feature_layers``.
+        """
+        outputs = self(
+            pixel_values,
+            head_mask=head_mask,
+            output_attentions=output_attentions,
+            output_hidden_states=True if feature_layers else output_hidden_states,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+            return_dict=True,
+        )
+        rows, cols = patch_grid(self.config, pixel_values.shape)
+        batch = pixel_values.shape[0]
+        maps = [outputs.hidden_states[i][:, 1:].transpose(1, 2).reshape(batch, -1, rows, cols) for i in feature_layers]
+        return outputs, maps
+
 
 class Data2VecVisionForImageClassification(Data2VecVisionPreTrainedModel):
     """Encoder + pooled representation + linear classifier."""
@@ -414,24 +414,13 @@ class Data2VecVisionForImageClassification(Data2VecVisionPreTrainedModel):
         self.classifier = Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
         self.post_init()
 
-    def forward(
-        self,
-        pixel_values: torch.Tensor | None = None,
-        head_mask: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        interpolate_pos_encoding: bool = False,
-        return_dict: bool | None = None,
-    ):
+    def forward(self, pixel_values: torch.Tensor | None = None, head_mask: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None, output_attentions: bool | None = None,
+                output_hidden_states: bool | None = None, interpolate_pos_encoding: bool = False,
+                return_dict: bool | None = None):
         return_dict = self._return_dict_default if return_dict is None else return_dict
-        base = self.data2vec_vision(
-            pixel_values,
-            head_mask=head_mask,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            interpolate_pos_encoding=interpolate_pos_encoding,
-            return_dict=True,
+        base, _ = self.data2vec_vision.forward_features(
+            pixel_values, head_mask, output_attentions, output_hidden_states, interpolate_pos_encoding
         )
         logits = self.classifier(base.pooler_output)
         loss = None
@@ -473,33 +462,17 @@ class Data2VecVisionForSemanticSegmentation(Data2VecVisionPreTrainedModel):
             loss = loss + self.config.auxiliary_loss_weight * cross_entropy(up_aux, labels, ignore)
         return loss
 
-    def forward(
-        self,
-        pixel_values: torch.Tensor | None = None,
-        head_mask: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        interpolate_pos_encoding: bool = False,
-        return_dict: bool | None = None,
-    ):
+    def forward(self, pixel_values: torch.Tensor | None = None, head_mask: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None, output_attentions: bool | None = None,
+                output_hidden_states: bool | None = None, interpolate_pos_encoding: bool = False,
+                return_dict: bool | None = None):
         return_dict = self._return_dict_default if return_dict is None else return_dict
         output_hidden_states = self._flag(output_hidden_states, "output_hidden_states")
         if labels is not None:
             check_segmentation_labels(self.config, tensor_info(labels), pixel_values.shape[0])
-        base = self.data2vec_vision(
-            pixel_values,
-            head_mask=head_mask,
-            output_attentions=output_attentions,
-            output_hidden_states=True,
-            interpolate_pos_encoding=interpolate_pos_encoding,
-            return_dict=True,
+        base, features = self.data2vec_vision.forward_features(
+            pixel_values, head_mask, output_attentions, True, interpolate_pos_encoding, self.feature_indices
         )
-        grid = patch_grid(self.config, pixel_values.shape)
-        batch = pixel_values.shape[0]
-        features = [
-            base.hidden_states[i][:, 1:].transpose(1, 2).reshape(batch, -1, *grid) for i in self.feature_indices
-        ]
         ops = [self.fpn1, self.fpn2, self.fpn3, self.fpn4]
         features = [op(f) for op, f in zip(ops, features)]
         logits = self.decode_head(features)
