@@ -15,7 +15,7 @@ import json
 import os
 from typing import Any
 
-from d2v_common.io_utils import atomic_write_bytes
+from d2v_common.io_utils import atomic_write_bytes, read_json_object
 
 CONFIG_NAME = "config.json"
 
@@ -281,14 +281,7 @@ class Data2VecConfigBase:
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike):
-        try:
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path} is not valid JSON: {e}") from None
-        if not isinstance(data, dict):
-            raise ValueError(f"{path} must hold a JSON object, got {type(data).__name__}")
-        return cls.from_dict(data)
+        return cls.from_dict(read_json_object(path))
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, **kwargs: Any):
@@ -313,15 +306,21 @@ class Data2VecConfigBase:
         return f"{type(self).__name__} {self.to_json_string()}"
 
 
-class Data2VecTextConfig(Data2VecConfigBase):
-    model_type = "data2vec-text"
-    FIELDS = {
-        "vocab_size": _Field(30522, "int"),
+# The encoder sizes every family shares, with HF's defaults (a base-size model).
+_ENCODER_SIZE_FIELDS = {
         "hidden_size": _Field(768, "int"),
         "num_hidden_layers": _Field(12, "int"),
         "num_attention_heads": _Field(12, "int"),
         "intermediate_size": _Field(3072, "int"),
         "hidden_act": _Field("gelu", "str"),
+}
+
+
+class Data2VecTextConfig(Data2VecConfigBase):
+    model_type = "data2vec-text"
+    FIELDS = {
+        "vocab_size": _Field(30522, "int"),
+        **_ENCODER_SIZE_FIELDS,
         "hidden_dropout_prob": _Field(0.1, "float"),
         "attention_probs_dropout_prob": _Field(0.1, "float"),
         "max_position_embeddings": _Field(512, "int"),
@@ -372,11 +371,7 @@ class Data2VecAudioConfig(Data2VecConfigBase):
     model_type = "data2vec-audio"
     FIELDS = {
         "vocab_size": _Field(32, "int"),
-        "hidden_size": _Field(768, "int"),
-        "num_hidden_layers": _Field(12, "int"),
-        "num_attention_heads": _Field(12, "int"),
-        "intermediate_size": _Field(3072, "int"),
-        "hidden_act": _Field("gelu", "str"),
+        **_ENCODER_SIZE_FIELDS,
         "hidden_dropout": _Field(0.1, "float"),
         "activation_dropout": _Field(0.1, "float"),
         "attention_dropout": _Field(0.1, "float"),
@@ -493,11 +488,7 @@ class Data2VecAudioConfig(Data2VecConfigBase):
 class Data2VecVisionConfig(Data2VecConfigBase):
     model_type = "data2vec-vision"
     FIELDS = {
-        "hidden_size": _Field(768, "int"),
-        "num_hidden_layers": _Field(12, "int"),
-        "num_attention_heads": _Field(12, "int"),
-        "intermediate_size": _Field(3072, "int"),
-        "hidden_act": _Field("gelu", "str"),
+        **_ENCODER_SIZE_FIELDS,
         "hidden_dropout_prob": _Field(0.0, "float"),
         "attention_probs_dropout_prob": _Field(0.0, "float"),
         "initializer_range": _Field(0.02, "float"),
@@ -615,11 +606,4 @@ def load_config(path: str | os.PathLike) -> Data2VecConfigBase:
     file = os.path.join(path, CONFIG_NAME) if os.path.isdir(path) else path
     if not os.path.isfile(file):
         raise FileNotFoundError(f"no {CONFIG_NAME} at {path}")
-    try:
-        with open(file, encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{file} is not valid JSON: {e}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{file} must hold a JSON object")
-    return config_from_dict(data)
+    return config_from_dict(read_json_object(file))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -135,3 +136,15 @@ def _commit(staged: list[tuple[str, str]]) -> None:
                 os.unlink(backup)
     for directory in {os.path.dirname(os.path.abspath(t)) for _, t in staged}:
         fsync_dir(directory)
+
+
+def read_json_object(path: str | os.PathLike) -> dict:
+    """The JSON object in ``path``; ``ValueError`` naming the file when it is not one."""
+    with open(path, encoding="utf-8") as f:
+        try:
+            data = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{os.fspath(path)} is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{os.fspath(path)} must hold a JSON object, got {type(data).__name__}")
+    return data

@@ -27,18 +27,8 @@ from d2v_common.outputs import (
 from d2v_common.pretrained import build_nested
 from d2v_tf.base import TFData2VecPreTrainedModel, unpack_inputs
 from d2v_tf.layers import (
-    is_eager,
-    tensor_info,
-    Activation,
-    Conv1d,
-    Dropout,
-    Layer,
-    LayerNorm,
-    Linear,
-    attention,
-    cross_entropy,
-    padding_bias,
-    split_heads,
+    is_eager, tensor_info, Activation, Conv1d, Dropout, Layer, LayerNorm, Linear, attention, cross_entropy,
+    padding_bias, split_heads,
 )
 
 
@@ -724,10 +714,6 @@ class TFData2VecAudioForXVector(_TFData2VecAudioClassifierBase):
 
 
 __all__ = [
-    "TFData2VecAudioForAudioFrameClassification",
-    "TFData2VecAudioForCTC",
-    "TFData2VecAudioForSequenceClassification",
-    "TFData2VecAudioForXVector",
-    "TFData2VecAudioModel",
-    "TFData2VecAudioPreTrainedModel",
+    "TFData2VecAudioForAudioFrameClassification", "TFData2VecAudioForCTC", "TFData2VecAudioForSequenceClassification",
+    "TFData2VecAudioForXVector", "TFData2VecAudioModel", "TFData2VecAudioPreTrainedModel",
 ]

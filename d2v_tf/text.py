@@ -39,19 +39,8 @@ from d2v_common.spec import weight_spec
 from d2v_tf.base import TFData2VecPreTrainedModel, name_sublayers, unpack_inputs
 from d2v_tf.layers import DenseActivation, DenseDropout
 from d2v_tf.layers import (
-    is_eager,
-    tensor_info,
-    Activation,
-    Dropout,
-    Embedding,
-    Layer,
-    LayerNorm,
-    Linear,
-    attention,
-    classification_loss,
-    cross_entropy,
-    expand_head_mask,
-    split_heads,
+    is_eager, tensor_info, Activation, Dropout, Embedding, Layer, LayerNorm, Linear, attention, classification_loss,
+    cross_entropy, expand_head_mask, split_heads,
 )
 
 _MIN = float(np.finfo(np.float32).min)
@@ -825,12 +814,7 @@ class TFData2VecTextForQuestionAnswering(_PerPositionHeadModel):
 
 
 __all__ = [
-    "TFData2VecTextForCausalLM",
-    "TFData2VecTextForMaskedLM",
-    "TFData2VecTextForMultipleChoice",
-    "TFData2VecTextForQuestionAnswering",
-    "TFData2VecTextForSequenceClassification",
-    "TFData2VecTextForTokenClassification",
-    "TFData2VecTextModel",
-    "TFData2VecTextPreTrainedModel",
+    "TFData2VecTextForCausalLM", "TFData2VecTextForMaskedLM", "TFData2VecTextForMultipleChoice",
+    "TFData2VecTextForQuestionAnswering", "TFData2VecTextForSequenceClassification",
+    "TFData2VecTextForTokenClassification", "TFData2VecTextModel", "TFData2VecTextPreTrainedModel",
 ]

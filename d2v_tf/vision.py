@@ -32,22 +32,8 @@ from d2v_common.vision import (
 from d2v_tf.base import TFData2VecPreTrainedModel, unpack_inputs
 from d2v_tf.layers import DenseActivation, DenseDropout
 from d2v_tf.layers import (
-    Layer,
-    Activation,
-    BatchNorm,
-    Conv2d,
-    ConvTranspose2d,
-    DropPath,
-    Dropout,
-    LayerNorm,
-    Linear,
-    attention,
-    classification_loss,
-    cross_entropy,
-    expand_head_mask,
-    resize2d,
-    split_heads,
-    tensor_info,
+    Layer, Activation, BatchNorm, Conv2d, ConvTranspose2d, DropPath, Dropout, LayerNorm, Linear, attention,
+    classification_loss, cross_entropy, expand_head_mask, resize2d, split_heads, tensor_info,
 )
 
 # ------------------------------------------------------------------------------ embeddings
@@ -407,13 +393,9 @@ class TFData2VecVisionModel(TFData2VecVisionPreTrainedModel):
         """
         pixel_values = ops.convert_to_tensor(pixel_values)
         outputs = self(
-            pixel_values,
-            head_mask=head_mask,
-            output_attentions=output_attentions,
+            pixel_values, head_mask=head_mask, output_attentions=output_attentions,
             output_hidden_states=True if feature_layers else output_hidden_states,
-            interpolate_pos_encoding=interpolate_pos_encoding,
-            return_dict=True,
-            training=training,
+            interpolate_pos_encoding=interpolate_pos_encoding, return_dict=True, training=training,
         )
         rows, cols = patch_grid(self.config, pixel_values.shape) if feature_layers else (None, None)
         maps = [
@@ -521,8 +503,6 @@ class TFData2VecVisionForSemanticSegmentation(TFData2VecVisionPreTrainedModel):
 
 
 __all__ = [
-    "TFData2VecVisionForImageClassification",
-    "TFData2VecVisionForSemanticSegmentation",
-    "TFData2VecVisionModel",
+    "TFData2VecVisionForImageClassification", "TFData2VecVisionForSemanticSegmentation", "TFData2VecVisionModel",
     "TFData2VecVisionPreTrainedModel",
 ]

@@ -27,13 +27,7 @@ from d2v_common.outputs import (
 from d2v_common.pretrained import build_nested
 from d2v_torch.base import Data2VecPreTrainedModel, _torch_seed
 from d2v_torch.layers import (
-    Activation,
-    Linear,
-    attention,
-    conv1d_time_major,
-    cross_entropy,
-    padding_bias,
-    split_heads,
+    Activation, Linear, attention, conv1d_time_major, cross_entropy, padding_bias, split_heads,
 )
 
 # ------------------------------------------------------------------------- feature encoder
@@ -607,10 +601,6 @@ class Data2VecAudioForXVector(_Data2VecAudioClassifierBase):
 
 
 __all__ = [
-    "Data2VecAudioForAudioFrameClassification",
-    "Data2VecAudioForCTC",
-    "Data2VecAudioForSequenceClassification",
-    "Data2VecAudioForXVector",
-    "Data2VecAudioModel",
-    "Data2VecAudioPreTrainedModel",
+    "Data2VecAudioForAudioFrameClassification", "Data2VecAudioForCTC", "Data2VecAudioForSequenceClassification",
+    "Data2VecAudioForXVector", "Data2VecAudioModel", "Data2VecAudioPreTrainedModel",
 ]

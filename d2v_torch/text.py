@@ -36,14 +36,7 @@ from d2v_common.spec import weight_spec
 from d2v_torch.base import Data2VecPreTrainedModel, _torch_seed
 from d2v_torch.layers import DenseActivation, DenseDropout
 from d2v_torch.layers import (
-    Activation,
-    Linear,
-    attention,
-    classification_loss,
-    cross_entropy,
-    expand_head_mask,
-    split_heads,
-    tensor_info,
+    Activation, Linear, attention, classification_loss, cross_entropy, expand_head_mask, split_heads, tensor_info,
 )
 
 # ------------------------------------------------------------------------- inputs, masks
@@ -512,19 +505,10 @@ class Data2VecTextModel(Data2VecTextPreTrainedModel):
             The model output as an object (``return_dict=True``).
         """
         return self(
-            input_ids,
-            attention_mask=attention_mask,
-            token_type_ids=token_type_ids,
-            position_ids=position_ids,
-            head_mask=head_mask,
-            inputs_embeds=inputs_embeds,
-            encoder_hidden_states=encoder_hidden_states,
-            encoder_attention_mask=encoder_attention_mask,
-            past_key_values=past_key_values,
-            use_cache=use_cache,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            return_dict=True,
+            input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, position_ids=position_ids,
+            head_mask=head_mask, inputs_embeds=inputs_embeds, encoder_hidden_states=encoder_hidden_states,
+            encoder_attention_mask=encoder_attention_mask, past_key_values=past_key_values, use_cache=use_cache,
+            output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True,
         )
 
 
@@ -552,9 +536,11 @@ class _LMHeadModel(Data2VecTextPreTrainedModel):
         head.bias = nn.Parameter(torch.zeros(n, device=device, dtype=dtype))
         self.tie_weights()
 
-    def _check_lm_labels(self, labels, logits) -> None:
+    def _lm_loss(self, logits, labels):
+        """Checks the labels (one vocabulary id per position), then the head's own loss."""
         common.check_same_shape("labels", _shape(labels), logits.shape[:2])
         common.check_label_ids("labels", tensor_info(labels), self.config.vocab_size)
+        return self._token_loss(logits, labels)
 
     def _lm_outputs(self, input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
                     encoder_hidden_states, encoder_attention_mask, past_key_values, use_cache, output_attentions,
@@ -576,6 +562,10 @@ class Data2VecTextForCausalLM(_LMHeadModel):
         super().__init__(config)
         self.post_init()
 
+    @staticmethod
+    def _token_loss(logits, labels):
+        return causal_lm_loss(logits, labels)
+
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
                 inputs_embeds=None, encoder_hidden_states=None, encoder_attention_mask=None, labels=None,
                 past_key_values=None, use_cache=None, output_attentions=None, output_hidden_states=None,
@@ -587,10 +577,7 @@ class Data2VecTextForCausalLM(_LMHeadModel):
             input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds, encoder_hidden_states,
             encoder_attention_mask, past_key_values, use_cache, output_attentions, output_hidden_states,
         )
-        loss = None
-        if labels is not None:
-            self._check_lm_labels(labels, logits)
-            loss = causal_lm_loss(logits, labels)
+        loss = None if labels is None else self._lm_loss(logits, labels)
         out = CausalLMOutputWithCrossAttentions(
             loss, logits, base.past_key_values, base.hidden_states, base.attentions, base.cross_attentions
         )
@@ -604,6 +591,10 @@ class Data2VecTextForMaskedLM(_LMHeadModel):
         super().__init__(config)
         self.post_init()
 
+    @staticmethod
+    def _token_loss(logits, labels):
+        return cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
+
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
                 inputs_embeds=None, encoder_hidden_states=None, encoder_attention_mask=None, labels=None,
                 output_attentions=None, output_hidden_states=None, return_dict=None):
@@ -612,10 +603,7 @@ class Data2VecTextForMaskedLM(_LMHeadModel):
             input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds, encoder_hidden_states,
             encoder_attention_mask, None, False, output_attentions, output_hidden_states,
         )
-        loss = None
-        if labels is not None:
-            self._check_lm_labels(labels, logits)
-            loss = cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
+        loss = None if labels is None else self._lm_loss(logits, labels)
         out = MaskedLMOutput(loss, logits, base.hidden_states, base.attentions)
         return finish(out, return_dict)
 
@@ -761,12 +749,7 @@ class Data2VecTextForQuestionAnswering(_PerPositionHeadModel):
 
 
 __all__ = [
-    "Data2VecTextForCausalLM",
-    "Data2VecTextForMaskedLM",
-    "Data2VecTextForMultipleChoice",
-    "Data2VecTextForQuestionAnswering",
-    "Data2VecTextForSequenceClassification",
-    "Data2VecTextForTokenClassification",
-    "Data2VecTextModel",
-    "Data2VecTextPreTrainedModel",
+    "Data2VecTextForCausalLM", "Data2VecTextForMaskedLM", "Data2VecTextForMultipleChoice",
+    "Data2VecTextForQuestionAnswering", "Data2VecTextForSequenceClassification", "Data2VecTextForTokenClassification",
+    "Data2VecTextModel", "Data2VecTextPreTrainedModel",
 ]

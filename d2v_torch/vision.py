@@ -32,14 +32,7 @@ from d2v_common.pretrained import build_nested
 from d2v_torch.base import Data2VecPreTrainedModel
 from d2v_torch.layers import DenseActivation, DenseDropout
 from d2v_torch.layers import (
-    Activation,
-    Linear,
-    DropPath,
-    attention,
-    classification_loss,
-    cross_entropy,
-    expand_head_mask,
-    split_heads,
+    Activation, Linear, DropPath, attention, classification_loss, cross_entropy, expand_head_mask, split_heads,
     tensor_info,
 )
 
@@ -391,12 +384,9 @@ class Data2VecVisionModel(Data2VecVisionPreTrainedModel):
             ``(batch, hidden_size, rows, cols)`` map per entry of ``feature_layers``.
         """
         outputs = self(
-            pixel_values,
-            head_mask=head_mask,
-            output_attentions=output_attentions,
+            pixel_values, head_mask=head_mask, output_attentions=output_attentions,
             output_hidden_states=True if feature_layers else output_hidden_states,
-            interpolate_pos_encoding=interpolate_pos_encoding,
-            return_dict=True,
+            interpolate_pos_encoding=interpolate_pos_encoding, return_dict=True,
         )
         rows, cols = patch_grid(self.config, pixel_values.shape)
         batch = pixel_values.shape[0]
@@ -485,8 +475,6 @@ class Data2VecVisionForSemanticSegmentation(Data2VecVisionPreTrainedModel):
 
 
 __all__ = [
-    "Data2VecVisionForImageClassification",
-    "Data2VecVisionForSemanticSegmentation",
-    "Data2VecVisionModel",
+    "Data2VecVisionForImageClassification", "Data2VecVisionForSemanticSegmentation", "Data2VecVisionModel",
     "Data2VecVisionPreTrainedModel",
 ]

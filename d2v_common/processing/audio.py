@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from d2v_common.processing.base import (
+    SavesPreprocessorConfig,
     BatchFeature,
     as_numpy,
     check_return_tensors,
@@ -22,7 +23,6 @@ from d2v_common.processing.base import (
     is_number,
     read_json,
     stack_or_list,
-    write_json,
 )
 
 CONFIG_NAME = "preprocessor_config.json"
@@ -55,7 +55,7 @@ def _check_length(name: str, value: Any) -> None:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
-class AudioFeatureExtractor:
+class AudioFeatureExtractor(SavesPreprocessorConfig):
     """Raw mono waveforms -> ``input_values`` (+ ``attention_mask``), as HF's Wav2Vec2FeatureExtractor."""
 
     model_input_names = ("input_values", "attention_mask")
@@ -109,15 +109,6 @@ class AudioFeatureExtractor:
             "do_normalize": self.do_normalize,
             "padding_side": self.padding_side,
         }
-
-    def save_pretrained(self, save_directory: str | os.PathLike) -> str:
-        os.makedirs(save_directory, exist_ok=True)
-        path = os.path.join(os.fspath(save_directory), CONFIG_NAME)
-        write_json(path, self.to_dict())
-        return path
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.to_dict()})"
 
     # ------------------------------------------------------------------ inputs
     @staticmethod

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from d2v_common.io_utils import atomic_write_bytes
+from d2v_common.io_utils import atomic_write_bytes, read_json_object
 
 RETURN_TENSORS = (None, "np", "pt", "tf")
 
@@ -97,17 +97,32 @@ def config_file(path: str | os.PathLike, name: str) -> str:
     return file
 
 
-def read_json(file: str) -> dict:
-    with open(file, encoding="utf-8") as f:
-        try:
-            data = json.load(f)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{file!r} is not valid JSON: {err}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{file!r} must hold a JSON object, got {type(data).__name__}")
-    return data
+read_json = read_json_object
 
 
 def write_json(file: str, data: dict) -> None:
     text = json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
     atomic_write_bytes(file, text.encode("utf-8"))
+
+
+class SavesPreprocessorConfig:
+    """``save_pretrained`` and ``repr`` of a preprocessor: its ``to_dict()`` in ``CONFIG_NAME``."""
+
+    CONFIG_NAME = "preprocessor_config.json"
+
+    def to_dict(self) -> dict:
+        raise NotImplementedError
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> str:
+        """Write ``preprocessor_config.json`` into ``save_directory`` (created if missing).
+
+        Returns:
+            The path written.
+        """
+        os.makedirs(save_directory, exist_ok=True)
+        path = os.path.join(os.fspath(save_directory), self.CONFIG_NAME)
+        write_json(path, self.to_dict())
+        return path
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.to_dict()})"

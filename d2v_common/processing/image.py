@@ -19,6 +19,7 @@ import numpy as np
 
 from d2v_common.interpolation import bilinear_matrix
 from d2v_common.processing.base import (
+    SavesPreprocessorConfig,
     BatchFeature,
     as_numpy,
     check_return_tensors,
@@ -26,7 +27,6 @@ from d2v_common.processing.base import (
     optional_import,
     read_json,
     stack_or_list,
-    write_json,
 )
 
 CONFIG_NAME = "preprocessor_config.json"
@@ -189,7 +189,7 @@ def reduce_labels(label: np.ndarray) -> np.ndarray:
     return label
 
 
-class ImageProcessor:
+class ImageProcessor(SavesPreprocessorConfig):
     """Images (and segmentation maps) -> ``pixel_values`` (and ``labels``), as HF's BeitImageProcessor."""
 
     model_input_names = ("pixel_values",)
@@ -259,15 +259,6 @@ class ImageProcessor:
             "image_std": self.image_std[0] if len(self.image_std) == 1 else list(self.image_std),
             "do_reduce_labels": self.do_reduce_labels,
         }
-
-    def save_pretrained(self, save_directory: str | os.PathLike) -> str:
-        os.makedirs(save_directory, exist_ok=True)
-        path = os.path.join(os.fspath(save_directory), CONFIG_NAME)
-        write_json(path, self.to_dict())
-        return path
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.to_dict()})"
 
     # ------------------------------------------------------------------ preprocessing
     def _geometry(self, image: np.ndarray, o: dict) -> np.ndarray:
