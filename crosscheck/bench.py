@@ -227,7 +227,7 @@ def build_rows(workload: Workload, size: str, keys: list[str], seed: int = 0) ->
     def d2v_torch_rows(group):
         import d2v_torch
 
-        model = getattr(d2v_torch, workload.architecture)(config)
+        model = d2v_torch.model_class(workload.architecture)(config)
         model.load_arrays(arrays)
         return _torch_rows(workload, model.eval(), inputs, "torch", group)
 
@@ -275,7 +275,7 @@ def _keras_model(workload: Workload, config, arrays: dict, policy: str | None = 
     if policy:
         keras.config.set_dtype_policy(policy)
     try:
-        model = getattr(d2v_tf, "TF" + workload.architecture)(config)
+        model = d2v_tf.model_class(workload.architecture)(config)
     finally:
         keras.config.set_dtype_policy(previous)
     model.load_arrays(arrays)

@@ -23,7 +23,7 @@ from d2v_common.spec import weight_spec
 def _torch_model(case: Case, arrays):
     import d2v_torch
 
-    model = getattr(d2v_torch, case.architecture)(case.config)
+    model = d2v_torch.model_class(case.architecture)(case.config)
     model.load_arrays(arrays)
     return model.eval()
 
@@ -31,7 +31,7 @@ def _torch_model(case: Case, arrays):
 def _tf_model(case: Case, arrays):
     import d2v_tf
 
-    model = getattr(d2v_tf, "TF" + case.architecture)(case.config)
+    model = d2v_tf.model_class(case.architecture)(case.config)
     model.load_arrays(arrays)
     return model
 
@@ -142,8 +142,8 @@ def round_trips(case: Case, arrays: dict, torch_model=None, tf_model=None) -> di
     import d2v_tf
     import d2v_torch
 
-    pt_cls = getattr(d2v_torch, case.architecture)
-    tf_cls = getattr(d2v_tf, "TF" + case.architecture)
+    pt_cls = d2v_torch.model_class(case.architecture)
+    tf_cls = d2v_tf.model_class(case.architecture)
     torch_model = torch_model or _torch_model(case, arrays)
     expected = torch_model.state_arrays()
     out = {}

@@ -66,7 +66,7 @@ def one_step(case: Case, optimizer: str, seed: int = 0, lr: float | None = None,
     arrays = weight_spec(config, case.architecture).random_arrays(seed)
     inputs = case.make_inputs(np.random.default_rng(seed + 1))
 
-    pt = getattr(d2v_torch, case.architecture)(config)
+    pt = d2v_torch.model_class(case.architecture)(config)
     pt.load_arrays(arrays)
     pt.train()
     opt = torch_optimizer(optimizer, [p for p in pt.parameters() if p.requires_grad], lr, weight_decay)
@@ -75,7 +75,7 @@ def one_step(case: Case, optimizer: str, seed: int = 0, lr: float | None = None,
     loss_pt.backward()
     opt.step()
 
-    tfm = getattr(d2v_tf, "TF" + case.architecture)(config)
+    tfm = d2v_tf.model_class(case.architecture)(config)
     tfm.load_arrays(arrays)
     kopt = keras_optimizer(optimizer, lr, weight_decay)
     with tf.GradientTape() as tape:

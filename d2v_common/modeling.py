@@ -80,6 +80,13 @@ def architecture_of(cls: type) -> str:
     return name
 
 
+def model_class_for(registry: dict[str, type], architecture: str) -> type:
+    """``registry[architecture]``, or a ``ValueError`` listing the architectures there are."""
+    if architecture not in registry:
+        raise ValueError(f"unknown architecture {architecture!r}; use one of {', '.join(sorted(registry))}")
+    return registry[architecture]
+
+
 # ------------------------------------------------------------------------------ inputs
 def check_head_mask(shape: tuple, num_layers: int) -> None:
     """HF's head mask is (num_heads,) or (num_layers, num_heads)."""

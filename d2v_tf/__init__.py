@@ -10,6 +10,7 @@ if keras.backend.backend() != "tensorflow":
     raise ImportError(f"d2v_tf needs Keras 3 with the TensorFlow backend; KERAS_BACKEND is {keras.backend.backend()!r}")
 
 from d2v_common.configs import Data2VecAudioConfig, Data2VecTextConfig, Data2VecVisionConfig  # noqa: E402
+from d2v_common.modeling import model_class_for  # noqa: E402
 from d2v_tf.audio import (  # noqa: E402
     TFData2VecAudioForAudioFrameClassification,
     TFData2VecAudioForCTC,
@@ -41,7 +42,38 @@ from d2v_tf.vision import (  # noqa: E402
     TFData2VecVisionPreTrainedModel,
 )
 
+# Every model class by the HF architecture it implements (its ``architecture`` attribute):
+# how tools find the Keras class for a ``config.json`` or a crosscheck case.
+MODEL_CLASSES = {
+    cls.architecture: cls
+    for cls in (
+        TFData2VecAudioForAudioFrameClassification, TFData2VecAudioForCTC, TFData2VecAudioForSequenceClassification,
+        TFData2VecAudioForXVector, TFData2VecAudioModel, TFData2VecTextForCausalLM, TFData2VecTextForMaskedLM,
+        TFData2VecTextForMultipleChoice, TFData2VecTextForQuestionAnswering,
+        TFData2VecTextForSequenceClassification, TFData2VecTextForTokenClassification, TFData2VecTextModel,
+        TFData2VecVisionForImageClassification, TFData2VecVisionForSemanticSegmentation, TFData2VecVisionModel,
+    )
+}
+
+
+def model_class(architecture: str):
+    """The Keras class implementing an HF architecture name.
+
+    Args:
+        architecture: an HF PyTorch class name, e.g. ``"Data2VecVisionModel"``.
+
+    Returns:
+        The d2v model class.
+
+    Raises:
+        ValueError: the name is not a Data2Vec architecture.
+    """
+    return model_class_for(MODEL_CLASSES, architecture)
+
+
 __all__ = [
+    "MODEL_CLASSES",
+    "model_class",
     "Data2VecAudioConfig",
     "Data2VecTextConfig",
     "Data2VecVisionConfig",

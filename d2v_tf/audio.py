@@ -400,6 +400,8 @@ def _check_inputs(config, input_values, attention_mask):
 
 
 class TFData2VecAudioModel(TFData2VecAudioPreTrainedModel):
+    architecture = "Data2VecAudioModel"
+
     def __init__(self, config: Data2VecAudioConfig, **kwargs):
         super().__init__(config, **kwargs)
         self.feature_extractor = TFData2VecAudioFeatureEncoder(config)
@@ -495,6 +497,8 @@ def _graph_assert(condition, message: str):
 
 
 class TFData2VecAudioForCTC(TFData2VecAudioPreTrainedModel):
+    architecture = "Data2VecAudioForCTC"
+
     def __init__(self, config: Data2VecAudioConfig, **kwargs):
         super().__init__(config, **kwargs)
         self.data2vec_audio = build_nested(TFData2VecAudioModel, config)
@@ -605,6 +609,8 @@ class _TFData2VecAudioClassifierBase(TFData2VecAudioPreTrainedModel):
 
 
 class TFData2VecAudioForSequenceClassification(_TFData2VecAudioClassifierBase):
+    architecture = "Data2VecAudioForSequenceClassification"
+
     def __init__(self, config: Data2VecAudioConfig, **kwargs):
         super().__init__(config, **kwargs)
         self._init_base(config)
@@ -642,6 +648,8 @@ class TFData2VecAudioForAudioFrameClassification(_TFData2VecAudioClassifierBase)
     """Per-frame classifier; labels are (batch, frames, num_labels) scores and the loss is the
     cross-entropy against each frame's first argmax. The loss is kept with return_dict=False."""
 
+    architecture = "Data2VecAudioForAudioFrameClassification"
+
     def __init__(self, config: Data2VecAudioConfig, **kwargs):
         super().__init__(config, **kwargs)
         self._init_base(config)
@@ -669,6 +677,8 @@ class TFData2VecAudioForAudioFrameClassification(_TFData2VecAudioClassifierBase)
 
 
 class TFData2VecAudioForXVector(_TFData2VecAudioClassifierBase):
+    architecture = "Data2VecAudioForXVector"
+
     def __init__(self, config: Data2VecAudioConfig, **kwargs):
         super().__init__(config, **kwargs)
         self._init_base(config)

@@ -13,7 +13,9 @@ import numpy as np
 from d2v_common import layouts
 from d2v_common.checkpoint import formats_from_flags
 from d2v_common.configs import CONFIG_CLASSES, Data2VecConfigBase
-from d2v_common.modeling import check_config_class, check_names_match_spec, check_no_missing, snake_case
+from d2v_common.modeling import (
+    architecture_of, check_config_class, check_names_match_spec, check_no_missing, snake_case,
+)
 from d2v_common.outputs import finish
 from d2v_common.pretrained import (
     building_nested,
@@ -22,14 +24,7 @@ from d2v_common.pretrained import (
     skip_initialisation,
     weights_come_later,
 )
-from d2v_common.spec import ARCHITECTURES, WeightSpec, weight_spec
-
-
-def _architecture_of(cls: type) -> str:
-    for klass in cls.__mro__:
-        if klass.__name__.startswith("TF") and klass.__name__[2:] in ARCHITECTURES:
-            return klass.__name__[2:]
-    raise TypeError(f"{cls.__name__} is not a Data2Vec architecture")
+from d2v_common.spec import WeightSpec, weight_spec
 
 
 def _public_attributes(layer: keras.layers.Layer):
@@ -101,6 +96,9 @@ class TFData2VecPreTrainedModel(keras.Model):
     their layers under the PyTorch module names, and call ``post_init()`` last."""
 
     config_class: type[Data2VecConfigBase] = Data2VecConfigBase
+    # The HF class name a concrete model implements (its weight spec and config.json name);
+    # every model class sets it, abstract bases leave it empty.
+    architecture: str = ""
     base_model_prefix = ""
     main_input_name = ""
 
@@ -114,11 +112,7 @@ class TFData2VecPreTrainedModel(keras.Model):
         kwargs.setdefault("name", snake_case(type(self).__name__))
         super().__init__(**kwargs)
         self.config = config
-        self.spec: WeightSpec = weight_spec(config, _architecture_of(type(self)))
-
-    @property
-    def architecture(self) -> str:
-        return _architecture_of(type(self))
+        self.spec: WeightSpec = weight_spec(config, architecture_of(type(self)))
 
     # ----------------------------------------------------------------- weights <-> spec
     def _keras_variables(self) -> dict[str, keras.Variable]:

@@ -469,6 +469,8 @@ class TFData2VecTextPreTrainedModel(TFData2VecPreTrainedModel):
 
 
 class TFData2VecTextModel(TFData2VecTextPreTrainedModel):
+    architecture = "Data2VecTextModel"
+
     def __init__(self, config: Data2VecTextConfig, add_pooling_layer: bool = True, **kwargs):
         super().__init__(config, **kwargs)
         self.add_pooling_layer = add_pooling_layer
@@ -601,6 +603,8 @@ class _TFLMHeadModel(TFData2VecTextPreTrainedModel):
 
 
 class TFData2VecTextForCausalLM(_TFLMHeadModel):
+    architecture = "Data2VecTextForCausalLM"
+
     def __init__(self, config: Data2VecTextConfig, **kwargs):
         if not config.is_decoder:
             warnings.warn("TFData2VecTextForCausalLM attends both ways unless config.is_decoder=True", stacklevel=2)
@@ -633,6 +637,8 @@ class TFData2VecTextForCausalLM(_TFLMHeadModel):
 
 
 class TFData2VecTextForMaskedLM(_TFLMHeadModel):
+    architecture = "Data2VecTextForMaskedLM"
+
     def __init__(self, config: Data2VecTextConfig, **kwargs):
         super().__init__(config, **kwargs)
         self.post_init()
@@ -686,6 +692,8 @@ class _PerPositionHeadModel(TFData2VecTextPreTrainedModel):
 
 
 class TFData2VecTextForSequenceClassification(_PerPositionHeadModel):
+    architecture = "Data2VecTextForSequenceClassification"
+
     output_class = SequenceClassifierOutput
 
     def __init__(self, config: Data2VecTextConfig, **kwargs):
@@ -707,6 +715,8 @@ class TFData2VecTextForSequenceClassification(_PerPositionHeadModel):
 
 
 class TFData2VecTextForMultipleChoice(TFData2VecTextPreTrainedModel):
+    architecture = "Data2VecTextForMultipleChoice"
+
     def __init__(self, config: Data2VecTextConfig, **kwargs):
         super().__init__(config, **kwargs)
         self.data2vec_text = build_nested(TFData2VecTextModel, config, add_pooling_layer=True)
@@ -750,6 +760,8 @@ class TFData2VecTextForMultipleChoice(TFData2VecTextPreTrainedModel):
 
 
 class TFData2VecTextForTokenClassification(_PerPositionHeadModel):
+    architecture = "Data2VecTextForTokenClassification"
+
     output_class = TokenClassifierOutput
 
     def __init__(self, config: Data2VecTextConfig, **kwargs):
@@ -769,6 +781,8 @@ class TFData2VecTextForTokenClassification(_PerPositionHeadModel):
 
 
 class TFData2VecTextForQuestionAnswering(_PerPositionHeadModel):
+    architecture = "Data2VecTextForQuestionAnswering"
+
     def __init__(self, config: Data2VecTextConfig, **kwargs):
         super().__init__(config, **kwargs)
         self.qa_outputs = Linear(config.hidden_size, config.num_labels)

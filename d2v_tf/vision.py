@@ -341,6 +341,8 @@ def _to_nhwc(config, pixel_values, interpolate_pos_encoding):
 
 
 class TFData2VecVisionModel(TFData2VecVisionPreTrainedModel):
+    architecture = "Data2VecVisionModel"
+
     def __init__(self, config: Data2VecVisionConfig, add_pooling_layer: bool = False, **kwargs):
         super().__init__(config, **kwargs)
         self.add_pooling_layer = add_pooling_layer
@@ -406,6 +408,8 @@ class TFData2VecVisionModel(TFData2VecVisionPreTrainedModel):
 
 
 class TFData2VecVisionForImageClassification(TFData2VecVisionPreTrainedModel):
+    architecture = "Data2VecVisionForImageClassification"
+
     def __init__(self, config: Data2VecVisionConfig, **kwargs):
         super().__init__(config, **kwargs)
         self.num_labels = config.num_labels
@@ -432,6 +436,8 @@ class TFData2VecVisionForImageClassification(TFData2VecVisionPreTrainedModel):
 
 
 class TFData2VecVisionForSemanticSegmentation(TFData2VecVisionPreTrainedModel):
+    architecture = "Data2VecVisionForSemanticSegmentation"
+
     def __init__(self, config: Data2VecVisionConfig, **kwargs):
         super().__init__(config, **kwargs)
         self.feature_indices = config.segmentation_feature_indices()

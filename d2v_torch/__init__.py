@@ -1,6 +1,7 @@
 """Data2Vec in PyTorch, with HF's class names, arguments and outputs."""
 
 from d2v_common.configs import Data2VecAudioConfig, Data2VecTextConfig, Data2VecVisionConfig
+from d2v_common.modeling import model_class_for
 from d2v_torch.audio import (
     Data2VecAudioForAudioFrameClassification,
     Data2VecAudioForCTC,
@@ -32,7 +33,38 @@ from d2v_torch.vision import (
     Data2VecVisionPreTrainedModel,
 )
 
+# Every model class by the HF architecture it implements (its ``architecture`` attribute):
+# how tools find the PyTorch class for a ``config.json`` or a crosscheck case.
+MODEL_CLASSES = {
+    cls.architecture: cls
+    for cls in (
+        Data2VecAudioForAudioFrameClassification, Data2VecAudioForCTC, Data2VecAudioForSequenceClassification,
+        Data2VecAudioForXVector, Data2VecAudioModel, Data2VecTextForCausalLM, Data2VecTextForMaskedLM,
+        Data2VecTextForMultipleChoice, Data2VecTextForQuestionAnswering,
+        Data2VecTextForSequenceClassification, Data2VecTextForTokenClassification, Data2VecTextModel,
+        Data2VecVisionForImageClassification, Data2VecVisionForSemanticSegmentation, Data2VecVisionModel,
+    )
+}
+
+
+def model_class(architecture: str):
+    """The PyTorch class implementing an HF architecture name.
+
+    Args:
+        architecture: an HF PyTorch class name, e.g. ``"Data2VecVisionModel"``.
+
+    Returns:
+        The d2v model class.
+
+    Raises:
+        ValueError: the name is not a Data2Vec architecture.
+    """
+    return model_class_for(MODEL_CLASSES, architecture)
+
+
 __all__ = [
+    "MODEL_CLASSES",
+    "model_class",
     "Data2VecAudioConfig",
     "Data2VecAudioForAudioFrameClassification",
     "Data2VecAudioForCTC",

@@ -335,6 +335,8 @@ class Data2VecAudioPreTrainedModel(Data2VecPreTrainedModel):
 class Data2VecAudioModel(Data2VecAudioPreTrainedModel):
     """The bare encoder: ``last_hidden_state`` (after the adapter, if any) and ``extract_features``."""
 
+    architecture = "Data2VecAudioModel"
+
     def __init__(self, config: Data2VecAudioConfig):
         super().__init__(config)
         self.feature_extractor = Data2VecAudioFeatureEncoder(config)
@@ -402,6 +404,8 @@ class Data2VecAudioModel(Data2VecAudioPreTrainedModel):
 
 class Data2VecAudioForCTC(Data2VecAudioPreTrainedModel):
     """Encoder (+ adapter) -> dropout -> per-frame vocabulary logits; CTC loss with blank = pad_token_id."""
+
+    architecture = "Data2VecAudioForCTC"
 
     def __init__(self, config: Data2VecAudioConfig):
         super().__init__(config)
@@ -503,6 +507,8 @@ class _Data2VecAudioClassifierBase(Data2VecAudioPreTrainedModel):
 class Data2VecAudioForSequenceClassification(_Data2VecAudioClassifierBase):
     """Projector -> mean over unpadded frames -> classifier; cross-entropy loss."""
 
+    architecture = "Data2VecAudioForSequenceClassification"
+
     def __init__(self, config: Data2VecAudioConfig):
         super().__init__(config)
         self._init_base(config)
@@ -536,6 +542,8 @@ class Data2VecAudioForAudioFrameClassification(_Data2VecAudioClassifierBase):
     """Per-frame classifier. Labels are (batch, frames, num_labels) scores; the loss is the
     cross-entropy against each frame's argmax. Unlike HF, the loss is kept with return_dict=False."""
 
+    architecture = "Data2VecAudioForAudioFrameClassification"
+
     def __init__(self, config: Data2VecAudioConfig):
         super().__init__(config)
         self._init_base(config)
@@ -560,6 +568,8 @@ class Data2VecAudioForAudioFrameClassification(_Data2VecAudioClassifierBase):
 
 class Data2VecAudioForXVector(_Data2VecAudioClassifierBase):
     """Projector -> TDNN stack -> mean/std pooling -> embedding -> classifier; AM-Softmax loss."""
+
+    architecture = "Data2VecAudioForXVector"
 
     def __init__(self, config: Data2VecAudioConfig):
         super().__init__(config)

@@ -11,17 +11,9 @@ from torch import nn
 
 from d2v_common.checkpoint import formats_from_flags
 from d2v_common.configs import Data2VecConfigBase
-from d2v_common.modeling import check_config_class, check_names_match_spec, check_no_missing
+from d2v_common.modeling import architecture_of, check_config_class, check_names_match_spec, check_no_missing
 from d2v_common.pretrained import building_nested, load_arrays_for, save_arrays_for
-from d2v_common.spec import ARCHITECTURES, WeightSpec, weight_spec
-
-
-def _architecture_of(cls: type) -> str:
-    """The HF class name this class implements (the nearest d2v class in its MRO)."""
-    for klass in cls.__mro__:
-        if klass.__name__ in ARCHITECTURES:
-            return klass.__name__
-    raise TypeError(f"{cls.__name__} is not a Data2Vec architecture")
+from d2v_common.spec import WeightSpec, weight_spec
 
 
 def _torch_seed() -> int:
@@ -35,6 +27,9 @@ class Data2VecPreTrainedModel(nn.Module):
     ``post_init()`` last."""
 
     config_class: type[Data2VecConfigBase] = Data2VecConfigBase
+    # The HF class name a concrete model implements (its weight spec and config.json name);
+    # every model class sets it, abstract bases leave it empty.
+    architecture: str = ""
     base_model_prefix = ""
     main_input_name = ""
     supports_gradient_checkpointing = True
@@ -43,11 +38,7 @@ class Data2VecPreTrainedModel(nn.Module):
         check_config_class(type(self).__name__, config, self.config_class)
         super().__init__()
         self.config = config
-        self.spec: WeightSpec = weight_spec(config, _architecture_of(type(self)))
-
-    @property
-    def architecture(self) -> str:
-        return _architecture_of(type(self))
+        self.spec: WeightSpec = weight_spec(config, architecture_of(type(self)))
 
     # ----------------------------------------------------------------- weights <-> spec
     def post_init(self) -> None:

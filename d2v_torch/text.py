@@ -415,6 +415,8 @@ class Data2VecTextPreTrainedModel(Data2VecPreTrainedModel):
 class Data2VecTextModel(Data2VecTextPreTrainedModel):
     """The bare encoder (or decoder, with ``config.is_decoder``): hidden states, pooled first token."""
 
+    architecture = "Data2VecTextModel"
+
     def __init__(self, config: Data2VecTextConfig, add_pooling_layer: bool = True):
         super().__init__(config)
         self.add_pooling_layer = add_pooling_layer
@@ -556,6 +558,8 @@ class _LMHeadModel(Data2VecTextPreTrainedModel):
 class Data2VecTextForCausalLM(_LMHeadModel):
     """Decoder + LM head; labels are the input ids (shifted inside the loss)."""
 
+    architecture = "Data2VecTextForCausalLM"
+
     def __init__(self, config: Data2VecTextConfig):
         if not config.is_decoder:
             warnings.warn("Data2VecTextForCausalLM attends both ways unless config.is_decoder=True", stacklevel=2)
@@ -586,6 +590,8 @@ class Data2VecTextForCausalLM(_LMHeadModel):
 
 class Data2VecTextForMaskedLM(_LMHeadModel):
     """Bidirectional encoder + LM head; labels -100 mark unmasked positions."""
+
+    architecture = "Data2VecTextForMaskedLM"
 
     def __init__(self, config: Data2VecTextConfig):
         super().__init__(config)
@@ -641,6 +647,8 @@ class _PerPositionHeadModel(Data2VecTextPreTrainedModel):
 class Data2VecTextForSequenceClassification(_PerPositionHeadModel):
     """Classification / regression from the first token (``problem_type`` picks the loss)."""
 
+    architecture = "Data2VecTextForSequenceClassification"
+
     output_class = SequenceClassifierOutput
 
     def __init__(self, config: Data2VecTextConfig):
@@ -660,6 +668,8 @@ class Data2VecTextForSequenceClassification(_PerPositionHeadModel):
 
 class Data2VecTextForMultipleChoice(Data2VecTextPreTrainedModel):
     """Each (question, choice) pair is encoded on its own; the pooled output scores it."""
+
+    architecture = "Data2VecTextForMultipleChoice"
 
     def __init__(self, config: Data2VecTextConfig):
         super().__init__(config)
@@ -703,6 +713,8 @@ class Data2VecTextForMultipleChoice(Data2VecTextPreTrainedModel):
 class Data2VecTextForTokenClassification(_PerPositionHeadModel):
     """A label per token (-100: not scored)."""
 
+    architecture = "Data2VecTextForTokenClassification"
+
     output_class = TokenClassifierOutput
 
     def __init__(self, config: Data2VecTextConfig):
@@ -722,6 +734,8 @@ class Data2VecTextForTokenClassification(_PerPositionHeadModel):
 
 class Data2VecTextForQuestionAnswering(_PerPositionHeadModel):
     """Start and end logits per token for extractive question answering."""
+
+    architecture = "Data2VecTextForQuestionAnswering"
 
     def __init__(self, config: Data2VecTextConfig):
         super().__init__(config)

@@ -337,6 +337,8 @@ class Data2VecVisionPreTrainedModel(Data2VecPreTrainedModel):
 class Data2VecVisionModel(Data2VecVisionPreTrainedModel):
     """The bare encoder: ``last_hidden_state`` (and ``pooler_output`` with a pooling layer)."""
 
+    architecture = "Data2VecVisionModel"
+
     def __init__(self, config: Data2VecVisionConfig, add_pooling_layer: bool = False):
         super().__init__(config)
         if add_pooling_layer:
@@ -397,6 +399,8 @@ class Data2VecVisionModel(Data2VecVisionPreTrainedModel):
 class Data2VecVisionForImageClassification(Data2VecVisionPreTrainedModel):
     """Encoder + pooled representation + linear classifier."""
 
+    architecture = "Data2VecVisionForImageClassification"
+
     def __init__(self, config: Data2VecVisionConfig):
         super().__init__(config)
         self.num_labels = config.num_labels
@@ -423,6 +427,8 @@ class Data2VecVisionForImageClassification(Data2VecVisionPreTrainedModel):
 
 class Data2VecVisionForSemanticSegmentation(Data2VecVisionPreTrainedModel):
     """Encoder features at ``out_indices`` -> FPN -> UperNet (+ optional FCN auxiliary head)."""
+
+    architecture = "Data2VecVisionForSemanticSegmentation"
 
     def __init__(self, config: Data2VecVisionConfig):
         super().__init__(config)

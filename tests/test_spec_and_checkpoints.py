@@ -373,3 +373,22 @@ def test_format_of_file_knows_shards():
     assert checkpoint.format_of_file("pytorch_model.bin.index.json").name == "pt-bin"
     assert checkpoint.format_of_file("tf_model.h5").name == "tf-h5"
     assert checkpoint.format_of_file("config.json") is None
+
+
+def test_model_classes_name_their_architecture():
+    import d2v_tf
+    import d2v_torch
+
+    assert set(d2v_torch.MODEL_CLASSES) == set(ARCHITECTURES) == set(d2v_tf.MODEL_CLASSES)
+    for arch in ARCHITECTURES:
+        assert d2v_torch.model_class(arch).__name__ == arch == d2v_torch.model_class(arch).architecture
+        assert d2v_tf.model_class(arch).__name__ == "TF" + arch
+    with pytest.raises(ValueError, match="unknown architecture 'Data2VecFoo'"):
+        d2v_tf.model_class("Data2VecFoo")
+
+    class MyVisionModel(d2v_torch.Data2VecVisionModel):  # a user subclass keeps its parent's weights
+        pass
+
+    assert MyVisionModel(_cfg()).spec.architecture == "Data2VecVisionModel"
+    with pytest.raises(TypeError, match="is not a Data2Vec architecture"):
+        d2v_torch.Data2VecVisionPreTrainedModel(_cfg())
