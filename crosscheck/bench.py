@@ -334,7 +334,8 @@ def time_rows(runs: dict, repeats: int, warmup: int, failed: dict) -> dict[str, 
     return rows
 
 
-def summarize(workload: Workload, rows: dict[str, Row], skipped: dict) -> dict:
+def summarize(workload: Workload, rows: dict[str, Row], skipped: dict, gflop: float | None = None,
+              peak: dict | None = None) -> dict:
     """Per-row statistics, ratios to HF and output errors (JSON-ready)."""
     reference = rows["torch-fp32"].output if "torch-fp32" in rows else None
     scale = float(np.abs(reference).max()) if reference is not None else None
@@ -353,6 +354,10 @@ def summarize(workload: Workload, rows: dict[str, Row], skipped: dict) -> dict:
             "first_call_s": row.first_call_s,
             "times_ms": [x * 1e3 for x in row.times],
         }
+        fraction = _peak_fraction(key, med, gflop, peak) if t else None
+        if fraction is not None:
+            entry["gflops"] = gflop / med
+            entry["peak_fraction"] = fraction
         if reference is not None and row.output.shape == reference.shape:
             diff = float(np.abs(row.output.astype(np.float64) - reference).max())
             entry["max_abs_err"] = diff
@@ -366,6 +371,8 @@ def summarize(workload: Workload, rows: dict[str, Row], skipped: dict) -> dict:
     keras = [k for k in KERAS_ROWS if k in out]
     summary = {"workload": workload.name, "architecture": workload.architecture, "batch": workload.batch,
                "rows": out, "skipped": skipped}
+    if gflop:
+        summary["gflop"] = gflop
     if keras:
         best = min(keras, key=lambda k: out[k]["median_ms"])
         summary["keras_best"] = best
@@ -375,13 +382,71 @@ def summarize(workload: Workload, rows: dict[str, Row], skipped: dict) -> dict:
     return summary
 
 
-def run_workload(workload: Workload, size: str, keys: list[str], repeats: int, warmup: int, seed: int = 0) -> dict:
+def run_workload(workload: Workload, size: str, keys: list[str], repeats: int, warmup: int, seed: int = 0,
+                 peak: dict | None = None) -> dict:
+    """Time every row of ``workload``; with ``peak`` (from ``measure_gemm_peak``) each row also
+    says what fraction of the machine's GEMM peak its FLOPs ran at."""
+    gflop = workload_gflop(workload, size, seed) if peak else None
     runs, skipped = build_rows(workload, size, keys, seed)
     rows = time_rows(runs, repeats, warmup, skipped)
-    result = summarize(workload, rows, skipped)
+    result = summarize(workload, rows, skipped, gflop=gflop, peak=peak)
     del runs, rows
     gc.collect()
     return result
+
+
+# ------------------------------------------------------------------------ machine peak
+
+PEAK_SIZES = {"base": 2048, "tiny": 256}
+
+
+def measure_gemm_peak(n: int = 2048, repeats: int = 5) -> dict:
+    """The machine's float32 and bfloat16 GEMM rates: ``torch.matmul`` of two n x n matrices,
+    the best of ``repeats`` calls after one untimed call (GFLOP/s = 2 n^3 / seconds).
+
+    Returns:
+        ``{"n": n, "fp32_gflops": ..., "bf16_gflops": ...}``.
+    """
+    import torch
+
+    out = {"n": n}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a = torch.randn(n, n, dtype=torch.float32).to(dtype)
+        b = torch.randn(n, n, dtype=torch.float32).to(dtype)
+        torch.matmul(a, b)
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            torch.matmul(a, b)
+            best = min(best, time.perf_counter() - start)
+        out[f"{name}_gflops"] = 2 * n**3 / best / 1e9
+    return out
+
+
+def workload_gflop(workload: Workload, size: str, seed: int = 0) -> float | None:
+    """FLOPs of one d2v torch float32 call (matmuls, convolutions, attention), in GFLOP."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    import d2v_torch
+    from d2v_common.spec import weight_spec
+
+    config = workload.config(size)
+    model = d2v_torch.model_class(workload.architecture)(config).eval()
+    model.load_arrays(weight_spec(config, workload.architecture).random_arrays(seed))
+    inputs = {k: torch.from_numpy(v) for k, v in workload.inputs(config, size, seed + 1).items()}
+    counter = FlopCounterMode(display=False)
+    # output_attentions takes the explicit-matmul attention: the same FLOPs as the fused CPU
+    # kernel, which the counter does not see.
+    with torch.no_grad(), counter:
+        model(**inputs, output_attentions=True)
+    return counter.get_total_flops() / 1e9
+
+
+def _peak_fraction(key: str, median_s: float, gflop: float | None, peak: dict | None) -> float | None:
+    if not gflop or not peak or not median_s > 0:
+        return None
+    return gflop / median_s / peak["bf16_gflops" if "bf16" in key else "fp32_gflops"]
 
 
 # ------------------------------------------------------------------------ from_pretrained
@@ -567,6 +632,11 @@ def _table(head: list[str], lines: list[list[str]]) -> str:
 
 def format_report(report: dict) -> str:
     parts = [f"threads={report['threads']}  repeats={report['repeats']}  warmup={report['warmup']}  size={report['size']}"]
+    peak = report.get("gemm_peak")
+    if peak:
+        parts.append(f"GEMM peak of this machine (torch.matmul, {peak['n']}x{peak['n']}): "
+                     f"fp32 {peak['fp32_gflops']:.0f} GFLOP/s, bf16 {peak['bf16_gflops']:.0f} GFLOP/s; "
+                     "'of peak' = the row's model FLOPs per second over the peak of its precision")
     lines = []
     for r in report["workloads"]:
         for key, e in r["rows"].items():
@@ -574,13 +644,14 @@ def format_report(report: dict) -> str:
                 r["workload"], e["label"], f"{e['median_ms']:.0f}", f"{e['min_ms']:.0f}-{e['max_ms']:.0f}",
                 f"{e['samples_per_s']:.2f}", f"{e['vs_hf']:.2f}x" if "vs_hf" in e else "-",
                 f"{e['vs_hf_min']:.2f}x" if "vs_hf_min" in e else "-",
-                f"{e['rel_err']:.1e}" if "rel_err" in e else "-", f"{e['first_call_s']:.1f}",
+                f"{e['rel_err']:.1e}" if "rel_err" in e else "-",
+                f"{e['peak_fraction']:.0%}" if "peak_fraction" in e else "-", f"{e['first_call_s']:.1f}",
             ])
         for key, why in r["skipped"].items():
-            lines.append([r["workload"], ROWS[key][0], "-", "-", "-", "-", "-", "-", f"skipped: {why}"])
+            lines.append([r["workload"], ROWS[key][0], "-", "-", "-", "-", "-", "-", "-", f"skipped: {why}"])
     if lines:
         parts.append(_table(["workload", "row", "median ms", "min-max ms", "samples/s", "vs HF", "vs HF (min)", "err",
-                             "first call s"], lines))
+                             "of peak", "first call s"], lines))
     if report.get("loading"):
         lines = []
         for name, e in report["loading"].items():
@@ -662,6 +733,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON ('-': print JSON only)")
     parser.add_argument("--plot", metavar="FILE.png", help="draw the speed-ups (needs matplotlib)")
+    parser.add_argument("--peak-only", action="store_true", help="measure the machine's GEMM peak and stop")
     parser.add_argument("--load-worker", nargs=2, metavar=("LOADER", "DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -686,12 +758,22 @@ def main(argv=None) -> int:
     import d2v_tf  # noqa: F401 - Keras 3 before transformers' TF classes switch tf.keras to Keras 2
     import d2v_torch  # noqa: F401
 
+    # The machine's GEMM peak first: every row is also read as a fraction of it, so figures from
+    # machines with different peaks can be compared.
+    peak = measure_gemm_peak(PEAK_SIZES[args.size])
+    if args.peak_only:
+        print(json.dumps(peak) if quiet else
+              f"GEMM peak (torch.matmul, {peak['n']}x{peak['n']}, {args.threads} threads): "
+              f"fp32 {peak['fp32_gflops']:.0f} GFLOP/s, bf16 {peak['bf16_gflops']:.0f} GFLOP/s")
+        return 0
     report = {"threads": args.threads, "repeats": repeats, "warmup": args.warmup, "size": args.size,
-              "workloads": [], "loading": {}}
+              "gemm_peak": peak, "workloads": [], "loading": {}}
     for name in names:
         if not quiet:
             print(f"  {name} ...", file=sys.stderr, flush=True)
-        report["workloads"].append(run_workload(WORKLOADS[name], args.size, keys, repeats, args.warmup, args.seed))
+        report["workloads"].append(
+            run_workload(WORKLOADS[name], args.size, keys, repeats, args.warmup, args.seed, peak=peak)
+        )
     if not args.no_load:
         if not quiet:
             print("  from_pretrained ...", file=sys.stderr, flush=True)

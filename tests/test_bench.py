@@ -18,8 +18,15 @@ from d2v_torch import layers
 
 def test_bench_rows_tables_and_plot(tmp_path):
     workload = bench.WORKLOADS["vision-cls-b8x224"]
-    result = bench.run_workload(workload, "tiny", list(bench.ROWS), repeats=1, warmup=1)
+    peak = bench.measure_gemm_peak(bench.PEAK_SIZES["tiny"], repeats=1)
+    assert peak["n"] == 256 and peak["fp32_gflops"] > 0 and peak["bf16_gflops"] > 0
+    result = bench.run_workload(workload, "tiny", list(bench.ROWS), repeats=1, warmup=1, peak=peak)
     rows = result["rows"]
+    assert result["gflop"] > 0
+    for key, row in rows.items():  # model FLOPs over the row's time, over the peak of its precision
+        precision_peak = peak["bf16_gflops" if "bf16" in key else "fp32_gflops"]
+        expected = result["gflop"] / (row["median_ms"] / 1e3) / precision_peak
+        assert row["peak_fraction"] == pytest.approx(expected), key
     assert set(rows) == set(bench.ROWS) and not result["skipped"]
     for key, row in rows.items():
         assert len(row["times_ms"]) == 1 and row["median_ms"] > 0, key
@@ -31,15 +38,28 @@ def test_bench_rows_tables_and_plot(tmp_path):
     text = bench.run_workload(bench.WORKLOADS["text-b8x128"], "tiny", ["torch-fp32", "hf-tf-xla"], 1, 1)
     assert list(text["rows"]) == ["torch-fp32"] and "no TF" in text["skipped"]["hf-tf-xla"]
 
-    report = {"threads": 1, "repeats": 1, "warmup": 1, "size": "tiny", "workloads": [result, text], "loading": {}}
+    report = {"threads": 1, "repeats": 1, "warmup": 1, "size": "tiny", "gemm_peak": peak, "workloads": [result, text],
+              "loading": {}}
     report["targets"] = bench.targets(report["workloads"], report["loading"])
     table = bench.format_report(report)
+    assert f"fp32 {peak['fp32_gflops']:.0f} GFLOP/s" in table and "of peak" in table
     for key in bench.ROWS:
         assert bench.ROWS[key][0] in table
     measured = {t["target"]: t for t in report["targets"]}
     assert measured["d2v keras from_pretrained seconds"]["met"] is None  # not run: not claimed
     bench.plot(report, str(tmp_path / "b.png"))
     assert (tmp_path / "b.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_workload_flops_count_every_matmul():
+    """Text encoder FLOPs: 2 x (linear weights) per token plus 4 x length x hidden per token and
+    layer for the two attention products (the embeddings do no matmul)."""
+    workload = bench.WORKLOADS["text-b8x128"]
+    config = workload.config("tiny")
+    b, n, h, i, layers = workload.batch, workload.tiny_length, config.hidden_size, config.intermediate_size, 2
+    per_layer = 2 * (4 * h * h + 2 * h * i) * b * n + 4 * b * n * n * h
+    pooler = 2 * h * h * b
+    assert bench.workload_gflop(workload, "tiny") * 1e9 == per_layer * layers + pooler
 
 
 def test_bench_cli_rejects_unknown_names():
