@@ -37,20 +37,19 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import numpy as np  # noqa: E402
 
+from crosscheck.cases import tiny  # noqa: E402
+
 # ------------------------------------------------------------------------------ workloads
 
 TEXT_BASE = dict(vocab_size=50265, max_position_embeddings=514, type_vocab_size=1, layer_norm_eps=1e-5, pad_token_id=1)
 # data2vec-vision-base-ft1k / the ADE20k segmentation checkpoints
 VISION_BASE = dict(use_relative_position_bias=True, layer_scale_init_value=0.1, use_mean_pooling=True)
 AUDIO_BASE: dict = {}
+# --size tiny: the crosscheck's tiny configs (image_size comes from the workload)
 TINY = {
-    "text": dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
-                 max_position_embeddings=40, pad_token_id=1),
-    "audio": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37, conv_dim=[16, 16],
-                  conv_stride=[5, 2], conv_kernel=[10, 3], num_conv_pos_embeddings=2, conv_pos_kernel_size=4,
-                  num_conv_pos_embedding_groups=2),
-    "vision": dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=37, patch_size=8,
-                   out_indices=[1, 2, 3, 4], auxiliary_channels=16, pool_scales=[1, 2], use_relative_position_bias=True),
+    "text": dict(tiny.TEXT, pad_token_id=1),
+    "audio": dict(tiny.AUDIO),
+    "vision": {**{k: v for k, v in tiny.VISION.items() if k != "image_size"}, "use_relative_position_bias": True},
 }
 
 

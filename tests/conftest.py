@@ -1,10 +1,29 @@
+import importlib.util
 import os
+
+import pytest
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+# What the suite needs beyond the library: both frameworks and the test extra (the HF oracle and
+# the property tests). Without them every test file would fail on import; stop once instead.
+REQUIRED = ("torch", "tensorflow", "transformers", "tf_keras", "hypothesis")
+INSTALL = 'pip install torch==2.13.0 tensorflow==2.21.0 -e ".[all,test]"'
+
+
+def missing_test_requirements(find_spec=importlib.util.find_spec) -> list[str]:
+    """The modules of ``REQUIRED`` that cannot be imported here."""
+    return [name for name in REQUIRED if find_spec(name) is None]
+
+
+def pytest_configure(config):
+    missing = missing_test_requirements()
+    if missing:
+        raise pytest.UsageError(f"the test suite needs {', '.join(missing)} (the test extra): {INSTALL}")
+
+
 import numpy as np  # noqa: E402
-import pytest  # noqa: E402
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ from d2v_common.spec import weight_spec
 from d2v_torch import layers
 
 
+@pytest.mark.slow
 def test_bench_rows_tables_and_plot(tmp_path):
     workload = bench.WORKLOADS["vision-cls-b8x224"]
     peak = bench.measure_gemm_peak(bench.PEAK_SIZES["tiny"], repeats=1)
@@ -67,6 +68,7 @@ def test_bench_cli_rejects_unknown_names():
         bench.main(["--workloads", "nope", "--no-load"])
 
 
+@pytest.mark.slow
 def test_load_measurement_in_a_fresh_process():
     result = bench.measure_loading("tiny", runs=1, threads=1, loaders=["d2v torch"])
     entry = result["d2v torch"]

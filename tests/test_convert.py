@@ -18,19 +18,15 @@ from d2v_common import checkpoint, convert, layouts
 from d2v_common.configs import Data2VecTextConfig, Data2VecVisionConfig
 from d2v_common.spec import ARCHITECTURES, weight_spec
 from tests.oracle import d2v_config, random_hf_model
+from crosscheck.cases import tiny
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-TEXT = dict(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
-            max_position_embeddings=40, num_labels=3, position_embedding_type="relative_key")
-AUDIO = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37, conv_dim=(16, 16),
-             conv_stride=(5, 2), conv_kernel=(10, 3), num_conv_pos_embeddings=2, conv_pos_kernel_size=4,
-             num_conv_pos_embedding_groups=2, tdnn_dim=(16, 16, 20), tdnn_kernel=(3, 1, 1), tdnn_dilation=(1, 2, 1),
-             xvector_output_dim=12, classifier_proj_size=10, vocab_size=11, num_labels=3)
+TEXT = dict(tiny.TEXT, vocab_size=50, num_labels=3, position_embedding_type="relative_key")
+AUDIO = dict(tiny.AUDIO_HEADS, num_labels=3)
 # Square images and mean pooling: the settings HF's TF vision classes handle correctly.
-VISION = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=37, image_size=32,
-              patch_size=8, out_indices=[1, 2, 3, 4], auxiliary_channels=16, pool_scales=[1, 2], num_labels=3,
-              use_relative_position_bias=True, use_mask_token=True, use_absolute_position_embeddings=True)
+VISION = dict(tiny.VISION, num_labels=3, use_relative_position_bias=True, use_mask_token=True,
+              use_absolute_position_embeddings=True)
 HF_CONFIGS = {"text": (transformers.Data2VecTextConfig, TEXT), "audio": (transformers.Data2VecAudioConfig, AUDIO),
               "vision": (transformers.Data2VecVisionConfig, VISION)}
 
@@ -93,6 +89,7 @@ def hf_outputs(model, inputs):
 
 
 # --------------------------------------------------------------------------- every class
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
 def test_round_trips_bit_exact_and_transformers_loads_them(arch, tmp_path):
     model = random_hf_model(arch, hf_cfg_for(arch), seed=11)

@@ -5,6 +5,8 @@ import pathlib
 
 import pytest
 
+pytestmark = pytest.mark.slow  # whole fine-tuning runs
+
 EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
 
 

@@ -24,17 +24,14 @@ from d2v_common.configs import Data2VecAudioConfig, Data2VecTextConfig, Data2Vec
 from d2v_common.spec import ARCHITECTURES
 from d2v_tf import pretraining as KP
 from d2v_torch import pretraining as TP
+from crosscheck.cases import tiny
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOL = 1e-5
 
-VISION = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37, image_size=32,
-              patch_size=8, use_mask_token=True, out_indices=[1, 2, 2, 3], auxiliary_channels=16, pool_scales=[1, 2])
-TEXT = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
-            max_position_embeddings=64)
-AUDIO = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37, conv_dim=(16, 16),
-             conv_kernel=(10, 3), conv_stride=(5, 2), num_conv_pos_embeddings=2, conv_pos_kernel_size=5,
-             num_conv_pos_embedding_groups=4)
+VISION = dict(tiny.VISION, num_hidden_layers=2, use_mask_token=True, out_indices=[1, 2, 2, 3])
+TEXT = dict(tiny.TEXT, max_position_embeddings=64)
+AUDIO = dict(tiny.AUDIO, conv_pos_kernel_size=5, num_conv_pos_embedding_groups=4)
 # tau 0.5 -> 0.9 over 10 updates: the teacher moves visibly in one step
 EMA = dict(ema_decay=0.5, ema_end_decay=0.9, ema_anneal_end_step=10)
 

@@ -13,9 +13,9 @@ import d2v_torch
 from d2v_common import checkpoint, io_utils
 from d2v_common.configs import Data2VecTextConfig, Data2VecVisionConfig
 from d2v_common.spec import weight_spec
+from crosscheck.cases import tiny
 
-VISION = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37, image_size=16,
-              patch_size=8, out_indices=[1, 2, 3, 3], auxiliary_channels=16, pool_scales=[1, 2], num_labels=3)
+VISION = dict(tiny.VISION, num_hidden_layers=2, image_size=16, out_indices=[1, 2, 3, 3], num_labels=3)
 ARCH = "Data2VecVisionForSemanticSegmentation"
 FRAMEWORKS = {"torch": getattr(d2v_torch, ARCH), "tf": getattr(d2v_tf, "TF" + ARCH)}
 

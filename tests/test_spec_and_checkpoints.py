@@ -14,15 +14,11 @@ from d2v_common.configs import Data2VecAudioConfig, Data2VecTextConfig, Data2Vec
 from d2v_common.loading import match_checkpoint
 from d2v_common.spec import ARCHITECTURES, weight_spec
 from tests.oracle import d2v_config, random_hf_model, state_arrays
+from crosscheck.cases import tiny
 
-TEXT = dict(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
-            max_position_embeddings=40, num_labels=3)
-AUDIO = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37, conv_dim=(16, 16),
-             conv_stride=(5, 2), conv_kernel=(10, 3), num_conv_pos_embeddings=2, conv_pos_kernel_size=4,
-             num_conv_pos_embedding_groups=2, tdnn_dim=(16, 16, 20), tdnn_kernel=(3, 1, 1), tdnn_dilation=(1, 2, 1),
-             xvector_output_dim=12, classifier_proj_size=10, vocab_size=11)
-VISION = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=37, image_size=32,
-              patch_size=8, out_indices=[1, 2, 3, 4], auxiliary_channels=16, pool_scales=[1, 2], num_labels=3)
+TEXT = dict(tiny.TEXT, vocab_size=50, num_labels=3)
+AUDIO = dict(tiny.AUDIO_HEADS)
+VISION = dict(tiny.VISION, num_labels=3)
 
 VARIANTS = {
     "text": [dict(), dict(position_embedding_type="relative_key"),

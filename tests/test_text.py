@@ -18,10 +18,10 @@ from d2v_common.configs import Data2VecTextConfig
 from d2v_common.spec import weight_spec
 from d2v_common.spec.text import ARCHITECTURES
 from tests.oracle import hf_config
+from crosscheck.cases import tiny
 
 TEXT_CASES = all_cases("small", ["text"])
-SMALL = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
-             max_position_embeddings=40, num_labels=3)
+SMALL = dict(tiny.TEXT, num_labels=3)
 HEADS = [a for a in ARCHITECTURES if a != "Data2VecTextModel"]
 
 

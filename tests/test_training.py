@@ -16,6 +16,8 @@ from crosscheck.runner import run_torch, torch_inputs
 from crosscheck.training import deterministic_config, step_parity
 from d2v_common.spec import weight_spec
 
+pytestmark = pytest.mark.slow  # every head trained a step in both frameworks
+
 
 def _one_case_per_head():
     seen, out = set(), []

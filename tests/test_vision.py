@@ -12,6 +12,7 @@ from crosscheck.runner import check_case, run_hf, run_tf, run_torch, max_abs_dif
 from d2v_common.configs import Data2VecVisionConfig
 from d2v_common.spec import weight_spec
 from tests.oracle import hf_config
+from crosscheck.cases import tiny
 
 VISION_CASES = all_cases("small", ["vision"])
 
@@ -26,8 +27,7 @@ def test_case_matches_hf_and_across_frameworks(case):
         assert row.reference_ok
 
 
-SMALL = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=37, image_size=32,
-             patch_size=8, out_indices=[1, 2, 3, 4], auxiliary_channels=16, pool_scales=[1, 2], num_labels=3)
+SMALL = dict(tiny.VISION, num_labels=3)
 CLASSES = ["Data2VecVisionModel", "Data2VecVisionForImageClassification", "Data2VecVisionForSemanticSegmentation"]
 
 

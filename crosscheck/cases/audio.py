@@ -7,15 +7,11 @@ import numpy as np
 from crosscheck.cases.base import Case
 from d2v_common.audio import feature_lengths
 from d2v_common.configs import Data2VecAudioConfig
+from crosscheck.cases import tiny
 
-SMALL = dict(
-    hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37, conv_dim=[16, 16],
-    conv_stride=[5, 2], conv_kernel=[10, 3], num_conv_pos_embeddings=2, conv_pos_kernel_size=4,
-    num_conv_pos_embedding_groups=2, tdnn_dim=[16, 16, 20], tdnn_kernel=[3, 3, 1], tdnn_dilation=[1, 2, 1],
-    xvector_output_dim=12, classifier_proj_size=10, vocab_size=11, num_labels=3,
-    # Keep eval deterministic and the spec free of the mask embedding (one variant keeps it).
-    mask_time_prob=0.0,
-)
+# mask_time_prob=0: eval stays deterministic and the spec free of the mask embedding (one
+# variant keeps it).
+SMALL = dict(tiny.AUDIO_HEADS, tdnn_kernel=[3, 3, 1], num_labels=3, mask_time_prob=0.0)
 BASE = dict(num_labels=4)
 
 # A "sum"-reduced CTC loss adds ~120 per-frame log-probabilities into a value near 140, where one

@@ -7,11 +7,9 @@ import numpy as np
 
 from crosscheck.cases.base import Case
 from d2v_common.configs import Data2VecTextConfig
+from crosscheck.cases import tiny
 
-SMALL = dict(
-    vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
-    max_position_embeddings=40, num_labels=3,
-)
+SMALL = dict(tiny.TEXT, num_labels=3)
 # The released checkpoints' shape (facebook/data2vec-text-base).
 BASE = dict(vocab_size=50265, max_position_embeddings=514, type_vocab_size=1, layer_norm_eps=1e-5, pad_token_id=1)
 # At base size the LM logits are dot products of 768-wide vectors with random tied embeddings

@@ -6,11 +6,9 @@ import numpy as np
 
 from crosscheck.cases.base import SEGMENTATION_LOGITS_TOLERANCE, Case
 from d2v_common.configs import Data2VecVisionConfig
+from crosscheck.cases import tiny
 
-SMALL = dict(
-    hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=37, image_size=32, patch_size=8,
-    out_indices=[1, 2, 3, 4], auxiliary_channels=16, pool_scales=[1, 2], num_labels=3,
-)
+SMALL = dict(tiny.VISION, num_labels=3)
 BASE = dict(num_labels=10, image_size=224)
 
 VARIANTS = {
