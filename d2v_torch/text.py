@@ -435,10 +435,10 @@ class Data2VecTextModel(Data2VecTextPreTrainedModel):
                 encoder_hidden_states: torch.Tensor | None = None, encoder_attention_mask: torch.Tensor | None = None,
                 past_key_values=None, use_cache: bool | None = None, output_attentions: bool | None = None,
                 output_hidden_states: bool | None = None, return_dict: bool | None = None,
-                cache_position: torch.Tensor | None = None, # accepted for HF compatibility; the cache tracks itself,
-                output_ffn_states: bool = False):
+                cache_position: torch.Tensor | None = None, output_ffn_states: bool = False):
         """``output_ffn_states`` (d2v only, for data2vec pretraining): the returned object also
-        carries ``ffn_states``, each layer's feed-forward output before its residual."""
+        carries ``ffn_states``, each layer's feed-forward output before its residual.
+        ``cache_position`` is accepted for HF compatibility; the cache tracks itself."""
         config = self.config
         output_attentions = self._flag(output_attentions, "output_attentions")
         output_hidden_states = self._flag(output_hidden_states, "output_hidden_states")
@@ -450,29 +450,12 @@ class Data2VecTextModel(Data2VecTextPreTrainedModel):
             config, _info(input_ids), _shape(inputs_embeds), _info(token_type_ids), _info(position_ids),
             None if past is None else [[tuple(t.shape) for t in layer] for layer in past],
         )
-
-        dtype = self.embeddings.word_embeddings.weight.dtype
         device = input_ids.device if input_ids is not None else inputs_embeds.device
-        key_length = past_length + length
-        if attention_mask is None:
-            attention_mask = torch.ones((batch, key_length), device=device)
-        common.check_attention_mask_shape(_shape(attention_mask), batch, length, key_length)
-        bias = self_attention_bias(config, attention_mask, length, dtype)
-
-        encoder_bias = None
+        bias = self._self_attention_bias(attention_mask, batch, length, past_length, device)
         if not config.is_decoder:
             encoder_hidden_states = None  # encoders have no cross-attention (HF ignores them too)
-        if encoder_hidden_states is not None:
-            common.check_encoder_hidden_states(config, tuple(encoder_hidden_states.shape))
-            source_length = encoder_hidden_states.shape[1]
-            if past is not None and len(past[0]) == 4:
-                source_length = past[0][2].shape[2]  # cached encoder projections are what is attended
-            if encoder_attention_mask is None:
-                encoder_attention_mask = torch.ones((batch, source_length), device=device)
-            common.check_attention_mask_shape(
-                _shape(encoder_attention_mask), batch, length, source_length, "encoder_attention_mask"
-            )
-            encoder_bias = cross_attention_bias(encoder_attention_mask, dtype)
+        encoder_bias = self._cross_attention_bias(encoder_hidden_states, encoder_attention_mask, past, batch, length,
+                                                  device)
 
         x = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds, past_length)
         x, presents, hidden_states, attentions, cross_attentions, ffn_states = self.encoder(
@@ -490,6 +473,29 @@ class Data2VecTextModel(Data2VecTextPreTrainedModel):
             out.ffn_states = ffn_states  # an attribute, not an HF output field
         return out
 
+    def _self_attention_bias(self, attention_mask, batch: int, length: int, past_length: int, device):
+        """The additive bias of the self-attention (padding, and causal for decoders)."""
+        key_length = past_length + length
+        if attention_mask is None:
+            attention_mask = torch.ones((batch, key_length), device=device)
+        common.check_attention_mask_shape(_shape(attention_mask), batch, length, key_length)
+        return self_attention_bias(self.config, attention_mask, length, self.embeddings.word_embeddings.weight.dtype)
+
+    def _cross_attention_bias(self, encoder_hidden_states, encoder_attention_mask, past, batch: int, length: int,
+                              device):
+        """The additive bias over the encoder's states (None without cross-attention)."""
+        if encoder_hidden_states is None:
+            return None
+        common.check_encoder_hidden_states(self.config, tuple(encoder_hidden_states.shape))
+        source_length = encoder_hidden_states.shape[1]
+        if past is not None and len(past[0]) == 4:
+            source_length = past[0][2].shape[2]  # cached encoder projections are what is attended
+        if encoder_attention_mask is None:
+            encoder_attention_mask = torch.ones((batch, source_length), device=device)
+        common.check_attention_mask_shape(
+            _shape(encoder_attention_mask), batch, length, source_length, "encoder_attention_mask"
+        )
+        return cross_attention_bias(encoder_attention_mask, self.embeddings.word_embeddings.weight.dtype)
 
     def forward_features(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                          head_mask=None, inputs_embeds=None, output_attentions=None, output_hidden_states=None, *,
