@@ -372,6 +372,13 @@ def ctc_loss(logits, labels, input_lengths, blank: int, reduction: str, zero_inf
 
 
 class TFData2VecAudioPreTrainedModel(TFData2VecPreTrainedModel):
+    """Base of the Keras audio classes: config class, input name and audio helpers (not built directly).
+
+    Args:
+        config: a ``Data2VecAudioConfig`` (HF's fields and defaults); it sizes every layer.
+        **kwargs: passed to ``keras.Model`` (``name`` ...).
+    """
+
     config_class = Data2VecAudioConfig
     base_model_prefix = "data2vec_audio"
     main_input_name = "input_values"
@@ -400,6 +407,19 @@ def _check_inputs(config, input_values, attention_mask):
 
 
 class TFData2VecAudioModel(TFData2VecAudioPreTrainedModel):
+    """The bare audio encoder: conv feature encoder, transformer, optional adapter.
+
+    Args:
+        config: a ``Data2VecAudioConfig`` (HF's fields and defaults); it sizes every layer.
+        **kwargs: passed to ``keras.Model`` (``name`` ...).
+
+    Call arguments are HF's, as in the PyTorch class of the same name (without "TF");
+    ``labels`` (or ``x["labels"]`` in ``fit``) adds the loss.
+
+    Returns:
+        A ``Data2VecBaseModelOutput`` (a tuple with ``return_dict=False``).
+    """
+
     architecture = "Data2VecAudioModel"
 
     def __init__(self, config: Data2VecAudioConfig, **kwargs):
@@ -497,6 +517,19 @@ def _graph_assert(condition, message: str):
 
 
 class TFData2VecAudioForCTC(TFData2VecAudioPreTrainedModel):
+    """Audio encoder + dropout + linear LM head, trained with CTC on character labels.
+
+    Args:
+        config: a ``Data2VecAudioConfig`` (HF's fields and defaults); it sizes every layer.
+        **kwargs: passed to ``keras.Model`` (``name`` ...).
+
+    Call arguments are HF's, as in the PyTorch class of the same name (without "TF");
+    ``labels`` (or ``x["labels"]`` in ``fit``) adds the loss.
+
+    Returns:
+        A ``CausalLMOutput`` (a tuple with ``return_dict=False``).
+    """
+
     architecture = "Data2VecAudioForCTC"
 
     def __init__(self, config: Data2VecAudioConfig, **kwargs):
@@ -609,6 +642,19 @@ class _TFData2VecAudioClassifierBase(TFData2VecAudioPreTrainedModel):
 
 
 class TFData2VecAudioForSequenceClassification(_TFData2VecAudioClassifierBase):
+    """Audio encoder + projector + mean pooling over real frames + classifier.
+
+    Args:
+        config: a ``Data2VecAudioConfig`` (HF's fields and defaults); it sizes every layer.
+        **kwargs: passed to ``keras.Model`` (``name`` ...).
+
+    Call arguments are HF's, as in the PyTorch class of the same name (without "TF");
+    ``labels`` (or ``x["labels"]`` in ``fit``) adds the loss.
+
+    Returns:
+        A ``SequenceClassifierOutput`` (a tuple with ``return_dict=False``).
+    """
+
     architecture = "Data2VecAudioForSequenceClassification"
 
     def __init__(self, config: Data2VecAudioConfig, **kwargs):
@@ -677,6 +723,19 @@ class TFData2VecAudioForAudioFrameClassification(_TFData2VecAudioClassifierBase)
 
 
 class TFData2VecAudioForXVector(_TFData2VecAudioClassifierBase):
+    """Audio encoder + TDNN layers + statistics pooling -> speaker embeddings (AM-softmax loss).
+
+    Args:
+        config: a ``Data2VecAudioConfig`` (HF's fields and defaults); it sizes every layer.
+        **kwargs: passed to ``keras.Model`` (``name`` ...).
+
+    Call arguments are HF's, as in the PyTorch class of the same name (without "TF");
+    ``labels`` (or ``x["labels"]`` in ``fit``) adds the loss.
+
+    Returns:
+        A ``XVectorOutput`` (a tuple with ``return_dict=False``).
+    """
+
     architecture = "Data2VecAudioForXVector"
 
     def __init__(self, config: Data2VecAudioConfig, **kwargs):

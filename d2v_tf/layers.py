@@ -34,6 +34,15 @@ class Layer(keras.layers.Layer):
 
 
 class Linear(Layer):
+    """A dense layer: ``kernel`` (in, out) and ``bias`` (out,), computed as one 2-D GEMM plus the
+    bias (the layout rules map PyTorch's (out, in) weight onto it).
+
+    Args:
+        in_features: the input width.
+        out_features: the output width.
+        bias: whether the layer adds a bias.
+    """
+
     def __init__(self, in_features: int, out_features: int, bias: bool = True, **kwargs):
         super().__init__(**kwargs)
         self.kernel = self.add_weight(shape=(in_features, out_features), initializer="zeros", name="kernel")
@@ -69,6 +78,13 @@ def _lookup_with_dense_gradient(table, ids):
 
 
 class Embedding(Layer):
+    """A lookup table of ``num_embeddings`` rows of width ``embedding_dim``.
+
+    Args:
+        num_embeddings: the number of rows (vocabulary size).
+        dim: the width of each row.
+    """
+
     def __init__(self, num_embeddings: int, dim: int, **kwargs):
         super().__init__(**kwargs)
         self.num_embeddings = num_embeddings
@@ -208,6 +224,12 @@ class ConvTranspose2d(Layer):
 
 
 class Dropout(Layer):
+    """Dropout drawn from the layer's own seed generator, active only with ``training=True``.
+
+    Args:
+        rate: the fraction of inputs zeroed in training.
+    """
+
     def __init__(self, rate: float, **kwargs):
         super().__init__(**kwargs)
         self.rate = rate

@@ -415,6 +415,13 @@ def _replace_attribute(owner: keras.layers.Layer, attr: str, value) -> None:
 
 
 class TFData2VecTextPreTrainedModel(TFData2VecPreTrainedModel):
+    """Base of the Keras text classes: config class, input name, embedding resizing (not built directly).
+
+    Args:
+        config: a ``Data2VecTextConfig`` (HF's fields and defaults); it sizes every layer.
+        **kwargs: passed to ``keras.Model`` (``name`` ...).
+    """
+
     config_class = Data2VecTextConfig
     base_model_prefix = "data2vec_text"
     main_input_name = "input_ids"
@@ -469,6 +476,20 @@ class TFData2VecTextPreTrainedModel(TFData2VecPreTrainedModel):
 
 
 class TFData2VecTextModel(TFData2VecTextPreTrainedModel):
+    """The bare text encoder (a decoder with ``config.is_decoder``): hidden states and pooled first token.
+
+    Args:
+        config: a ``Data2VecTextConfig`` (HF's fields and defaults); it sizes every layer.
+        add_pooling_layer: build the pooler (HF's default: True for text, False for vision).
+        **kwargs: passed to ``keras.Model`` (``name`` ...).
+
+    Call arguments are HF's, as in the PyTorch class of the same name (without "TF");
+    ``labels`` (or ``x["labels"]`` in ``fit``) adds the loss.
+
+    Returns:
+        A ``BaseModelOutputWithPoolingAndCrossAttentions`` (a tuple with ``return_dict=False``).
+    """
+
     architecture = "Data2VecTextModel"
 
     def __init__(self, config: Data2VecTextConfig, add_pooling_layer: bool = True, **kwargs):
@@ -603,6 +624,19 @@ class _TFLMHeadModel(TFData2VecTextPreTrainedModel):
 
 
 class TFData2VecTextForCausalLM(_TFLMHeadModel):
+    """Decoder + LM head tied to the word embeddings; labels are the input ids (shifted in the loss).
+
+    Args:
+        config: a ``Data2VecTextConfig`` (HF's fields and defaults); it sizes every layer.
+        **kwargs: passed to ``keras.Model`` (``name`` ...).
+
+    Call arguments are HF's, as in the PyTorch class of the same name (without "TF");
+    ``labels`` (or ``x["labels"]`` in ``fit``) adds the loss.
+
+    Returns:
+        A ``CausalLMOutputWithCrossAttentions`` (a tuple with ``return_dict=False``).
+    """
+
     architecture = "Data2VecTextForCausalLM"
 
     def __init__(self, config: Data2VecTextConfig, **kwargs):
@@ -637,6 +671,19 @@ class TFData2VecTextForCausalLM(_TFLMHeadModel):
 
 
 class TFData2VecTextForMaskedLM(_TFLMHeadModel):
+    """Bidirectional encoder + LM head tied to the word embeddings; labels -100 are not scored.
+
+    Args:
+        config: a ``Data2VecTextConfig`` (HF's fields and defaults); it sizes every layer.
+        **kwargs: passed to ``keras.Model`` (``name`` ...).
+
+    Call arguments are HF's, as in the PyTorch class of the same name (without "TF");
+    ``labels`` (or ``x["labels"]`` in ``fit``) adds the loss.
+
+    Returns:
+        A ``MaskedLMOutput`` (a tuple with ``return_dict=False``).
+    """
+
     architecture = "Data2VecTextForMaskedLM"
 
     def __init__(self, config: Data2VecTextConfig, **kwargs):
@@ -692,6 +739,19 @@ class _PerPositionHeadModel(TFData2VecTextPreTrainedModel):
 
 
 class TFData2VecTextForSequenceClassification(_PerPositionHeadModel):
+    """Classification or regression from the first token (``problem_type`` picks the loss).
+
+    Args:
+        config: a ``Data2VecTextConfig`` (HF's fields and defaults); it sizes every layer.
+        **kwargs: passed to ``keras.Model`` (``name`` ...).
+
+    Call arguments are HF's, as in the PyTorch class of the same name (without "TF");
+    ``labels`` (or ``x["labels"]`` in ``fit``) adds the loss.
+
+    Returns:
+        A ``SequenceClassifierOutput`` (a tuple with ``return_dict=False``).
+    """
+
     architecture = "Data2VecTextForSequenceClassification"
 
     output_class = SequenceClassifierOutput
@@ -715,6 +775,19 @@ class TFData2VecTextForSequenceClassification(_PerPositionHeadModel):
 
 
 class TFData2VecTextForMultipleChoice(TFData2VecTextPreTrainedModel):
+    """Each (question, choice) pair encoded on its own; the pooled output scores it.
+
+    Args:
+        config: a ``Data2VecTextConfig`` (HF's fields and defaults); it sizes every layer.
+        **kwargs: passed to ``keras.Model`` (``name`` ...).
+
+    Call arguments are HF's, as in the PyTorch class of the same name (without "TF");
+    ``labels`` (or ``x["labels"]`` in ``fit``) adds the loss.
+
+    Returns:
+        A ``MultipleChoiceModelOutput`` (a tuple with ``return_dict=False``).
+    """
+
     architecture = "Data2VecTextForMultipleChoice"
 
     def __init__(self, config: Data2VecTextConfig, **kwargs):
@@ -760,6 +833,19 @@ class TFData2VecTextForMultipleChoice(TFData2VecTextPreTrainedModel):
 
 
 class TFData2VecTextForTokenClassification(_PerPositionHeadModel):
+    """A label per token (-100: not scored).
+
+    Args:
+        config: a ``Data2VecTextConfig`` (HF's fields and defaults); it sizes every layer.
+        **kwargs: passed to ``keras.Model`` (``name`` ...).
+
+    Call arguments are HF's, as in the PyTorch class of the same name (without "TF");
+    ``labels`` (or ``x["labels"]`` in ``fit``) adds the loss.
+
+    Returns:
+        A ``TokenClassifierOutput`` (a tuple with ``return_dict=False``).
+    """
+
     architecture = "Data2VecTextForTokenClassification"
 
     output_class = TokenClassifierOutput
@@ -781,6 +867,19 @@ class TFData2VecTextForTokenClassification(_PerPositionHeadModel):
 
 
 class TFData2VecTextForQuestionAnswering(_PerPositionHeadModel):
+    """Start and end logits per token for extractive question answering.
+
+    Args:
+        config: a ``Data2VecTextConfig`` (HF's fields and defaults); it sizes every layer.
+        **kwargs: passed to ``keras.Model`` (``name`` ...).
+
+    Call arguments are HF's, as in the PyTorch class of the same name (without "TF");
+    ``labels`` (or ``x["labels"]`` in ``fit``) adds the loss.
+
+    Returns:
+        A ``QuestionAnsweringModelOutput`` (a tuple with ``return_dict=False``).
+    """
+
     architecture = "Data2VecTextForQuestionAnswering"
 
     def __init__(self, config: Data2VecTextConfig, **kwargs):

@@ -329,6 +329,13 @@ class TFData2VecVisionFCNHead(Layer):
 
 
 class TFData2VecVisionPreTrainedModel(TFData2VecPreTrainedModel):
+    """Base of the Keras vision classes: config class and input name (not built directly).
+
+    Args:
+        config: a ``Data2VecVisionConfig`` (HF's fields and defaults); it sizes every layer.
+        **kwargs: passed to ``keras.Model`` (``name`` ...).
+    """
+
     config_class = Data2VecVisionConfig
     base_model_prefix = "data2vec_vision"
     main_input_name = "pixel_values"
@@ -341,6 +348,20 @@ def _to_nhwc(config, pixel_values, interpolate_pos_encoding):
 
 
 class TFData2VecVisionModel(TFData2VecVisionPreTrainedModel):
+    """The bare vision encoder (BEiT-style): ``last_hidden_state``, and ``pooler_output`` with a pooling layer.
+
+    Args:
+        config: a ``Data2VecVisionConfig`` (HF's fields and defaults); it sizes every layer.
+        add_pooling_layer: build the pooler (HF's default: True for text, False for vision).
+        **kwargs: passed to ``keras.Model`` (``name`` ...).
+
+    Call arguments are HF's, as in the PyTorch class of the same name (without "TF");
+    ``labels`` (or ``x["labels"]`` in ``fit``) adds the loss.
+
+    Returns:
+        A ``Data2VecVisionModelOutputWithPooling`` (a tuple with ``return_dict=False``).
+    """
+
     architecture = "Data2VecVisionModel"
 
     def __init__(self, config: Data2VecVisionConfig, add_pooling_layer: bool = False, **kwargs):
@@ -408,6 +429,19 @@ class TFData2VecVisionModel(TFData2VecVisionPreTrainedModel):
 
 
 class TFData2VecVisionForImageClassification(TFData2VecVisionPreTrainedModel):
+    """Vision encoder + pooled representation + linear classifier.
+
+    Args:
+        config: a ``Data2VecVisionConfig`` (HF's fields and defaults); it sizes every layer.
+        **kwargs: passed to ``keras.Model`` (``name`` ...).
+
+    Call arguments are HF's, as in the PyTorch class of the same name (without "TF");
+    ``labels`` (or ``x["labels"]`` in ``fit``) adds the loss.
+
+    Returns:
+        A ``ImageClassifierOutput`` (a tuple with ``return_dict=False``).
+    """
+
     architecture = "Data2VecVisionForImageClassification"
 
     def __init__(self, config: Data2VecVisionConfig, **kwargs):
@@ -436,6 +470,19 @@ class TFData2VecVisionForImageClassification(TFData2VecVisionPreTrainedModel):
 
 
 class TFData2VecVisionForSemanticSegmentation(TFData2VecVisionPreTrainedModel):
+    """Encoder features at ``out_indices`` -> FPN -> UperNet (+ optional FCN auxiliary head).
+
+    Args:
+        config: a ``Data2VecVisionConfig`` (HF's fields and defaults); it sizes every layer.
+        **kwargs: passed to ``keras.Model`` (``name`` ...).
+
+    Call arguments are HF's, as in the PyTorch class of the same name (without "TF");
+    ``labels`` (or ``x["labels"]`` in ``fit``) adds the loss.
+
+    Returns:
+        A ``SemanticSegmenterOutput`` (a tuple with ``return_dict=False``).
+    """
+
     architecture = "Data2VecVisionForSemanticSegmentation"
 
     def __init__(self, config: Data2VecVisionConfig, **kwargs):
