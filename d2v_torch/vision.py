@@ -181,9 +181,10 @@ class Data2VecVisionLayer(nn.Module):
         self.layernorm_before = nn.LayerNorm(hidden, eps=eps)
         self.layernorm_after = nn.LayerNorm(hidden, eps=eps)
         self.drop_path = DropPath(drop_path)
+        # zeros as placeholders, as everywhere: post_init fills every tensor from the spec's init rule
         scale = config.layer_scale_init_value
-        self.lambda_1 = nn.Parameter(torch.full((hidden,), scale)) if scale > 0 else None
-        self.lambda_2 = nn.Parameter(torch.full((hidden,), scale)) if scale > 0 else None
+        self.lambda_1 = nn.Parameter(torch.zeros(hidden)) if scale > 0 else None
+        self.lambda_2 = nn.Parameter(torch.zeros(hidden)) if scale > 0 else None
 
     def forward(self, x, grid, shared_bias=None, head_mask=None, output_attentions=False):
         attn, weights = self.attention(self.layernorm_before(x), grid, shared_bias, head_mask, output_attentions)
