@@ -463,8 +463,7 @@ class Data2VecAudioForCTC(Data2VecAudioPreTrainedModel):
                     reduction=self.config.ctc_loss_reduction,
                     zero_infinity=self.config.ctc_zero_infinity,
                 )
-        out = CausalLMOutput(loss, logits, base.hidden_states, base.attentions)
-        return finish(out, return_dict)
+        return self._head_output(CausalLMOutput, loss, logits, base, return_dict)
 
 
 class _Data2VecAudioClassifierBase(Data2VecAudioPreTrainedModel):
@@ -534,8 +533,7 @@ class Data2VecAudioForSequenceClassification(_Data2VecAudioClassifierBase):
         if labels is not None:
             A.check_sequence_labels(_numpy(labels), logits.shape[0], self.config.num_labels)
             loss = cross_entropy(logits.view(-1, self.config.num_labels), labels.view(-1))
-        out = SequenceClassifierOutput(loss, logits, base.hidden_states, base.attentions)
-        return finish(out, return_dict)
+        return self._head_output(SequenceClassifierOutput, loss, logits, base, return_dict)
 
 
 class Data2VecAudioForAudioFrameClassification(_Data2VecAudioClassifierBase):
@@ -562,8 +560,7 @@ class Data2VecAudioForAudioFrameClassification(_Data2VecAudioClassifierBase):
             batch, frames, n = logits.shape
             A.check_frame_labels(tuple(labels.shape), batch, frames, n)
             loss = cross_entropy(logits.reshape(-1, n), first_argmax(labels.reshape(-1, n)))
-        out = TokenClassifierOutput(loss, logits, base.hidden_states, base.attentions)
-        return finish(out, return_dict)
+        return self._head_output(TokenClassifierOutput, loss, logits, base, return_dict)
 
 
 class Data2VecAudioForXVector(_Data2VecAudioClassifierBase):

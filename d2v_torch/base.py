@@ -11,6 +11,7 @@ from torch import nn
 
 from d2v_common.checkpoint import formats_from_flags
 from d2v_common.configs import Data2VecConfigBase
+from d2v_common.outputs import finish
 from d2v_common.modeling import architecture_of, check_config_class, check_names_match_spec, check_no_missing
 from d2v_common.pretrained import building_nested, load_arrays_for, save_arrays_for
 from d2v_common.spec import WeightSpec, weight_spec
@@ -165,6 +166,11 @@ class Data2VecPreTrainedModel(nn.Module):
         for module in self.modules():
             if hasattr(module, "gradient_checkpointing"):
                 module.gradient_checkpointing = False
+
+    @staticmethod
+    def _head_output(output_class, loss, logits, base, return_dict: bool):
+        """A head's last step: ``(loss, logits)`` with the encoder's hidden states and attentions."""
+        return finish(output_class(loss, logits, base.hidden_states, base.attentions), return_dict)
 
     def _flag(self, value: bool | None, name: str) -> bool:
         """A call argument, falling back to the config's default (``output_attentions`` ...)."""

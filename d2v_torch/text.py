@@ -616,8 +616,7 @@ class Data2VecTextForMaskedLM(_LMHeadModel):
             encoder_attention_mask, None, False, output_attentions, output_hidden_states,
         )
         loss = None if labels is None else self._lm_loss(logits, labels)
-        out = MaskedLMOutput(loss, logits, base.hidden_states, base.attentions)
-        return finish(out, return_dict)
+        return self._head_output(MaskedLMOutput, loss, logits, base, return_dict)
 
 
 class _PerPositionHeadModel(Data2VecTextPreTrainedModel):
@@ -712,8 +711,7 @@ class Data2VecTextForMultipleChoice(Data2VecTextPreTrainedModel):
             common.check_same_shape("labels", _shape(labels), (batch,))
             common.check_label_ids("labels", tensor_info(labels), choices)
             loss = cross_entropy(logits, labels)
-        out = MultipleChoiceModelOutput(loss, logits, base.hidden_states, base.attentions)
-        return finish(out, return_dict)
+        return self._head_output(MultipleChoiceModelOutput, loss, logits, base, return_dict)
 
 
 class Data2VecTextForTokenClassification(_PerPositionHeadModel):

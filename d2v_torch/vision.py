@@ -422,8 +422,7 @@ class Data2VecVisionForImageClassification(Data2VecVisionPreTrainedModel):
         if labels is not None:
             check_image_class_labels(self.config, tensor_info(labels), logits.shape[0])
             loss = classification_loss(logits, labels, self.config)
-        out = ImageClassifierOutput(loss, logits, base.hidden_states, base.attentions)
-        return finish(out, return_dict)
+        return self._head_output(ImageClassifierOutput, loss, logits, base, return_dict)
 
 
 class Data2VecVisionForSemanticSegmentation(Data2VecVisionPreTrainedModel):
