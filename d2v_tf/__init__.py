@@ -18,6 +18,16 @@ from d2v_tf.audio import (  # noqa: E402
     TFData2VecAudioModel,
     TFData2VecAudioPreTrainedModel,
 )
+from d2v_tf.data2vec2 import (
+    TFData2Vec2AudioForCTC,
+    TFData2Vec2AudioForSequenceClassification,
+    TFData2Vec2AudioModel,
+    TFData2Vec2PreTrainedModel,
+    TFData2Vec2TextForSequenceClassification,
+    TFData2Vec2TextModel,
+    TFData2Vec2VisionForImageClassification,
+    TFData2Vec2VisionModel,
+)
 from d2v_tf.base import TFData2VecPreTrainedModel  # noqa: E402
 from d2v_tf.pretraining import (  # noqa: E402
     TFData2VecAudioForPreTraining,
@@ -42,6 +52,14 @@ from d2v_tf.vision import (  # noqa: E402
 )
 
 __all__ = [
+    "TFData2Vec2AudioForCTC",
+    "TFData2Vec2AudioForSequenceClassification",
+    "TFData2Vec2AudioModel",
+    "TFData2Vec2PreTrainedModel",
+    "TFData2Vec2TextForSequenceClassification",
+    "TFData2Vec2TextModel",
+    "TFData2Vec2VisionForImageClassification",
+    "TFData2Vec2VisionModel",
     "Data2VecAudioConfig",
     "Data2VecTextConfig",
     "Data2VecVisionConfig",
