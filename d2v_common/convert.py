@@ -2,6 +2,7 @@
 
     d2v-convert SRC DST --to {safetensors,tf-h5,pt-bin} [--from FMT] [--architecture NAME]
                         [--overwrite] [--progress | --quiet]
+    d2v-convert CKPT.pt DST --from fairseq [--dict dict.txt] [--head NAME] [--to FMT]
 
 This is the model-free path through the loading machinery: ``config.json`` + the architecture
 give the weight spec, the source file is read into canonical arrays, ``match_checkpoint``
@@ -443,11 +444,18 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="exit status: 0 done, 1 the weights do not match the architecture (nothing written), "
         "2 usage or IO error",
     )
-    parser.add_argument("src", metavar="SRC", help="checkpoint directory (config.json + weights)")
+    parser.add_argument("src", metavar="SRC", help="checkpoint directory (config.json + weights), "
+                        "or a fairseq checkpoint.pt with --from fairseq")
     parser.add_argument("dst", metavar="DST", help="new directory to create")
-    parser.add_argument("--to", required=True, choices=FORMATS, help="target weight format")
-    parser.add_argument("--from", dest="source_format", choices=FORMATS,
-                        help="source format when SRC holds several (default: safetensors > pt-bin > tf-h5)")
+    parser.add_argument("--to", choices=FORMATS, help="target weight format (required, except with --from "
+                        "fairseq: default safetensors)")
+    parser.add_argument("--from", dest="source_format", choices=FORMATS + ("fairseq",),
+                        help="source format when SRC holds several (default: safetensors > pt-bin > tf-h5); "
+                        "'fairseq': an original fairseq data2vec 2.0 checkpoint")
+    parser.add_argument("--dict", dest="dictionary", metavar="DICT",
+                        help="with --from fairseq: the text model's fairseq dict.txt (checked, copied along)")
+    parser.add_argument("--head", metavar="NAME",
+                        help="with --from fairseq: which classification head of a text classifier to keep")
     parser.add_argument("--architecture", metavar="NAME",
                         help="HF class name (e.g. Data2VecVisionForImageClassification); "
                         "default: config.json's architectures[0]")
@@ -459,8 +467,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _main_fairseq(args) -> int:
+    from d2v_common.fairseq import convert_fairseq_to_folder
+
+    try:
+        report = convert_fairseq_to_folder(args.src, args.dst, head=args.head, dictionary=args.dictionary,
+                                           formats=(args.to or "safetensors",), overwrite=args.overwrite)
+    except (OSError, ValueError, TypeError, ConversionError) as e:
+        print(f"d2v-convert: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    if not args.quiet:
+        print(report)
+        print(f"wrote {os.path.abspath(args.dst)} ({args.to or 'safetensors'})")
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.source_format == "fairseq":
+        return _main_fairseq(args)
+    if args.dictionary or args.head:
+        parser.error("--dict and --head apply only with --from fairseq")
+    if args.to is None:
+        parser.error("the following arguments are required: --to")
     progress = False if args.quiet else args.progress
     try:
         result = convert(args.src, args.dst, args.to, source_format=args.source_format,

@@ -610,22 +610,36 @@ def convert_fairseq_to_folder(
     head: str | None = None,
     dictionary: str | os.PathLike | None = None,
     formats: tuple[str, ...] = ("safetensors",),
+    overwrite: bool = False,
 ) -> ConversionReport:
-    """Write a d2v checkpoint folder (``config.json`` with ``architectures`` + weights) for a
-    fairseq data2vec 2.0 checkpoint; the write is atomic (nothing is left on failure).
+    """Write a d2v checkpoint folder (``config.json`` with ``architectures`` + weights, plus the
+    fairseq ``dict.txt`` when given) for a fairseq data2vec 2.0 checkpoint.
+
+    Everything is written into a temporary sibling folder that is renamed into place, so a
+    failed conversion leaves nothing at ``dst``.
 
     Examples:
         >>> print(convert_fairseq_to_folder("checkpoint.pt", "out"))  # doctest: +SKIP
     """
+    import shutil
+
+    from d2v_common.convert import _fresh_sibling, _install
     from d2v_common.pretrained import save_arrays_for
     from d2v_common.spec import weight_spec
 
+    dst = os.path.abspath(os.fspath(dst))
+    if os.path.lexists(dst) and not overwrite:
+        raise FileExistsError(f"destination {dst} already exists; pass overwrite=True (--overwrite) to replace it")
     config, architecture, arrays, report = convert_fairseq(src, head=head, dictionary=dictionary)
-    spec = weight_spec(config, architecture)
-    save_arrays_for(dst, arrays, spec, config, list(formats))
-    if dictionary is not None:
-        from d2v_common.io_utils import atomic_write_bytes
-
-        with open(dictionary, "rb") as f:
-            atomic_write_bytes(os.path.join(os.fspath(dst), "dict.txt"), f.read())
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    tmp = _fresh_sibling(dst, "tmp")
+    try:
+        save_arrays_for(tmp, arrays, weight_spec(config, architecture), config, list(formats))
+        if dictionary is not None:
+            shutil.copyfile(dictionary, os.path.join(tmp, "dict.txt"))
+        _install(tmp, dst, overwrite)
+        tmp = None
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
     return report

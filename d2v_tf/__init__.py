@@ -18,7 +18,7 @@ from d2v_tf.audio import (  # noqa: E402
     TFData2VecAudioModel,
     TFData2VecAudioPreTrainedModel,
 )
-from d2v_tf.data2vec2 import (
+from d2v_tf.data2vec2 import (  # noqa: E402
     TFData2Vec2AudioForCTC,
     TFData2Vec2AudioForSequenceClassification,
     TFData2Vec2AudioModel,

@@ -14,6 +14,7 @@ import numpy as np
 from d2v_common import layouts
 from d2v_common.configs import CONFIG_CLASSES, Data2VecConfigBase
 from d2v_common.pretrained import (
+    load_config_for,
     building_nested,
     load_arrays_for,
     save_arrays_for,
@@ -182,7 +183,7 @@ class TFData2VecPreTrainedModel(keras.Model):
         found, in that order). Keyword arguments override config fields, as in HF."""
         path = os.fspath(pretrained_model_name_or_path)
         if config is None:
-            config = cls.config_class.from_pretrained(path, **config_overrides)
+            config = load_config_for(cls.config_class, path, **config_overrides)  # fairseq .pt too
         elif config_overrides:
             config = config.copy(**config_overrides)
         with weights_come_later():

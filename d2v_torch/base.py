@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from d2v_common.configs import Data2VecConfigBase
-from d2v_common.pretrained import building_nested, load_arrays_for, save_arrays_for
+from d2v_common.pretrained import building_nested, load_arrays_for, load_config_for, save_arrays_for
 from d2v_common.spec import ARCHITECTURES, WeightSpec, weight_spec
 
 
@@ -115,7 +115,7 @@ class Data2VecPreTrainedModel(nn.Module):
         that order) from a directory. Keyword arguments override config fields, as in HF."""
         path = os.fspath(pretrained_model_name_or_path)
         if config is None:
-            config = cls.config_class.from_pretrained(path, **config_overrides)
+            config = load_config_for(cls.config_class, path, **config_overrides)  # fairseq .pt too
         elif config_overrides:
             config = config.copy(**config_overrides)
         with torch.device("meta"):  # no memory, no random init: the checkpoint fills it
