@@ -465,13 +465,15 @@ class Data2Vec2TextEmbeddings(nn.Module):
         self.config = config
         self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
         self.position_embeddings = None
-        self.sinusoidal = None
+        table = None  # fairseq's sinusoidal table is computed, never stored
         if config.use_position_embeddings:
             if config.use_learned_position_embeddings:
                 self.position_embeddings = nn.Embedding(config.position_table_rows, config.hidden_size)
             else:
-                table = D.sinusoidal_positions(config.position_table_rows, config.hidden_size, config.pad_token_id)
-                self.register_buffer("sinusoidal", torch.from_numpy(table), persistent=False)
+                table = torch.from_numpy(
+                    D.sinusoidal_positions(config.position_table_rows, config.hidden_size, config.pad_token_id)
+                )
+        self.register_buffer("sinusoidal", table, persistent=False)
         self.layer_norm = nn.LayerNorm(config.hidden_size) if config.use_embedding_layer_norm else None
         self.scale = math.sqrt(config.hidden_size) if config.scale_embedding else 1.0
 
