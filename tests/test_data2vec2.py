@@ -1,0 +1,250 @@
+"""data2vec 2.0: fairseq fixtures in both frameworks, conversion, round trips, bad checkpoints."""
+
+from __future__ import annotations
+
+import argparse
+import fractions
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+import d2v_torch
+from crosscheck.cases import all_cases
+from crosscheck.runner import check_case
+from d2v_common import data2vec2 as D
+from d2v_common.convert import main as convert_main
+from d2v_common.fairseq import FairseqCheckpointError, convert_fairseq, convert_fairseq_to_folder
+
+FIXTURES = os.environ.get("D2V2_FIXTURES", os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared",
+                                                          "fixtures", "data2vec2"))
+if not os.path.isdir(FIXTURES):
+    FIXTURES = "/work/shared/fixtures/data2vec2"
+CASES = [c["case"] for c in json.load(open(os.path.join(FIXTURES, "cases.json")))["cases"]]
+ATOL = 1e-5
+
+
+def _d2v_tf():
+    import d2v_tf
+
+    return d2v_tf
+
+
+def _close(actual, expected, mask=None):
+    actual, expected = np.asarray(actual, dtype=np.float32), np.asarray(expected)
+    assert actual.shape == expected.shape
+    if mask is not None:
+        actual, expected = actual[mask], expected[mask]
+    np.testing.assert_allclose(actual, expected, atol=ATOL, rtol=0)
+
+
+def _fixture(case):
+    inputs = dict(np.load(os.path.join(FIXTURES, case, "inputs.npz")))
+    outputs = dict(np.load(os.path.join(FIXTURES, case, "outputs.npz")))
+    return inputs, outputs
+
+
+def _check_outputs(case, framework, model, inputs, outputs):
+    """Run the fixture inputs through ``model`` (torch or Keras) and compare with upstream."""
+    to = (lambda a: torch.from_numpy(a)) if framework == "torch" else (lambda a: a)
+    arr = (lambda t: t.detach().numpy()) if framework == "torch" else np.asarray
+    src = inputs["source"]
+    if case == "image-features":
+        _close(arr(model(to(src)).last_hidden_state), outputs["x"])
+    elif case == "image-cls":
+        _close(arr(model(to(src)).logits), outputs["logits"])
+        hidden = model.data2vec2_vision(to(src)).last_hidden_state
+        _close(arr(hidden)[:, 1:], outputs["features"])
+        _close(arr(model.pool(hidden)), outputs["pooled"])
+    elif case.startswith("audio"):
+        keep = ~inputs["padding_mask"]
+        frames = outputs["padding_mask"].shape[1]
+        valid = np.asarray(arr(model.frame_mask(to(keep), frames)))
+        np.testing.assert_array_equal(valid, ~outputs["padding_mask"])
+        out = model(to(src), attention_mask=to(keep))
+        if case == "audio-features":
+            _close(arr(out.last_hidden_state), outputs["x"])
+        else:
+            _close(arr(out.logits), outputs["logits_btc"], valid)  # fairseq sets padded frames to -inf
+            _close(arr(out.logits).transpose(1, 0, 2), outputs["encoder_out"])
+            _close(arr(model.data2vec2_audio(to(src), attention_mask=to(keep)).last_hidden_state), outputs["x"])
+    else:
+        ids, keep = src, (~inputs["padding_mask"]).astype(np.int64)
+        _close(arr(model(to(ids), attention_mask=to(keep)).logits), outputs["logits"])
+        _close(arr(model.data2vec2_text(to(ids)).last_hidden_state), outputs["x"])
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    """Each fixture converted once: {case: (folder, report)}."""
+    root = tmp_path_factory.mktemp("d2v2")
+    out = {}
+    for case in CASES:
+        dictionary = os.path.join(FIXTURES, case, "dict.txt")
+        dictionary = dictionary if os.path.isfile(dictionary) else None
+        folder = str(root / case)
+        out[case] = (folder, convert_fairseq_to_folder(os.path.join(FIXTURES, case, "checkpoint.pt"), folder,
+                                                       dictionary=dictionary))
+    return out
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_fixture_matches_upstream_in_both_frameworks(case, converted):
+    folder, report = converted[case]
+    arch = json.load(open(os.path.join(folder, "config.json")))["architectures"][0]
+    inputs, outputs = _fixture(case)
+    with torch.no_grad():
+        _check_outputs(case, "torch", getattr(d2v_torch, arch).from_pretrained(folder), inputs, outputs)
+    _check_outputs(case, "keras", getattr(_d2v_tf(), "TF" + arch).from_pretrained(folder), inputs, outputs)
+
+
+@pytest.mark.parametrize("case", ["image-features", "audio-features"])
+def test_pretraining_parts_dropped_and_listed(case, converted):
+    _, report = converted[case]
+    assert any(name == "_ema" for name in report.dropped)
+    assert any(".decoder." in name for name in report.dropped)
+
+
+def test_converted_folders_round_trip_bit_exact(converted, tmp_path):
+    for case in ("image-cls", "audio-ctc", "text-cls"):
+        folder, report = converted[case]
+        cls = getattr(d2v_torch, report.architecture)
+        model = cls.from_pretrained(folder)
+        reference = model.state_arrays()
+        model.save_pretrained(tmp_path / case, tf_h5=True)
+        back = cls.from_pretrained(tmp_path / case, checkpoint_format="tf-h5").state_arrays()
+        keras_model = getattr(_d2v_tf(), "TF" + report.architecture).from_pretrained(folder)
+        keras_model.save_pretrained(tmp_path / (case + "-k"))
+        from_keras = cls.from_pretrained(tmp_path / (case + "-k")).state_arrays()
+        for name, value in reference.items():
+            assert np.array_equal(back[name], value) and back[name].dtype == value.dtype, name
+            assert np.array_equal(from_keras[name], value), name
+
+
+def test_from_pretrained_reads_fairseq_checkpoint_directly():
+    path = os.path.join(FIXTURES, "text-cls", "checkpoint.pt")
+    model = d2v_torch.Data2Vec2TextForSequenceClassification.from_pretrained(path)
+    assert model.load_report.source.endswith("(fairseq)")
+    inputs, outputs = _fixture("text-cls")
+    with torch.no_grad():
+        _check_outputs("text-cls", "torch", model, inputs, outputs)
+    with pytest.raises(TypeError, match="Data2Vec2TextConfig"):
+        d2v_torch.Data2Vec2AudioModel.from_pretrained(path)
+
+
+def test_shared_formulas_match_upstream_tables():
+    _, image = _fixture("image-features")
+    np.testing.assert_allclose(D.sincos_2d_positions(32, 4)[None], image["aux_sincos_pos_embed"], atol=1e-7)
+    _, audio = _fixture("audio-features")
+    np.testing.assert_array_equal(D.alibi_slopes(4), audio["aux_alibi_slopes"])
+    # non-power-of-two head counts interleave the next power's slopes (upstream get_slopes)
+    np.testing.assert_allclose(D.alibi_slopes(6), [0.25, 0.0625, 0.015625, 0.00390625, 0.5, 0.125])
+    assert D.alibi_distances_2d(4)[0].tolist() == [0, -1, -1, -2]
+
+
+def test_cli_converts_and_reports(tmp_path, capsys):
+    ckpt = os.path.join(FIXTURES, "image-features", "checkpoint.pt")
+    assert convert_main([ckpt, str(tmp_path / "out"), "--from", "fairseq", "--to", "tf-h5"]) == 0
+    assert sorted(os.listdir(tmp_path / "out")) == ["config.json", "tf_model.h5"]
+    assert "dropped 7 pretraining-only tensors" in capsys.readouterr().out
+    # a dictionary that does not fit the embedding is an error, and nothing is written
+    bad_dict = tmp_path / "dict.txt"
+    bad_dict.write_text("a 1\nb 2\n")
+    text = os.path.join(FIXTURES, "text-cls", "checkpoint.pt")
+    assert convert_main([text, str(tmp_path / "t"), "--from", "fairseq", "--dict", str(bad_dict)]) == 2
+    assert "gives 7 symbols" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "t")
+    assert [p for p in os.listdir(tmp_path) if p.startswith("t.")] == []
+
+
+# ------------------------------------------------------------------------- bad checkpoints
+
+
+def _fake(tmp_path, name, **payload):
+    path = tmp_path / name
+    torch.save(payload, path)
+    return str(path)
+
+
+def _with_model_name(tmp_path, name):
+    ckpt = torch.load(os.path.join(FIXTURES, "audio-features", "checkpoint.pt"), weights_only=True)
+    ckpt["cfg"]["model"]["_name"] = name
+    return _fake(tmp_path, f"{name}.pt", **ckpt)
+
+
+class NotAllowed:
+    pass
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda t: _with_model_name(t, "data2vec_audio"), "data2vec 1.0 checkpoint"),
+        (lambda t: _with_model_name(t, "roberta"), "not a data2vec 2.0 model"),
+        (lambda t: _fake(t, "old.pt", args=argparse.Namespace(arch="wav2vec2"), model={}), "old-style"),
+        (lambda t: _fake(t, "evil.pt", cfg={"model": {"_name": "data2vec_multi"}}, model={}, extra=NotAllowed()),
+         "not on d2v's allow-list"),
+        (lambda t: _fake(t, "frac.pt", model={}, extra=fractions.Fraction(1, 3)), "fractions.Fraction"),
+        (lambda t: _fake(t, "nomodel.pt", cfg={}), "no 'model' state dict"),
+    ],
+)
+def test_bad_checkpoints_are_clear_errors(tmp_path, make, message):
+    with pytest.raises(FairseqCheckpointError, match=message):
+        convert_fairseq(make(tmp_path))
+
+
+def test_truncated_and_missing_files(tmp_path):
+    src = os.path.join(FIXTURES, "image-cls", "checkpoint.pt")
+    data = open(src, "rb").read()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(FairseqCheckpointError, match="truncated or corrupt"):
+        convert_fairseq(str(tmp_path / "cut.pt"))
+    with pytest.raises(FileNotFoundError):
+        convert_fairseq(str(tmp_path / "missing.pt"))
+
+
+def test_unknown_tensor_and_learned_alibi_refused(tmp_path):
+    ckpt = torch.load(os.path.join(FIXTURES, "image-cls", "checkpoint.pt"), weights_only=True)
+    ckpt["model"]["model.blocks.0.attn.extra.weight"] = torch.zeros(2)
+    with pytest.raises(FairseqCheckpointError, match="does not know how to map"):
+        convert_fairseq(_fake(tmp_path, "extra.pt", **ckpt))
+    ckpt = torch.load(os.path.join(FIXTURES, "audio-features", "checkpoint.pt"), weights_only=True)
+    ckpt["cfg"]["model"]["modalities"]["audio"]["learned_alibi"] = True
+    with pytest.raises(FairseqCheckpointError, match="learned_alibi"):
+        convert_fairseq(_fake(tmp_path, "learned.pt", **ckpt))
+
+
+def test_unknown_config_keys_are_noted(tmp_path):
+    ckpt = torch.load(os.path.join(FIXTURES, "audio-features", "checkpoint.pt"), weights_only=True)
+    ckpt["cfg"]["model"]["my_private_flag"] = 3
+    _, _, _, report = convert_fairseq(_fake(tmp_path, "k.pt", **ckpt))
+    assert any("model.my_private_flag" in n for n in report.notes)
+
+
+# ------------------------------------------------------------------------------ crosscheck
+
+D2V2_CASES = [c for c in all_cases("small", ["data2vec2"])]
+
+
+@pytest.mark.parametrize("case", D2V2_CASES, ids=[c.name for c in D2V2_CASES])
+def test_crosscheck_case(case):
+    # round trips for one class per family keep the file fast; the CLI runs them all
+    row = check_case(case, seed=0, with_round_trips=case.name.endswith(("-plain", "-alibi", "-learned")))
+    assert row.ok, (row.error, row.diffs, row.round_trip)
+
+
+def test_configs_round_trip_and_validate(tmp_path):
+    config = D.Data2Vec2AudioConfig(conv_dim=[8], conv_kernel=[4], conv_stride=[2], hidden_size=8,
+                                    num_attention_heads=2, num_conv_pos_embedding_groups=2)
+    config.save_pretrained(tmp_path)
+    from d2v_common import load_config
+
+    assert load_config(tmp_path) == config
+    with pytest.raises(ValueError, match="num_alibi_heads"):
+        D.Data2Vec2TextConfig(num_alibi_heads=20)
+    with pytest.raises(ValueError, match="pooling_mode"):
+        D.Data2Vec2VisionConfig(pooling_mode="max")
+    shutil.rmtree(tmp_path)
