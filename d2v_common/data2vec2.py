@@ -73,6 +73,10 @@ class Data2Vec2ConfigBase(Data2VecConfigBase):
             )
         self._check_probability("hidden_dropout", "attention_dropout", "activation_dropout", "post_mlp_dropout")
 
+    # Whether the base model's output keeps the extra tokens (the image CLS token, first) or
+    # drops them as fairseq's extract_features does for audio and text.
+    keeps_extra_tokens = False
+
     @property
     def alibi_heads(self) -> int:
         return self.num_attention_heads if self.num_alibi_heads is None else self.num_alibi_heads
@@ -106,6 +110,7 @@ class Data2Vec2VisionConfig(Data2Vec2ConfigBase):
     """
 
     model_type = "data2vec2-vision"
+    keeps_extra_tokens = True
     FIELDS = {
         **_COMMON,
         "layer_norm_eps": _Field(1e-6, "float"),
@@ -163,6 +168,8 @@ class Data2Vec2AudioConfig(Data2Vec2ConfigBase):
             // conv_pos_depth)``, ``conv_pos_groups``).
         conv_pos_pre_layer_norm: an affine LayerNorm on the input of the positional convs.
         vocab_size / pad_token_id: CTC output size and blank index (fairseq blank = 0).
+        blank_weight / blank_mode: fairseq's decoding bias on the blank logit (index 0), added
+            (``add``) or set (``set``) when ``blank_weight`` is non-zero; part of the logits.
 
     Examples:
         >>> Data2Vec2AudioConfig(conv_dim=[32, 32], conv_kernel=[10, 3], conv_stride=[5, 2]).inputs_to_logits_ratio
@@ -185,6 +192,9 @@ class Data2Vec2AudioConfig(Data2Vec2ConfigBase):
         "vocab_size": _Field(32, "int"),
         "pad_token_id": _Field(0, "int?"),
         "final_dropout": _Field(0.0, "float"),
+        # fairseq Wav2VecCtc: added to ("add") or replacing ("set") the blank logit (index 0)
+        "blank_weight": _Field(0.0, "float"),
+        "blank_mode": _Field("add", "str"),
         "ctc_loss_reduction": _Field("sum", "str"),
         "ctc_zero_infinity": _Field(False, "bool"),
         "classifier_proj_size": _Field(256, "int"),
@@ -215,6 +225,8 @@ class Data2Vec2AudioConfig(Data2Vec2ConfigBase):
             raise ValueError(f"{name}.feat_extract_norm must be one of {FEAT_EXTRACT_NORMS}, got {self.feat_extract_norm!r}")
         if self.feat_extract_activation not in ACTIVATIONS:
             raise ValueError(f"{name}.feat_extract_activation: unknown activation {self.feat_extract_activation!r}")
+        if self.blank_mode not in ("add", "set"):
+            raise ValueError(f"{name}.blank_mode must be 'add' or 'set', got {self.blank_mode!r}")
         if self.ctc_loss_reduction not in ("sum", "mean"):
             raise ValueError(f"{name}.ctc_loss_reduction must be 'sum' or 'mean', got {self.ctc_loss_reduction!r}")
         self._check_probability("final_dropout")

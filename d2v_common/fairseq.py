@@ -505,6 +505,9 @@ def convert_fairseq(
             raise FairseqCheckpointError(f"{file}: CTC checkpoint without w2v_encoder.proj (no output layer)")
         fields["vocab_size"] = int(heads["lm_head.weight"].shape[0])
         fields["pad_token_id"] = 0  # fairseq's CTC blank is index 0
+        fields["blank_weight"] = float(_get(model_cfg, "blank_weight", 0.0))
+        fields["blank_mode"] = str(_get(model_cfg, "blank_mode", "add"))
+        fields["final_dropout"] = float(_get(model_cfg, "final_dropout", 0.0))
     elif name == "data2vec_text_classification":
         architecture = "Data2Vec2TextForSequenceClassification"
         names = sorted({k.split(".")[1] for k in head_state if k.startswith("classification_heads.")})

@@ -165,6 +165,8 @@ class TFData2Vec2Encoder(Layer):
                 hidden_states.append(x)
         if self.final_layer_norm is not None:
             x = self.final_layer_norm(x)
+        if n and not self.config.keeps_extra_tokens:  # audio / text: as fairseq's extract_features
+            x, hidden_states = x[:, n:], [h[:, n:] for h in hidden_states]
         return x, (tuple(hidden_states) if output_hidden_states else None)
 
 
@@ -415,8 +417,18 @@ class TFData2Vec2AudioModel(TFData2Vec2AudioPreTrainedModel):
         return finish(Wav2Vec2BaseModelOutput(x, features, hidden), return_dict)
 
 
+def blank_logit(config: Data2Vec2AudioConfig, logits):
+    """fairseq's blank weight on logit 0 (a no-op at the default ``blank_weight=0``)."""
+    if config.blank_weight == 0:
+        return logits
+    first = logits[..., :1]
+    blank = first + config.blank_weight if config.blank_mode == "add" else ops.full_like(first, config.blank_weight)
+    return ops.concatenate([blank, logits[..., 1:]], axis=-1)
+
+
 class TFData2Vec2AudioForCTC(TFData2Vec2AudioPreTrainedModel):
-    """Encoder -> dropout -> per-frame logits (B, frames, V), raw; CTC loss with blank = pad_token_id."""
+    """Encoder -> dropout -> per-frame logits (B, frames, V) (+ the blank weight); CTC loss with
+    blank = pad_token_id."""
 
     def __init__(self, config: Data2Vec2AudioConfig, **kwargs):
         super().__init__(config, **kwargs)
@@ -447,7 +459,7 @@ class TFData2Vec2AudioForCTC(TFData2Vec2AudioPreTrainedModel):
             input_values, attention_mask=attention_mask, output_attentions=output_attentions,
             output_hidden_states=output_hidden_states, return_dict=True, training=training,
         )
-        logits = self.lm_head(self.dropout(base.last_hidden_state, training=training))
+        logits = blank_logit(self.config, self.lm_head(self.dropout(base.last_hidden_state, training=training)))
         out = CausalLMOutput(None, logits, base.hidden_states)
         if labels is not None:
             out.loss = self._ctc_loss(logits, labels, ops.convert_to_tensor(input_values), attention_mask)

@@ -154,6 +154,8 @@ class Data2Vec2Encoder(nn.Module):
                 hidden_states.append(x)
         if self.final_layer_norm is not None:
             x = self.final_layer_norm(x)
+        if n and not self.config.keeps_extra_tokens:  # audio / text: as fairseq's extract_features
+            x, hidden_states = x[:, n:], [h[:, n:] for h in hidden_states]
         return x, (tuple(hidden_states) if output_hidden_states else None)
 
 
@@ -392,10 +394,20 @@ class Data2Vec2AudioModel(Data2Vec2AudioPreTrainedModel):
         return finish(Wav2Vec2BaseModelOutput(x, features, hidden), return_dict)
 
 
+def blank_logit(config: Data2Vec2AudioConfig, logits: torch.Tensor) -> torch.Tensor:
+    """fairseq's blank weight on logit 0 (a no-op at the default ``blank_weight=0``)."""
+    if config.blank_weight == 0:
+        return logits
+    blank = logits[..., :1] + config.blank_weight if config.blank_mode == "add" else torch.full_like(
+        logits[..., :1], config.blank_weight
+    )
+    return torch.cat([blank, logits[..., 1:]], dim=-1)
+
+
 class Data2Vec2AudioForCTC(Data2Vec2AudioPreTrainedModel):
-    """Encoder -> dropout -> per-frame vocabulary logits (B, frames, V), batch-major and raw
-    (fairseq returns them time-major and sets padded frames to [0, -inf, ...]); CTC loss with
-    blank = pad_token_id."""
+    """Encoder -> dropout -> per-frame vocabulary logits (B, frames, V) (+ the blank weight),
+    batch-major; padded frames are left as computed (fairseq's get_logits sets them to
+    [0, -inf, ...] and returns time-major). CTC loss with blank = pad_token_id."""
 
     def __init__(self, config: Data2Vec2AudioConfig):
         super().__init__(config)
@@ -408,7 +420,7 @@ class Data2Vec2AudioForCTC(Data2Vec2AudioPreTrainedModel):
                 return_dict=None, labels=None):
         return_dict = self._return_dict_default if return_dict is None else return_dict
         base = self.data2vec2_audio(input_values, attention_mask, output_attentions, output_hidden_states, True)
-        logits = self.lm_head(self.dropout(base.last_hidden_state))
+        logits = blank_logit(self.config, self.lm_head(self.dropout(base.last_hidden_state)))
         loss = None
         if labels is not None:
             blank = A.ctc_blank(self.config)
