@@ -131,7 +131,8 @@ class TFData2Vec2Encoder(Layer):
         self.final_layer_norm = _layer_norm(config) if config.layer_norm_first else None
 
     def _alibi_per_layer(self, alibi):
-        scales = ops.maximum(ops.cast(self.alibi_scale, alibi.dtype), 0.0)
+        alibi = ops.cast(alibi, "float32")  # biases are added to float32 scores
+        scales = ops.maximum(ops.cast(self.alibi_scale, "float32"), 0.0)
         pad_heads = self.config.num_attention_heads - alibi.shape[0]
         out = []
         for i in range(len(self.prenet_layers) + len(self.layers)):
@@ -437,17 +438,21 @@ class TFData2Vec2AudioForCTC(TFData2Vec2AudioPreTrainedModel):
         self.lm_head = Linear(config.hidden_size, config.vocab_size)
         self.post_init()
 
-    def _ctc_loss(self, logits, labels, input_values, attention_mask):
-        labels = ops.convert_to_tensor(labels)
+    def ctc_input_lengths(self, input_values, attention_mask=None):
+        """Valid output frames per row (the conv length formula on the valid samples)."""
         if attention_mask is None:
             samples = ops.full((ops.shape(input_values)[0],), ops.shape(input_values)[1], dtype="int32")
         else:
             samples = ops.sum(ops.cast(attention_mask, "int32"), axis=-1)
-        input_lengths = ops.maximum(D.frame_lengths(self.config, samples), 0)
-        if _is_eager(labels) and _is_eager(input_lengths):
-            A.check_ctc_labels(self.config, np.asarray(labels), np.asarray(input_lengths))
+        return ops.maximum(D.frame_lengths(self.config, samples), 0)
+
+    def loss_from_outputs(self, outputs, labels):
+        labels = ops.convert_to_tensor(labels)
+        lengths = outputs._input_lengths
+        if _is_eager(labels) and _is_eager(lengths):
+            A.check_ctc_labels(self.config, np.asarray(labels), np.asarray(lengths))
         return ctc_loss(
-            logits, labels, input_lengths, A.ctc_blank(self.config), self.config.ctc_loss_reduction,
+            outputs.logits, labels, lengths, A.ctc_blank(self.config), self.config.ctc_loss_reduction,
             self.config.ctc_zero_infinity,
         )
 
@@ -461,8 +466,10 @@ class TFData2Vec2AudioForCTC(TFData2Vec2AudioPreTrainedModel):
         )
         logits = blank_logit(self.config, self.lm_head(self.dropout(base.last_hidden_state, training=training)))
         out = CausalLMOutput(None, logits, base.hidden_states)
+        # kept for the loss when Keras passes the labels separately (fit with y)
+        out._input_lengths = self.ctc_input_lengths(ops.convert_to_tensor(input_values), attention_mask)
         if labels is not None:
-            out.loss = self._ctc_loss(logits, labels, ops.convert_to_tensor(input_values), attention_mask)
+            out.loss = self.loss_from_outputs(out, labels)
         return finish(out, return_dict)
 
 

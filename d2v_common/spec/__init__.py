@@ -19,6 +19,8 @@ for _family_name, _family in data2vec2.FAMILIES.items():
     _BUILDERS[_family_name] = _family.build
 
 ARCHITECTURES = {arch: fam for fam, mod in FAMILIES.items() for arch in mod.ARCHITECTURES}
+# The classes transformers also has (data2vec 1.0); data2vec 2.0 has no HF twin.
+HF_ARCHITECTURES = {arch: fam for arch, fam in ARCHITECTURES.items() if fam in ("text", "audio", "vision")}
 
 
 def canonical_architecture(name: str) -> str:
@@ -51,6 +53,7 @@ def weight_spec(config: Data2VecConfigBase, architecture: str, **options) -> Wei
 
 __all__ = [
     "ARCHITECTURES",
+    "HF_ARCHITECTURES",
     "FAMILIES",
     "Init",
     "ParamSpec",
