@@ -38,10 +38,35 @@ class FairseqCheckpointError(ValueError):
 # ------------------------------------------------------------------------------- reading
 
 
+def _enum_stand_in(name: str, members: dict[int, str]):
+    """Unpickles a fairseq enum member (pickled as ``Enum(value)``) as its name, without
+    importing fairseq."""
+
+    def make(value):
+        if value not in members:
+            raise FairseqCheckpointError(f"unknown {name} value {value!r} in the checkpoint")
+        return members[value]
+
+    make.__name__ = name
+    return make
+
+
+_MODALITY_ENUM = _enum_stand_in("Modality", {1: "AUDIO", 2: "IMAGE", 3: "TEXT"})
+_PREDICTION_ENUM = _enum_stand_in("PredictionMode", {1: "MEAN_POOLING", 2: "CLS_TOKEN", 3: "LIN_SOFTMAX"})
+# Enums released checkpoints may pickle inside their config (OmegaConf keeps Enum members).
+FAIRSEQ_ENUMS = [
+    (_MODALITY_ENUM, f"{root}data2vec.data.modality.Modality") for root in ("examples.", "fairseq.examples.")
+] + [
+    (_PREDICTION_ENUM, f"{root}data2vec.models.mae_image_classification.PredictionMode")
+    for root in ("examples.", "fairseq.examples.")
+]
+
+
 def _safe_globals() -> list:
     """Classes fairseq checkpoints pickle besides tensors and containers: the old-style
-    ``args`` namespace and numpy scalars / dtypes (metrics, RNG states in extra_state)."""
-    out: list = [argparse.Namespace, np.dtype, np.ndarray]
+    ``args`` namespace, numpy scalars / dtypes (metrics, RNG states in extra_state) and the
+    data2vec enums (``FAIRSEQ_ENUMS``, read as their member names)."""
+    out: list = [argparse.Namespace, np.dtype, np.ndarray, *FAIRSEQ_ENUMS]
     try:
         from numpy._core.multiarray import _reconstruct, scalar
     except ImportError:  # numpy < 2
@@ -72,7 +97,8 @@ def read_fairseq_checkpoint(path: str | os.PathLike) -> dict:
         if found:
             raise FairseqCheckpointError(
                 f"{path}: the checkpoint pickles {found.group(1)!r}, which is not on d2v's allow-list for "
-                "fairseq checkpoints (argparse.Namespace, numpy scalars/dtypes, tensors, plain containers); "
+                "fairseq checkpoints (argparse.Namespace, numpy scalars/dtypes, data2vec enums, tensors, plain "
+                "containers); "
                 "refusing to unpickle it. Re-save the checkpoint with plain dicts (OmegaConf.to_container)."
             ) from None
         raise FairseqCheckpointError(

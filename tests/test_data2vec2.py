@@ -217,6 +217,25 @@ def test_unknown_tensor_and_learned_alibi_refused(tmp_path):
         convert_fairseq(_fake(tmp_path, "learned.pt", **ckpt))
 
 
+def test_pickled_fairseq_enums_read_without_fairseq(tmp_path, monkeypatch):
+    """Released checkpoints keep Modality / PredictionMode enum members in their config."""
+    import enum
+    import sys
+    import types
+
+    modality = types.ModuleType("examples.data2vec.data.modality")
+    modality.Modality = enum.Enum("Modality", ["AUDIO", "IMAGE", "TEXT"], module=modality.__name__)
+    mae = types.ModuleType("examples.data2vec.models.mae_image_classification")
+    mae.PredictionMode = enum.Enum("PredictionMode", ["MEAN_POOLING", "CLS_TOKEN", "LIN_SOFTMAX"], module=mae.__name__)
+    for module in (modality, mae):
+        monkeypatch.setitem(sys.modules, module.__name__, module)
+    ckpt = torch.load(os.path.join(FIXTURES, "image-cls", "checkpoint.pt"), weights_only=True)
+    ckpt["cfg"]["model"]["prediction_mode"] = mae.PredictionMode.CLS_TOKEN
+    ckpt["cfg"]["model"]["pretrained_model_args"]["model"]["supported_modality"] = modality.Modality.IMAGE
+    config, arch, _, _ = convert_fairseq(_fake(tmp_path, "enums.pt", **ckpt))
+    assert arch == "Data2Vec2VisionForImageClassification" and config.pooling_mode == "cls"
+
+
 def test_unknown_config_keys_are_noted(tmp_path):
     ckpt = torch.load(os.path.join(FIXTURES, "audio-features", "checkpoint.pt"), weights_only=True)
     ckpt["cfg"]["model"]["my_private_flag"] = 3
