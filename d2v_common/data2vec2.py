@@ -400,12 +400,17 @@ def check_input_values(config: Data2Vec2AudioConfig, shape: tuple, dtype: str) -
     if "float" not in dtype:
         raise TypeError(f"input_values must be a float tensor, got {dtype}")
     need = min_input_samples(config)
-    if shape[1] < need:
+    if shape[1] is not None and shape[1] < need:  # None: a symbolic length inside a traced graph
         raise ValueError(f"input_values has {shape[1]} samples; the conv stack needs at least {need}")
 
 
+def _same_dims(a: tuple, b: tuple) -> bool:
+    """Shapes equal where both are known (None: a symbolic dimension)."""
+    return len(a) == len(b) and all(x is None or y is None or x == y for x, y in zip(a, b))
+
+
 def check_attention_mask(mask_shape: tuple, input_shape: tuple) -> None:
-    if tuple(mask_shape) != tuple(input_shape[:2]):
+    if not _same_dims(tuple(mask_shape), tuple(input_shape[:2])):
         raise ValueError(
             f"attention_mask must have the shape of the inputs {tuple(input_shape[:2])}, got {tuple(mask_shape)}"
         )
@@ -413,7 +418,7 @@ def check_attention_mask(mask_shape: tuple, input_shape: tuple) -> None:
 
 def check_pixel_values(config: Data2Vec2VisionConfig, shape: tuple) -> None:
     expected = (config.num_channels, config.image_size, config.image_size)
-    if len(shape) != 4 or tuple(shape[1:]) != expected:
+    if not _same_dims(tuple(shape), (None, *expected)):
         raise ValueError(
             f"pixel_values must have shape (batch, {', '.join(map(str, expected))}) (NCHW; data2vec 2.0 "
             f"positions are fixed to image_size={config.image_size}), got {tuple(shape)}"
