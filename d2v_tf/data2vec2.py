@@ -66,12 +66,14 @@ class TFData2Vec2Attention(Layer):
         self.attention_dropout = Dropout(config.attention_dropout)
         self.dropout = Dropout(config.hidden_dropout)
 
-    def call(self, x, bias=None, training=False):
+    def call(self, x, bias=None, output_attentions=False, training=False):
+        """(output, attention weights or None)."""
         b, t, d = ops.shape(x)[0], ops.shape(x)[1], x.shape[-1]
         qkv = ops.reshape(self.qkv_proj(x), (b, t, 3, self.num_heads, d // self.num_heads))
         qkv = ops.transpose(qkv, (2, 0, 3, 1, 4))
-        context, _ = attention(qkv[0], qkv[1], qkv[2], bias, dropout=self.attention_dropout, training=training)
-        return self.dropout(self.out_proj(context), training=training)
+        context, weights = attention(qkv[0], qkv[1], qkv[2], bias, dropout=self.attention_dropout, training=training,
+                                     need_weights=output_attentions)
+        return self.dropout(self.out_proj(context), training=training), weights
 
 
 class TFData2Vec2FeedForward(Layer):
@@ -99,14 +101,19 @@ class TFData2Vec2Layer(Layer):
         self.final_layer_norm = _layer_norm(config)
         self.post_mlp_dropout = Dropout(config.post_mlp_dropout)
 
-    def call(self, x, bias=None, training=False):
+    def call(self, x, bias=None, output_attentions=False, training=False):
+        """(output, attention weights or None)."""
         if self.pre_norm:
-            x = x + self.attention(self.layer_norm(x), bias=bias, training=training)
+            attn, weights = self.attention(
+                self.layer_norm(x), bias=bias, output_attentions=output_attentions, training=training
+            )
+            x = x + attn
             r = x = self.feed_forward(self.final_layer_norm(x), training=training)
-            return r + self.post_mlp_dropout(x, training=training)
-        x = self.layer_norm(x + self.attention(x, bias=bias, training=training))
+            return r + self.post_mlp_dropout(x, training=training), weights
+        attn, weights = self.attention(x, bias=bias, output_attentions=output_attentions, training=training)
+        x = self.layer_norm(x + attn)
         mlp = self.post_mlp_dropout(self.feed_forward(x, training=training), training=training)
-        return self.final_layer_norm(x + mlp)
+        return self.final_layer_norm(x + mlp), weights
 
 
 class TFData2Vec2Encoder(Layer):
@@ -140,7 +147,8 @@ class TFData2Vec2Encoder(Layer):
             out.append(ops.pad(bias, [[0, 0], [0, pad_heads], [0, 0], [0, 0]]) if pad_heads else bias)
         return out
 
-    def call(self, x, keep=None, alibi=None, output_hidden_states=False, training=False):
+    def call(self, x, keep=None, alibi=None, output_hidden_states=False, output_attentions=False, training=False):
+        """(output, main-layer hidden states or None, main-layer attention weights or None)."""
         n = self.config.num_extra_tokens
         if n:
             tokens = ops.broadcast_to(ops.cast(self.extra_tokens, x.dtype), (ops.shape(x)[0], n, x.shape[-1]))
@@ -153,7 +161,7 @@ class TFData2Vec2Encoder(Layer):
         biases = self._alibi_per_layer(alibi) if alibi is not None else None
         if self.layer_norm is not None:
             x = self.layer_norm(x)
-        hidden_states = []
+        hidden_states, attentions = [], []
         layers = [*self.prenet_layers, *self.layers]
         for i, layer in enumerate(layers):
             if i == len(self.prenet_layers) and output_hidden_states:
@@ -161,22 +169,25 @@ class TFData2Vec2Encoder(Layer):
             bias = pad
             if biases is not None:
                 bias = biases[i] if pad is None else biases[i] + pad
-            x = layer(x, bias=bias, training=training)
-            if i >= len(self.prenet_layers) and output_hidden_states:
-                hidden_states.append(x)
+            x, weights = layer(x, bias=bias, output_attentions=output_attentions, training=training)
+            if i >= len(self.prenet_layers):
+                if output_hidden_states:
+                    hidden_states.append(x)
+                if output_attentions:
+                    attentions.append(weights)
         if self.final_layer_norm is not None:
             x = self.final_layer_norm(x)
         if n and not self.config.keeps_extra_tokens:  # audio / text: as fairseq's extract_features
             x, hidden_states = x[:, n:], [h[:, n:] for h in hidden_states]
-        return x, (tuple(hidden_states) if output_hidden_states else None)
+        return (
+            x,
+            tuple(hidden_states) if output_hidden_states else None,
+            tuple(attentions) if output_attentions else None,
+        )
 
 
 class TFData2Vec2PreTrainedModel(TFData2VecPreTrainedModel):
     """Base of the data2vec 2.0 Keras classes."""
-
-    def _check_no_attentions(self, output_attentions) -> None:
-        if output_attentions:
-            raise ValueError(f"{type(self).__name__} does not return attention weights (output_attentions=True)")
 
     def loss_from_outputs(self, outputs, labels):
         return classification_loss(outputs.logits, ops.convert_to_tensor(labels), self.config)
@@ -235,15 +246,16 @@ class TFData2Vec2VisionModel(TFData2Vec2VisionPreTrainedModel):
     @unpack_inputs
     def call(self, pixel_values=None, output_attentions=None, output_hidden_states=None, return_dict=None,
              training=False):
-        self._check_no_attentions(output_attentions)
+        output_attentions = self._flag(output_attentions, "output_attentions")
         output_hidden_states = self._flag(output_hidden_states, "output_hidden_states")
         return_dict = self._return_dict_default if return_dict is None else return_dict
         pixel_values = ops.convert_to_tensor(pixel_values)
         D.check_pixel_values(self.config, tuple(pixel_values.shape))
         x = self.embeddings(ops.transpose(pixel_values, (0, 2, 3, 1)))
         alibi = None if self._alibi is None else ops.convert_to_tensor(self._alibi)
-        x, hidden = self.encoder(x, alibi=alibi, output_hidden_states=output_hidden_states, training=training)
-        return finish(BaseModelOutput(x, hidden), return_dict)
+        x, hidden, attentions = self.encoder(x, alibi=alibi, output_hidden_states=output_hidden_states,
+                                             output_attentions=output_attentions, training=training)
+        return finish(BaseModelOutput(x, hidden, attentions), return_dict)
 
 
 def lin_softmax_pool(x):
@@ -285,7 +297,7 @@ class TFData2Vec2VisionForImageClassification(TFData2Vec2VisionPreTrainedModel):
             return_dict=True, training=training,
         )
         logits = self.classifier(self.pool(base.last_hidden_state))
-        out = ImageClassifierOutput(None, logits, base.hidden_states)
+        out = ImageClassifierOutput(None, logits, base.hidden_states, base.attentions)
         if labels is not None:
             out.loss = self.loss_from_outputs(out, labels)
         return finish(out, return_dict)
@@ -364,10 +376,11 @@ class TFData2Vec2AudioEncoder(TFData2Vec2Encoder):
         self.pos_conv_layer_norm = LayerNorm(config.hidden_size) if config.conv_pos_pre_layer_norm else None
         self.pos_conv_embed = TFData2VecAudioPositionalConvEmbedding(config)
 
-    def call(self, x, keep=None, alibi=None, output_hidden_states=False, training=False):
+    def call(self, x, keep=None, alibi=None, output_hidden_states=False, output_attentions=False, training=False):
         pos_in = self.pos_conv_layer_norm(x) if self.pos_conv_layer_norm is not None else x
         x = x + self.pos_conv_embed(pos_in)
-        return super().call(x, keep=keep, alibi=alibi, output_hidden_states=output_hidden_states, training=training)
+        return super().call(x, keep=keep, alibi=alibi, output_hidden_states=output_hidden_states,
+                            output_attentions=output_attentions, training=training)
 
 
 def sequence_alibi(config, length):
@@ -401,7 +414,7 @@ class TFData2Vec2AudioModel(TFData2Vec2AudioPreTrainedModel):
     @unpack_inputs
     def call(self, input_values=None, attention_mask=None, output_attentions=None, output_hidden_states=None,
              return_dict=None, training=False):
-        self._check_no_attentions(output_attentions)
+        output_attentions = self._flag(output_attentions, "output_attentions")
         output_hidden_states = self._flag(output_hidden_states, "output_hidden_states")
         return_dict = self._return_dict_default if return_dict is None else return_dict
         input_values = ops.convert_to_tensor(input_values)
@@ -414,8 +427,9 @@ class TFData2Vec2AudioModel(TFData2Vec2AudioPreTrainedModel):
             keep = self.frame_mask(attention_mask, ops.shape(features)[1])
         x = self.feature_projection(features)
         alibi = sequence_alibi(self.config, ops.shape(x)[1]) if self.config.use_alibi else None
-        x, hidden = self.encoder(x, keep=keep, alibi=alibi, output_hidden_states=output_hidden_states, training=training)
-        return finish(Wav2Vec2BaseModelOutput(x, features, hidden), return_dict)
+        x, hidden, attentions = self.encoder(x, keep=keep, alibi=alibi, output_hidden_states=output_hidden_states,
+                                             output_attentions=output_attentions, training=training)
+        return finish(Wav2Vec2BaseModelOutput(x, features, hidden, attentions), return_dict)
 
 
 def blank_logit(config: Data2Vec2AudioConfig, logits):
@@ -465,7 +479,7 @@ class TFData2Vec2AudioForCTC(TFData2Vec2AudioPreTrainedModel):
             output_hidden_states=output_hidden_states, return_dict=True, training=training,
         )
         logits = blank_logit(self.config, self.lm_head(self.dropout(base.last_hidden_state, training=training)))
-        out = CausalLMOutput(None, logits, base.hidden_states)
+        out = CausalLMOutput(None, logits, base.hidden_states, base.attentions)
         # kept for the loss when Keras passes the labels separately (fit with y)
         out._input_lengths = self.ctc_input_lengths(ops.convert_to_tensor(input_values), attention_mask)
         if labels is not None:
@@ -498,7 +512,7 @@ class TFData2Vec2AudioForSequenceClassification(TFData2Vec2AudioPreTrainedModel)
             keep = ops.cast(self.frame_mask(ops.convert_to_tensor(attention_mask), ops.shape(x)[1]), x.dtype)
             count = ops.maximum(ops.sum(keep, axis=1, keepdims=True), 1.0)
             pooled = ops.sum(x * keep[..., None], axis=1) / count
-        out = SequenceClassifierOutput(None, self.classifier(pooled), base.hidden_states)
+        out = SequenceClassifierOutput(None, self.classifier(pooled), base.hidden_states, base.attentions)
         if labels is not None:
             out.loss = self.loss_from_outputs(out, labels)
         return finish(out, return_dict)
@@ -558,7 +572,7 @@ class TFData2Vec2TextModel(TFData2Vec2TextPreTrainedModel):
     @unpack_inputs
     def call(self, input_ids=None, attention_mask=None, output_attentions=None, output_hidden_states=None,
              return_dict=None, training=False):
-        self._check_no_attentions(output_attentions)
+        output_attentions = self._flag(output_attentions, "output_attentions")
         output_hidden_states = self._flag(output_hidden_states, "output_hidden_states")
         return_dict = self._return_dict_default if return_dict is None else return_dict
         input_ids = ops.convert_to_tensor(input_ids)
@@ -572,8 +586,9 @@ class TFData2Vec2TextModel(TFData2Vec2TextPreTrainedModel):
             keep = ops.cast(attention_mask, "bool")
         x = self.embeddings(input_ids)
         alibi = sequence_alibi(self.config, ops.shape(x)[1]) if self.config.use_alibi else None
-        x, hidden = self.encoder(x, keep=keep, alibi=alibi, output_hidden_states=output_hidden_states, training=training)
-        return finish(BaseModelOutput(x, hidden), return_dict)
+        x, hidden, attentions = self.encoder(x, keep=keep, alibi=alibi, output_hidden_states=output_hidden_states,
+                                             output_attentions=output_attentions, training=training)
+        return finish(BaseModelOutput(x, hidden, attentions), return_dict)
 
 
 class TFData2Vec2TextClassificationHead(Layer):
@@ -607,7 +622,7 @@ class TFData2Vec2TextForSequenceClassification(TFData2Vec2TextPreTrainedModel):
             output_hidden_states=output_hidden_states, return_dict=True, training=training,
         )
         out = SequenceClassifierOutput(None, self.classifier(base.last_hidden_state, training=training),
-                                       base.hidden_states)
+                                       base.hidden_states, base.attentions)
         if labels is not None:
             out.loss = self.loss_from_outputs(out, labels)
         return finish(out, return_dict)

@@ -51,11 +51,13 @@ class Data2Vec2Attention(nn.Module):
         self.attention_dropout = config.attention_dropout
         self.dropout = nn.Dropout(config.hidden_dropout)
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | None, output_attentions: bool = False):
+        """(output, attention weights or None)."""
         b, t, d = x.shape
         qkv = self.qkv_proj(x).view(b, t, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
-        context, _ = attention(qkv[0], qkv[1], qkv[2], bias, dropout=self.attention_dropout, training=self.training)
-        return self.dropout(self.out_proj(context))
+        context, weights = attention(qkv[0], qkv[1], qkv[2], bias, dropout=self.attention_dropout,
+                                     training=self.training, need_weights=output_attentions)
+        return self.dropout(self.out_proj(context)), weights
 
 
 class Data2Vec2FeedForward(nn.Module):
@@ -87,13 +89,16 @@ class Data2Vec2Layer(nn.Module):
         self.final_layer_norm = _layer_norm(config)
         self.post_mlp_dropout = nn.Dropout(config.post_mlp_dropout)
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | None, output_attentions: bool = False):
+        """(output, attention weights or None)."""
         if self.pre_norm:
-            x = x + self.attention(self.layer_norm(x), bias)
+            attn, weights = self.attention(self.layer_norm(x), bias, output_attentions)
+            x = x + attn
             r = x = self.feed_forward(self.final_layer_norm(x))
-            return r + self.post_mlp_dropout(x)
-        x = self.layer_norm(x + self.attention(x, bias))
-        return self.final_layer_norm(x + self.post_mlp_dropout(self.feed_forward(x)))
+            return r + self.post_mlp_dropout(x), weights
+        attn, weights = self.attention(x, bias, output_attentions)
+        x = self.layer_norm(x + attn)
+        return self.final_layer_norm(x + self.post_mlp_dropout(self.feed_forward(x))), weights
 
 
 class Data2Vec2Encoder(nn.Module):
@@ -118,6 +123,7 @@ class Data2Vec2Encoder(nn.Module):
         self.prenet_layers = nn.ModuleList([Data2Vec2Layer(config) for _ in range(config.num_prenet_layers)])
         self.layers = nn.ModuleList([Data2Vec2Layer(config) for _ in range(config.num_hidden_layers)])
         self.final_layer_norm = _layer_norm(config) if config.layer_norm_first else None
+        self.gradient_checkpointing = False
 
     def _alibi_per_layer(self, alibi: torch.Tensor) -> list[torch.Tensor]:
         """The (1, H, T, T) bias each layer adds: ALiBi times its clamped scale, zero for heads
@@ -130,7 +136,8 @@ class Data2Vec2Encoder(nn.Module):
             out.append(F.pad(bias, (0, 0, 0, 0, 0, pad_heads)) if pad_heads else bias)
         return out
 
-    def forward(self, x, keep=None, alibi=None, output_hidden_states: bool = False):
+    def forward(self, x, keep=None, alibi=None, output_hidden_states: bool = False, output_attentions: bool = False):
+        """(output, main-layer hidden states or None, main-layer attention weights or None)."""
         n = self.config.num_extra_tokens
         if n:
             x = torch.cat([self.extra_tokens.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
@@ -142,29 +149,35 @@ class Data2Vec2Encoder(nn.Module):
         biases = self._alibi_per_layer(alibi) if alibi is not None else None
         if self.layer_norm is not None:
             x = self.layer_norm(x)
-        hidden_states = []
+        hidden_states, attentions = [], []
         for i, layer in enumerate([*self.prenet_layers, *self.layers]):
             if i == len(self.prenet_layers) and output_hidden_states:
                 hidden_states.append(x)
             bias = pad
             if biases is not None:
                 bias = biases[i] if pad is None else biases[i] + pad
-            x = layer(x, bias)
-            if i >= len(self.prenet_layers) and output_hidden_states:
-                hidden_states.append(x)
+            if self.gradient_checkpointing and self.training:
+                x, weights = torch.utils.checkpoint.checkpoint(layer, x, bias, output_attentions, use_reentrant=False)
+            else:
+                x, weights = layer(x, bias, output_attentions)
+            if i >= len(self.prenet_layers):
+                if output_hidden_states:
+                    hidden_states.append(x)
+                if output_attentions:
+                    attentions.append(weights)
         if self.final_layer_norm is not None:
             x = self.final_layer_norm(x)
         if n and not self.config.keeps_extra_tokens:  # audio / text: as fairseq's extract_features
             x, hidden_states = x[:, n:], [h[:, n:] for h in hidden_states]
-        return x, (tuple(hidden_states) if output_hidden_states else None)
+        return (
+            x,
+            tuple(hidden_states) if output_hidden_states else None,
+            tuple(attentions) if output_attentions else None,
+        )
 
 
 class Data2Vec2PreTrainedModel(Data2VecPreTrainedModel):
     """Base of the data2vec 2.0 PyTorch classes."""
-
-    def _check_no_attentions(self, output_attentions) -> None:
-        if output_attentions:
-            raise ValueError(f"{type(self).__name__} does not return attention weights (output_attentions=True)")
 
 
 def _numpy(t: torch.Tensor) -> np.ndarray:
@@ -228,14 +241,14 @@ class Data2Vec2VisionModel(Data2Vec2VisionPreTrainedModel):
         self.post_init()
 
     def forward(self, pixel_values, output_attentions=None, output_hidden_states=None, return_dict=None):
-        self._check_no_attentions(output_attentions)
+        output_attentions = self._flag(output_attentions, "output_attentions")
         output_hidden_states = self._flag(output_hidden_states, "output_hidden_states")
         return_dict = self._return_dict_default if return_dict is None else return_dict
         D.check_pixel_values(self.config, tuple(pixel_values.shape))
         x = self.embeddings(pixel_values)
         alibi = None if self._alibi is None else self._alibi.to(x.device)
-        x, hidden = self.encoder(x, None, alibi, output_hidden_states)
-        return finish(BaseModelOutput(x, hidden), return_dict)
+        x, hidden, attentions = self.encoder(x, None, alibi, output_hidden_states, output_attentions)
+        return finish(BaseModelOutput(x, hidden, attentions), return_dict)
 
 
 def lin_softmax_pool(x: torch.Tensor) -> torch.Tensor:
@@ -273,7 +286,7 @@ class Data2Vec2VisionForImageClassification(Data2Vec2VisionPreTrainedModel):
         base = self.data2vec2_vision(pixel_values, output_attentions, output_hidden_states, return_dict=True)
         logits = self.classifier(self.pool(base.last_hidden_state))
         loss = classification_loss(logits, labels, self.config) if labels is not None else None
-        return finish(ImageClassifierOutput(loss, logits, base.hidden_states), return_dict)
+        return finish(ImageClassifierOutput(loss, logits, base.hidden_states, base.attentions), return_dict)
 
 
 # -------------------------------------------------------------------------------- audio
@@ -334,10 +347,10 @@ class Data2Vec2AudioEncoder(Data2Vec2Encoder):
         self.pos_conv_layer_norm = nn.LayerNorm(config.hidden_size) if config.conv_pos_pre_layer_norm else None
         self.pos_conv_embed = Data2VecAudioPositionalConvEmbedding(config)
 
-    def forward(self, x, keep=None, alibi=None, output_hidden_states: bool = False):
+    def forward(self, x, keep=None, alibi=None, output_hidden_states: bool = False, output_attentions: bool = False):
         pos_in = self.pos_conv_layer_norm(x) if self.pos_conv_layer_norm is not None else x
         x = x + self.pos_conv_embed(pos_in)
-        return super().forward(x, keep, alibi, output_hidden_states)
+        return super().forward(x, keep, alibi, output_hidden_states, output_attentions)
 
 
 def sequence_alibi(config, length: int, device) -> torch.Tensor:
@@ -379,7 +392,7 @@ class Data2Vec2AudioModel(Data2Vec2AudioPreTrainedModel):
 
     def forward(self, input_values, attention_mask=None, output_attentions=None, output_hidden_states=None,
                 return_dict=None):
-        self._check_no_attentions(output_attentions)
+        output_attentions = self._flag(output_attentions, "output_attentions")
         output_hidden_states = self._flag(output_hidden_states, "output_hidden_states")
         return_dict = self._return_dict_default if return_dict is None else return_dict
         D.check_input_values(self.config, tuple(input_values.shape), str(input_values.dtype))
@@ -390,8 +403,8 @@ class Data2Vec2AudioModel(Data2Vec2AudioPreTrainedModel):
             keep = self.frame_mask(attention_mask, features.shape[1])
         x = self.feature_projection(features)
         alibi = sequence_alibi(self.config, x.shape[1], x.device) if self.config.use_alibi else None
-        x, hidden = self.encoder(x, keep, alibi, output_hidden_states)
-        return finish(Wav2Vec2BaseModelOutput(x, features, hidden), return_dict)
+        x, hidden, attentions = self.encoder(x, keep, alibi, output_hidden_states, output_attentions)
+        return finish(Wav2Vec2BaseModelOutput(x, features, hidden, attentions), return_dict)
 
 
 def blank_logit(config: Data2Vec2AudioConfig, logits: torch.Tensor) -> torch.Tensor:
@@ -437,7 +450,7 @@ class Data2Vec2AudioForCTC(Data2Vec2AudioPreTrainedModel):
                 log_probs, labels.masked_select(keep), input_lengths, keep.sum(-1), blank=blank,
                 reduction=self.config.ctc_loss_reduction, zero_infinity=self.config.ctc_zero_infinity,
             )
-        return finish(CausalLMOutput(loss, logits, base.hidden_states), return_dict)
+        return finish(CausalLMOutput(loss, logits, base.hidden_states, base.attentions), return_dict)
 
 
 class Data2Vec2AudioForSequenceClassification(Data2Vec2AudioPreTrainedModel):
@@ -463,7 +476,7 @@ class Data2Vec2AudioForSequenceClassification(Data2Vec2AudioPreTrainedModel):
             pooled = x.masked_fill(~keep[..., None], 0.0).sum(dim=1) / count
         logits = self.classifier(pooled)
         loss = classification_loss(logits, labels, self.config) if labels is not None else None
-        return finish(SequenceClassifierOutput(loss, logits, base.hidden_states), return_dict)
+        return finish(SequenceClassifierOutput(loss, logits, base.hidden_states, base.attentions), return_dict)
 
 
 # --------------------------------------------------------------------------------- text
@@ -526,7 +539,7 @@ class Data2Vec2TextModel(Data2Vec2TextPreTrainedModel):
 
     def forward(self, input_ids, attention_mask=None, output_attentions=None, output_hidden_states=None,
                 return_dict=None):
-        self._check_no_attentions(output_attentions)
+        output_attentions = self._flag(output_attentions, "output_attentions")
         output_hidden_states = self._flag(output_hidden_states, "output_hidden_states")
         return_dict = self._return_dict_default if return_dict is None else return_dict
         D.check_input_ids(self.config, _numpy(input_ids))
@@ -537,8 +550,8 @@ class Data2Vec2TextModel(Data2Vec2TextPreTrainedModel):
             keep = attention_mask.bool()
         x = self.embeddings(input_ids)
         alibi = sequence_alibi(self.config, x.shape[1], x.device) if self.config.use_alibi else None
-        x, hidden = self.encoder(x, keep, alibi, output_hidden_states)
-        return finish(BaseModelOutput(x, hidden), return_dict)
+        x, hidden, attentions = self.encoder(x, keep, alibi, output_hidden_states, output_attentions)
+        return finish(BaseModelOutput(x, hidden, attentions), return_dict)
 
 
 class Data2Vec2TextClassificationHead(nn.Module):
@@ -569,4 +582,4 @@ class Data2Vec2TextForSequenceClassification(Data2Vec2TextPreTrainedModel):
         base = self.data2vec2_text(input_ids, attention_mask, output_attentions, output_hidden_states, True)
         logits = self.classifier(base.last_hidden_state)
         loss = classification_loss(logits, labels, self.config) if labels is not None else None
-        return finish(SequenceClassifierOutput(loss, logits, base.hidden_states), return_dict)
+        return finish(SequenceClassifierOutput(loss, logits, base.hidden_states, base.attentions), return_dict)

@@ -293,3 +293,24 @@ def test_audio_extra_tokens_dropped_and_blank_weight(tmp_path):
     keras_model = _d2v_tf().TFData2Vec2AudioForCTC(config)
     keras_model.load_arrays(model.state_arrays())
     np.testing.assert_allclose(np.asarray(keras_model(x.numpy()).logits), out.logits.numpy(), atol=1e-5)
+
+
+def test_gradient_checkpointing_same_gradients():
+    config = D.Data2Vec2TextConfig(vocab_size=30, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                   intermediate_size=16, max_position_embeddings=16, num_prenet_layers=1)
+    torch.manual_seed(0)
+    model = d2v_torch.Data2Vec2TextForSequenceClassification(config).train()
+    ids, labels = torch.tensor([[0, 5, 6, 2, 1]]), torch.tensor([1])
+
+    def grads():
+        model.zero_grad()
+        model(ids, labels=labels).loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    plain = grads()
+    model.gradient_checkpointing_enable()
+    assert model.data2vec2_text.encoder.gradient_checkpointing
+    checkpointed = grads()
+    assert plain.keys() == checkpointed.keys()
+    for name in plain:
+        torch.testing.assert_close(checkpointed[name], plain[name], rtol=0, atol=1e-6)

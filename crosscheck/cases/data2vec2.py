@@ -78,7 +78,7 @@ def cases(size: str = "small") -> list[Case]:
     if size != "small":
         return []  # no base-size data2vec 2.0 cases (the small ones cover every option)
     out = []
-    kwargs = dict(call_kwargs=dict(output_hidden_states=True), hf_torch=False)
+    kwargs = dict(call_kwargs=dict(output_hidden_states=True, output_attentions=True), hf_torch=False)
     for variant, extra in VISION_VARIANTS.items():
         config = Data2Vec2VisionConfig(**{**VISION, **extra})
         for head, arch in (("model", "Data2Vec2VisionModel"), ("cls", "Data2Vec2VisionForImageClassification")):
