@@ -100,7 +100,8 @@ class Data2Vec2VisionConfig(Data2Vec2ConfigBase):
         use_fixed_positions: add the stored (1, patches, hidden) position table.
         alibi_dims: ALiBi over the patch sequence (1) or the patch grid (2).
         alibi_distance: ``manhattan`` or ``euclidean`` grid distance for 2-D ALiBi.
-        pooling_mode: head input: ``mean`` over patches, the ``cls`` token, or ``lin_softmax``.
+        pooling_mode: head input: ``mean`` over patches, the first token (``cls``: the CLS token,
+            or the first patch without extra tokens, as upstream), or ``lin_softmax``.
         use_fc_norm: LayerNorm (eps ``fc_norm_eps``) on the pooled vector.
 
     Examples:
@@ -143,8 +144,6 @@ class Data2Vec2VisionConfig(Data2Vec2ConfigBase):
             raise ValueError(f"{name}.alibi_dims must be 1 or 2, got {self.alibi_dims}")
         if self.alibi_distance not in ALIBI_DISTANCES:
             raise ValueError(f"{name}.alibi_distance must be one of {ALIBI_DISTANCES}, got {self.alibi_distance!r}")
-        if self.pooling_mode == "cls" and self.num_extra_tokens == 0:
-            raise ValueError(f"{name}: pooling_mode 'cls' needs num_extra_tokens >= 1")
 
     @property
     def grid_size(self) -> int:

@@ -10,6 +10,7 @@ if keras.backend.backend() != "tensorflow":
     raise ImportError(f"d2v_tf needs Keras 3 with the TensorFlow backend; KERAS_BACKEND is {keras.backend.backend()!r}")
 
 from d2v_common.configs import Data2VecAudioConfig, Data2VecTextConfig, Data2VecVisionConfig  # noqa: E402
+from d2v_common.data2vec2 import Data2Vec2AudioConfig, Data2Vec2TextConfig, Data2Vec2VisionConfig  # noqa: E402
 from d2v_tf.audio import (  # noqa: E402
     TFData2VecAudioForAudioFrameClassification,
     TFData2VecAudioForCTC,
@@ -52,6 +53,9 @@ from d2v_tf.vision import (  # noqa: E402
 )
 
 __all__ = [
+    "Data2Vec2AudioConfig",
+    "Data2Vec2TextConfig",
+    "Data2Vec2VisionConfig",
     "TFData2Vec2AudioForCTC",
     "TFData2Vec2AudioForSequenceClassification",
     "TFData2Vec2AudioModel",
