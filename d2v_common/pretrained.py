@@ -32,8 +32,10 @@ def load_arrays_for(
 ) -> tuple[dict[str, np.ndarray], LoadReport]:
     """Every tensor of ``spec`` from the checkpoint in ``path`` (new head tensors initialised)."""
     path = os.fspath(path)
-    if fairseq_source(path) is not None:  # an original fairseq checkpoint, converted in memory
-        arrays, unexpected, fmt = dict(fairseq_source(path)[1]), [], "fairseq"
+    source = fairseq_source(path)
+    if source is not None:  # an original fairseq checkpoint, converted in memory
+        arrays, unexpected, fmt = dict(source[1]), [], "fairseq"
+        _FAIRSEQ_CACHE.clear()  # the weights now belong to the caller; keep no second copy
     else:
         arrays, unexpected, fmt = checkpoint.read_checkpoint(path, spec, prefer=prefer)
     matched, report = match_checkpoint(
@@ -64,8 +66,8 @@ _FAIRSEQ_CACHE: dict = {}
 
 def fairseq_source(path: str) -> tuple | None:
     """``(config, arrays)`` when ``path`` is a fairseq checkpoint (a ``.pt`` file, or a folder
-    with one ``checkpoint*.pt`` and no config.json), else None. The last conversion is cached,
-    so config and weights come from one read."""
+    with one ``checkpoint*.pt`` and no config.json), else None. The conversion is cached from
+    the config read until the weights are taken (``load_arrays_for``), so the file is read once."""
     from d2v_common import fairseq
 
     file = fairseq.fairseq_checkpoint_file(path)
