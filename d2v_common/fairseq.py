@@ -564,6 +564,7 @@ def convert_fairseq(
     if unknown:
         raise FairseqCheckpointError(f"{file}: tensors d2v does not know how to map: {unknown[:8]}")
 
+    _sizes_from_weights(fields, arrays, report)
     if sub == "text":
         vocab = arrays["embeddings.word_embeddings.weight"].shape[0]
         fields["vocab_size"] = int(vocab)
@@ -583,6 +584,22 @@ def convert_fairseq(
     report.architecture = architecture
     config.architectures = [architecture]
     return config, architecture, arrays, report
+
+
+def _sizes_from_weights(fields: dict, arrays: dict[str, np.ndarray], report: ConversionReport) -> None:
+    """Widths the weights fix (MLP and patch-embedding width): the tensors win over a config
+    that disagrees (older configs may lack the key and fall back to upstream's default)."""
+    checks = [("intermediate_size", "encoder.layers.0.feed_forward.intermediate_dense.weight")]
+    if "patch_embed_dim" in fields:
+        checks.append(("patch_embed_dim", "embeddings.patch_embeddings.projection.weight"))
+    for key, name in checks:
+        if name not in arrays:
+            continue
+        width = int(arrays[name].shape[0])
+        configured = fields[key] if fields[key] is not None else fields["hidden_size"]
+        if width != configured:
+            report.notes.append(f"note: {key} taken from the weights ({width}), the config says {configured}")
+        fields[key] = None if key == "patch_embed_dim" and width == fields["hidden_size"] else width
 
 
 def _to_numpy(value) -> np.ndarray:

@@ -236,6 +236,16 @@ def test_pickled_fairseq_enums_read_without_fairseq(tmp_path, monkeypatch):
     assert arch == "Data2Vec2VisionForImageClassification" and config.pooling_mode == "cls"
 
 
+def test_widths_missing_from_old_configs_come_from_the_weights(tmp_path):
+    ckpt = torch.load(os.path.join(FIXTURES, "image-cls", "checkpoint.pt"), weights_only=True)
+    pre = ckpt["cfg"]["model"]["pretrained_model_args"]["model"]
+    del pre["modalities"]["image"]["embed_dim"]  # upstream default 768 would not fit the weights
+    pre["mlp_ratio"] = 3.0
+    config, _, _, report = convert_fairseq(_fake(tmp_path, "old_cfg.pt", **ckpt))
+    assert config.patch_embed_dim is None and config.intermediate_size == 128
+    assert any("patch_embed_dim taken from the weights" in n for n in report.notes)
+
+
 def test_unknown_config_keys_are_noted(tmp_path):
     ckpt = torch.load(os.path.join(FIXTURES, "audio-features", "checkpoint.pt"), weights_only=True)
     ckpt["cfg"]["model"]["my_private_flag"] = 3
