@@ -221,7 +221,9 @@ class Data2Vec2AudioConfig(Data2Vec2ConfigBase):
                 f"num_conv_pos_embedding_groups ({self.num_conv_pos_embedding_groups})"
             )
         if self.feat_extract_norm not in FEAT_EXTRACT_NORMS:
-            raise ValueError(f"{name}.feat_extract_norm must be one of {FEAT_EXTRACT_NORMS}, got {self.feat_extract_norm!r}")
+            raise ValueError(
+                f"{name}.feat_extract_norm must be one of {FEAT_EXTRACT_NORMS}, got {self.feat_extract_norm!r}"
+            )
         if self.feat_extract_activation not in ACTIVATIONS:
             raise ValueError(f"{name}.feat_extract_activation: unknown activation {self.feat_extract_activation!r}")
         if self.blank_mode not in ("add", "set"):
@@ -275,7 +277,9 @@ class Data2Vec2TextConfig(Data2Vec2ConfigBase):
         if self.vocab_size <= 0 or self.max_position_embeddings <= 0:
             raise ValueError(f"{name}: vocab_size and max_position_embeddings must be positive")
         if not 0 <= self.pad_token_id < self.vocab_size:
-            raise ValueError(f"{name}.pad_token_id must be in [0, vocab_size={self.vocab_size}), got {self.pad_token_id}")
+            raise ValueError(
+                f"{name}.pad_token_id must be in [0, vocab_size={self.vocab_size}), got {self.pad_token_id}"
+            )
         if self.classifier_activation not in ACTIVATIONS:
             raise ValueError(f"{name}.classifier_activation: unknown activation {self.classifier_activation!r}")
         if self.classifier_hidden_size is not None and self.classifier_hidden_size <= 0:

@@ -292,8 +292,9 @@ _RENAMES = [
     (r"^M\.fixed_positional_encoder\.positions$", "embeddings.position_embeddings", False),
     # audio
     (r"^M\.local_encoder\.conv_layers\.(\d+)\.0\.weight$", r"feature_extractor.conv_layers.\1.conv.weight", False),
-    (r"^M\.local_encoder\.conv_layers\.(\d+)\.2\.1\.(weight|bias)$", r"feature_extractor.conv_layers.\1.layer_norm.\2", False),
-    (r"^M\.local_encoder\.conv_layers\.(\d+)\.2\.(weight|bias)$", r"feature_extractor.conv_layers.\1.layer_norm.\2", False),
+    # LayerNorm after every conv ("layer_norm" mode), GroupNorm after the first ("default")
+    (r"^M\.local_encoder\.conv_layers\.(\d+)\.2\.(?:1\.)?(weight|bias)$", r"feature_extractor.conv_layers.\1.layer_norm.\2",
+     False),
     (r"^M\.project_features\.1\.(weight|bias)$", r"feature_projection.layer_norm.\1", False),
     (r"^M\.project_features\.2\.(weight|bias)$", r"feature_projection.projection.\1", False),
     (r"^M\.relative_positional_encoder\.0\.(weight|bias)$", r"encoder.pos_conv_layer_norm.\1", False),

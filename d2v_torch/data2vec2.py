@@ -36,7 +36,8 @@ from d2v_torch.layers import Activation, Linear, attention, classification_loss,
 
 
 def _layer_norm(config, dim: int | None = None) -> nn.LayerNorm:
-    return nn.LayerNorm(dim or config.hidden_size, eps=config.layer_norm_eps, elementwise_affine=config.layer_norm_affine)
+    dim = dim or config.hidden_size
+    return nn.LayerNorm(dim, eps=config.layer_norm_eps, elementwise_affine=config.layer_norm_affine)
 
 
 class Data2Vec2Attention(nn.Module):

@@ -324,3 +324,62 @@ def test_gradient_checkpointing_same_gradients():
     assert plain.keys() == checkpointed.keys()
     for name in plain:
         torch.testing.assert_close(checkpointed[name], plain[name], rtol=0, atol=1e-6)
+
+
+def _block_tensors(prefix, d, hidden):
+    shapes = {"norm1.weight": (d,), "norm1.bias": (d,), "attn.qkv.weight": (3 * d, d), "attn.qkv.bias": (3 * d,),
+              "attn.proj.weight": (d, d), "attn.proj.bias": (d,), "norm2.weight": (d,), "norm2.bias": (d,),
+              "mlp.fc1.weight": (hidden, d), "mlp.fc1.bias": (hidden,), "mlp.fc2.weight": (d, hidden),
+              "mlp.fc2.bias": (d,)}
+    return {f"{prefix}.{k}": v for k, v in shapes.items()}
+
+
+def test_group_norm_and_pre_ln_audio_names_map(tmp_path):
+    """A pretraining checkpoint laid out as upstream's modules name it for extractor_mode
+    'default', conv_pos_pre_ln, prenet blocks, an extra token and per-layer ALiBi scales."""
+    ckpt = torch.load(os.path.join(FIXTURES, "audio-features", "checkpoint.pt"), weights_only=True)
+    audio = ckpt["cfg"]["model"]["modalities"]["audio"]
+    audio.update(extractor_mode="default", conv_pos_pre_ln=True, prenet_depth=1, num_extra_tokens=1,
+                 learned_alibi_scale_per_layer=True)
+    d, hidden, m = 32, 128, "modality_encoders.AUDIO."
+    shapes = {m + "alibi_scale": (3, 1, 4, 1, 1), m + "extra_tokens": (1, 1, d),
+              m + "local_encoder.conv_layers.0.0.weight": (32, 1, 10),
+              m + "local_encoder.conv_layers.0.2.weight": (32,), m + "local_encoder.conv_layers.0.2.bias": (32,),
+              m + "local_encoder.conv_layers.1.0.weight": (32, 32, 3),
+              m + "local_encoder.conv_layers.2.0.weight": (32, 32, 3),
+              m + "project_features.1.weight": (32,), m + "project_features.1.bias": (32,),
+              m + "project_features.2.weight": (d, 32), m + "project_features.2.bias": (d,),
+              m + "relative_positional_encoder.0.weight": (d,), m + "relative_positional_encoder.0.bias": (d,),
+              m + "context_encoder.norm.weight": (d,), m + "context_encoder.norm.bias": (d,),
+              m + "decoder.proj.weight": (d, 16), "_ema": None}
+    for i in (1, 2):
+        shapes[m + f"relative_positional_encoder.1.{i}.0.weight"] = (d, 8, 4)
+        shapes[m + f"relative_positional_encoder.1.{i}.0.bias"] = (d,)
+    shapes.update(_block_tensors(m + "context_encoder.blocks.0", d, hidden))
+    for i in (0, 1):
+        shapes.update(_block_tensors(f"blocks.{i}", d, hidden))
+    rng = np.random.default_rng(0)
+    ckpt["model"] = {k: ({} if v is None else torch.from_numpy((0.1 * rng.standard_normal(v)).astype(np.float32)))
+                     for k, v in shapes.items()}
+    config, arch, arrays, report = convert_fairseq(_fake(tmp_path, "gn.pt", **ckpt))
+    assert arch == "Data2Vec2AudioModel" and config.feat_extract_norm == "group" and config.conv_pos_pre_layer_norm
+    assert sorted(report.dropped) == ["_ema", m + "decoder.proj.weight"]
+    pairs = {
+        m + "local_encoder.conv_layers.0.2.weight": "feature_extractor.conv_layers.0.layer_norm.weight",
+        m + "relative_positional_encoder.0.bias": "encoder.pos_conv_layer_norm.bias",
+        m + "relative_positional_encoder.1.2.0.weight": "encoder.pos_conv_embed.layers.1.conv.weight",
+        m + "context_encoder.blocks.0.attn.qkv.weight": "encoder.prenet_layers.0.attention.qkv_proj.weight",
+        "blocks.1.norm2.bias": "encoder.layers.1.final_layer_norm.bias",
+        m + "alibi_scale": "encoder.alibi_scale",
+    }
+    for old, new in pairs.items():
+        np.testing.assert_array_equal(arrays[new], ckpt["model"][old].numpy())
+    model = d2v_torch.Data2Vec2AudioModel(config).eval()  # the pretraining config has dropout
+    model.load_arrays(arrays)
+    keras_model = _d2v_tf().TFData2Vec2AudioModel(config)
+    keras_model.load_arrays(arrays)
+    x = np.random.default_rng(1).standard_normal((1, 800)).astype(np.float32)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x)).last_hidden_state.numpy()
+    assert expected.shape == (1, 39, 32)  # the extra token is dropped, as extract_features does
+    np.testing.assert_allclose(np.asarray(keras_model(x).last_hidden_state), expected, atol=1e-5)
