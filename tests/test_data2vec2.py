@@ -158,6 +158,13 @@ def test_cli_converts_and_reports(tmp_path, capsys):
     assert "gives 7 symbols" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "t")
     assert [p for p in os.listdir(tmp_path) if p.startswith("t.")] == []
+    # fairseq-only options are refused for the other formats; --to stays required there
+    with pytest.raises(SystemExit) as exit_info:
+        convert_main([str(tmp_path / "out"), str(tmp_path / "x"), "--to", "safetensors", "--dict", str(bad_dict)])
+    assert exit_info.value.code == 2
+    with pytest.raises(SystemExit):
+        convert_main([str(tmp_path / "out"), str(tmp_path / "x")])
+    assert "--to" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------- bad checkpoints
