@@ -15,6 +15,7 @@ import json
 import os
 from typing import Any
 
+from d2v_common.hub import pop_hub_options, resolve_pretrained
 from d2v_common.io_utils import atomic_write_bytes
 
 CONFIG_NAME = "config.json"
@@ -292,8 +293,10 @@ class Data2VecConfigBase:
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, **kwargs: Any):
-        """Load from a checkpoint directory or a ``config.json`` path; kwargs override keys."""
-        path = os.fspath(path)
+        """Load from a checkpoint directory, a ``config.json`` path or a Hugging Face Hub id
+        (``revision``, ``cache_dir``, ``local_files_only``, ``token``, ``force_download`` as in
+        HF); other kwargs override keys."""
+        path = resolve_pretrained(path, [CONFIG_NAME], **pop_hub_options(kwargs))
         file = os.path.join(path, CONFIG_NAME) if os.path.isdir(path) else path
         if not os.path.isfile(file):
             raise FileNotFoundError(f"no {CONFIG_NAME} at {path}")
