@@ -214,6 +214,9 @@ def resolve_pretrained(
         raise OSError(message) from None
 
     offline = bool(local_files_only or hub.constants.HF_HUB_OFFLINE)
+    if offline and force_download:
+        raise ValueError(f"{where}: force_download=True needs the Hub, but offline mode is on (HF_HUB_OFFLINE=1 or "
+                         "local_files_only=True); drop one of them")
     options = dict(revision=revision, cache_dir=cache_dir, token=token)
     available, offline = _repository_files(hub, path, offline, where, options)
     try:

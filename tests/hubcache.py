@@ -66,3 +66,25 @@ def folder_files(folder: str | os.PathLike) -> dict[str, bytes]:
     """Every file of a checkpoint folder as name -> bytes (to put it in a cache)."""
     folder = Path(folder)
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def serve_offline(monkeypatch, root: str | os.PathLike | None = None) -> None:
+    """Make huggingface_hub (and transformers) work offline, from the cache at ``root`` if given.
+
+    huggingface_hub reads ``HF_HUB_OFFLINE`` and ``HF_HUB_CACHE`` when it is imported, so the
+    variables are set for subprocesses and the already-read constants are patched for this one;
+    the endpoint points at a closed local port, so nothing can reach the real Hub.
+    """
+    import huggingface_hub.constants as constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+    if root is not None:
+        monkeypatch.setenv("HF_HUB_CACHE", str(root))
+        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(root))
+    try:
+        import transformers.utils.hub as transformers_hub
+    except ImportError:
+        return
+    monkeypatch.setattr(transformers_hub, "_is_offline_mode", True, raising=False)

@@ -25,7 +25,7 @@ from d2v_common.checkpoint import CheckpointError
 from d2v_common.configs import Data2VecAudioConfig, Data2VecTextConfig, Data2VecVisionConfig
 from d2v_common.convert import main as convert_main
 from d2v_common.processing import AudioFeatureExtractor, CTCTokenizer, ImageProcessor, TextTokenizer
-from tests.hubcache import folder_files, make_hub_cache
+from tests.hubcache import folder_files, make_hub_cache, serve_offline
 from tests.oracle import random_hf_model
 
 VISION, TEXT = "facebook/data2vec-vision-tiny-ft", "facebook/data2vec-text-tiny"
@@ -99,12 +99,7 @@ def cache(tmp_path_factory):
 @pytest.fixture(autouse=True)
 def offline(monkeypatch):
     """HF_HUB_OFFLINE=1 as both libraries see it now (huggingface_hub read the variable at import)."""
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")  # never the real Hub
-    import transformers.utils.hub as hf_hub_utils
-
-    monkeypatch.setattr(hf_hub_utils, "_is_offline_mode", True, raising=False)
+    serve_offline(monkeypatch)
 
 
 def _hf(cls, repo, cache, **kwargs):
@@ -293,14 +288,18 @@ def online(monkeypatch):
     """Online mode whose Hub answers are set per test (huggingface_hub's functions replaced)."""
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
 
-    def answer(listing=None, listing_error=None, download_error=None):
+    def answer(listing=None, listing_error=None, download_error=None, folder=None, calls=None):
         def list_repo_files(repo_id, revision=None, token=None, **kwargs):
             if listing_error is not None:
                 raise listing_error
             return listing
 
         def hf_hub_download(repo_id, filename, **kwargs):
-            raise download_error
+            if calls is not None:
+                calls.append((repo_id, filename, kwargs))
+            if download_error is not None:
+                raise download_error
+            return os.path.join(folder, filename)
 
         monkeypatch.setattr(huggingface_hub, "list_repo_files", list_repo_files)
         monkeypatch.setattr(huggingface_hub, "hf_hub_download", hf_hub_download)
@@ -414,3 +413,22 @@ def test_ctc_tokenizer_round_trip_and_bad_ids(tmp_path, cache):
         CTCTokenizer({"eng": {"<pad>": 0}, "fra": {"<pad>": 0}})
     multi = CTCTokenizer({"eng": {"<pad>": 0, "A": 1}, "fra": {"<pad>": 0, "B": 1}}, target_lang="fra")
     assert multi.decode([1, 1, 0, 1]) == "BB"
+
+
+def test_hub_keywords_reach_huggingface_hub(online, cache, tmp_path):
+    snapshot = huggingface_hub.snapshot_download(VISION, cache_dir=cache, local_files_only=True)
+    calls = []
+    online(listing=sorted(os.listdir(snapshot)) + ["README.md", "sub/file.txt"], folder=snapshot, calls=calls)
+    config = Data2VecVisionConfig.from_pretrained("org/model", revision="v1", cache_dir=tmp_path, token="hf_x",
+                                                  force_download=True)
+    assert config.hidden_size == 32
+    assert calls == [("org/model", "config.json", dict(local_files_only=False, revision="v1", cache_dir=tmp_path,
+                                                        token="hf_x", force_download=True))]
+    calls.clear()
+    ImageProcessor.from_pretrained("org/model")
+    assert [c[1] for c in calls] == ["preprocessor_config.json"]
+
+
+def test_force_download_offline_is_refused():
+    with pytest.raises(ValueError, match="force_download=True needs the Hub, but offline mode is on"):
+        Data2VecVisionConfig.from_pretrained("org/model", force_download=True)
