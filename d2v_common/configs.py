@@ -612,9 +612,10 @@ def config_from_dict(config_dict: dict[str, Any]) -> Data2VecConfigBase:
     return CONFIG_CLASSES[model_type].from_dict(config_dict)
 
 
-def load_config(path: str | os.PathLike) -> Data2VecConfigBase:
-    """Load any of the three configs from a directory or ``config.json`` path."""
-    path = os.fspath(path)
+def load_config(path: str | os.PathLike, **hub_options: Any) -> Data2VecConfigBase:
+    """Load any of the three configs from a directory, a ``config.json`` path or a hub id
+    (``hub_options``: ``revision``, ``cache_dir``, ``local_files_only``, ``token``, ``force_download``)."""
+    path = resolve_pretrained(path, [CONFIG_NAME], **hub_options)
     file = os.path.join(path, CONFIG_NAME) if os.path.isdir(path) else path
     if not os.path.isfile(file):
         raise FileNotFoundError(f"no {CONFIG_NAME} at {path}")

@@ -22,7 +22,7 @@ import d2v_tf
 import d2v_torch
 from d2v_common import hub as d2v_hub
 from d2v_common.checkpoint import CheckpointError
-from d2v_common.configs import Data2VecAudioConfig, Data2VecTextConfig, Data2VecVisionConfig
+from d2v_common.configs import Data2VecAudioConfig, Data2VecTextConfig, Data2VecVisionConfig, load_config
 from d2v_common.convert import main as convert_main
 from d2v_common.processing import AudioFeatureExtractor, CTCTokenizer, ImageProcessor, TextTokenizer
 from tests.hubcache import folder_files, make_hub_cache, serve_offline
@@ -432,3 +432,14 @@ def test_hub_keywords_reach_huggingface_hub(online, cache, tmp_path):
 def test_force_download_offline_is_refused():
     with pytest.raises(ValueError, match="force_download=True needs the Hub, but offline mode is on"):
         Data2VecVisionConfig.from_pretrained("org/model", force_download=True)
+
+
+def test_unreachable_hub_falls_back_to_the_cache(online, cache):
+    """No connection (or a Hub error) while listing: the cached snapshot serves, as in huggingface_hub."""
+    snapshot = huggingface_hub.snapshot_download(AUDIO, cache_dir=cache, local_files_only=True)
+    for error in (ConnectionError("no route to host"), huggingface_hub.errors.HfHubHTTPError("503")):
+        calls = []
+        online(listing_error=error, folder=snapshot, calls=calls)
+        assert load_config(AUDIO, cache_dir=cache).vocab_size == len(CTC_VOCAB)
+        assert calls == [(AUDIO, "config.json", dict(local_files_only=True, revision=None, cache_dir=cache, token=None,
+                                                     force_download=False))]
