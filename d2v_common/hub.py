@@ -251,7 +251,8 @@ def _repository_files(hub, repo_id: str, offline: bool, where: str, options: dic
     cannot be reached) those cached for the revision. Also says whether the cache was used."""
     if not offline:
         try:
-            listing = hub.list_repo_files(repo_id, revision=options["revision"], token=options["token"])
+            api = hub.HfApi()  # made per call, so that the endpoint is read now
+            listing = api.list_repo_files(repo_id, revision=options["revision"], token=options["token"])
             return {name for name in listing if "/" not in name}, False
         except hub.errors.RevisionNotFoundError as err:
             raise _hub_error(err, repo_id, where, "the revision") from None

@@ -73,13 +73,12 @@ def serve_offline(monkeypatch, root: str | os.PathLike | None = None) -> None:
 
     huggingface_hub reads ``HF_HUB_OFFLINE`` and ``HF_HUB_CACHE`` when it is imported, so the
     variables are set for subprocesses and the already-read constants are patched for this one;
-    the endpoint points at a closed local port, so nothing can reach the real Hub.
+    in offline mode huggingface_hub refuses every request before it is sent.
     """
     import huggingface_hub.constants as constants
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
     if root is not None:
         monkeypatch.setenv("HF_HUB_CACHE", str(root))
         monkeypatch.setattr(constants, "HF_HUB_CACHE", str(root))
@@ -88,3 +87,98 @@ def serve_offline(monkeypatch, root: str | os.PathLike | None = None) -> None:
     except ImportError:
         return
     monkeypatch.setattr(transformers_hub, "_is_offline_mode", True, raising=False)
+
+
+class FakeHub:
+    """A Hugging Face Hub answering on 127.0.0.1 (loopback only): the few HTTP routes that
+    ``list_repo_files`` and ``hf_hub_download`` use, with the Hub's error headers.
+
+    ``repos`` maps ``"org/name"`` to ``{revision: files}`` (revision names or commit hashes);
+    ``gated`` lists repositories that answer 403 GatedRepo without an ``Authorization`` header.
+    ``requests`` records ``(method, path)`` of every request. Use as a context manager and run
+    the client in a process started with ``HF_ENDPOINT=<url>`` (huggingface_hub reads the
+    endpoint once, at import).
+    """
+
+    def __init__(self, repos: dict[str, dict[str, dict[str, bytes]]], gated: tuple[str, ...] = ()):
+        import http.server
+        import threading
+
+        self.repos, self.gated, self.requests = repos, gated, []
+        hub = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):  # keep test output quiet
+                pass
+
+            def do_HEAD(self):
+                hub._answer(self, body=False)
+
+            def do_GET(self):
+                hub._answer(self, body=True)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> "FakeHub":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    @staticmethod
+    def commit_of(revision: str, files: dict[str, bytes]) -> str:
+        if len(revision) == 40:
+            return revision
+        digest = repr(sorted((k, hashlib.sha1(v).hexdigest()) for k, v in files.items()))
+        return hashlib.sha1(digest.encode()).hexdigest()
+
+    def _answer(self, handler, body: bool) -> None:
+        import json
+        from urllib.parse import unquote, urlsplit
+
+        path = urlsplit(handler.path).path
+        self.requests.append((handler.command, path))
+        parts = [unquote(p) for p in path.strip("/").split("/")]
+        if parts[:2] == ["api", "models"] and len(parts) >= 6 and parts[4] == "tree":
+            repo_id, revision, filename = "/".join(parts[2:4]), parts[5], None
+        elif len(parts) >= 5 and parts[2] == "resolve":
+            repo_id, revision, filename = "/".join(parts[:2]), parts[3], "/".join(parts[4:])
+        else:
+            return self._error(handler, 404, "RepoNotFound")
+        if repo_id not in self.repos:
+            return self._error(handler, 401, "RepoNotFound")
+        if repo_id in self.gated and "authorization" not in {k.lower() for k in handler.headers.keys()}:
+            return self._error(handler, 403, "GatedRepo")
+        revisions = self.repos[repo_id]
+        if revision not in revisions:
+            return self._error(handler, 404, "RevisionNotFound")
+        files = revisions[revision]
+        commit = self.commit_of(revision, files)
+        if filename is None:
+            listing = [{"type": "file", "path": n, "size": len(d), "oid": hashlib.sha1(d).hexdigest()}
+                       for n, d in sorted(files.items())]
+            return self._send(handler, 200, json.dumps(listing).encode(), {"Content-Type": "application/json"}, body)
+        if filename not in files:
+            return self._error(handler, 404, "EntryNotFound", commit)
+        data = files[filename]
+        headers = {"X-Repo-Commit": commit, "ETag": f'"{hashlib.sha256(data).hexdigest()}"'}
+        self._send(handler, 200, data, headers, body)
+
+    def _error(self, handler, status: int, code: str, commit: str | None = None) -> None:
+        headers = {"X-Error-Code": code, "X-Error-Message": code}
+        if commit:
+            headers["X-Repo-Commit"] = commit
+        self._send(handler, status, b"", headers, handler.command == "GET")
+
+    @staticmethod
+    def _send(handler, status: int, data: bytes, headers: dict[str, str], body: bool) -> None:
+        handler.send_response(status)
+        for key, value in {**headers, "Content-Length": str(len(data))}.items():
+            handler.send_header(key, value)
+        handler.end_headers()
+        if body:
+            handler.wfile.write(data)

@@ -9,6 +9,7 @@ functions, so no test touches the network.
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -25,7 +26,7 @@ from d2v_common.checkpoint import CheckpointError
 from d2v_common.configs import Data2VecAudioConfig, Data2VecTextConfig, Data2VecVisionConfig, load_config
 from d2v_common.convert import main as convert_main
 from d2v_common.processing import AudioFeatureExtractor, CTCTokenizer, ImageProcessor, TextTokenizer
-from tests.hubcache import folder_files, make_hub_cache, serve_offline
+from tests.hubcache import FakeHub, folder_files, make_hub_cache, serve_offline
 from tests.oracle import random_hf_model
 
 VISION, TEXT = "facebook/data2vec-vision-tiny-ft", "facebook/data2vec-text-tiny"
@@ -289,7 +290,7 @@ def online(monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
 
     def answer(listing=None, listing_error=None, download_error=None, folder=None, calls=None):
-        def list_repo_files(repo_id, revision=None, token=None, **kwargs):
+        def list_repo_files(self, repo_id, revision=None, token=None, **kwargs):
             if listing_error is not None:
                 raise listing_error
             return listing
@@ -301,7 +302,7 @@ def online(monkeypatch):
                 raise download_error
             return os.path.join(folder, filename)
 
-        monkeypatch.setattr(huggingface_hub, "list_repo_files", list_repo_files)
+        monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_files", list_repo_files)
         monkeypatch.setattr(huggingface_hub, "hf_hub_download", hf_hub_download)
 
     return answer
@@ -443,3 +444,54 @@ def test_unreachable_hub_falls_back_to_the_cache(online, cache):
         assert load_config(AUDIO, cache_dir=cache).vocab_size == len(CTC_VOCAB)
         assert calls == [(AUDIO, "config.json", dict(local_files_only=True, revision=None, cache_dir=cache, token=None,
                                                      force_download=False))]
+
+
+LOOPBACK_CLIENT = """
+import sys, numpy as np, torch
+import d2v_torch
+from d2v_common.configs import Data2VecVisionConfig
+from d2v_common.processing import CTCTokenizer
+
+def error(call):
+    try:
+        call()
+    except OSError as e:
+        return str(e)
+    return "no error"
+
+pt = d2v_torch.Data2VecVisionForImageClassification.from_pretrained("org/vision")
+x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+print("LOGITS", pt(torch.from_numpy(x)).logits.detach().numpy().tolist())
+print("MISSING", error(lambda: Data2VecVisionConfig.from_pretrained("org/missing")))
+print("GATED", error(lambda: Data2VecVisionConfig.from_pretrained("org/gated")))
+print("REVISION", error(lambda: Data2VecVisionConfig.from_pretrained("org/vision", revision="v9")))
+print("ENTRY", error(lambda: CTCTokenizer.from_pretrained("org/vision")))
+print("TOKEN", Data2VecVisionConfig.from_pretrained("org/gated", token="hf_test").hidden_size)
+"""
+
+
+def test_online_through_huggingface_hub_against_a_loopback_hub(cache, tmp_path):
+    """The real online path (listing, HEAD + GET, refs written, errors from the Hub's headers)
+    against a Hub served on 127.0.0.1, in a process whose HF_ENDPOINT points there; afterwards
+    the same id loads offline from the cache it filled."""
+    snapshot = huggingface_hub.snapshot_download(VISION, cache_dir=cache, local_files_only=True)
+    files = folder_files(snapshot)
+    online_cache = tmp_path / "hub"
+    with FakeHub({"org/vision": {"main": files}, "org/gated": {"main": files}}, gated=("org/gated",)) as fake:
+        env = dict(os.environ, HF_ENDPOINT=fake.url, HF_HUB_OFFLINE="0", HF_HUB_CACHE=str(online_cache),
+                   HF_HUB_DISABLE_PROGRESS_BARS="1", NO_PROXY="127.0.0.1", no_proxy="127.0.0.1", PYTHONPATH=ROOT)
+        run = subprocess.run([sys.executable, "-c", LOOPBACK_CLIENT], env=env, capture_output=True, text=True,
+                             timeout=180)
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = dict(line.split(" ", 1) for line in run.stdout.splitlines() if line.split(" ", 1)[0].isupper())
+    downloads = sorted({p.rsplit("/", 1)[1] for m, p in fake.requests if m == "GET" and "/resolve/" in p})
+    assert downloads == ["config.json", "pytorch_model.bin"]  # one weight format, nothing else
+    assert re.search(r"'org/missing' \(revision 'main'\) is neither a local directory nor a repository", out["MISSING"])
+    assert re.search(r"'org/gated' \(revision 'main'\) is a gated repository.*log in", out["GATED"])
+    assert re.search(r"'org/vision' \(revision 'v9'\): the revision does not exist.*pick another", out["REVISION"])
+    assert re.search(r"'org/vision' \(revision 'main'\): no vocab.json .*See https://huggingface.co/"
+                     r"org/vision/tree/main", out["ENTRY"])
+    assert out["TOKEN"] == "32"
+    want = np.array(json.loads(out["LOGITS"]), dtype=np.float32)
+    offline = d2v_tf.TFData2VecVisionForImageClassification.from_pretrained("org/vision", cache_dir=online_cache)
+    assert _max_diff(offline(_pixels()).logits, want) <= 1e-5
