@@ -284,8 +284,9 @@ def _download(hub, repo_id: str, name: str, where: str, offline: bool, options: 
 
 def _fix_for_missing(repo_id: str, offline: bool) -> str:
     if offline:
-        return ("Offline (HF_HUB_OFFLINE=1 or local_files_only=True) only cached files are used: connect and "
-                "drop offline mode to download it, or point cache_dir / HF_HUB_CACHE at a cache that has it")
+        return ("Offline (HF_HUB_OFFLINE=1, local_files_only=True or the Hub unreachable) only cached files are "
+                "used: connect and drop offline mode to download it, or point cache_dir / HF_HUB_CACHE at a cache "
+                "that has it")
     return f"See https://huggingface.co/{repo_id}/tree/main for what the repository holds, or pick another revision"
 
 

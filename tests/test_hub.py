@@ -495,3 +495,20 @@ def test_online_through_huggingface_hub_against_a_loopback_hub(cache, tmp_path):
     want = np.array(json.loads(out["LOGITS"]), dtype=np.float32)
     offline = d2v_tf.TFData2VecVisionForImageClassification.from_pretrained("org/vision", cache_dir=online_cache)
     assert _max_diff(offline(_pixels()).logits, want) <= 1e-5
+
+
+@pytest.mark.parametrize("config", [{}, {"do_lower_case": True}], ids=["real", "lower-case"])
+def test_ctc_encoding_equals_hf(cache, config):
+    snapshot = huggingface_hub.snapshot_download(AUDIO, cache_dir=cache, local_files_only=True)
+    hf = transformers.Wav2Vec2CTCTokenizer.from_pretrained(snapshot, **config)
+    ours = CTCTokenizer.from_pretrained(AUDIO, cache_dir=cache, **config)
+    texts = ["HELLO WORLD", "hello world", " A  B ", "IT'S \u00e99 OK", "", "A<unk>B", "A <pad>  B", "A|B"]
+    for text in texts:
+        assert ours(text)["input_ids"] == hf(text)["input_ids"], text
+    assert dict(ours(texts[:3], padding=True)) == dict(hf(texts[:3], padding=True))
+    got, want = ours(texts[:3], padding=True, return_tensors="np"), hf(texts[:3], padding=True, return_tensors="np")
+    assert all(np.array_equal(got[k], want[k]) for k in want) and set(got) == set(want)
+    with pytest.raises(ValueError, match="pad them"):
+        ours(texts[:3], return_tensors="np")
+    assert ours.batch_decode(ours(["HELLO WORLD", "IT'S OK"], padding=True)["input_ids"], group_tokens=False) == [
+        ("hello world" if config else "HELLO WORLD"), ("it's ok" if config else "IT'S OK")]

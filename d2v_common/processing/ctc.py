@@ -1,6 +1,7 @@
-"""CTC output ids -> text: the character vocabulary of speech recognisers (``Wav2Vec2CTCTokenizer`` files).
+"""CTC ids <-> text: the character vocabulary of speech recognisers (``Wav2Vec2CTCTokenizer`` files).
 
-A CTC model emits one id per audio frame. Decoding merges runs of the same id, drops the blank
+Transcripts become label ids (``tokenizer(texts)``), and a CTC model's ids become text: the
+model emits one id per audio frame. Decoding merges runs of the same id, drops the blank
 (the pad token) and turns the word delimiter (``|``) into a space, so ``argmax(logits)`` of
 ``Data2VecAudioForCTC`` becomes a transcript. Files: ``vocab.json`` (token -> id, or one such
 table per language with ``target_lang``), ``tokenizer_config.json`` and
@@ -11,13 +12,22 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 from typing import Any
 
 import numpy as np
 
 from d2v_common.hub import HubFileMissing, pop_hub_options, resolve_pretrained
 from d2v_common.outputs import ModelOutput
-from d2v_common.processing.base import as_numpy, clean_up_tokenization, read_json, write_json
+from d2v_common.processing.base import (
+    BatchFeature,
+    as_numpy,
+    check_return_tensors,
+    clean_up_tokenization,
+    read_json,
+    stack_or_list,
+    write_json,
+)
 
 VOCAB_FILE = "vocab.json"
 CONFIG_FILE = "tokenizer_config.json"
@@ -256,6 +266,66 @@ class CTCTokenizer:
             raise ValueError(f"token ids {bad[:5]} are not in the vocabulary (ids 0..{len(self) - 1}); does the "
                              "model's vocab_size match this tokenizer?")
         return ids
+
+    # ------------------------------------------------------------------ encoding
+    def tokenize(self, text: str) -> list[str]:
+        """Characters of ``text`` as tokens: spaces become the word delimiter, the text is upper-cased
+        with ``do_lower_case``, and multi-character tokens of the vocabulary (``<unk>``) stay whole,
+        the spaces around them dropped (HF's rules)."""
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a string, got {type(text).__name__}")
+        whole = sorted((t for t in self.get_vocab() if len(t) > 1), key=len, reverse=True)
+        pieces = re.split(r"\s*(" + "|".join(map(re.escape, whole)) + r")\s*", text) if whole else [text]
+        tokens: list[str] = []
+        for i, piece in enumerate(pieces):
+            if i % 2:  # a whole token matched by the split
+                tokens.append(piece)
+                continue
+            piece = piece.upper() if self.do_lower_case else piece
+            tokens += list(piece.replace(" ", self.word_delimiter_token))
+        return tokens
+
+    def convert_tokens_to_ids(self, tokens: str | list[str]):
+        unk = self.token_to_id(self.special_tokens["unk_token"])
+        """Ids of tokens; a token outside the vocabulary is the unknown token's id."""
+        vocab, unk = self.get_vocab(), self.token_to_id(self.special_tokens["unk_token"])
+        ids = [vocab.get(t, unk) for t in ([tokens] if isinstance(tokens, str) else tokens)]
+        return ids[0] if isinstance(tokens, str) else ids
+
+    def __call__(
+        self, text: str | list[str], padding: bool | str = False, return_tensors: str | None = None,
+        return_attention_mask: bool = True,
+    ) -> BatchFeature:
+        """Ids of transcripts (the labels of CTC training): one text or a batch.
+
+        Args:
+            text: a string or a list of strings.
+            padding: True / "longest" pads a batch with the pad id to its longest text.
+            return_tensors: None (lists), "np", "pt" or "tf".
+            return_attention_mask: also return ``attention_mask``.
+
+        Returns:
+            ``BatchFeature`` with ``input_ids`` (and ``attention_mask``).
+        """
+        check_return_tensors(return_tensors)
+        single = isinstance(text, str)
+        if not single and not (isinstance(text, (list, tuple)) and all(isinstance(t, str) for t in text)):
+            raise TypeError("text must be a string or a list of strings")
+        if padding not in (False, True, "longest", "do_not_pad"):
+            raise ValueError(f"padding must be True, False, 'longest' or 'do_not_pad'; got {padding!r}")
+        rows = [self.convert_tokens_to_ids(self.tokenize(t)) for t in ([text] if single else text)]
+        masks = [[1] * len(r) for r in rows]
+        if padding in (True, "longest") and rows:
+            width, pad = max(map(len, rows)), self.token_to_id(self.special_tokens["pad_token"])
+            masks = [m + [0] * (width - len(m)) for m in masks]
+            rows = [r + [pad] * (width - len(r)) for r in rows]
+        out = {"input_ids": rows[0] if single else rows}
+        if return_attention_mask:
+            out["attention_mask"] = masks[0] if single else masks
+        if return_tensors is not None:
+            out = {k: stack_or_list([np.asarray(r, dtype=np.int64) for r in ([v] if single else v)], k, return_tensors)
+                   for k, v in out.items()}
+        return BatchFeature(out).convert_to_tensors(return_tensors)
 
     # ------------------------------------------------------------------ decoding
     def decode(
