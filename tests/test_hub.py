@@ -512,3 +512,23 @@ def test_ctc_encoding_equals_hf(cache, config):
         ours(texts[:3], return_tensors="np")
     assert ours.batch_decode(ours(["HELLO WORLD", "IT'S OK"], padding=True)["input_ids"], group_tokens=False) == [
         ("hello world" if config else "HELLO WORLD"), ("it's ok" if config else "IT'S OK")]
+
+
+def test_sharded_safetensors_repo_fetches_index_and_shards(cache, tmp_path, monkeypatch):
+    config = transformers.Data2VecTextConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                             intermediate_size=37, max_position_embeddings=64)
+    hf = random_hf_model("Data2VecTextModel", config)
+    hf.save_pretrained(tmp_path / "sharded", max_shard_size="40KB")  # HF's sharded safetensors layout
+    files = folder_files(tmp_path / "sharded")
+    shards = sorted(n for n in files if n.startswith("model-"))
+    assert len(shards) > 1 and "model.safetensors.index.json" in files
+    make_hub_cache(tmp_path / "hub", "org/sharded", {**files, "pytorch_model.bin": b"never read"})
+    fetched = []
+    real = huggingface_hub.hf_hub_download
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download",
+                        lambda repo_id, filename, **kw: fetched.append(filename) or real(repo_id, filename, **kw))
+    model = d2v_torch.Data2VecTextModel.from_pretrained("org/sharded", cache_dir=tmp_path / "hub")
+    assert fetched == ["config.json", "model.safetensors.index.json", *shards]
+    ids = torch.tensor([[0, 5, 6, 7, 2]])
+    with torch.no_grad():
+        assert _max_diff(model(ids).last_hidden_state, hf(ids).last_hidden_state) <= 1e-5
