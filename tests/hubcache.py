@@ -68,15 +68,31 @@ def folder_files(folder: str | os.PathLike) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
 
 
+def loopback_only(monkeypatch) -> None:
+    """Make any name lookup other than the loopback's fail in this process (a network guard)."""
+    import socket
+
+    lookup = socket.getaddrinfo
+
+    def guarded(host, *args, **kwargs):
+        if host not in ("127.0.0.1", "localhost", "::1", None):
+            raise OSError(f"a test tried to reach {host!r}; tests never touch the network")
+        return lookup(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", guarded)
+
+
 def serve_offline(monkeypatch, root: str | os.PathLike | None = None) -> None:
     """Make huggingface_hub (and transformers) work offline, from the cache at ``root`` if given.
 
     huggingface_hub reads ``HF_HUB_OFFLINE`` and ``HF_HUB_CACHE`` when it is imported, so the
     variables are set for subprocesses and the already-read constants are patched for this one;
-    in offline mode huggingface_hub refuses every request before it is sent.
+    in offline mode huggingface_hub refuses every request before it is sent, and a name lookup
+    other than the loopback's fails.
     """
     import huggingface_hub.constants as constants
 
+    loopback_only(monkeypatch)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     if root is not None:
