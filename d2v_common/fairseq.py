@@ -297,8 +297,7 @@ _RENAMES = [
      False),
     (r"^M\.project_features\.1\.(weight|bias)$", r"feature_projection.layer_norm.\1", False),
     (r"^M\.project_features\.2\.(weight|bias)$", r"feature_projection.projection.\1", False),
-    (r"^M\.relative_positional_encoder\.0\.(weight|bias)$", r"encoder.pos_conv_layer_norm.\1", False),
-    (r"^M\.relative_positional_encoder\.(?:1\.)?(\d+)\.0\.(weight|bias)$", None, False),  # index shifted in _rename
+    # (relative_positional_encoder: see _rename_pos_conv)
     # text
     (r"^M\.local_encoder\.embed_tokens\.weight$", "embeddings.word_embeddings.weight", False),
     (r"^M\.local_encoder\.embed_positions\.weight$", "embeddings.position_embeddings.weight", False),
@@ -316,19 +315,30 @@ _DROPPED = [
 ]
 
 
+def _rename_pos_conv(name: str, pos_conv_pre_ln: bool) -> str | None:
+    """Upstream's positional convs: Sequential(TransposeLast, block 1 .. block N, TransposeLast)
+    with each block's conv at index 0; ``conv_pos_pre_ln`` wraps that as Sequential(LayerNorm, ...)."""
+    local = name[len("M.relative_positional_encoder.") :]
+    if pos_conv_pre_ln:
+        m = re.match(r"^0\.(weight|bias)$", local)
+        if m:
+            return f"encoder.pos_conv_layer_norm.{m.group(1)}"
+        if not local.startswith("1."):
+            return None
+        local = local[2:]
+    m = re.match(r"^(\d+)\.0\.(weight|bias)$", local)
+    if not m or int(m.group(1)) == 0:
+        return None
+    return f"encoder.pos_conv_embed.layers.{int(m.group(1)) - 1}.conv.{m.group(2)}"
+
+
 def _rename(name: str, pos_conv_pre_ln: bool) -> str | None:
+    """Canonical name of a fairseq tensor (modality prefix shortened to ``M.``), or None."""
+    if name.startswith("M.relative_positional_encoder."):
+        return _rename_pos_conv(name, pos_conv_pre_ln)
     for pattern, repl, is_block in _RENAMES:
         m = re.match(pattern, name)
         if not m:
-            continue
-        if pattern.startswith(r"^M\.relative_positional_encoder\.(?:1"):
-            # positional conv layers sit at Sequential index i+1 (index 0 is TransposeLast), one
-            # level deeper when conv_pos_pre_ln wraps the stack with a LayerNorm
-            if pos_conv_pre_ln and not name.startswith("M.relative_positional_encoder.1."):
-                continue
-            idx = int(m.group(1)) - 1
-            return f"encoder.pos_conv_embed.layers.{idx}.conv.{m.group(2)}"
-        if pattern.startswith(r"^M\.relative_positional_encoder\.0") and not pos_conv_pre_ln:
             continue
         out = m.expand(repl)
         if is_block:
