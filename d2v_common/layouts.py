@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from d2v_common.modeling import snake_case
 from d2v_common.spec import FAMILIES
 from d2v_common.spec.core import ParamSpec, WeightSpec
 
@@ -108,15 +109,10 @@ def keras_names(spec: WeightSpec) -> dict[str, ParamSpec]:
 
 
 # ---------------------------------------------------------------------------- HF h5 names
-def _snake_case(name: str) -> str:
-    """Keras 2's default layer name for a class name (``TFData2VecVisionModel`` -> ``tf_data2_vec_vision_model``)."""
-    s = re.sub(r"(.)([A-Z][a-z0-9]+)", r"\1_\2", name)
-    return re.sub(r"([a-z])([A-Z])", r"\1_\2", s).lower()
-
-
 def h5_model_name(spec: WeightSpec) -> str:
-    """First path component HF's TF classes write (their Keras model name)."""
-    return _snake_case("TF" + spec.architecture)
+    """First path component HF's TF classes write: Keras 2's default name for the TF class
+    (``TFData2VecVisionModel`` -> ``tf_data2_vec_vision_model``)."""
+    return snake_case("TF" + spec.architecture)
 
 
 def h5_module_path(module: str, family: str) -> str:

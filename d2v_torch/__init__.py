@@ -1,6 +1,7 @@
 """Data2Vec in PyTorch, with HF's class names, arguments and outputs."""
 
 from d2v_common.configs import Data2VecAudioConfig, Data2VecTextConfig, Data2VecVisionConfig
+from d2v_common.data2vec2 import Data2Vec2AudioConfig, Data2Vec2TextConfig, Data2Vec2VisionConfig
 from d2v_common.modeling import model_class_for
 from d2v_torch.audio import (
     Data2VecAudioForAudioFrameClassification,
@@ -11,6 +12,16 @@ from d2v_torch.audio import (
     Data2VecAudioPreTrainedModel,
 )
 from d2v_torch.base import Data2VecPreTrainedModel
+from d2v_torch.data2vec2 import (
+    Data2Vec2AudioForCTC,
+    Data2Vec2AudioForSequenceClassification,
+    Data2Vec2AudioModel,
+    Data2Vec2PreTrainedModel,
+    Data2Vec2TextForSequenceClassification,
+    Data2Vec2TextModel,
+    Data2Vec2VisionForImageClassification,
+    Data2Vec2VisionModel,
+)
 from d2v_torch.pretraining import (
     Data2VecAudioForPreTraining,
     Data2VecTextForPreTraining,
@@ -43,6 +54,9 @@ MODEL_CLASSES = {
         Data2VecTextForMultipleChoice, Data2VecTextForQuestionAnswering,
         Data2VecTextForSequenceClassification, Data2VecTextForTokenClassification, Data2VecTextModel,
         Data2VecVisionForImageClassification, Data2VecVisionForSemanticSegmentation, Data2VecVisionModel,
+        Data2Vec2AudioForCTC, Data2Vec2AudioForSequenceClassification, Data2Vec2AudioModel,
+        Data2Vec2TextForSequenceClassification, Data2Vec2TextModel,
+        Data2Vec2VisionForImageClassification, Data2Vec2VisionModel,
     )
 }
 
@@ -63,6 +77,17 @@ def model_class(architecture: str):
 
 
 __all__ = [
+    "Data2Vec2AudioConfig",
+    "Data2Vec2AudioForCTC",
+    "Data2Vec2AudioForSequenceClassification",
+    "Data2Vec2AudioModel",
+    "Data2Vec2PreTrainedModel",
+    "Data2Vec2TextConfig",
+    "Data2Vec2TextForSequenceClassification",
+    "Data2Vec2TextModel",
+    "Data2Vec2VisionConfig",
+    "Data2Vec2VisionForImageClassification",
+    "Data2Vec2VisionModel",
     "MODEL_CLASSES",
     "model_class",
     "Data2VecAudioConfig",

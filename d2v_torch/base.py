@@ -11,9 +11,10 @@ from torch import nn
 
 from d2v_common.checkpoint import formats_from_flags
 from d2v_common.configs import Data2VecConfigBase
-from d2v_common.outputs import finish
+from d2v_common.hub import pop_hub_options, resolve_model
 from d2v_common.modeling import architecture_of, check_config_class, check_names_match_spec, check_no_missing
-from d2v_common.pretrained import building_nested, load_arrays_for, save_arrays_for
+from d2v_common.outputs import finish
+from d2v_common.pretrained import building_nested, load_arrays_for, load_config_for, save_arrays_for
 from d2v_common.spec import WeightSpec, weight_spec
 
 
@@ -97,10 +98,15 @@ class Data2VecPreTrainedModel(nn.Module):
         **config_overrides: Any,
     ):
         """Load ``model.safetensors``, ``pytorch_model.bin`` or ``tf_model.h5`` (first found, in
-        that order) from a directory. Keyword arguments override config fields, as in HF."""
-        path = os.fspath(pretrained_model_name_or_path)
+        that order) from a directory or a Hugging Face Hub id (``d2v_common.hub``: a local directory
+        wins; ``revision``, ``cache_dir``, ``local_files_only``, ``token``, ``force_download`` as in
+        HF). Other keyword arguments override config fields, as in HF."""
+        hub = pop_hub_options(config_overrides)  # revision, cache_dir, local_files_only, token, force_download
+        path, checkpoint_format = resolve_model(
+            pretrained_model_name_or_path, checkpoint_format, with_config=config is None, **hub
+        )
         if config is None:
-            config = cls.config_class.from_pretrained(path, **config_overrides)
+            config = load_config_for(cls.config_class, path, **config_overrides)  # fairseq .pt too
         elif config_overrides:
             config = config.copy(**config_overrides)
         with torch.device("meta"):  # no memory, no random init: the checkpoint fills it
