@@ -375,9 +375,10 @@ def test_format_of_file_knows_shards():
 def test_model_classes_name_their_architecture():
     import d2v_tf
     import d2v_torch
+    from d2v_common import spec
 
-    assert set(d2v_torch.MODEL_CLASSES) == set(ARCHITECTURES) == set(d2v_tf.MODEL_CLASSES)
-    for arch in ARCHITECTURES:
+    assert set(d2v_torch.MODEL_CLASSES) == set(spec.ARCHITECTURES) == set(d2v_tf.MODEL_CLASSES)
+    for arch in spec.ARCHITECTURES:
         assert d2v_torch.model_class(arch).__name__ == arch == d2v_torch.model_class(arch).architecture
         assert d2v_tf.model_class(arch).__name__ == "TF" + arch
     with pytest.raises(ValueError, match="unknown architecture 'Data2VecFoo'"):
