@@ -489,9 +489,9 @@ class TFData2VecAudioModel(TFData2VecAudioPreTrainedModel):
              output_hidden_states=None, return_dict=None, output_ffn_states=False, training=False):
         """``output_ffn_states`` (d2v only, for data2vec pretraining): the returned object also
         carries ``ffn_states``, each layer's feed-forward output before its residual."""
-        output_attentions = self._flag(output_attentions, "output_attentions")
-        output_hidden_states = self._flag(output_hidden_states, "output_hidden_states")
-        return_dict = self._return_dict_default if return_dict is None else return_dict
+        output_attentions, output_hidden_states, return_dict = self._output_flags(
+            output_attentions, output_hidden_states, return_dict
+        )
         input_values, attention_mask, _ = _check_inputs(self.config, input_values, attention_mask)
         features = self.feature_extractor(input_values)
         frame_mask = None

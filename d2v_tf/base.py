@@ -306,6 +306,14 @@ class TFData2VecPreTrainedModel(keras.Model):
     def num_parameters(self) -> int:
         return self.spec.num_parameters()
 
+    def _output_flags(self, output_attentions, output_hidden_states, return_dict) -> tuple[bool, bool, bool]:
+        """The call's output switches, each falling back to the config's default."""
+        return (
+            self._flag(output_attentions, "output_attentions"),
+            self._flag(output_hidden_states, "output_hidden_states"),
+            self._return_dict_default if return_dict is None else return_dict,
+        )
+
     def _flag(self, value: bool | None, name: str) -> bool:
         return getattr(self.config, name) if value is None else value
 

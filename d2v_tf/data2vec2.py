@@ -248,9 +248,9 @@ class TFData2Vec2VisionModel(TFData2Vec2VisionPreTrainedModel):
     @unpack_inputs
     def call(self, pixel_values=None, output_attentions=None, output_hidden_states=None, return_dict=None,
              training=False):
-        output_attentions = self._flag(output_attentions, "output_attentions")
-        output_hidden_states = self._flag(output_hidden_states, "output_hidden_states")
-        return_dict = self._return_dict_default if return_dict is None else return_dict
+        output_attentions, output_hidden_states, return_dict = self._output_flags(
+            output_attentions, output_hidden_states, return_dict
+        )
         pixel_values = ops.convert_to_tensor(pixel_values)
         D.check_pixel_values(self.config, tuple(pixel_values.shape))
         x = self.embeddings(ops.transpose(pixel_values, (0, 2, 3, 1)))
@@ -420,9 +420,9 @@ class TFData2Vec2AudioModel(TFData2Vec2AudioPreTrainedModel):
     @unpack_inputs
     def call(self, input_values=None, attention_mask=None, output_attentions=None, output_hidden_states=None,
              return_dict=None, training=False):
-        output_attentions = self._flag(output_attentions, "output_attentions")
-        output_hidden_states = self._flag(output_hidden_states, "output_hidden_states")
-        return_dict = self._return_dict_default if return_dict is None else return_dict
+        output_attentions, output_hidden_states, return_dict = self._output_flags(
+            output_attentions, output_hidden_states, return_dict
+        )
         input_values = ops.convert_to_tensor(input_values)
         D.check_input_values(self.config, tuple(input_values.shape), str(input_values.dtype))
         features = self.feature_extractor(input_values)
@@ -584,9 +584,9 @@ class TFData2Vec2TextModel(TFData2Vec2TextPreTrainedModel):
     @unpack_inputs
     def call(self, input_ids=None, attention_mask=None, output_attentions=None, output_hidden_states=None,
              return_dict=None, training=False):
-        output_attentions = self._flag(output_attentions, "output_attentions")
-        output_hidden_states = self._flag(output_hidden_states, "output_hidden_states")
-        return_dict = self._return_dict_default if return_dict is None else return_dict
+        output_attentions, output_hidden_states, return_dict = self._output_flags(
+            output_attentions, output_hidden_states, return_dict
+        )
         input_ids = ops.convert_to_tensor(input_ids)
         if _is_eager(input_ids):
             D.check_input_ids(self.config, np.asarray(input_ids))

@@ -515,9 +515,9 @@ class TFData2VecTextModel(TFData2VecTextPreTrainedModel):
         """``output_ffn_states`` (d2v only, for data2vec pretraining): the returned object also
         carries ``ffn_states``, each layer's feed-forward output before its residual."""
         config = self.config
-        output_attentions = self._flag(output_attentions, "output_attentions")
-        output_hidden_states = self._flag(output_hidden_states, "output_hidden_states")
-        return_dict = self._return_dict_default if return_dict is None else return_dict
+        output_attentions, output_hidden_states, return_dict = self._output_flags(
+            output_attentions, output_hidden_states, return_dict
+        )
         use_cache = (config.use_cache if use_cache is None else use_cache) and config.is_decoder
         input_ids, token_type_ids, position_ids = (_tensor(t) for t in (input_ids, token_type_ids, position_ids))
         inputs_embeds = _tensor(inputs_embeds, "float32")

@@ -384,9 +384,9 @@ class TFData2VecVisionModel(TFData2VecVisionPreTrainedModel):
     @unpack_inputs
     def call(self, pixel_values=None, bool_masked_pos=None, head_mask=None, output_attentions=None,
              output_hidden_states=None, interpolate_pos_encoding=False, return_dict=None, training=False):
-        output_attentions = self._flag(output_attentions, "output_attentions")
-        output_hidden_states = self._flag(output_hidden_states, "output_hidden_states")
-        return_dict = self._return_dict_default if return_dict is None else return_dict
+        output_attentions, output_hidden_states, return_dict = self._output_flags(
+            output_attentions, output_hidden_states, return_dict
+        )
         x = _to_nhwc(self.config, pixel_values, interpolate_pos_encoding)
         if bool_masked_pos is not None:
             check_masked_positions(self.config, tuple(pixel_values.shape), tuple(bool_masked_pos.shape))

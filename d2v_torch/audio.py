@@ -380,9 +380,9 @@ class Data2VecAudioModel(Data2VecAudioPreTrainedModel):
                 output_ffn_states: bool = False):
         """``output_ffn_states`` (d2v only, for data2vec pretraining): the returned object also
         carries ``ffn_states``, each layer's feed-forward output before its residual."""
-        output_attentions = self._flag(output_attentions, "output_attentions")
-        output_hidden_states = self._flag(output_hidden_states, "output_hidden_states")
-        return_dict = self._return_dict_default if return_dict is None else return_dict
+        output_attentions, output_hidden_states, return_dict = self._output_flags(
+            output_attentions, output_hidden_states, return_dict
+        )
         A.check_input_values(self.config, tuple(input_values.shape), str(input_values.dtype))
         features = self.feature_extractor(input_values).transpose(1, 2)
         frame_mask = None

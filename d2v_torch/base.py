@@ -178,6 +178,14 @@ class Data2VecPreTrainedModel(nn.Module):
         """A head's last step: ``(loss, logits)`` with the encoder's hidden states and attentions."""
         return finish(output_class(loss, logits, base.hidden_states, base.attentions), return_dict)
 
+    def _output_flags(self, output_attentions, output_hidden_states, return_dict) -> tuple[bool, bool, bool]:
+        """The call's output switches, each falling back to the config's default."""
+        return (
+            self._flag(output_attentions, "output_attentions"),
+            self._flag(output_hidden_states, "output_hidden_states"),
+            self._return_dict_default if return_dict is None else return_dict,
+        )
+
     def _flag(self, value: bool | None, name: str) -> bool:
         """A call argument, falling back to the config's default (``output_attentions`` ...)."""
         return getattr(self.config, name) if value is None else value

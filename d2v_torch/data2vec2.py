@@ -244,9 +244,9 @@ class Data2Vec2VisionModel(Data2Vec2VisionPreTrainedModel):
         self.post_init()
 
     def forward(self, pixel_values, output_attentions=None, output_hidden_states=None, return_dict=None):
-        output_attentions = self._flag(output_attentions, "output_attentions")
-        output_hidden_states = self._flag(output_hidden_states, "output_hidden_states")
-        return_dict = self._return_dict_default if return_dict is None else return_dict
+        output_attentions, output_hidden_states, return_dict = self._output_flags(
+            output_attentions, output_hidden_states, return_dict
+        )
         D.check_pixel_values(self.config, tuple(pixel_values.shape))
         x = self.embeddings(pixel_values)
         alibi = None if self._alibi is None else self._alibi.to(x.device)
@@ -399,9 +399,9 @@ class Data2Vec2AudioModel(Data2Vec2AudioPreTrainedModel):
 
     def forward(self, input_values, attention_mask=None, output_attentions=None, output_hidden_states=None,
                 return_dict=None):
-        output_attentions = self._flag(output_attentions, "output_attentions")
-        output_hidden_states = self._flag(output_hidden_states, "output_hidden_states")
-        return_dict = self._return_dict_default if return_dict is None else return_dict
+        output_attentions, output_hidden_states, return_dict = self._output_flags(
+            output_attentions, output_hidden_states, return_dict
+        )
         D.check_input_values(self.config, tuple(input_values.shape), str(input_values.dtype))
         features = self.feature_extractor(input_values).transpose(1, 2)
         keep = None
@@ -552,9 +552,9 @@ class Data2Vec2TextModel(Data2Vec2TextPreTrainedModel):
 
     def forward(self, input_ids, attention_mask=None, output_attentions=None, output_hidden_states=None,
                 return_dict=None):
-        output_attentions = self._flag(output_attentions, "output_attentions")
-        output_hidden_states = self._flag(output_hidden_states, "output_hidden_states")
-        return_dict = self._return_dict_default if return_dict is None else return_dict
+        output_attentions, output_hidden_states, return_dict = self._output_flags(
+            output_attentions, output_hidden_states, return_dict
+        )
         D.check_input_ids(self.config, _numpy(input_ids))
         if attention_mask is None:
             keep = input_ids != self.config.pad_token_id

@@ -440,9 +440,9 @@ class Data2VecTextModel(Data2VecTextPreTrainedModel):
         carries ``ffn_states``, each layer's feed-forward output before its residual.
         ``cache_position`` is accepted for HF compatibility; the cache tracks itself."""
         config = self.config
-        output_attentions = self._flag(output_attentions, "output_attentions")
-        output_hidden_states = self._flag(output_hidden_states, "output_hidden_states")
-        return_dict = self._return_dict_default if return_dict is None else return_dict
+        output_attentions, output_hidden_states, return_dict = self._output_flags(
+            output_attentions, output_hidden_states, return_dict
+        )
         use_cache = (config.use_cache if use_cache is None else use_cache) and config.is_decoder
 
         past = legacy_past(past_key_values)

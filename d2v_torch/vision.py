@@ -359,9 +359,9 @@ class Data2VecVisionModel(Data2VecVisionPreTrainedModel):
                 head_mask: torch.Tensor | None = None, output_attentions: bool | None = None,
                 output_hidden_states: bool | None = None, interpolate_pos_encoding: bool = False,
                 return_dict: bool | None = None):
-        output_attentions = self._flag(output_attentions, "output_attentions")
-        output_hidden_states = self._flag(output_hidden_states, "output_hidden_states")
-        return_dict = self._return_dict_default if return_dict is None else return_dict
+        output_attentions, output_hidden_states, return_dict = self._output_flags(
+            output_attentions, output_hidden_states, return_dict
+        )
         check_pixel_values(self.config, tuple(pixel_values.shape), str(pixel_values.dtype), interpolate_pos_encoding)
         if bool_masked_pos is not None:
             check_masked_positions(self.config, tuple(pixel_values.shape), tuple(bool_masked_pos.shape))
