@@ -1,79 +1,69 @@
 """Serving artifacts from the Keras classes: a TensorFlow SavedModel (TF Serving, Vertex) and a
 LiteRT flatbuffer (``model.tflite``). Twin of ``d2v_torch/export.py``.
 
+    python -m d2v_tf.export SRC DST --format {saved-model,litert}   (or d2v-export)
+
 Both artifacts carry one signature, ``serving_default``, that takes HF's input names as a dict
-of tensors with dynamic batch and sequence / audio length and returns a dict named after HF's
-output fields. Neither needs d2v (nor Keras) to run: ``tf.saved_model.load`` and the LiteRT
-interpreter are enough.
+of tensors (dynamic batch, and dynamic sequence / audio length) and returns a dict named after
+HF's output fields. Neither needs d2v nor Keras to run: ``tf.saved_model.load`` and the LiteRT
+interpreter (``ai_edge_litert``) are enough. The names, the dynamic axes, the sample inputs, the
+staging of DST and the validation are shared with the PyTorch formats (``d2v_common.export``);
+this module supplies the Keras halves: writing, converting and running the artifacts.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import sys
 import tempfile
-from typing import Any
 
 import numpy as np
 
-# Keras' format names (``model.export(format=...)``) for the two artifacts d2v writes itself.
-SAVED_MODEL = "tf_saved_model"
-LITERT = "litert"
+from d2v_common import export as shared
+
+# Keras' names (``model.export(format=...)``) for the two artifacts d2v writes itself.
+KERAS_SAVED_MODEL = "tf_saved_model"
+KERAS_LITERT = "litert"
 SIGNATURE_KEY = "serving_default"
+LITERT_QUANTIZATIONS = (None, "dynamic-int8")
 
-# Input dtypes of the signature: TF's serving convention (int32 ids and masks, as HF's TF
-# classes), which LiteRT also prefers; the runners cast whatever they are given.
-_INPUT_DTYPES = {
-    "pixel_values": "float32",
-    "input_values": "float32",
-    "input_ids": "int32",
-    "attention_mask": "int32",
-    "token_type_ids": "int32",
-}
+# Signature dtypes: TF serving's convention (int32 ids and masks, as HF's TF classes use), which
+# LiteRT prefers too; the runners cast what they are given (numpy int64 included).
+_INPUT_DTYPES = {"input_ids": "int32", "attention_mask": "int32", "token_type_ids": "int32"}
 
 
-def serving_input_shapes(model) -> dict[str, tuple]:
-    """HF's input names of the model's ``serving_default`` and their shapes (None: dynamic).
+# ------------------------------------------------------------------------------ signature
+def input_signature(model) -> dict:
+    """``{HF input name: tf.TensorSpec}`` of the model's ``serving_default``.
 
     Args:
         model: a ``TFData2VecPreTrainedModel``.
 
     Returns:
-        An ordered ``{name: shape}``: images keep the configured channels and size (the
-        position tables are built for it), text and audio have dynamic batch and length, and
-        multiple choice a dynamic number of choices.
+        Specs named after HF's inputs (``d2v_common.export.input_names``), ``None`` on the
+        dynamic axes (``d2v_common.export.dynamic_axes``): batch, and the sequence / audio
+        length (and the choices of multiple choice); images keep the configured size.
     """
-    config = model.config
-    name = model.main_input_name
-    if name == "pixel_values":
-        return {name: (None, config.num_channels, config.image_size, config.image_size)}
-    if name == "input_values":
-        return {name: (None, None), "attention_mask": (None, None)}
-    shape = (None, None, None) if model.architecture.endswith("MultipleChoice") else (None, None)
-    out = {"input_ids": shape, "attention_mask": shape}
-    if config.type_vocab_size > 1:  # with one type, token_type_ids can only be zeros: HF omits them
-        out["token_type_ids"] = shape
-    return out
-
-
-def input_signature(model) -> dict:
-    """``{name: tf.TensorSpec}`` of the serving signature (see ``serving_input_shapes``)."""
     import tensorflow as tf
 
-    return {
-        name: tf.TensorSpec(shape, _INPUT_DTYPES[name], name=name)
-        for name, shape in serving_input_shapes(model).items()
-    }
-
-
-def _call_options(model) -> dict:
-    # decoders would also return their key/value cache: not an output a server hands out
-    return {"use_cache": False} if getattr(model.config, "is_decoder", False) else {}
+    config, architecture = model.config, model.architecture
+    shared.check_architecture(architecture)
+    axes = shared.dynamic_axes(config, architecture)
+    example = shared.sample_inputs(config, architecture, batch_size=1)
+    specs = {}
+    for name in shared.input_names(config, architecture):
+        shape = [None if axis in axes.get(name, {}) else size for axis, size in enumerate(example[name].shape)]
+        specs[name] = tf.TensorSpec(shape, _INPUT_DTYPES.get(name, "float32"), name=name)
+    return specs
 
 
 def serving_outputs(model, inputs: dict) -> dict:
-    """The model's inference outputs as ``{HF field: tensor}`` (fields that are None left out)."""
-    out = model(dict(inputs), training=False, return_dict=True, **_call_options(model))
-    return {key: value for key, value in out.items() if value is not None and not isinstance(value, (tuple, list))}
+    """The model's inference outputs as ``{HF output field: tensor}``, in HF's order; fields the
+    model does not produce (a text model without pooler) are left out."""
+    config, architecture = model.config, model.architecture
+    out = model(dict(inputs), training=False, **shared.eager_call_kwargs(config, architecture))
+    return {key: out[key] for key in shared.output_fields(architecture) if out.get(key) is not None}
 
 
 def _export_archive(model):
@@ -87,98 +77,153 @@ def _export_archive(model):
     return archive
 
 
+# ------------------------------------------------------------------------------ writers
 def write_saved_model(model, path: str | os.PathLike, verbose: bool = False) -> None:
-    """Write the SavedModel directory ``path`` with the ``serving_default`` signature."""
+    """Write a SavedModel directory at ``path`` whose ``serving_default`` is the model's."""
     _export_archive(model).write_out(os.fspath(path), verbose=verbose)
 
 
 def litert_bytes(model, quantize: str | None = None) -> bytes:
-    """The LiteRT flatbuffer of the serving signature.
+    """The LiteRT flatbuffer of the model's serving signature.
 
     Args:
         model: a ``TFData2VecPreTrainedModel``.
-        quantize: None (float32) or ``"dynamic-int8"`` (weights stored as int8, activations
-            float: LiteRT's dynamic-range quantisation).
+        quantize: None (float32) or ``"dynamic-int8"`` (LiteRT's dynamic-range quantisation:
+            weights stored as int8, activations float).
 
     Returns:
         The ``.tflite`` file's bytes.
+
+    Raises:
+        ValueError: the converter cannot express an op with LiteRT's builtin kernels (the message
+            names the op); d2v never falls back to TF kernels (Flex), which a phone lacks.
     """
     import tensorflow as tf
 
-    if quantize not in (None, "dynamic-int8"):
+    if quantize not in LITERT_QUANTIZATIONS:
         raise ValueError(f"quantize must be None or 'dynamic-int8', got {quantize!r}")
     with tempfile.TemporaryDirectory() as staging:
         write_saved_model(model, staging)
         converter = tf.lite.TFLiteConverter.from_saved_model(staging, signature_keys=[SIGNATURE_KEY])
-        # builtins only: an op LiteRT lacks is an error naming it, not a silent TF-kernel fallback
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
         if quantize == "dynamic-int8":
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
         try:
             return converter.convert()
-        except Exception as err:  # the converter's own error types are not public API
-            raise ValueError(_converter_message(type(model).__name__, err)) from err
+        except Exception as err:  # noqa: BLE001 - the converter's error types are not public
+            raise ValueError(litert_error_message(type(model).__name__, str(err))) from err
 
 
-def _converter_message(class_name: str, err: Exception) -> str:
-    text = str(err)
-    ops = sorted(set(_unsupported_ops(text)))
-    what = f"ops LiteRT has no builtin kernel for: {', '.join(ops)}" if ops else text.strip().splitlines()[-1]
-    return f"{class_name} cannot be converted to LiteRT ({what}); export it as a SavedModel instead"
+def litert_error_message(class_name: str, converter_error: str) -> str:
+    """A one-line reason from the converter's multi-line report, naming the ops it lacks."""
+    # the report lists e.g. "TF Select ops: Erfinv, StridedSlice" and "'tf.Erfinv' op is neither ..."
+    ops = set(re.findall(r"'tf\.([A-Za-z0-9_]+)' op is neither", converter_error))
+    for listed in re.findall(r"TF Select ops: ([^\n]+)", converter_error):
+        ops.update(op.strip() for op in listed.split(",") if op.strip())
+    if ops:
+        reason = f"no LiteRT builtin kernel for the TensorFlow op(s) {', '.join(sorted(ops))}"
+    else:
+        lines = [line.strip() for line in converter_error.strip().splitlines() if line.strip()]
+        reason = lines[-1] if lines else "the converter failed"
+    return f"{class_name} cannot be converted to LiteRT: {reason}; export it as a SavedModel instead"
 
 
-def _unsupported_ops(text: str):
-    import re
-
-    # the converter reports e.g. "'tf.Erfinv' op is neither a custom op nor a flex op"
-    yield from re.findall(r"'(tf\.[A-Za-z0-9_]+)' op is neither", text)
-
-
-def export_keras(model, filepath, format: str = SAVED_MODEL, verbose=None, **kwargs) -> None:
+def export_keras(model, filepath, format: str = KERAS_SAVED_MODEL, verbose: bool | None = None, **kwargs) -> None:
     """What ``model.export`` does for d2v's classes (see ``TFData2VecPreTrainedModel.export``)."""
     path = os.fspath(filepath)
-    if format == SAVED_MODEL:
+    if format == KERAS_SAVED_MODEL:
         if kwargs:
-            raise TypeError(f"export(format={SAVED_MODEL!r}) takes no options, got {sorted(kwargs)}")
+            raise TypeError(f"export(format={KERAS_SAVED_MODEL!r}) takes no options, got {sorted(kwargs)}")
         write_saved_model(model, path, verbose=bool(verbose))
-    elif format == LITERT:
+    elif format == KERAS_LITERT:
         if not path.endswith(".tflite"):
             raise ValueError(f"a LiteRT export needs a path ending in .tflite, got {path!r}")
         unknown = set(kwargs) - {"quantize"}
         if unknown:
-            raise TypeError(f"export(format={LITERT!r}) takes only quantize=, got {sorted(unknown)}")
-        data = litert_bytes(model, **kwargs)
+            raise TypeError(f"export(format={KERAS_LITERT!r}) takes only quantize=, got {sorted(unknown)}")
         from d2v_common.io_utils import atomic_write_bytes
 
-        atomic_write_bytes(path, data)
+        atomic_write_bytes(path, litert_bytes(model, **kwargs))  # converted first: no file on failure
     else:
-        raise ValueError(f"unknown export format {format!r}; d2v's Keras classes export {SAVED_MODEL!r} and {LITERT!r}")
+        raise ValueError(
+            f"unknown export format {format!r}; d2v's Keras classes export {KERAS_SAVED_MODEL!r} and {KERAS_LITERT!r}"
+        )
     if verbose:
-        print(f"Saved {format} artifact at {path!r}")
+        print(f"Saved the {format} artifact at {path!r} (signature {SIGNATURE_KEY!r})")
 
 
 # ------------------------------------------------------------------------------ runners
-def _signature_dtypes(names) -> dict:
-    return {n: _INPUT_DTYPES.get(n, "float32") for n in names}
-
-
 def run_saved_model(path: str | os.PathLike, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Run a SavedModel's ``serving_default`` on numpy inputs (cast to its dtypes)."""
+    """Run a SavedModel's ``serving_default`` on numpy inputs (cast to the signature's dtypes).
+
+    ``path`` is the SavedModel directory (or its ``saved_model.pb``)."""
     import tensorflow as tf
 
-    fn = tf.saved_model.load(os.fspath(path)).signatures[SIGNATURE_KEY]
+    path = os.fspath(path)
+    if os.path.isfile(path):
+        path = os.path.dirname(path)
+    fn = tf.saved_model.load(path).signatures[SIGNATURE_KEY]
     _, specs = fn.structured_input_signature
-    feed = {n: tf.constant(np.asarray(v), dtype=specs[n].dtype) for n, v in inputs.items() if n in specs}
-    return {k: v.numpy() for k, v in fn(**feed).items()}
+    feed = {name: tf.constant(np.asarray(inputs[name]), dtype=spec.dtype) for name, spec in specs.items()}
+    return {key: value.numpy() for key, value in fn(**feed).items()}
 
 
 def run_litert(path: str | os.PathLike, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Run a ``.tflite`` file's ``serving_default`` with the LiteRT interpreter; the signature
+    """Run a ``.tflite`` file's ``serving_default`` with the LiteRT interpreter; its signature
     runner resizes the dynamic dimensions to the inputs' shapes."""
     from ai_edge_litert.interpreter import Interpreter
 
-    interpreter = Interpreter(model_path=os.fspath(path))
-    runner = interpreter.get_signature_runner(SIGNATURE_KEY)
+    runner = Interpreter(model_path=os.fspath(path)).get_signature_runner(SIGNATURE_KEY)
     details = runner.get_input_details()
-    feed = {n: np.asarray(v).astype(details[n]["dtype"]) for n, v in inputs.items() if n in details}
-    return {k: np.asarray(v) for k, v in runner(**feed).items()}
+    feed = {name: np.asarray(inputs[name]).astype(detail["dtype"]) for name, detail in details.items()}
+    return {key: np.asarray(value) for key, value in runner(**feed).items()}
+
+
+# ------------------------------------------------------------------------------ registry
+def _load_model(src: str, architecture: str, options):
+    import d2v_tf
+
+    return getattr(d2v_tf, "TF" + architecture).from_pretrained(src)
+
+
+def _run_eager(model, inputs, architecture=None, config=None) -> dict[str, np.ndarray]:
+    feed = {name: np.asarray(value) for name, value in inputs.items()}
+    return {key: np.asarray(value) for key, value in serving_outputs(model, feed).items()}
+
+
+def _export_saved_model(model, staging_dir: str, sample_inputs, options) -> str:
+    # the SavedModel is DST itself (saved_model.pb, variables/), next to config.json
+    write_saved_model(model, staging_dir)
+    return os.path.join(staging_dir, "saved_model.pb")
+
+
+def _litert_exporter(quantize):
+    def export(model, staging_dir: str, sample_inputs, options) -> str:
+        path = os.path.join(staging_dir, "model.tflite")
+        with open(path, "wb") as f:  # the staging folder is dropped whole on failure
+            f.write(litert_bytes(model, quantize=quantize))
+        return path
+
+    return export
+
+
+shared.register_framework("keras", _load_model, _run_eager)
+shared.register_export_format(shared.ExportFormat(
+    name="saved-model", framework="keras", artifact="saved_model.pb", tolerance=1e-4, options=frozenset(),
+    export=_export_saved_model, run=run_saved_model,
+    description="TensorFlow SavedModel (TF Serving, Vertex), serving_default signature",
+))
+shared.register_export_format(shared.ExportFormat(
+    name="litert", framework="keras", artifact="model.tflite", tolerance=1e-3, options=frozenset(),
+    export=_litert_exporter(None), run=run_litert,
+    description="LiteRT flatbuffer (model.tflite), builtin ops only, serving_default signature",
+))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m d2v_tf.export SRC DST --format {saved-model,litert}``."""
+    return shared.main(argv, framework="keras")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
