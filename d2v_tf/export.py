@@ -111,7 +111,11 @@ def litert_bytes(model, quantize: str | None = None) -> bytes:
         try:
             return converter.convert()
         except Exception as err:  # noqa: BLE001 - the converter's error types are not public
-            raise ValueError(litert_error_message(type(model).__name__, str(err))) from err
+            message = litert_error_message(type(model).__name__, str(err))
+            if model.compute_dtype != "float32":
+                message += f" (the model computes in {model.compute_dtype}; LiteRT's kernels take float32: build it " \
+                           "under Keras' float32 policy, and add quantize='dynamic-int8' for smaller weights)"
+            raise ValueError(message) from err
 
 
 def litert_error_message(class_name: str, converter_error: str) -> str:
