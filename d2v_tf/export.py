@@ -34,11 +34,15 @@ _INPUT_DTYPES = {"input_ids": "int32", "attention_mask": "int32", "token_type_id
 
 
 # ------------------------------------------------------------------------------ signature
-def input_signature(model) -> dict:
+def input_signature(model, override=None) -> dict:
     """``{HF input name: tf.TensorSpec}`` of the model's ``serving_default``.
 
     Args:
         model: a ``TFData2VecPreTrainedModel``.
+        override: optional ``{name: tf.TensorSpec | keras.InputSpec | shape}`` (or a list
+            holding that dict, as Keras' ``input_signature``) to fix shapes, e.g. a static
+            batch and length for a LiteRT runtime without dynamic shapes, or to leave out
+            optional inputs; the main input is required, names are HF's.
 
     Returns:
         Specs named after HF's inputs (``d2v_common.export.input_names``), ``None`` on the
@@ -55,7 +59,32 @@ def input_signature(model) -> dict:
     for name in shared.input_names(config, architecture):
         shape = [None if axis in axes.get(name, {}) else size for axis, size in enumerate(example[name].shape)]
         specs[name] = tf.TensorSpec(shape, _INPUT_DTYPES.get(name, "float32"), name=name)
-    return specs
+    return specs if override is None else _overridden(model, specs, override)
+
+
+def _overridden(model, specs: dict, override) -> dict:
+    import tensorflow as tf
+
+    if isinstance(override, (list, tuple)) and len(override) == 1:
+        override = override[0]
+    if not isinstance(override, dict):
+        raise TypeError(f"input_signature must be a dict of HF input names to specs, got {type(override).__name__}")
+    unknown = sorted(set(override) - set(specs))
+    if unknown:
+        raise ValueError(f"{type(model).__name__} takes {sorted(specs)} in its signature, not {unknown}")
+    if model.main_input_name not in override:
+        raise ValueError(f"input_signature needs the main input {model.main_input_name!r}")
+    out = {}
+    for name, given in override.items():
+        default = specs[name]
+        shape = getattr(given, "shape", given)
+        shape = list(shape.as_list() if hasattr(shape, "as_list") else shape)
+        if len(shape) != len(default.shape):
+            raise ValueError(
+                f"input_signature[{name!r}]: rank {len(shape)}, expected {default.shape.rank} ({default.shape})"
+            )
+        out[name] = tf.TensorSpec(shape, getattr(given, "dtype", None) or default.dtype, name=name)
+    return out
 
 
 def serving_outputs(model, inputs: dict) -> dict:
@@ -66,30 +95,32 @@ def serving_outputs(model, inputs: dict) -> dict:
     return {key: out[key] for key in shared.output_fields(architecture) if out.get(key) is not None}
 
 
-def _export_archive(model):
+def _export_archive(model, signature=None):
     import keras
 
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint(
-        SIGNATURE_KEY, lambda inputs: serving_outputs(model, inputs), input_signature=[input_signature(model)]
+        SIGNATURE_KEY, lambda inputs: serving_outputs(model, inputs), input_signature=[input_signature(model, signature)]
     )
     return archive
 
 
 # ------------------------------------------------------------------------------ writers
-def write_saved_model(model, path: str | os.PathLike, verbose: bool = False) -> None:
-    """Write a SavedModel directory at ``path`` whose ``serving_default`` is the model's."""
-    _export_archive(model).write_out(os.fspath(path), verbose=verbose)
+def write_saved_model(model, path: str | os.PathLike, verbose: bool = False, signature=None) -> None:
+    """Write a SavedModel directory at ``path`` whose ``serving_default`` is the model's
+    (``signature``: see ``input_signature``'s ``override``)."""
+    _export_archive(model, signature).write_out(os.fspath(path), verbose=verbose)
 
 
-def litert_bytes(model, quantize: str | None = None) -> bytes:
+def litert_bytes(model, quantize: str | None = None, signature=None) -> bytes:
     """The LiteRT flatbuffer of the model's serving signature.
 
     Args:
         model: a ``TFData2VecPreTrainedModel``.
         quantize: None (float32) or ``"dynamic-int8"`` (LiteRT's dynamic-range quantisation:
             weights stored as int8, activations float).
+        signature: see ``input_signature``'s ``override`` (default: dynamic batch and length).
 
     Returns:
         The ``.tflite`` file's bytes.
@@ -103,7 +134,7 @@ def litert_bytes(model, quantize: str | None = None) -> bytes:
     if quantize not in LITERT_QUANTIZATIONS:
         raise ValueError(f"quantize must be None or 'dynamic-int8', got {quantize!r}")
     with tempfile.TemporaryDirectory() as staging:
-        write_saved_model(model, staging)
+        write_saved_model(model, staging, signature=signature)
         converter = tf.lite.TFLiteConverter.from_saved_model(staging, signature_keys=[SIGNATURE_KEY])
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
         if quantize == "dynamic-int8":
@@ -132,13 +163,15 @@ def litert_error_message(class_name: str, converter_error: str) -> str:
     return f"{class_name} cannot be converted to LiteRT: {reason}; export it as a SavedModel instead"
 
 
-def export_keras(model, filepath, format: str = KERAS_SAVED_MODEL, verbose: bool | None = None, **kwargs) -> None:
+def export_keras(
+    model, filepath, format: str = KERAS_SAVED_MODEL, verbose: bool | None = None, input_signature=None, **kwargs
+) -> None:
     """What ``model.export`` does for d2v's classes (see ``TFData2VecPreTrainedModel.export``)."""
     path = os.fspath(filepath)
     if format == KERAS_SAVED_MODEL:
         if kwargs:
             raise TypeError(f"export(format={KERAS_SAVED_MODEL!r}) takes no options, got {sorted(kwargs)}")
-        write_saved_model(model, path, verbose=bool(verbose))
+        write_saved_model(model, path, verbose=bool(verbose), signature=input_signature)
     elif format == KERAS_LITERT:
         if not path.endswith(".tflite"):
             raise ValueError(f"a LiteRT export needs a path ending in .tflite, got {path!r}")
@@ -147,7 +180,7 @@ def export_keras(model, filepath, format: str = KERAS_SAVED_MODEL, verbose: bool
             raise TypeError(f"export(format={KERAS_LITERT!r}) takes only quantize=, got {sorted(unknown)}")
         from d2v_common.io_utils import atomic_write_bytes
 
-        atomic_write_bytes(path, litert_bytes(model, **kwargs))  # converted first: no file on failure
+        atomic_write_bytes(path, litert_bytes(model, signature=input_signature, **kwargs))  # converted first: no file on failure
     else:
         raise ValueError(
             f"unknown export format {format!r}; d2v's Keras classes export {KERAS_SAVED_MODEL!r} and {KERAS_LITERT!r}"

@@ -305,10 +305,12 @@ class _TFData2VecForPreTraining(keras.Model):
             self._symbolic_build(data_batch=())
 
 
-    def export(self, filepath, format: str = "tf_saved_model", verbose: bool | None = None, **kwargs):
+    def export(
+        self, filepath, format: str = "tf_saved_model", verbose: bool | None = None, input_signature=None, **kwargs
+    ):
         """Export the student backbone (``model.student.export``): the teacher, the regression
         head and the loss exist for training only, so a serving artifact holds the encoder."""
-        return self.student.export(filepath, format=format, verbose=verbose, **kwargs)
+        return self.student.export(filepath, format, verbose, input_signature, **kwargs)
 
     # ----------------------------------------------------------------- checkpoints
     def save_student(self, save_directory: str | os.PathLike, **kwargs) -> list[str]:

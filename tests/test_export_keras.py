@@ -188,6 +188,35 @@ def test_cli_writes_a_validated_saved_model(text_checkpoint, tmp_path, capsys):
     _assert_close(keras_export._run_eager(model, inputs), keras_export.run_saved_model(dst, inputs), 1e-4)
 
 
+def test_d2v_export_console_entry_writes_litert(text_checkpoint, tmp_path):
+    src, model = text_checkpoint
+    dst = tmp_path / "lite"
+    assert shared.main([str(src), str(dst), "--format", "litert", "--quiet"]) == 0  # what d2v-export runs
+    assert sorted(os.listdir(dst)) == ["config.json", "model.tflite", "tokenizer.json"]
+    inputs = check_inputs(model.config, "Data2VecTextForSequenceClassification")
+    _assert_close(keras_export._run_eager(model, inputs), keras_export.run_litert(dst / "model.tflite", inputs), 1e-3)
+
+
+def test_fixed_input_signature(text_checkpoint, tmp_path):
+    """Keras' input_signature fixes shapes (LiteRT runtimes without dynamic shapes) and may
+    leave out optional inputs; wrong names or ranks are refused."""
+    _, model = text_checkpoint
+    model.export(tmp_path / "m.tflite", format="litert", input_signature={"input_ids": keras.InputSpec(shape=(1, 7))})
+    from ai_edge_litert.interpreter import Interpreter
+
+    details = Interpreter(model_path=str(tmp_path / "m.tflite")).get_signature_runner("serving_default")
+    assert {k: list(v["shape_signature"]) for k, v in details.get_input_details().items()} == {"input_ids": [1, 7]}
+    inputs = {"input_ids": check_inputs(model.config, "Data2VecTextForSequenceClassification")["input_ids"][:1, :7]}
+    _assert_close(keras_export._run_eager(model, inputs), keras_export.run_litert(tmp_path / "m.tflite", inputs), 1e-3)
+    with pytest.raises(ValueError, match=r"not \['pixel_values'\]"):
+        model.export(tmp_path / "x", input_signature={"input_ids": (None, None), "pixel_values": (1, 3, 8, 8)})
+    with pytest.raises(ValueError, match="rank 3, expected 2"):
+        model.export(tmp_path / "x", input_signature={"input_ids": (None, None, 4)})
+    with pytest.raises(ValueError, match="main input 'input_ids'"):
+        model.export(tmp_path / "x", input_signature={"attention_mask": (None, None)})
+    assert os.listdir(tmp_path) == ["m.tflite"]
+
+
 def test_litert_int8_variant_reports_its_error(text_checkpoint, tmp_path):
     _, model = text_checkpoint
     model.export(tmp_path / "fp32.tflite", format="litert")
