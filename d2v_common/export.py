@@ -55,7 +55,7 @@ from d2v_common.convert import (
     resolve_architecture,
 )
 from d2v_common.io_utils import fsync_dir
-from d2v_common.spec import ARCHITECTURES
+from d2v_common.spec import ARCHITECTURES, family_of
 
 EXIT_OK, EXIT_MISMATCH, EXIT_ERROR = 0, 1, 2
 
@@ -288,12 +288,33 @@ def length_range(config: Data2VecConfigBase, architecture: str) -> tuple[int, in
     if family == "vision":
         return None
     if family == "audio":
-        from d2v_common.audio import min_input_samples
-
-        return max(min_input_samples(config), 2), 2**24
+        return _min_audio_samples(config, architecture == "Data2VecAudioForXVector"), 2**24
     from d2v_common.text import max_input_length
 
     return 2, max_input_length(config)
+
+
+def _min_audio_samples(config, tdnn: bool) -> int:
+    """The fewest samples that leave at least 2 frames after every conv, adapter and (x-vector)
+    TDNN stage: a traced size of 1 would be specialised (broadcasting), fixing the length."""
+    from d2v_common.audio import adapter_conv_length, feature_lengths, min_input_samples
+
+    def stages_ok(samples: int) -> bool:
+        frames = feature_lengths(config, samples, add_adapter=False)
+        sizes = [frames]
+        if tdnn:  # dilated convs without padding
+            reach = sum(d * (k - 1) for k, d in zip(config.tdnn_kernel, config.tdnn_dilation))
+            sizes.append(frames - reach)
+        if config.add_adapter:
+            for _ in range(config.num_adapter_layers):
+                frames = adapter_conv_length(config, frames)
+                sizes.append(frames)
+        return min(sizes) >= 2
+
+    samples = min_input_samples(config)
+    while not stages_ok(samples):
+        samples += 1
+    return samples
 
 
 def eager_call_kwargs(config: Data2VecConfigBase, architecture: str) -> dict[str, Any]:
@@ -433,6 +454,8 @@ def _read_source(src: str, options: ExportOptions) -> tuple[Data2VecConfigBase, 
     except (ConversionError, ValueError, TypeError, OSError) as e:
         raise ExportError(str(e)) from None
     check_architecture(arch)
+    if family_of(config) != ARCHITECTURES[arch]:
+        raise ExportError(f"{arch} is a {ARCHITECTURES[arch]} model but {CONFIG_NAME} holds a {type(config).__name__}")
     return config, arch
 
 

@@ -220,7 +220,9 @@ def attention(
     if not need_weights and head_mask is None:
         if bias is not None:
             bias = bias.to(query.dtype)
-        if _matmul_attention_is_faster(query, key):
+        # exported programs too: the ONNX translation decomposes SDPA with a (B, 1, T, T) mask
+        # into a view its symbolic strides reject; two matmuls translate cleanly
+        if _matmul_attention_is_faster(query, key) or torch.compiler.is_exporting():
             return _matmul_attention(query, key, value, bias, p, scale), None
         context = F.scaled_dot_product_attention(query, key, value, attn_mask=bias, dropout_p=p, scale=scale)
         return merge_heads(context), None
