@@ -33,7 +33,7 @@ LITERT_QUANTIZATIONS = (None, "dynamic-int8")
 _INPUT_DTYPES = {"input_ids": "int32", "attention_mask": "int32", "token_type_ids": "int32"}
 
 
-# ------------------------------------------------------------------------------ signature
+# ------------------------------------------------------------------------------ the serving signature
 def input_signature(model, override=None) -> dict:
     """``{HF input name: tf.TensorSpec}`` of the model's ``serving_default``.
 
@@ -106,7 +106,7 @@ def _export_archive(model, signature=None):
     return archive
 
 
-# ------------------------------------------------------------------------------ writers
+# ------------------------------------------------------------------------------ writers and runners
 def write_saved_model(model, path: str | os.PathLike, verbose: bool = False, signature=None) -> None:
     """Write a SavedModel directory at ``path`` whose ``serving_default`` is the model's
     (``signature``: see ``input_signature``'s ``override``)."""
@@ -189,7 +189,6 @@ def export_keras(
         print(f"Saved the {format} artifact at {path!r} (signature {SIGNATURE_KEY!r})")
 
 
-# ------------------------------------------------------------------------------ runners
 def run_saved_model(path: str | os.PathLike, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Run a SavedModel's ``serving_default`` on numpy inputs (cast to the signature's dtypes).
 
@@ -216,49 +215,50 @@ def run_litert(path: str | os.PathLike, inputs: dict[str, np.ndarray]) -> dict[s
     return {key: np.asarray(value) for key, value in runner(**feed).items()}
 
 
-# ------------------------------------------------------------------------------ registry
-def _load_model(src: str, architecture: str, options):
+# ------------------------------------------------------------------------------ the two formats
+def _export_saved_model(model, staging_dir: str, sample: dict[str, np.ndarray], options) -> str:
+    # DST is the SavedModel itself (saved_model.pb, variables/), next to config.json
+    write_saved_model(model, staging_dir)
+    return os.path.join(staging_dir, "saved_model.pb")
+
+
+def _export_litert(model, staging_dir: str, sample: dict[str, np.ndarray], options) -> str:
+    path = os.path.join(staging_dir, "model.tflite")
+    data = litert_bytes(model)
+    with open(path, "wb") as f:  # the staging folder is removed whole on failure
+        f.write(data)
+    return path
+
+
+# ------------------------------------------------------------------------------ framework hooks
+def load_model(src: str, architecture: str, options):
+    """``from_pretrained`` of the d2v Keras class (float32: the formats take no ``--dtype``)."""
     import d2v_tf
 
     return getattr(d2v_tf, "TF" + architecture).from_pretrained(src)
 
 
-def _run_eager(model, inputs, architecture=None, config=None) -> dict[str, np.ndarray]:
+def run_eager(model, inputs: dict[str, np.ndarray], architecture: str | None = None, config=None):
+    """The Keras model's exported fields as numpy, on the same inputs as the artifact."""
     feed = {name: np.asarray(value) for name, value in inputs.items()}
     return {key: np.asarray(value) for key, value in serving_outputs(model, feed).items()}
 
 
-def _export_saved_model(model, staging_dir: str, sample_inputs, options) -> str:
-    # the SavedModel is DST itself (saved_model.pb, variables/), next to config.json
-    write_saved_model(model, staging_dir)
-    return os.path.join(staging_dir, "saved_model.pb")
-
-
-def _litert_exporter(quantize):
-    def export(model, staging_dir: str, sample_inputs, options) -> str:
-        path = os.path.join(staging_dir, "model.tflite")
-        with open(path, "wb") as f:  # the staging folder is dropped whole on failure
-            f.write(litert_bytes(model, quantize=quantize))
-        return path
-
-    return export
-
-
-shared.register_framework("keras", _load_model, _run_eager)
-shared.register_export_format(shared.ExportFormat(
+SAVED_MODEL = shared.register_export_format(shared.ExportFormat(
     name="saved-model", framework="keras", artifact="saved_model.pb", tolerance=1e-4, options=frozenset(),
     export=_export_saved_model, run=run_saved_model,
-    description="TensorFlow SavedModel (TF Serving, Vertex), serving_default signature",
+    description="TensorFlow SavedModel (TF Serving, Vertex AI), serving_default signature",
 ))
-shared.register_export_format(shared.ExportFormat(
+LITERT = shared.register_export_format(shared.ExportFormat(
     name="litert", framework="keras", artifact="model.tflite", tolerance=1e-3, options=frozenset(),
-    export=_litert_exporter(None), run=run_litert,
+    export=_export_litert, run=run_litert,
     description="LiteRT flatbuffer (model.tflite), builtin ops only, serving_default signature",
 ))
+shared.register_framework("keras", load_model, run_eager)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m d2v_tf.export SRC DST --format {saved-model,litert}``."""
+    """``python -m d2v_tf.export``: the shared CLI, restricted to the Keras formats."""
     return shared.main(argv, framework="keras")
 
 

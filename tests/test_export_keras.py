@@ -163,7 +163,7 @@ def test_pretraining_wrapper_exports_its_student(tmp_path):
     model.export(tmp_path / "sm")
     inputs = check_inputs(config, "Data2VecTextModel")
     got = keras_export.run_saved_model(tmp_path / "sm", inputs)
-    want = keras_export._run_eager(model.student, inputs)
+    want = keras_export.run_eager(model.student, inputs)
     _assert_close(want, got, 1e-5)
 
 
@@ -185,7 +185,7 @@ def test_cli_writes_a_validated_saved_model(text_checkpoint, tmp_path, capsys):
     assert "max abs diff" in printed and "logits" in printed and "(3, 21)" in printed  # 2nd batch and length
     assert {"saved_model.pb", "variables", "config.json", "tokenizer.json"} <= set(os.listdir(dst))
     inputs = check_inputs(model.config, "Data2VecTextForSequenceClassification")
-    _assert_close(keras_export._run_eager(model, inputs), keras_export.run_saved_model(dst, inputs), 1e-4)
+    _assert_close(keras_export.run_eager(model, inputs), keras_export.run_saved_model(dst, inputs), 1e-4)
 
 
 def test_d2v_export_console_entry_writes_litert(text_checkpoint, tmp_path):
@@ -194,7 +194,7 @@ def test_d2v_export_console_entry_writes_litert(text_checkpoint, tmp_path):
     assert shared.main([str(src), str(dst), "--format", "litert", "--quiet"]) == 0  # what d2v-export runs
     assert sorted(os.listdir(dst)) == ["config.json", "model.tflite", "tokenizer.json"]
     inputs = check_inputs(model.config, "Data2VecTextForSequenceClassification")
-    _assert_close(keras_export._run_eager(model, inputs), keras_export.run_litert(dst / "model.tflite", inputs), 1e-3)
+    _assert_close(keras_export.run_eager(model, inputs), keras_export.run_litert(dst / "model.tflite", inputs), 1e-3)
 
 
 def test_fixed_input_signature(text_checkpoint, tmp_path):
@@ -207,7 +207,7 @@ def test_fixed_input_signature(text_checkpoint, tmp_path):
     details = Interpreter(model_path=str(tmp_path / "m.tflite")).get_signature_runner("serving_default")
     assert {k: list(v["shape_signature"]) for k, v in details.get_input_details().items()} == {"input_ids": [1, 7]}
     inputs = {"input_ids": check_inputs(model.config, "Data2VecTextForSequenceClassification")["input_ids"][:1, :7]}
-    _assert_close(keras_export._run_eager(model, inputs), keras_export.run_litert(tmp_path / "m.tflite", inputs), 1e-3)
+    _assert_close(keras_export.run_eager(model, inputs), keras_export.run_litert(tmp_path / "m.tflite", inputs), 1e-3)
     with pytest.raises(ValueError, match=r"not \['pixel_values'\]"):
         model.export(tmp_path / "x", input_signature={"input_ids": (None, None), "pixel_values": (1, 3, 8, 8)})
     with pytest.raises(ValueError, match="rank 3, expected 2"):
