@@ -323,3 +323,21 @@ def test_relative_position_index_is_a_buffer_cached_per_grid():
     with torch.no_grad():
         out = model(x, interpolate_pos_encoding=True).last_hidden_state
     assert out.shape == (1, 16, 32)
+
+
+# ------------------------------------------------------------------------------ crosscheck --runtimes
+def test_crosscheck_runtime_columns():
+    from crosscheck.__main__ import _format_table
+    from crosscheck.cases import all_cases
+    from crosscheck.runner import check_case
+    from crosscheck.runtimes import parse_runtimes
+
+    cases = {c.name: c for c in all_cases("small", ["text"])}
+    row = check_case(cases["text-tokcls-relk"], with_round_trips=False, runtimes=("onnx",))
+    assert row.ok and row.runtimes["onnx"].max_diff <= 1e-4 and row.runtimes["onnx"].skipped is None
+    xattn = check_case(cases["text-model-xattn"], with_round_trips=False, runtimes=("onnx",))
+    assert xattn.runtimes["onnx"].skipped and xattn.runtimes["onnx"].cell() == "n/a"
+    table = _format_table([row, xattn], False, ["onnx"])
+    assert "onnx" in table.splitlines()[0] and f"{row.runtimes['onnx'].max_diff:.2e}" in table
+    with pytest.raises(ValueError, match="unknown runtime"):
+        parse_runtimes("onnx,tensorrt")
