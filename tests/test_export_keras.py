@@ -279,3 +279,15 @@ def test_ops_litert_lacks_are_named_and_nothing_is_written(text_checkpoint, tmp_
     assert keras_export.main([str(src), str(tmp_path / "served"), "--format", "litert"]) == 2  # loads as bf16
     assert "cannot be converted to LiteRT" in capsys.readouterr().err
     assert os.listdir(tmp_path) == []
+
+
+# ------------------------------------------------------------------------------ crosscheck --runtimes
+def test_crosscheck_saved_model_and_litert_columns(capsys):
+    from crosscheck.__main__ import main
+
+    assert main(["--case", "audio-ctc-plain", "--runtimes", "saved-model,litert", "--no-round-trips", "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)["rows"]
+    saved_model, litert = row["runtimes"]["saved-model"], row["runtimes"]["litert"]
+    assert saved_model["ok"] and saved_model["skipped"] is None and saved_model["max_abs_diff"] <= 1e-4
+    assert litert["ok"] and litert["skipped"] is None and litert["max_abs_diff"] <= 1e-3
+    assert (saved_model["tolerance"], litert["tolerance"]) == (1e-4, 1e-3)
