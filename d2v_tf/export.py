@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import sys
 import tempfile
 
@@ -109,8 +110,21 @@ def _export_archive(model, signature=None):
 # ------------------------------------------------------------------------------ writers and runners
 def write_saved_model(model, path: str | os.PathLike, verbose: bool = False, signature=None) -> None:
     """Write a SavedModel directory at ``path`` whose ``serving_default`` is the model's
-    (``signature``: see ``input_signature``'s ``override``)."""
-    _export_archive(model, signature).write_out(os.fspath(path), verbose=verbose)
+    (``signature``: see ``input_signature``'s ``override``). All or nothing: it is written
+    beside ``path`` and renamed into place (replacing an earlier export) once complete."""
+    from d2v_common.convert import _fresh_sibling, _install
+
+    path = os.path.abspath(os.fspath(path))
+    archive = _export_archive(model, signature)  # traces: a model that cannot trace writes nothing
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    staging = _fresh_sibling(path, "tmp")
+    try:
+        archive.write_out(staging, verbose=verbose)
+        _install(staging, path, overwrite=True)
+        staging = None
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def litert_bytes(model, quantize: str | None = None, signature=None) -> bytes:
@@ -134,7 +148,7 @@ def litert_bytes(model, quantize: str | None = None, signature=None) -> bytes:
     if quantize not in LITERT_QUANTIZATIONS:
         raise ValueError(f"quantize must be None or 'dynamic-int8', got {quantize!r}")
     with tempfile.TemporaryDirectory() as staging:
-        write_saved_model(model, staging, signature=signature)
+        _export_archive(model, signature).write_out(staging, verbose=False)
         converter = tf.lite.TFLiteConverter.from_saved_model(staging, signature_keys=[SIGNATURE_KEY])
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
         if quantize == "dynamic-int8":
@@ -218,7 +232,7 @@ def run_litert(path: str | os.PathLike, inputs: dict[str, np.ndarray]) -> dict[s
 # ------------------------------------------------------------------------------ the two formats
 def _export_saved_model(model, staging_dir: str, sample: dict[str, np.ndarray], options) -> str:
     # DST is the SavedModel itself (saved_model.pb, variables/), next to config.json
-    write_saved_model(model, staging_dir)
+    _export_archive(model).write_out(staging_dir, verbose=False)
     return os.path.join(staging_dir, "saved_model.pb")
 
 

@@ -167,6 +167,22 @@ def test_pretraining_wrapper_exports_its_student(tmp_path):
     _assert_close(want, got, 1e-5)
 
 
+def test_saved_model_export_is_all_or_nothing(tmp_path):
+    """model.export replaces an earlier export whole; one that fails leaves it untouched."""
+    config = config_for("Data2VecVisionForImageClassification")
+    model = d2v_tf.TFData2VecVisionForImageClassification(config)
+    model.export(tmp_path / "sm")
+    first = sorted(os.listdir(tmp_path / "sm"))
+    with pytest.raises(ValueError, match="pixel_values"):  # an image size the model has no positions for
+        model.export(tmp_path / "sm", input_signature={"pixel_values": (None, 3, 40, 40)})
+    assert sorted(os.listdir(tmp_path)) == ["sm"] and sorted(os.listdir(tmp_path / "sm")) == first
+    other = d2v_tf.TFData2VecVisionForImageClassification(config)
+    other.export(tmp_path / "sm")
+    inputs = check_inputs(config, "Data2VecVisionForImageClassification")
+    _assert_close(keras_export.run_eager(other, inputs), keras_export.run_saved_model(tmp_path / "sm", inputs), 1e-5)
+    assert sorted(os.listdir(tmp_path)) == ["sm"]
+
+
 # ------------------------------------------------------------------------------ the CLI
 @pytest.fixture(scope="module")
 def text_checkpoint(tmp_path_factory):
