@@ -101,9 +101,8 @@ def _export_archive(model, signature=None):
 
     archive = keras.export.ExportArchive()
     archive.track(model)
-    archive.add_endpoint(
-        SIGNATURE_KEY, lambda inputs: serving_outputs(model, inputs), input_signature=[input_signature(model, signature)]
-    )
+    specs = [input_signature(model, signature)]  # one positional argument: the dict of inputs
+    archive.add_endpoint(SIGNATURE_KEY, lambda inputs: serving_outputs(model, inputs), input_signature=specs)
     return archive
 
 
@@ -194,7 +193,8 @@ def export_keras(
             raise TypeError(f"export(format={KERAS_LITERT!r}) takes only quantize=, got {sorted(unknown)}")
         from d2v_common.io_utils import atomic_write_bytes
 
-        atomic_write_bytes(path, litert_bytes(model, signature=input_signature, **kwargs))  # converted first: no file on failure
+        data = litert_bytes(model, signature=input_signature, **kwargs)  # converted first: no file on failure
+        atomic_write_bytes(path, data)
     else:
         raise ValueError(
             f"unknown export format {format!r}; d2v's Keras classes export {KERAS_SAVED_MODEL!r} and {KERAS_LITERT!r}"
@@ -213,7 +213,8 @@ def run_saved_model(path: str | os.PathLike, inputs: dict[str, np.ndarray]) -> d
     if os.path.isfile(path):
         path = os.path.dirname(path)
     fn = tf.saved_model.load(path).signatures[SIGNATURE_KEY]
-    _, specs = fn.structured_input_signature
+    specs = fn.structured_input_signature[1]
+    _check_feed(path, specs, inputs)
     feed = {name: tf.constant(np.asarray(inputs[name]), dtype=spec.dtype) for name, spec in specs.items()}
     return {key: value.numpy() for key, value in fn(**feed).items()}
 
@@ -225,8 +226,15 @@ def run_litert(path: str | os.PathLike, inputs: dict[str, np.ndarray]) -> dict[s
 
     runner = Interpreter(model_path=os.fspath(path)).get_signature_runner(SIGNATURE_KEY)
     details = runner.get_input_details()
+    _check_feed(os.fspath(path), details, inputs)
     feed = {name: np.asarray(inputs[name]).astype(detail["dtype"]) for name, detail in details.items()}
     return {key: np.asarray(value) for key, value in runner(**feed).items()}
+
+
+def _check_feed(path: str, names, inputs: dict) -> None:
+    missing = sorted(set(names) - set(inputs))
+    if missing:
+        raise ValueError(f"{path} takes {sorted(names)}; missing {missing}")
 
 
 # ------------------------------------------------------------------------------ the two formats

@@ -307,3 +307,10 @@ def test_crosscheck_saved_model_and_litert_columns(capsys):
     assert saved_model["ok"] and saved_model["skipped"] is None and saved_model["max_abs_diff"] <= 1e-4
     assert litert["ok"] and litert["skipped"] is None and litert["max_abs_diff"] <= 1e-3
     assert (saved_model["tolerance"], litert["tolerance"]) == (1e-4, 1e-3)
+
+
+def test_runners_name_missing_inputs(tmp_path):
+    model = d2v_tf.TFData2VecTextForSequenceClassification(config_for("Data2VecTextForSequenceClassification"))
+    model.export(tmp_path / "sm")
+    with pytest.raises(ValueError, match=r"missing \['attention_mask'\]"):
+        keras_export.run_saved_model(tmp_path / "sm", {"input_ids": np.ones((1, 4), np.int64)})
