@@ -312,6 +312,61 @@ def _onnxruntime_rows(workload: Workload, config, arrays: dict, inputs: dict, ke
     return {k: (lambda s=s: np.asarray(s.run([field_], feeds)[0], dtype=np.float32)) for k, s in sessions.items()}
 
 
+def int8_on_trained_example(quick: bool = False, seed: int = 0) -> dict:
+    """int8 vs fp32 onnxruntime on a trained model: examples/finetune_torch_text.py's classifier
+    (trained here as the example does), scored on the example's held-out set."""
+    import importlib.util
+    import shutil
+
+    import torch
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from d2v_common import export as common
+    from d2v_torch import export as torch_export
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples",
+                        "finetune_torch_text.py")
+    spec = importlib.util.spec_from_file_location("finetune_torch_text", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    trained = []
+
+    class Recorded(example.Data2VecTextForSequenceClassification):  # keeps the model main() trains
+        def __init__(self, config):
+            super().__init__(config)
+            trained.append(self)
+
+    example.Data2VecTextForSequenceClassification = Recorded
+    result = example.main(["--seed", str(seed)] + (["--quick"] if quick else []))
+    model = trained[0].eval()
+    rng = np.random.default_rng(seed)  # the example's held-out set: same generator, same order
+    n_train, n_test = (1024, 256) if quick else (2048, 512)
+    example.make_data(n_train, 32, rng)
+    ids, mask, labels = example.make_data(n_test, 32, rng)
+    feeds = {"input_ids": ids, "attention_mask": mask}
+    tmp = tempfile.mkdtemp(prefix="d2v-bench-int8-")
+    try:
+        fp32, int8 = os.path.join(tmp, "model.onnx"), os.path.join(tmp, "model.int8.onnx")
+        sample = common.sample_inputs(model.config, model.architecture, batch_size=2, length=16)
+        torch_export.write_onnx(torch_export.export_program(model, sample), fp32)
+        quantize_dynamic(fp32, int8, weight_type=QuantType.QInt8)
+        full = torch_export.onnxruntime_session(fp32).run(["logits"], feeds)[0]
+        low = torch_export.onnxruntime_session(int8).run(["logits"], feeds)[0]
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    with torch.no_grad():
+        eager = model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).logits.numpy()
+    return {
+        "rows": int(n_test),
+        "accuracy_fp32": float(np.mean(full.argmax(-1) == labels)),
+        "accuracy_int8": float(np.mean(low.argmax(-1) == labels)),
+        "example_accuracy": result["accuracy"],
+        "argmax_agreement": float(np.mean(low.argmax(-1) == full.argmax(-1))),
+        "rel_err_vs_fp32": float(np.abs(low - full).max() / np.abs(full).max()),
+        "ort_fp32_vs_eager_max_abs": float(np.abs(full - eager).max()),
+    }
+
+
 def _keras_model(workload: Workload, config, arrays: dict, policy: str | None = None):
     """d2v's Keras model; ``policy`` (e.g. "mixed_bfloat16") applies while its layers are built."""
     import keras
@@ -575,7 +630,7 @@ def checkpoint_file(fmt: str) -> str:
 # -------------------------------------------------------------------------------- reports
 
 
-def targets(results: list[dict], loading: dict) -> list[dict]:
+def targets(results: list[dict], loading: dict, int8_example: dict | None = None) -> list[dict]:
     """The issue's targets against what was measured (None where the rows were not run)."""
 
     def worst(row: str, metric: str):
@@ -609,6 +664,8 @@ def targets(results: list[dict], loading: dict) -> list[dict]:
         add(f"onnxruntime int8 vs HF torch fp32 ({name})", row.get("vs_hf"), TARGETS["ort_int8_vs_hf_fp32"])
         add(f"onnxruntime int8 logits error vs fp32, rel. to max ({name})", row.get("rel_err_vs_fp32"),
             TARGETS["ort_int8_err"], higher_is_better=False)
+    add("onnxruntime int8 same argmax as fp32 (trained example, held-out rows)",
+        (int8_example or {}).get("argmax_agreement"), TARGETS["ort_int8_argmax"])
     k = loading.get("d2v keras", {})
     add("d2v keras from_pretrained seconds", k.get("seconds"), TARGETS["tf_load_seconds"], higher_is_better=False)
     add("d2v keras from_pretrained peak RSS / checkpoint", k.get("rss_x_checkpoint"), TARGETS["tf_load_rss_x"],
@@ -657,6 +714,11 @@ def format_report(report: dict) -> str:
         parts.append(f"from_pretrained, base vision classification checkpoint ({mb:.0f} MB), fresh process each:")
         parts.append(_table(["loader", "reads", "seconds", "min-max s", "peak MB over imports", "x checkpoint",
                              "MB once weights used", "vs HF"], lines))
+    e = report.get("int8_example")
+    if e:
+        parts.append(f"trained example (examples/finetune_torch_text.py, {e['rows']} held-out rows): onnxruntime int8 "
+                     f"keeps the fp32 argmax on {e['argmax_agreement']:.1%}, logits error {e['rel_err_vs_fp32']:.2%} "
+                     f"of max; accuracy fp32 {e['accuracy_fp32']:.3f}, int8 {e['accuracy_int8']:.3f}")
     lines = []
     for t in report["targets"]:
         measured = "-" if t["measured"] is None else f"{t['measured']:.3g}"
@@ -725,6 +787,9 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON ('-': print JSON only)")
     parser.add_argument("--plot", metavar="FILE.png", help="draw the speed-ups (needs matplotlib)")
+    parser.add_argument("--int8-example", action="store_true",
+                        help="also train examples/finetune_torch_text.py's model and compare its onnxruntime int8 "
+                        "and fp32 logits on the held-out set (argmax agreement)")
     parser.add_argument("--load-worker", nargs=2, metavar=("LOADER", "DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -760,7 +825,11 @@ def main(argv=None) -> int:
             print("  from_pretrained ...", file=sys.stderr, flush=True)
         runs = args.load_runs or (1 if args.quick else 3)
         report["loading"] = measure_loading(args.size, runs, args.threads, hf=not args.no_hf)
-    report["targets"] = targets(report["workloads"], report["loading"])
+    if args.int8_example:
+        if not quiet:
+            print("  int8 on the trained example ...", file=sys.stderr, flush=True)
+        report["int8_example"] = int8_on_trained_example(quick=args.quick, seed=args.seed)
+    report["targets"] = targets(report["workloads"], report["loading"], report.get("int8_example"))
     if args.json:
         text = json.dumps(report, indent=2)
         if quiet:
