@@ -14,9 +14,15 @@ Interface (stable; the PyTorch and Keras export modules build on it)
   eager model on numpy inputs (``run_eager(model, inputs, architecture, config) -> {field:
   array}``, exported fields only).
 * ``register_export_format(ExportFormat(...))``: one entry per artifact kind, with its
-  ``export(model, staging_dir, sample_inputs, options) -> artifact path`` and its
+  ``export(model, staging_dir, sample_inputs, options) -> artifact path`` (writes
+  ``staging_dir/<artifact>``, a file or a folder; ``sample_inputs`` are numpy arrays under
+  HF's names at the trace shape; ``options`` an ``ExportOptions``) and its
   ``run(artifact_path, inputs) -> {field: array}`` (the artifact in its own runtime, no d2v
-  needed by the artifact itself).
+  needed by the artifact itself; float32 outputs under ``output_fields`` names). Validation
+  compares ``run`` with ``run_eager`` at ``validation_shape`` within ``tolerance`` (float32)
+  or ``reduced_precision_tolerance``.
+* ``crosscheck/runtimes.py`` turns every registered format into a ``--runtimes`` column of
+  ``python -m crosscheck`` with no further code.
 * ``FORMAT_FRAMEWORKS`` / ``FRAMEWORK_MODULES``: which package registers a format; the CLI and
   ``get_export_format`` import it lazily, so ``d2v_common`` itself imports no framework.
 * ``input_names`` / ``output_fields`` / ``dynamic_axes``: HF's names per architecture, shared

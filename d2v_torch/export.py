@@ -73,11 +73,9 @@ def _serving_class(names: tuple[str, ...]) -> type:
     return _SERVING_CLASSES[names]
 
 
-def present_fields(model: nn.Module, architecture: str, sample: dict[str, torch.Tensor]) -> tuple[str, ...]:
+def present_fields(model: nn.Module, sample: dict[str, np.ndarray]) -> tuple[str, ...]:
     """The exported fields this model produces (a base model without pooler has no pooler_output)."""
-    with torch.no_grad():
-        out = model(**sample, **common.eager_call_kwargs(model.config, architecture))
-    return tuple(f for f in common.output_fields(architecture) if out.get(f) is not None)
+    return tuple(run_eager(model, sample, model.architecture, model.config))
 
 
 def serving_module(model: nn.Module, sample: dict[str, np.ndarray], as_dict: bool) -> nn.Module:
@@ -94,7 +92,7 @@ def serving_module(model: nn.Module, sample: dict[str, np.ndarray], as_dict: boo
     architecture = model.architecture
     common.check_architecture(architecture)
     names = common.input_names(model.config, architecture)
-    fields = present_fields(model, architecture, to_tensors(sample))
+    fields = present_fields(model, sample)
     kwargs = common.eager_call_kwargs(model.config, architecture)
     return _serving_class(names)(model.eval(), names, fields, kwargs, as_dict).eval()
 

@@ -269,9 +269,12 @@ def test_failed_validation_or_export_leaves_no_destination(checkpoint, tmp_path,
     assert os.listdir(tmp_path) == []
 
 
-def test_bfloat16_pt2_validates_against_bfloat16_eager(checkpoint, tmp_path, capsys):
-    dst = tmp_path / "bf16"
-    assert torch_export.main([str(checkpoint), str(dst), "--format", "torch-export", "--dtype", "bfloat16"]) == 0
+def test_bfloat16_pt2_validates_against_bfloat16_eager(tmp_path, capsys):
+    """float32 pixels in and logits out; the weights and compute in bfloat16."""
+    src, dst = tmp_path / "src", tmp_path / "bf16"
+    arch, config = CLASSES[13]
+    _model(arch, config).save_pretrained(str(src))
+    assert torch_export.main([str(src), str(dst), "--format", "torch-export", "--dtype", "bfloat16"]) == 0
     assert "tolerance 5e-02" in capsys.readouterr().out
     program = torch.export.load(str(dst / "model.pt2"))
     assert {p.dtype for p in program.state_dict.values() if p.is_floating_point()} == {torch.bfloat16}
