@@ -27,6 +27,7 @@ from d2v_common import export as shared
 KERAS_SAVED_MODEL = "tf_saved_model"
 KERAS_LITERT = "litert"
 SIGNATURE_KEY = "serving_default"
+KERAS_ENDPOINT = "serve"
 LITERT_QUANTIZATIONS = (None, "dynamic-int8")
 
 # Signature dtypes: TF serving's convention (int32 ids and masks, as HF's TF classes use), which
@@ -102,7 +103,8 @@ def _export_archive(model, signature=None):
     archive = keras.export.ExportArchive()
     archive.track(model)
     specs = [input_signature(model, signature)]  # one positional argument: the dict of inputs
-    archive.add_endpoint(SIGNATURE_KEY, lambda inputs: serving_outputs(model, inputs), input_signature=specs)
+    traced = archive.add_endpoint(SIGNATURE_KEY, lambda inputs: serving_outputs(model, inputs), input_signature=specs)
+    archive.add_endpoint(KERAS_ENDPOINT, traced)  # Keras' own name (``reloaded.serve(inputs)``), no second trace
     return archive
 
 

@@ -49,10 +49,13 @@ RUNNER = textwrap.dedent(
         if job["kind"] == "saved-model":
             import tensorflow as tf
 
-            fn = tf.saved_model.load(job["path"]).signatures["serving_default"]
+            loaded = tf.saved_model.load(job["path"])
+            fn = loaded.signatures["serving_default"]
             specs = fn.structured_input_signature[1]
             feed = {k: tf.constant(v, dtype=specs[k].dtype) for k, v in inputs.items()}
             out = {k: v.numpy() for k, v in fn(**feed).items()}
+            keras_style = loaded.serve(feed)  # Keras' endpoint name takes the same dict
+            assert all(np.array_equal(keras_style[k].numpy(), v) for k, v in out.items())
             shapes = {k: [d for d in s.shape.as_list()] for k, s in specs.items()}
         else:
             from ai_edge_litert.interpreter import Interpreter
