@@ -55,7 +55,7 @@ def _format_table(rows, reference: bool, runtimes=()) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m crosscheck", description=__doc__)
     parser.add_argument("--size", choices=["small", "base"], default="small", help="model size (default: small)")
-    parser.add_argument("--family", action="append", choices=["text", "audio", "vision"], help="limit to a family")
+    parser.add_argument("--family", action="append", choices=["text", "audio", "vision", "data2vec2"], help="limit to a family")
     parser.add_argument("--case", action="append", help="run only cases whose name contains this")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--reference", choices=["hf"], help="also compare d2v torch with transformers' PyTorch classes")

@@ -3,10 +3,12 @@
     d2v-convert SRC DST --to {safetensors,tf-h5,pt-bin} [--from FMT] [--architecture NAME]
                         [--overwrite] [--progress | --quiet] [--revision REV] [--cache-dir DIR]
                         [--local-files-only] [--force-download]
+    d2v-convert CKPT.pt DST --from fairseq [--dict dict.txt] [--head NAME] [--to FMT]
 
 SRC is a directory or a Hugging Face Hub id (``facebook/data2vec-audio-base-960h``): a hub id
 fetches ``config.json``, one weight format and the repository's other non-weight files
-(tokenizer, processor config) through ``huggingface_hub`` (``d2v_common.hub``).
+(tokenizer, processor config) through ``huggingface_hub`` (``d2v_common.hub``). With
+``--from fairseq``, SRC is an original fairseq data2vec 2.0 checkpoint (``d2v_common.fairseq``).
 
 This is the model-free path through the loading machinery: ``config.json`` + the architecture
 give the weight spec, the source file is read into canonical arrays, ``match_checkpoint``
@@ -463,11 +465,17 @@ def build_parser() -> argparse.ArgumentParser:
         "2 usage or IO error",
     )
     parser.add_argument("src", metavar="SRC", help="checkpoint directory (config.json + weights) or a Hugging Face "
-                        "Hub id such as facebook/data2vec-audio-base-960h")
+                        "Hub id such as facebook/data2vec-audio-base-960h; a fairseq checkpoint.pt with --from fairseq")
     parser.add_argument("dst", metavar="DST", help="new directory to create")
-    parser.add_argument("--to", required=True, choices=FORMATS, help="target weight format")
-    parser.add_argument("--from", dest="source_format", choices=FORMATS,
-                        help="source format when SRC holds several (default: safetensors > pt-bin > tf-h5)")
+    parser.add_argument("--to", choices=FORMATS, help="target weight format (required, except with --from "
+                        "fairseq: default safetensors)")
+    parser.add_argument("--from", dest="source_format", choices=FORMATS + ("fairseq",),
+                        help="source format when SRC holds several (default: safetensors > pt-bin > tf-h5); "
+                        "'fairseq': an original fairseq data2vec 2.0 checkpoint")
+    parser.add_argument("--dict", dest="dictionary", metavar="DICT",
+                        help="with --from fairseq: the text model's fairseq dict.txt (checked, copied along)")
+    parser.add_argument("--head", metavar="NAME",
+                        help="with --from fairseq: which classification head of a text classifier to keep")
     parser.add_argument("--architecture", metavar="NAME",
                         help="HF class name (e.g. Data2VecVisionForImageClassification); "
                         "default: config.json's architectures[0]")
@@ -485,8 +493,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _main_fairseq(args) -> int:
+    from d2v_common.fairseq import convert_fairseq_to_folder
+
+    try:
+        report = convert_fairseq_to_folder(args.src, args.dst, head=args.head, dictionary=args.dictionary,
+                                           formats=(args.to or "safetensors",), overwrite=args.overwrite)
+    except (OSError, ValueError, TypeError, ConversionError) as e:
+        print(f"d2v-convert: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    if not args.quiet:
+        print(report)
+        print(f"wrote {os.path.abspath(args.dst)} ({args.to or 'safetensors'})")
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.source_format == "fairseq":
+        return _main_fairseq(args)
+    if args.dictionary or args.head:
+        parser.error("--dict and --head apply only with --from fairseq")
+    if args.to is None:
+        parser.error("the following arguments are required: --to")
     progress = False if args.quiet else args.progress
     try:
         result = convert(args.src, args.dst, args.to, source_format=args.source_format,

@@ -15,6 +15,7 @@ from d2v_common import layouts
 from d2v_common.configs import CONFIG_CLASSES, Data2VecConfigBase
 from d2v_common.hub import pop_hub_options, resolve_model
 from d2v_common.pretrained import (
+    load_config_for,
     building_nested,
     load_arrays_for,
     save_arrays_for,
@@ -188,7 +189,7 @@ class TFData2VecPreTrainedModel(keras.Model):
             pretrained_model_name_or_path, checkpoint_format, with_config=config is None, **hub
         )
         if config is None:
-            config = cls.config_class.from_pretrained(path, **config_overrides)
+            config = load_config_for(cls.config_class, path, **config_overrides)  # fairseq .pt too
         elif config_overrides:
             config = config.copy(**config_overrides)
         with weights_come_later():

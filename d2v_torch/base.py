@@ -12,7 +12,7 @@ from torch import nn
 from d2v_common import outputs as _outputs
 from d2v_common.configs import Data2VecConfigBase
 from d2v_common.hub import pop_hub_options, resolve_model
-from d2v_common.pretrained import building_nested, load_arrays_for, save_arrays_for
+from d2v_common.pretrained import building_nested, load_arrays_for, load_config_for, save_arrays_for
 from d2v_common.spec import ARCHITECTURES, WeightSpec, weight_spec
 
 
@@ -152,7 +152,7 @@ class Data2VecPreTrainedModel(nn.Module):
             pretrained_model_name_or_path, checkpoint_format, with_config=config is None, **hub
         )
         if config is None:
-            config = cls.config_class.from_pretrained(path, **config_overrides)
+            config = load_config_for(cls.config_class, path, **config_overrides)  # fairseq .pt too
         elif config_overrides:
             config = config.copy(**config_overrides)
         with torch.device("meta"):  # no memory, no random init: the checkpoint fills it
