@@ -54,7 +54,9 @@ def input_signature(model, override=None) -> dict:
     import tensorflow as tf
 
     config, architecture = model.config, model.architecture
-    shared.check_architecture(architecture)
+    if architecture not in shared.EXPORTABLE_ARCHITECTURES:
+        raise ValueError(f"{type(model).__name__} has no serving signature (HF input/output names) yet; "
+                         f"exportable: {', '.join('TF' + a for a in shared.EXPORTABLE_ARCHITECTURES)}")
     axes = shared.dynamic_axes(config, architecture)
     example = shared.sample_inputs(config, architecture, batch_size=1)
     specs = {}

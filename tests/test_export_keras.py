@@ -317,3 +317,16 @@ def test_runners_name_missing_inputs(tmp_path):
     model.export(tmp_path / "sm")
     with pytest.raises(ValueError, match=r"missing \['attention_mask'\]"):
         keras_export.run_saved_model(tmp_path / "sm", {"input_ids": np.ones((1, 4), np.int64)})
+
+
+def test_class_without_a_serving_signature_is_a_clear_error(tmp_path):
+    """data2vec 2.0 classes have no HF names to serve under yet: a ValueError, nothing written."""
+    from d2v_common.data2vec2 import Data2Vec2TextConfig
+
+    config = Data2Vec2TextConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=37,
+                                 vocab_size=50)
+    model = d2v_tf.TFData2Vec2TextModel(config)
+    for path, format in ((tmp_path / "sm", "tf_saved_model"), (tmp_path / "m.tflite", "litert")):
+        with pytest.raises(ValueError, match="TFData2Vec2TextModel has no serving signature"):
+            model.export(path, format=format)
+    assert os.listdir(tmp_path) == []
