@@ -292,7 +292,9 @@ def _onnxruntime_rows(workload: Workload, config, arrays: dict, inputs: dict, ke
 
     model = getattr(d2v_torch, workload.architecture)(config)
     model.load_arrays(arrays)
-    feeds = {n: inputs[n] for n in common.input_names(config, workload.architecture)}
+    # token_type_ids (configs with several token types) are all zeros, as the torch rows get them
+    feeds = {n: inputs[n] if n in inputs else np.zeros_like(inputs["input_ids"])
+             for n in common.input_names(config, workload.architecture)}
     tmp = tempfile.mkdtemp(prefix="d2v-bench-onnx-")
     try:
         fp32 = os.path.join(tmp, "model.onnx")
