@@ -344,3 +344,15 @@ def test_crosscheck_runtime_columns():
     assert "onnx" in table.splitlines()[0] and f"{row.runtimes['onnx'].max_diff:.2e}" in table
     with pytest.raises(ValueError, match="unknown runtime"):
         parse_runtimes("onnx,tensorrt")
+
+
+def test_source_may_be_a_hub_id(checkpoint, tmp_path, monkeypatch):
+    """SRC as a hub id, served offline from a hub cache built on disk (no network)."""
+    from tests.hubcache import folder_files, make_hub_cache, serve_offline
+
+    cache = tmp_path / "cache"
+    make_hub_cache(cache, "someone/d2v-text-cls", folder_files(checkpoint))
+    serve_offline(monkeypatch, cache)
+    dst = tmp_path / "out"
+    assert torch_export.main(["someone/d2v-text-cls", str(dst), "--format", "onnx", "--quiet"]) == 0
+    assert sorted(os.listdir(dst)) == ["config.json", "model.onnx", "special_tokens_map.json", "tokenizer_config.json"]
