@@ -312,12 +312,24 @@ def test_vision_relative_bias_compiles_and_traces(arch, bias):
         torch.testing.assert_close(compiled(x, return_dict=False)[0], eager, atol=1e-5, rtol=0)
 
 
+def test_vision_relative_bias_compiles_with_inductor():
+    """The default torch.compile backend (inductor, generated C++) on the per-layer and shared
+    bias configuration of the base checkpoints."""
+    config = Data2VecVisionConfig(**vision_cases.SMALL, use_relative_position_bias=True,
+                                  use_shared_relative_position_bias=True)
+    model = _model("Data2VecVisionForImageClassification", config)
+    x = torch.from_numpy(common.sample_inputs(config, "Data2VecVisionForImageClassification")["pixel_values"])
+    with torch.no_grad():
+        eager = model(x).logits
+        torch._dynamo.reset()
+        torch.testing.assert_close(torch.compile(model)(x).logits, eager, atol=1e-5, rtol=0)
+
+
 def test_relative_position_index_is_a_buffer_cached_per_grid():
     config = Data2VecVisionConfig(**vision_cases.SMALL, use_relative_position_bias=True)
     model = _model("Data2VecVisionModel", config)
     bias = model.encoder.layer[0].attention.attention.relative_position_bias
-    assert "relative_position_index" in dict(model.named_buffers(recurse=True)).keys() or any(
-        n.endswith("relative_position_index") for n, _ in model.named_buffers())
+    assert any(n.endswith("relative_position_index") for n, _ in model.named_buffers())
     assert not any(k.endswith("relative_position_index") for k in model.state_dict())  # not a checkpoint key
     grid = (3, 5)
     first = bias._index(grid, torch.device("cpu"))
