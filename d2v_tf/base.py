@@ -15,6 +15,7 @@ from d2v_common import layouts
 from d2v_common.configs import CONFIG_CLASSES, Data2VecConfigBase
 from d2v_common.pretrained import (
     building_nested,
+    check_checkpoint_fits,
     load_arrays_for,
     save_arrays_for,
     skip_initialisation,
@@ -185,6 +186,8 @@ class TFData2VecPreTrainedModel(keras.Model):
             config = cls.config_class.from_pretrained(path, **config_overrides)
         elif config_overrides:
             config = config.copy(**config_overrides)
+        # an edited config.json fails here, from the file's header, before anything is allocated
+        check_checkpoint_fits(path, config, prefer=checkpoint_format, ignore_mismatched_sizes=ignore_mismatched_sizes)
         with weights_come_later():
             model = cls(config)
         arrays, report = load_arrays_for(

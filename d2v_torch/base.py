@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from d2v_common.configs import Data2VecConfigBase
-from d2v_common.pretrained import building_nested, load_arrays_for, save_arrays_for
+from d2v_common.pretrained import building_nested, check_checkpoint_fits, load_arrays_for, save_arrays_for
 from d2v_common.spec import ARCHITECTURES, WeightSpec, weight_spec
 
 
@@ -118,6 +118,8 @@ class Data2VecPreTrainedModel(nn.Module):
             config = cls.config_class.from_pretrained(path, **config_overrides)
         elif config_overrides:
             config = config.copy(**config_overrides)
+        # an edited config.json fails here, from the file's header, before anything is allocated
+        check_checkpoint_fits(path, config, prefer=checkpoint_format, ignore_mismatched_sizes=ignore_mismatched_sizes)
         with torch.device("meta"):  # no memory, no random init: the checkpoint fills it
             model = cls(config)
         arrays, report = load_arrays_for(
