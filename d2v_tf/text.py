@@ -35,7 +35,7 @@ from d2v_common.outputs import (
 )
 from d2v_common.pretrained import build_nested
 from d2v_common.spec import weight_spec
-from d2v_tf.base import TFData2VecPreTrainedModel, name_sublayers, unpack_inputs
+from d2v_tf.base import TFData2VecPreTrainedModel, count_not_equal, name_sublayers, unpack_inputs
 from d2v_tf.layers import (
     Activation,
     Dropout,
@@ -676,6 +676,9 @@ class TFData2VecTextForCausalLM(_TFLMHeadModel):
     def _lm_loss(logits, labels):
         return causal_lm_loss(logits, labels)
 
+    def loss_count(self, x, labels):
+        return count_not_equal(ops.convert_to_tensor(labels)[:, 1:], common.IGNORE_INDEX)  # as causal_lm_loss shifts
+
     @unpack_inputs
     def call(
         self,
@@ -724,6 +727,9 @@ class TFData2VecTextForMaskedLM(_TFLMHeadModel):
     @staticmethod
     def _lm_loss(logits, labels):
         return cross_entropy(ops.reshape(logits, (-1, logits.shape[-1])), ops.reshape(labels, (-1,)))
+
+    def loss_count(self, x, labels):
+        return count_not_equal(labels, common.IGNORE_INDEX)
 
     @unpack_inputs
     def call(
@@ -874,6 +880,9 @@ class TFData2VecTextForTokenClassification(TFData2VecTextPreTrainedModel):
         common.check_same_shape("labels", _shape(labels), _shape(outputs.logits)[:2])
         _check_labels("labels", labels, self.config.num_labels)
         return cross_entropy(ops.reshape(outputs.logits, (-1, self.config.num_labels)), ops.reshape(labels, (-1,)))
+
+    def loss_count(self, x, labels):
+        return count_not_equal(labels, common.IGNORE_INDEX)
 
     @unpack_inputs
     def call(

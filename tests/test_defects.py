@@ -206,3 +206,85 @@ def test_h5_report_lists_canonical_names(checkpoints):
     assert unexpected and all(n.startswith("data2vec_vision.encoder.layer.1.") for n in unexpected), unexpected
     assert "data2vec_vision.encoder.layer.1.attention.attention.query.weight (tf_model.h5: " \
         "data2vec_vision/encoder/layer_._1/attention/attention/query/kernel:0)" in unexpected
+
+
+# ------------------------------------------------------- 2. built-in losses under tf.distribute
+_MIRRORED = textwrap.dedent("""
+    import json, sys
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    import keras, numpy as np
+    import d2v_tf
+    from d2v_common.configs import CONFIG_CLASSES
+
+    rng = np.random.default_rng(0)
+    TINY = dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=20,
+                hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    AUDIO = dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=20, conv_dim=[8, 8],
+                 conv_stride=[5, 2], conv_kernel=[10, 3], num_conv_pos_embeddings=1, conv_pos_kernel_size=4,
+                 num_conv_pos_embedding_groups=2, classifier_proj_size=8, mask_time_prob=0.0, layerdrop=0.0,
+                 hidden_dropout=0.0, activation_dropout=0.0, attention_dropout=0.0, final_dropout=0.0)
+    VISION = dict(TINY, image_size=8, patch_size=4, drop_path_rate=0.0, out_indices=[1, 2, 2, 2], pool_scales=[1],
+                  auxiliary_channels=8)
+    n = 8
+    token_labels = rng.integers(0, 3, (n, 6))
+    token_labels[:4, 1:] = -100  # the first replica's examples hold far fewer labels
+    CASES = {
+        "TFData2VecTextForSequenceClassification": ("data2vec-text", dict(TINY, vocab_size=20, num_labels=3),
+            {"input_ids": rng.integers(3, 20, (n, 6))}, rng.integers(0, 3, n)),
+        "TFData2VecTextForTokenClassification": ("data2vec-text", dict(TINY, vocab_size=20, num_labels=3),
+            {"input_ids": rng.integers(3, 20, (n, 6))}, token_labels),
+        "TFData2VecAudioForSequenceClassification": ("data2vec-audio", dict(AUDIO, num_labels=3),
+            {"input_values": rng.standard_normal((n, 400)).astype("float32")}, rng.integers(0, 3, n)),
+        "TFData2VecVisionForImageClassification": ("data2vec-vision", dict(VISION, num_labels=3),
+            {"pixel_values": rng.standard_normal((n, 3, 8, 8)).astype("float32")}, rng.integers(0, 3, n)),
+    }
+
+    def build(name):
+        model_type, config, _, _ = CASES[name]
+        return getattr(d2v_tf, name)(CONFIG_CLASSES[model_type](**config))
+
+    def train(name, strategy, start):
+        _, _, x, y = CASES[name]
+        with strategy.scope():
+            model = build(name)
+            model.load_arrays(start)
+            model.compile(optimizer=keras.optimizers.SGD(0.5), jit_compile=False)
+        validation = (x, y) if name.endswith("TextForSequenceClassification") else None  # one is enough
+        history = model.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0, validation_data=validation)
+        return model.state_arrays(), history.history
+
+    mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    out = {}
+    for name in CASES:
+        start = build(name).state_arrays()  # random weights, the same for both runs
+        one, h1 = train(name, tf.distribute.get_strategy(), start)
+        two, h2 = train(name, mirrored, start)
+        out[name] = {
+            "replicas": mirrored.num_replicas_in_sync,
+            "weights": max(float(np.abs(one[k] - two[k]).max()) for k in one),
+            "moved": max(float(np.abs(one[k] - start[k]).max()) for k in one),
+            **{k: [h1[k][0], h2[k][0]] for k in ("loss", "val_loss") if k in h1},
+        }
+    print("RESULT " + json.dumps(out))
+""")
+
+
+def test_builtin_losses_under_mirrored_strategy_match_one_device(tmp_path):
+    """fit with the built-in loss on 2 logical CPUs == one device on the same global batch: each
+    family's classifier, and token classification whose replicas hold unequal label counts.
+    (Segmentation is left out: its BatchNorm normalises each replica's batch, as in DDP.)"""
+    env = {**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow"}
+    run = subprocess.run([sys.executable, "-c", _MIRRORED], capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    results = json.loads(next(line for line in run.stdout.splitlines() if line.startswith("RESULT "))[7:])
+    assert len(results) == 4 and "val_loss" in results["TFData2VecTextForSequenceClassification"]
+    for name, r in results.items():
+        assert r["replicas"] == 2 and r["moved"] > 1e-3, (name, r)
+        assert r["weights"] <= 1e-5, (name, r)
+        for key in ("loss", "val_loss"):
+            if key not in r:
+                continue
+            one, two = r[key]
+            assert abs(one - two) <= 1e-5 * max(1.0, abs(one)), (name, key, r)
