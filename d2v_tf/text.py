@@ -22,6 +22,7 @@ from keras import ops
 from d2v_common import layouts
 from d2v_common import text as common
 from d2v_common.configs import Data2VecTextConfig
+from d2v_common.input_types import check_input_dtype
 from d2v_common.losses import check_classification_labels
 from d2v_common.outputs import (
     BaseModelOutputWithPoolingAndCrossAttentions,
@@ -71,8 +72,7 @@ def _is_eager(t) -> bool:
 
 
 def _check_ids(name: str, ids, upper: int, limit_name: str) -> None:
-    if "int" not in str(ids.dtype):
-        raise TypeError(f"{name} must be an integer tensor, got {ids.dtype}")
+    check_input_dtype(name, ids.dtype, framework="tf", integer=True)
     if _is_eager(ids):
         common.check_index_range(name, np.asarray(ids), upper, limit_name)
 

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from d2v_common.configs import Data2VecConfigBase
+from d2v_common.input_types import check_input_type
 from d2v_common.pretrained import building_nested, check_checkpoint_fits, load_arrays_for, save_arrays_for
 from d2v_common.spec import ARCHITECTURES, WeightSpec, weight_spec
 
@@ -171,6 +172,13 @@ class Data2VecPreTrainedModel(nn.Module):
         for module in self.modules():
             if hasattr(module, "gradient_checkpointing"):
                 module.gradient_checkpointing = False
+
+    def _check_value_input(self, name: str, value: Any) -> None:
+        """``value`` (pixels, waveforms) must be a torch tensor in the model's dtype (any
+        floating dtype under ``torch.autocast``, which casts it)."""
+        autocast = isinstance(value, torch.Tensor) and torch.is_autocast_enabled(value.device.type)
+        check_input_type(name, value, framework="torch", tensor_types=torch.Tensor,
+                         model_dtype=None if autocast else self.dtype)
 
     def _flag(self, value: bool | None, name: str) -> bool:
         """A call argument, falling back to the config's default (``output_attentions`` ...)."""

@@ -16,7 +16,7 @@ import torch
 import d2v_tf
 import d2v_torch
 from d2v_common import convert
-from d2v_common.configs import Data2VecTextConfig, Data2VecVisionConfig
+from d2v_common.configs import Data2VecAudioConfig, Data2VecTextConfig, Data2VecVisionConfig
 from d2v_common.loading import ConfigCheckpointMismatch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -288,3 +288,68 @@ def test_builtin_losses_under_mirrored_strategy_match_one_device(tmp_path):
                 continue
             one, two = r[key]
             assert abs(one - two) <= 1e-5 * max(1.0, abs(one)), (name, key, r)
+
+
+# --------------------------------------------------------- 4. input types, crosscheck selection
+TINY_TEXT = dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=20, vocab_size=20)
+TINY_AUDIO = dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=20, conv_dim=[8, 8],
+                  conv_stride=[5, 2], conv_kernel=[10, 3], num_conv_pos_embeddings=1, conv_pos_kernel_size=4,
+                  num_conv_pos_embedding_groups=2)
+
+
+@pytest.mark.parametrize("build, value, match", [
+    (lambda: d2v_torch.Data2VecVisionForImageClassification(Data2VecVisionConfig(**VISION)),
+     np.zeros((1, 3, 16, 16), np.float32), r"pixel_values must be a torch tensor, got numpy\.ndarray.*torch\.as_tensor"),
+    (lambda: d2v_torch.Data2VecVisionModel(Data2VecVisionConfig(**VISION)),
+     torch.zeros((1, 3, 16, 16), dtype=torch.float64), r"pixel_values is float64 but the model computes in float32"),
+    (lambda: d2v_torch.Data2VecTextForSequenceClassification(Data2VecTextConfig(**TINY_TEXT)),
+     np.array([[3, 4, 5]]), r"input_ids must be a torch tensor, got numpy\.ndarray"),
+    (lambda: d2v_torch.Data2VecTextModel(Data2VecTextConfig(**TINY_TEXT)),
+     torch.tensor([[3.0, 4.0]]), r"input_ids must be an integer tensor .*got float32.*input_ids\.to\(torch\.int64\)"),
+    (lambda: d2v_torch.Data2VecAudioForCTC(Data2VecAudioConfig(**TINY_AUDIO)),
+     np.zeros((1, 400), np.float32), r"input_values must be a torch tensor, got numpy\.ndarray"),
+    (lambda: d2v_torch.Data2VecAudioForXVector(Data2VecAudioConfig(**TINY_AUDIO)),
+     torch.zeros((1, 400), dtype=torch.float64), r"input_values is float64 but the model computes in float32"),
+])
+def test_torch_models_say_which_input_type_they_need(build, value, match):
+    with pytest.raises(TypeError, match=match):
+        build()(value)
+
+
+def test_torch_input_dtype_follows_the_model_and_autocast():
+    model = d2v_torch.Data2VecVisionModel(Data2VecVisionConfig(**VISION))
+    with pytest.raises(TypeError, match="float32 but the model computes in bfloat16"):
+        model.to(torch.bfloat16)(torch.zeros((1, 3, 16, 16)))
+    model.float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast casts for itself
+        model(torch.zeros((1, 3, 16, 16), dtype=torch.bfloat16))
+
+
+def test_keras_float_ids_say_what_to_pass():
+    model = d2v_tf.TFData2VecTextModel(Data2VecTextConfig(**TINY_TEXT))
+    with pytest.raises(TypeError, match=r"input_ids must be an integer tensor .*tf\.cast\(input_ids, tf\.int64\)"):
+        model(np.array([[3.0, 4.0]], np.float32))
+
+
+def _crosscheck(*args):
+    env = {**os.environ, "PYTHONPATH": REPO}
+    return subprocess.run([sys.executable, "-m", "crosscheck", *args], capture_output=True, text=True, env=env,
+                          timeout=300)
+
+
+def test_crosscheck_lists_and_selects_cases_by_name_or_class():
+    from crosscheck.__main__ import select_cases
+    from crosscheck.cases import all_cases
+
+    listed = _crosscheck("--list", "--family", "vision")
+    assert listed.returncode == 0
+    rows = [line.split() for line in listed.stdout.strip().splitlines()]
+    cases = all_cases("small", ["vision"])
+    assert rows == [[c.name, c.architecture] for c in cases]
+    assert [c.name for c in select_cases(cases, ["vision-cls-plain"])] == ["vision-cls-plain"]
+    by_class = select_cases(cases, ["TFData2VecVisionForImageClassification"])
+    assert by_class and all(c.architecture == "Data2VecVisionForImageClassification" for c in by_class)
+    assert {c.name for c in select_cases(cases, ["relbias"])} == {c.name for c in cases if "relbias" in c.name}
+    unknown = _crosscheck("--case", "no-such-case")
+    assert unknown.returncode == 2 and "no case matches 'no-such-case'" in unknown.stderr
+    assert "vision-cls-plain" in unknown.stderr and "Data2VecTextModel" in unknown.stderr
