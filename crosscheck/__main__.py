@@ -65,7 +65,7 @@ def select_cases(cases, wanted: list[str]):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m crosscheck", description=__doc__)
     parser.add_argument("--size", choices=["small", "base"], default="small", help="model size (default: small)")
-    parser.add_argument("--family", action="append", choices=["text", "audio", "vision"], help="limit to a family")
+    parser.add_argument("--family", action="append", choices=["text", "audio", "vision", "data2vec2"], help="limit to a family")
     parser.add_argument("--case", action="append",
                         help="run only these cases: a case name or class name (see --list), or part of one")
     parser.add_argument("--list", action="store_true", help="list the cases (name and class) and exit")

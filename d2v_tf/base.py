@@ -14,7 +14,9 @@ from keras import ops
 
 from d2v_common import layouts
 from d2v_common.configs import CONFIG_CLASSES, Data2VecConfigBase
+from d2v_common.hub import pop_hub_options, resolve_model
 from d2v_common.pretrained import (
+    load_config_for,
     building_nested,
     check_checkpoint_fits,
     load_arrays_for,
@@ -201,10 +203,15 @@ class TFData2VecPreTrainedModel(keras.Model):
         **config_overrides: Any,
     ):
         """Load ``model.safetensors``, ``pytorch_model.bin`` or HF's ``tf_model.h5`` (first
-        found, in that order). Keyword arguments override config fields, as in HF."""
-        path = os.fspath(pretrained_model_name_or_path)
+        found, in that order) from a directory or a Hugging Face Hub id (``d2v_common.hub``: a local
+        directory wins; ``revision``, ``cache_dir``, ``local_files_only``, ``token``,
+        ``force_download`` as in HF). Other keyword arguments override config fields, as in HF."""
+        hub = pop_hub_options(config_overrides)  # revision, cache_dir, local_files_only, token, force_download
+        path, checkpoint_format = resolve_model(
+            pretrained_model_name_or_path, checkpoint_format, with_config=config is None, **hub
+        )
         if config is None:
-            config = cls.config_class.from_pretrained(path, **config_overrides)
+            config = load_config_for(cls.config_class, path, **config_overrides)  # fairseq .pt too
         elif config_overrides:
             config = config.copy(**config_overrides)
         # an edited config.json fails here, from the file's header, before anything is allocated

@@ -10,8 +10,15 @@ import torch
 from torch import nn
 
 from d2v_common.configs import Data2VecConfigBase
+from d2v_common.hub import pop_hub_options, resolve_model
 from d2v_common.input_types import check_input_type
-from d2v_common.pretrained import building_nested, check_checkpoint_fits, load_arrays_for, save_arrays_for
+from d2v_common.pretrained import (
+    building_nested,
+    check_checkpoint_fits,
+    load_arrays_for,
+    load_config_for,
+    save_arrays_for,
+)
 from d2v_common.spec import ARCHITECTURES, WeightSpec, weight_spec
 
 
@@ -113,10 +120,15 @@ class Data2VecPreTrainedModel(nn.Module):
         **config_overrides: Any,
     ):
         """Load ``model.safetensors``, ``pytorch_model.bin`` or ``tf_model.h5`` (first found, in
-        that order) from a directory. Keyword arguments override config fields, as in HF."""
-        path = os.fspath(pretrained_model_name_or_path)
+        that order) from a directory or a Hugging Face Hub id (``d2v_common.hub``: a local directory
+        wins; ``revision``, ``cache_dir``, ``local_files_only``, ``token``, ``force_download`` as in
+        HF). Other keyword arguments override config fields, as in HF."""
+        hub = pop_hub_options(config_overrides)  # revision, cache_dir, local_files_only, token, force_download
+        path, checkpoint_format = resolve_model(
+            pretrained_model_name_or_path, checkpoint_format, with_config=config is None, **hub
+        )
         if config is None:
-            config = cls.config_class.from_pretrained(path, **config_overrides)
+            config = load_config_for(cls.config_class, path, **config_overrides)  # fairseq .pt too
         elif config_overrides:
             config = config.copy(**config_overrides)
         # an edited config.json fails here, from the file's header, before anything is allocated

@@ -7,6 +7,8 @@ Convention (also noted in an HTML comment near the top of README.md):
 * Placeholder strings stand for files a reader has: every key of ``PLACEHOLDERS`` found in a
   block is replaced by the path its builder returns (tiny local checkpoints, an image), built
   once per session. A new placeholder is one entry there (a builder taking a directory).
+* Hub ids stay as written: every key of ``HUB_IDS`` found in a block is served, offline, from
+  a fake Hugging Face cache (``tests/hubcache.py``) holding its builder's tiny checkpoint.
 * A block that cannot run (partial code, a cluster, a network) is fenced ```python no-run.
   Keep those few: ``test_few_blocks_are_marked_no_run`` counts them.
 """
@@ -14,6 +16,7 @@ Convention (also noted in an HTML comment near the top of README.md):
 from __future__ import annotations
 
 import glob
+import json
 import os
 import re
 import warnings
@@ -66,6 +69,7 @@ def _text_with_tokenizer(directory: str) -> str:
 
 
 def _audio_with_extractor(directory: str) -> str:
+    """Data2VecAudioForCTC with its feature extractor and a 12-token CTC ``vocab.json``."""
     import d2v_torch
     from d2v_common.configs import Data2VecAudioConfig
     from d2v_common.processing import AudioFeatureExtractor
@@ -74,6 +78,9 @@ def _audio_with_extractor(directory: str) -> str:
                                  num_conv_pos_embedding_groups=4)
     d2v_torch.Data2VecAudioForCTC(config).save_pretrained(directory)
     AudioFeatureExtractor(return_attention_mask=True).save_pretrained(directory)
+    vocab = ["<pad>", "<s>", "</s>", "<unk>", "|", "A", "B", "C", "D", "E", "F", "G"]  # the CTC vocabulary
+    with open(os.path.join(directory, "vocab.json"), "w", encoding="utf-8") as f:
+        json.dump({token: i for i, token in enumerate(vocab)}, f)
     return directory
 
 
@@ -96,6 +103,13 @@ PLACEHOLDERS = {
 }
 
 
+# hub id in a doc block -> builder(directory) of the tiny checkpoint the fake hub cache serves
+HUB_IDS = {
+    "facebook/data2vec-vision-base-ft1k": _vision_classifier,
+    "facebook/data2vec-audio-base-960h": _audio_with_extractor,
+}
+
+
 # ------------------------------------------------------------------------------- blocks
 _FENCE = re.compile(r"^```python([^\n]*)\n(.*?)^```", re.S | re.M)
 
@@ -115,6 +129,24 @@ BLOCKS = doc_blocks()
 
 
 @pytest.fixture(scope="session")
+def hub_cache(tmp_path_factory):
+    """A fake hub cache folder; ``add(repo_id)`` puts that id's tiny checkpoint in it once."""
+    from tests.hubcache import folder_files, make_hub_cache
+
+    root = tmp_path_factory.mktemp("hub-cache")
+    added: set[str] = set()
+
+    def add(repo_id: str) -> str:
+        if repo_id not in added:
+            folder = HUB_IDS[repo_id](str(tmp_path_factory.mktemp("hub-model") / "model"))
+            make_hub_cache(root, repo_id, folder_files(folder))
+            added.add(repo_id)
+        return str(root)
+
+    return add
+
+
+@pytest.fixture(scope="session")
 def placeholder_paths(tmp_path_factory):
     """Builds each placeholder's fixture on first use."""
     built: dict[str, str] = {}
@@ -129,10 +161,16 @@ def placeholder_paths(tmp_path_factory):
 
 
 @pytest.mark.parametrize("path, line, runs, code", [b for b in BLOCKS if b[2]], ids=[f"{b[0]}:{b[1]}" for b in BLOCKS if b[2]])
-def test_doc_block_runs(path, line, runs, code, placeholder_paths, tmp_path, monkeypatch):
+def test_doc_block_runs(path, line, runs, code, placeholder_paths, hub_cache, tmp_path, monkeypatch):
+    from tests.hubcache import serve_offline
+
     for placeholder in sorted(PLACEHOLDERS, key=len, reverse=True):  # longest first: no partial clashes
         if placeholder in code:
             code = code.replace(placeholder, placeholder_paths(placeholder))
+    repos = [repo_id for repo_id in HUB_IDS if repo_id in code]
+    serve_offline(monkeypatch, hub_cache(repos[0]) if repos else None)  # never the network
+    for repo_id in repos[1:]:
+        hub_cache(repo_id)
     monkeypatch.chdir(tmp_path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # e.g. "newly initialized" head warnings the docs mention
