@@ -372,6 +372,37 @@ class TFData2VecPreTrainedModel(keras.Model):
 
         return fast
 
+    # ------------------------------------------------------------------------ serving
+    def export(
+        self, filepath, format: str = "tf_saved_model", verbose: bool | None = None, input_signature=None, **kwargs
+    ):
+        """Write a serving artifact; no call is needed first (the signature comes from the config).
+
+        Args:
+            filepath: the SavedModel directory, or the ``.tflite`` file for LiteRT.
+            format: ``"tf_saved_model"`` (default) or ``"litert"``.
+            verbose: print where the artifact went.
+            input_signature: optional ``{HF input name: tf.TensorSpec, keras.InputSpec or
+                shape}`` replacing the default specs (fixed shapes, fewer optional inputs).
+            **kwargs: LiteRT only: ``quantize="dynamic-int8"`` for int8 weights.
+
+        The ``serving_default`` signature takes HF's input names (``pixel_values``;
+        ``input_ids``, ``attention_mask`` and, with more than one token type,
+        ``token_type_ids``; ``input_values``, ``attention_mask``) with dynamic batch and length,
+        and returns HF's output fields by name. ``d2v-export`` adds validation and copies the
+        config and preprocessing files (see ``d2v_tf.export``).
+
+        Examples:
+
+        ```python
+        model.export("served")                      # tf.saved_model.load("served")
+        model.export("m.tflite", format="litert")   # ai_edge_litert's Interpreter
+        ```
+        """
+        from d2v_tf.export import export_keras
+
+        return export_keras(self, filepath, format, verbose, input_signature, **kwargs)
+
     # ------------------------------------------------------------------------ helpers
     def num_parameters(self) -> int:
         return self.spec.num_parameters()

@@ -295,6 +295,13 @@ class _TFData2VecForPreTraining(keras.Model):
             self._symbolic_build(data_batch=())
 
 
+    def export(
+        self, filepath, format: str = "tf_saved_model", verbose: bool | None = None, input_signature=None, **kwargs
+    ):
+        """Export the student backbone (``model.student.export``): the teacher, the regression
+        head and the loss exist for training only, so a serving artifact holds the encoder."""
+        return self.student.export(filepath, format, verbose, input_signature, **kwargs)
+
     # ----------------------------------------------------------------- checkpoints
     def save_student(self, save_directory: str | os.PathLike, **kwargs) -> list[str]:
         """The student as an ordinary base-model checkpoint: every head class of the family

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from d2v_common import outputs as _outputs
 from d2v_common.configs import Data2VecConfigBase
 from d2v_common.hub import pop_hub_options, resolve_model
 from d2v_common.input_types import check_input_type
@@ -28,6 +29,36 @@ def _architecture_of(cls: type) -> str:
         if klass.__name__ in ARCHITECTURES:
             return klass.__name__
     raise TypeError(f"{cls.__name__} is not a Data2Vec architecture")
+
+
+def _register_output_pytrees() -> None:
+    """Make every d2v output class a pytree node (children: its fields, None included), so
+    ``torch.export``, ``torch.compile`` and ``torch.utils._pytree`` see through model outputs."""
+    from torch.utils import _pytree as pytree
+
+    for output_cls in vars(_outputs).values():
+        if not (isinstance(output_cls, type) and issubclass(output_cls, _outputs.ModelOutput)):
+            continue
+        if output_cls is _outputs.ModelOutput or output_cls in pytree.SUPPORTED_NODES:
+            continue
+
+        def flatten(out, _fields=output_cls.fields):
+            return [getattr(out, f) for f in _fields], None
+
+        def flatten_with_keys(out, _fields=output_cls.fields):
+            return [(pytree.MappingKey(f), getattr(out, f)) for f in _fields], None
+
+        def unflatten(values, _context, _cls=output_cls):
+            return _cls(*values)
+
+        pytree.register_pytree_node(
+            output_cls, flatten, unflatten,
+            serialized_type_name=f"d2v.{output_cls.__name__}",
+            flatten_with_keys_fn=flatten_with_keys,
+        )
+
+
+_register_output_pytrees()
 
 
 def _torch_seed() -> int:
