@@ -48,7 +48,7 @@ from d2v_common.pretraining import (
     span_mask,
 )
 from d2v_tf.audio import TFData2VecAudioModel
-from d2v_tf.base import named_variables, unpack_inputs
+from d2v_tf.base import all_reduce_sum, named_variables, replica_context, unpack_inputs
 from d2v_tf.layers import Linear, is_eager
 from d2v_tf.text import TFData2VecTextModel
 from d2v_tf.vision import TFData2VecVisionModel
@@ -100,16 +100,6 @@ def regression_loss(prediction, target, config):
     return ops.sum(per, axis=-1) * config.scale(x.shape[-1])
 
 
-def _replica_context():
-    """The replica context when running on several replicas (``strategy.run``), else None."""
-    ctx = tf.distribute.get_replica_context()
-    return ctx if ctx is not None and ctx.num_replicas_in_sync > 1 else None
-
-
-def _all_reduce_sum(ctx, x):
-    return ctx.all_reduce(tf.distribute.ReduceOp.SUM, x)
-
-
 def masked_spread(values, mask, ctx):
     """Mean over features of the std over masked positions (of every replica), in float64."""
     v = ops.cast(ops.stop_gradient(values), "float64")
@@ -118,7 +108,7 @@ def masked_spread(values, mask, ctx):
     m = ops.reshape(ops.cast(mask, "float64"), (-1, 1))
     sums = ops.concatenate([ops.sum(m, axis=0), ops.sum(v * m, axis=0), ops.sum(v * v * m, axis=0)], axis=0)
     if ctx is not None:
-        sums = _all_reduce_sum(ctx, sums)
+        sums = all_reduce_sum(ctx, sums)
     n, s, ss = sums[0], sums[1 : 1 + c], sums[1 + c :]
     var = (ss - s * s / n) / (n - 1)
     return ops.cast(ops.mean(ops.sqrt(ops.maximum(var, 0.0) + SPREAD_EPS)), "float32")
@@ -244,10 +234,10 @@ class _TFData2VecForPreTraining(keras.Model):
         prediction = self.regression_head(student_hidden)
         per_position = regression_loss(prediction, target, self.pretraining_config)
         maskf = ops.cast(mask, per_position.dtype)
-        ctx = _replica_context()
+        ctx = replica_context()
         count = ops.sum(maskf)
         if ctx is not None:  # Keras sums the replicas' gradients: divide by the global count
-            count = _all_reduce_sum(ctx, count)
+            count = all_reduce_sum(ctx, count)
         loss = ops.sum(per_position * maskf) / count
         target_var = masked_spread(target, mask, ctx)
         pred_var = masked_spread(prediction, mask, ctx)
@@ -279,8 +269,8 @@ class _TFData2VecForPreTraining(keras.Model):
         return self._logs(self(x, training=False))
 
     def _logs(self, out, tau=None):
-        ctx = _replica_context()
-        loss = _all_reduce_sum(ctx, out.loss) if ctx is not None else out.loss
+        ctx = replica_context()
+        loss = all_reduce_sum(ctx, out.loss) if ctx is not None else out.loss
         self.loss_tracker.update_state(loss)
         logs = {"loss": self.loss_tracker.result(), "target_var": out.target_var, "pred_var": out.pred_var}
         if tau is not None:

@@ -22,6 +22,7 @@ from keras import ops
 from d2v_common import layouts
 from d2v_common import text as common
 from d2v_common.configs import Data2VecTextConfig
+from d2v_common.input_types import check_input_dtype
 from d2v_common.losses import check_classification_labels
 from d2v_common.outputs import (
     EncoderRecord,
@@ -36,7 +37,7 @@ from d2v_common.outputs import (
 )
 from d2v_common.pretrained import build_nested
 from d2v_common.spec import weight_spec
-from d2v_tf.base import TFData2VecPreTrainedModel, name_sublayers, unpack_inputs
+from d2v_tf.base import TFData2VecPreTrainedModel, count_not_equal, name_sublayers, unpack_inputs
 from d2v_tf.layers import DenseActivation, DenseDropout
 from d2v_tf.layers import (
     is_eager, tensor_info, Activation, Dropout, Embedding, Layer, LayerNorm, Linear, attention, classification_loss,
@@ -59,8 +60,12 @@ def _shape(t):
     return None if t is None else tuple(None if d is None else int(d) for d in t.shape)
 
 
-def _info(t):
-    return None if t is None else tensor_info(t)
+def _info(t, name: str = "input_ids"):
+    """What the shared checks need of an id tensor (which must have an integer dtype)."""
+    if t is None:
+        return None
+    check_input_dtype(name, t.dtype, framework="tf", integer=True)
+    return tensor_info(t)
 
 
 
@@ -528,7 +533,8 @@ class TFData2VecTextModel(TFData2VecTextPreTrainedModel):
         inputs_embeds = _tensor(inputs_embeds, "float32")
         past = legacy_past(past_key_values)
         batch, length, past_length = common.check_model_inputs(
-            config, _info(input_ids), _shape(inputs_embeds), _info(token_type_ids), _info(position_ids),
+            config, _info(input_ids), _shape(inputs_embeds), _info(token_type_ids, "token_type_ids"),
+            _info(position_ids, "position_ids"),
             None if past is None else [[_shape(t) for t in layer] for layer in past],
         )
 
@@ -654,6 +660,9 @@ class TFData2VecTextForCausalLM(_TFLMHeadModel):
     def _lm_loss(logits, labels):
         return causal_lm_loss(logits, labels)
 
+    def loss_count(self, x, labels):
+        return count_not_equal(ops.convert_to_tensor(labels)[:, 1:], common.IGNORE_INDEX)  # as causal_lm_loss shifts
+
     @unpack_inputs
     def call(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
              inputs_embeds=None, encoder_hidden_states=None, encoder_attention_mask=None, labels=None,
@@ -698,6 +707,9 @@ class TFData2VecTextForMaskedLM(_TFLMHeadModel):
     @staticmethod
     def _lm_loss(logits, labels):
         return cross_entropy(ops.reshape(logits, (-1, logits.shape[-1])), ops.reshape(labels, (-1,)))
+
+    def loss_count(self, x, labels):
+        return count_not_equal(labels, common.IGNORE_INDEX)
 
     @unpack_inputs
     def call(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
@@ -869,6 +881,9 @@ class TFData2VecTextForTokenClassification(_PerPositionHeadModel):
 
     def _classify(self, hidden_states, training=False):
         return self.classifier(self.dropout(hidden_states, training=training))
+
+    def loss_count(self, x, labels):
+        return count_not_equal(labels, common.IGNORE_INDEX)
 
 
 class TFData2VecTextForQuestionAnswering(_PerPositionHeadModel):

@@ -13,9 +13,16 @@ from d2v_common import outputs as _outputs
 from d2v_common.checkpoint import formats_from_flags
 from d2v_common.configs import Data2VecConfigBase
 from d2v_common.hub import pop_hub_options, resolve_model
+from d2v_common.input_types import check_input_type
 from d2v_common.modeling import architecture_of, check_config_class, check_names_match_spec, check_no_missing
 from d2v_common.outputs import finish
-from d2v_common.pretrained import building_nested, load_arrays_for, load_config_for, save_arrays_for
+from d2v_common.pretrained import (
+    building_nested,
+    check_checkpoint_fits,
+    load_arrays_for,
+    load_config_for,
+    save_arrays_for,
+)
 from d2v_common.spec import WeightSpec, weight_spec
 
 
@@ -140,6 +147,8 @@ class Data2VecPreTrainedModel(nn.Module):
             config = load_config_for(cls.config_class, path, **config_overrides)  # fairseq .pt too
         elif config_overrides:
             config = config.copy(**config_overrides)
+        # an edited config.json fails here, from the file's header, before anything is allocated
+        check_checkpoint_fits(path, config, prefer=checkpoint_format, ignore_mismatched_sizes=ignore_mismatched_sizes)
         with torch.device("meta"):  # no memory, no random init: the checkpoint fills it
             model = cls(config)
         arrays, report = load_arrays_for(
@@ -216,6 +225,13 @@ class Data2VecPreTrainedModel(nn.Module):
             self._flag(output_hidden_states, "output_hidden_states"),
             self._return_dict_default if return_dict is None else return_dict,
         )
+
+    def _check_value_input(self, name: str, value: Any) -> None:
+        """``value`` (pixels, waveforms) must be a torch tensor in the model's dtype (any
+        floating dtype under ``torch.autocast``, which casts it)."""
+        autocast = isinstance(value, torch.Tensor) and torch.is_autocast_enabled(value.device.type)
+        check_input_type(name, value, framework="torch", tensor_types=torch.Tensor,
+                         model_dtype=None if autocast else self.dtype)
 
     def _flag(self, value: bool | None, name: str) -> bool:
         """A call argument, falling back to the config's default (``output_attentions`` ...)."""

@@ -20,6 +20,7 @@ from torch import nn
 
 from d2v_common import text as common
 from d2v_common.configs import Data2VecTextConfig
+from d2v_common.input_types import check_input_type
 from d2v_common.losses import check_classification_labels
 from d2v_common.outputs import (
     EncoderRecord,
@@ -47,8 +48,12 @@ def _shape(t):
     return None if t is None else tuple(t.shape)
 
 
-def _info(t):
-    return None if t is None else tensor_info(t)
+def _info(t, name: str = "input_ids"):
+    """What the shared checks need of an id tensor (which must be an integer torch tensor)."""
+    if t is None:
+        return None
+    check_input_type(name, t, framework="torch", tensor_types=torch.Tensor, integer=True)
+    return tensor_info(t)
 
 
 def position_ids_from_input_ids(input_ids: torch.Tensor, config: Data2VecTextConfig, past_length: int = 0):
@@ -450,7 +455,8 @@ class Data2VecTextModel(Data2VecTextPreTrainedModel):
 
         past = legacy_past(past_key_values)
         batch, length, past_length = common.check_model_inputs(
-            config, _info(input_ids), _shape(inputs_embeds), _info(token_type_ids), _info(position_ids),
+            config, _info(input_ids), _shape(inputs_embeds), _info(token_type_ids, "token_type_ids"),
+            _info(position_ids, "position_ids"),
             None if past is None else [[tuple(t.shape) for t in layer] for layer in past],
         )
         device = input_ids.device if input_ids is not None else inputs_embeds.device

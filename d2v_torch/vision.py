@@ -378,6 +378,7 @@ class Data2VecVisionModel(Data2VecVisionPreTrainedModel):
         output_attentions, output_hidden_states, return_dict = self._output_flags(
             output_attentions, output_hidden_states, return_dict
         )
+        self._check_value_input("pixel_values", pixel_values)
         check_pixel_values(self.config, tuple(pixel_values.shape), str(pixel_values.dtype), interpolate_pos_encoding)
         if bool_masked_pos is not None:
             check_masked_positions(self.config, tuple(pixel_values.shape), tuple(bool_masked_pos.shape))
