@@ -330,6 +330,12 @@ def read_shapes(directory: str | os.PathLike, prefer: str | None = None) -> tupl
                 raise CheckpointError(f"{file} holds a {type(state).__name__}, not a state dict")
             shapes.update({k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)})
         return fmt, shapes
+    if fmt != "tf-h5":  # a registered format without a header-only reader: read it, keep the shapes
+        entry = checkpoint_format(fmt)
+        if entry.needs_spec:
+            raise ValueError(f"reading the shapes of {entry.file_name} needs the model's weight spec")
+        arrays, _ = entry.read(path)
+        return fmt, {name: tuple(np.shape(array)) for name, array in arrays.items()}
     shapes = {}
     try:
         f = h5py.File(path, "r")
