@@ -21,6 +21,7 @@ from d2v_common.pretrained import (
     weights_come_later,
 )
 from d2v_common.spec import ARCHITECTURES, WeightSpec, weight_spec
+from d2v_tf import backend
 
 
 def _architecture_of(cls: type) -> str:
@@ -99,7 +100,7 @@ def unpack_inputs(call):
     return wrapper
 
 
-class TFData2VecPreTrainedModel(keras.Model):
+class TFData2VecPreTrainedModel(backend.ModelSteps, keras.Model):
     """Base of the Keras classes. Subclasses set ``config_class`` and ``main_input_name``, hold
     their layers under the PyTorch module names, and call ``post_init()`` last."""
 
@@ -251,9 +252,9 @@ class TFData2VecPreTrainedModel(keras.Model):
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         return super().compute_metrics(x, self._labels(x, y), self.metric_outputs(y_pred), sample_weight)
 
-    def predict_step(self, data):
-        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
-        out = dict(self(x, training=False))
+    def _predict_outputs(self, out) -> dict:
+        """What ``predict`` returns per batch (the backend's ``predict_step`` calls this)."""
+        out = dict(out)
         out.pop("past_key_values", None)  # a decoding cache means nothing once batches are joined
         return out
 
@@ -262,26 +263,22 @@ class TFData2VecPreTrainedModel(keras.Model):
         """A compiled inference callable; the model itself is left as it is.
 
         ``fast = model.make_fast(); out = fast(pixel_values=x)`` runs the call (``training=False``)
-        inside one ``tf.function``: XLA-compiled with ``jit_compile=True``, a TensorFlow graph
-        with ``False``. The default (None) picks XLA when a GPU is visible and the graph on CPU,
-        where TF's oneDNN kernels (matmuls with their bias and activation fused) beat XLA's, and
-        XLA has no fast bfloat16 matmul (see the README's benchmarks). It traces once per input
-        signature (shapes, dtypes and Python flags such as ``output_hidden_states``) and returns
-        the model's output class, or its tuple with ``return_dict=False``. The first positional
-        argument, if any, is the model's main input (or a dict of inputs, as for ``model(...)``).
+        compiled by the Keras backend (``d2v_tf.backend``):
+
+        - TensorFlow: one ``tf.function``, XLA-compiled with ``jit_compile=True``, a TensorFlow
+          graph with ``False``. The default (None) picks XLA when a GPU is visible and the graph
+          on CPU, where TF's oneDNN kernels (matmuls with their bias and activation fused) beat
+          XLA's, and XLA has no fast bfloat16 matmul (see the README's benchmarks).
+        - JAX: ``jax.jit`` of ``model.stateless_call`` (the variables' current values are read
+          at each call); ``jit_compile=False`` runs it un-jitted.
+        - PyTorch: the eager model under ``torch.no_grad()``.
+
+        It traces once per input signature (shapes, dtypes and Python flags such as
+        ``output_hidden_states``) and returns the model's output class, or its tuple with
+        ``return_dict=False``. The first positional argument, if any, is the model's main input
+        (or a dict of inputs, as for ``model(...)``).
         """
-        import tensorflow as tf
-
-        if jit_compile is None:
-            jit_compile = bool(tf.config.list_physical_devices("GPU"))
-        output_class = {}
-
-        def run(inputs):
-            out = self(**inputs, training=False, return_dict=True)
-            output_class["cls"] = type(out)
-            return dict(out)  # tf.function returns plain nests; the class is restored below
-
-        compiled = tf.function(run, jit_compile=jit_compile)
+        compiled = backend.compile_inference(self, jit_compile)
 
         def fast(*args, return_dict=None, **inputs):
             if len(args) > 1:
@@ -294,8 +291,7 @@ class TFData2VecPreTrainedModel(keras.Model):
                 inputs = {**given, **inputs}
             if "training" in inputs:
                 raise TypeError("make_fast() runs inference only (training=False)")
-            result = compiled(inputs)  # traces on first use, which records the output class
-            out = output_class["cls"](**result)
+            out = compiled(inputs)
             return out if (self._return_dict_default if return_dict is None else return_dict) else out.to_tuple()
 
         return fast
