@@ -16,7 +16,6 @@ import warnings
 
 import keras
 import numpy as np
-import tensorflow as tf
 from keras import ops
 
 from d2v_common import layouts
@@ -35,6 +34,7 @@ from d2v_common.outputs import (
 )
 from d2v_common.pretrained import build_nested
 from d2v_common.spec import weight_spec
+from d2v_tf import backend
 from d2v_tf.base import TFData2VecPreTrainedModel, name_sublayers, unpack_inputs
 from d2v_tf.layers import (
     Activation,
@@ -67,7 +67,7 @@ def _shape(t):
 
 
 def _is_eager(t) -> bool:
-    return hasattr(t, "numpy")
+    return backend.is_concrete(t)
 
 
 def _check_ids(name: str, ids, upper: int, limit_name: str) -> None:
@@ -843,7 +843,7 @@ class TFData2VecTextForMultipleChoice(TFData2VecTextPreTrainedModel):
                 return None
             t = _tensor(t)
             common.check_same_shape(name, _shape(t)[:3], (batch, choices, length))
-            return tf.reshape(t, tf.concat([[-1], tf.shape(t)[2:]], axis=0))
+            return ops.reshape(t, (-1,) + tuple(ops.shape(t)[2:]))
 
         base = self.data2vec_text(
             input_ids=flat(input_ids, "input_ids"), attention_mask=flat(attention_mask, "attention_mask"),
