@@ -22,6 +22,7 @@ from d2v_common.outputs import (
 from d2v_common.pretrained import build_nested
 from d2v_common.spec import weight_spec
 from d2v_common.vision import check_pixel_values, relative_position_index, stochastic_depth_rates
+from d2v_tf import backend
 from d2v_tf.base import TFData2VecPreTrainedModel, unpack_inputs
 from d2v_tf.layers import (
     Layer,
@@ -478,7 +479,7 @@ def _check_class_labels(config, labels, batch) -> None:
 
 
 def _is_eager(tensor) -> bool:
-    return hasattr(tensor, "numpy")
+    return backend.is_concrete(tensor)
 
 
 class TFData2VecVisionForSemanticSegmentation(TFData2VecVisionPreTrainedModel):
