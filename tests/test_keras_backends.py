@@ -191,3 +191,19 @@ def test_pretraining_draws_masks_inside_the_compiled_step():
     assert int(keras.ops.convert_to_numpy(model.num_updates)) == 2
     teacher_after = model.teacher.state_arrays()
     assert any(not np.array_equal(teacher_before[k], teacher_after[k]) for k in teacher_before)
+
+
+def test_bad_ctc_labels_fail_inside_the_compiled_step():
+    """Traced labels cannot be checked in numpy: the compiled step checks them and fails with
+    the same message as an eager call."""
+    case = _case("audio-ctc-plain")
+    model, _ = _keras_model(case)
+    x = case.make_inputs(np.random.default_rng(0))
+    y = x.pop("labels").copy()
+    y[0, 0] = model.config.vocab_size + 3
+    vocab = model.config.vocab_size
+    with pytest.raises(ValueError, match=rf"values must be < vocab_size \({vocab}\), got {vocab + 3}"):
+        model(**x, labels=y)  # eager: checked in numpy before the loss
+    model.compile(optimizer="sgd")
+    with pytest.raises(Exception, match=r"CTC labels must be < vocab_size"):
+        model.fit(x, y, batch_size=len(y), epochs=1, verbose=0)

@@ -46,8 +46,14 @@ def numpy_call(fn, inputs, dtypes, shapes):
 
 
 def graph_assert(condition, message: str):
-    """Inside ``jax.jit`` values cannot raise: concrete values are checked before this point,
-    and traced ones pass (as XLA would)."""
+    """A data-dependent check inside ``jax.jit``: a host callback that raises ValueError(message)
+    when the condition fails (JAX re-raises it from the compiled call)."""
+
+    def check(ok):
+        if not np.all(ok):
+            raise ValueError(message)
+
+    jax.debug.callback(check, condition)
 
 
 def shape_changing_cond(pred, true_fn, false_fn):
