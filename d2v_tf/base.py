@@ -40,7 +40,9 @@ def _public_attributes(layer: keras.layers.Layer):
     """(canonical name, value) of a layer's public attributes. Keras reserves some names
     (``output`` is a Layer property, and Keras' saver skips it), so a sub-layer that PyTorch
     calls ``output`` is stored as ``output_``: one trailing underscore is dropped here."""
-    for attr, value in vars(layer).items():
+    # On the torch backend a Keras layer is a torch.nn.Module, which keeps sub-layers in _modules.
+    attributes = {**vars(layer), **(getattr(layer, "_modules", None) or {})}
+    for attr, value in attributes.items():
         if not attr.startswith("_"):
             yield (attr[:-1] if attr.endswith("_") else attr), value
 
