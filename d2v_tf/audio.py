@@ -588,10 +588,9 @@ class TFData2VecAudioForCTC(TFData2VecAudioPreTrainedModel):
         return_dict = self._return_dict_default if return_dict is None else return_dict
         if labels is not None:
             labels = ops.convert_to_tensor(labels)
-            if _is_eager(labels) and np.size(labels) and int(np.max(labels)) >= self.config.vocab_size:
-                raise ValueError(
-                    f"Label values must be < vocab_size ({self.config.vocab_size}), got {int(np.max(labels))}"
-                )
+            values = ops.convert_to_numpy(labels) if _is_eager(labels) else None
+            if values is not None and values.size and int(values.max()) >= self.config.vocab_size:
+                raise ValueError(f"Label values must be < vocab_size ({self.config.vocab_size}), got {int(values.max())}")
         base = self.data2vec_audio(
             input_values,
             attention_mask=attention_mask,
