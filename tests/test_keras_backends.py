@@ -205,5 +205,6 @@ def test_bad_ctc_labels_fail_inside_the_compiled_step():
     with pytest.raises(ValueError, match=rf"values must be < vocab_size \({vocab}\), got {vocab + 3}"):
         model(**x, labels=y)  # eager: checked in numpy before the loss
     model.compile(optimizer="sgd")
-    with pytest.raises(Exception, match=r"CTC labels must be < vocab_size"):
+    # JAX: the traced check's message, re-raised from the compiled call; torch: the eager check's
+    with pytest.raises(Exception, match=r"labels must be < vocab_size|values must be < vocab_size"):
         model.fit(x, y, batch_size=len(y), epochs=1, verbose=0)
