@@ -13,7 +13,9 @@ inside the same compiled step, so it works in graph mode and under ``tf.distribu
 teacher update runs in cross-replica context on every replica's copy of the (synchronised)
 student, so the teachers stay identical. The loss is normalised by the masked positions of the
 global batch (an all-reduce of the count), and Keras sums the replicas' gradients, so the
-update is the one for the combined batch. ``fit`` logs ``loss``, ``target_var`` and
+update is the one for the combined batch. On JAX the step is Keras' stateless one (see
+``d2v_tf.backend.jax``): the masks run as host callbacks inside ``jax.jit``, and the teacher and
+the update counter come back through the step's returned state. ``fit`` logs ``loss``, ``target_var`` and
 ``pred_var`` each step and warns (``TargetCollapseWarning``) when the targets collapse.
 """
 
