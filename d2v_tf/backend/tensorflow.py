@@ -75,7 +75,13 @@ def matmul_transposed(a, b):
 def numpy_call(fn, inputs, dtypes, shapes):
     """``fn`` (numpy in, numpy out) on ``inputs``, also inside a traced graph; one tensor per
     entry of ``dtypes`` / ``shapes`` (a static shape may hold None)."""
-    outs = tf.numpy_function(fn, list(inputs), [tf.as_dtype(d) for d in dtypes], stateful=True)
+
+    def host(*arrays):
+        outs = fn(*arrays)
+        return tuple(outs) if isinstance(outs, (tuple, list)) else (outs,)  # always one entry per dtype
+
+    outs = tf.numpy_function(host, list(inputs), [tf.as_dtype(d) for d in dtypes], stateful=True)
+    outs = outs if isinstance(outs, (list, tuple)) else [outs]  # eager: one output comes back bare
     for out, shape in zip(outs, shapes):
         out.set_shape(shape)
     return tuple(outs)
