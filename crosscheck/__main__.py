@@ -17,10 +17,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 
-def _format_table(rows, reference: bool) -> str:
+def _format_table(rows, reference: bool, runtimes=()) -> str:
     head = ["case", "class", "outputs", "max abs diff", "tol", "PT>TF>PT", "PT>h5>PT"]
     if reference:
         head.append("vs HF torch")
+    head += list(runtimes)
     head += ["status", "s"]
     lines = []
     for r in rows:
@@ -36,6 +37,7 @@ def _format_table(rows, reference: bool) -> str:
         ]
         if reference:
             cells.append(f"{r.reference_diff:.2e}" if r.reference_diff is not None else "-")
+        cells += [r.runtimes[name].cell() if name in r.runtimes else "-" for name in runtimes]
         cells += ["ok" if r.ok else "FAIL", f"{r.seconds:.1f}"]
         lines.append(cells)
     widths = [max(len(str(x)) for x in col) for col in zip(head, *lines)]
@@ -45,6 +47,9 @@ def _format_table(rows, reference: bool) -> str:
     for r in rows:
         if r.error:
             out.append(f"{r.case}: {r.error}")
+        for name, result in r.runtimes.items():
+            if result.error:
+                out.append(f"{r.case} [{name}]: {result.error}")
     return "\n".join(out)
 
 
@@ -59,11 +64,14 @@ def _use_keras_backend(name: str) -> bool:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m crosscheck", description=__doc__)
     parser.add_argument("--size", choices=["small", "base"], default="small", help="model size (default: small)")
-    parser.add_argument("--family", action="append", choices=["text", "audio", "vision"], help="limit to a family")
+    parser.add_argument("--family", action="append", choices=["text", "audio", "vision", "data2vec2"], help="limit to a family")
     parser.add_argument("--case", action="append", help="run only cases whose name contains this")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--reference", choices=["hf"], help="also compare d2v torch with transformers' PyTorch classes")
     parser.add_argument("--no-round-trips", action="store_true", help="skip the save/load round trips")
+    parser.add_argument("--runtimes", metavar="NAMES",
+                        help="comma-separated export formats (onnx, torch-export, ...): export every case "
+                        "and add a column with the artifact's max abs diff against the eager model in its runtime")
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
     parser.add_argument(
         "--keras-backend", choices=["tensorflow", "jax", "torch"],
@@ -78,6 +86,12 @@ def main(argv=None) -> int:
 
     from crosscheck.cases import all_cases
     from crosscheck.runner import check_case
+    from crosscheck.runtimes import parse_runtimes
+
+    try:
+        runtimes = parse_runtimes(args.runtimes)
+    except ValueError as e:
+        parser.error(str(e))
 
     cases = all_cases(args.size, args.family)
     if args.case:
@@ -89,7 +103,8 @@ def main(argv=None) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for case in cases:
-            row = check_case(case, args.seed, args.reference, with_round_trips=not args.no_round_trips)
+            row = check_case(case, args.seed, args.reference, with_round_trips=not args.no_round_trips,
+                             runtimes=tuple(runtimes))
             rows.append(row)
             if not args.json:
                 print(f"  {case.name}: {'ok' if row.ok else 'FAIL'} ({row.seconds:.1f}s)", file=sys.stderr, flush=True)
@@ -103,7 +118,7 @@ def main(argv=None) -> int:
         import keras
 
         print(f"Keras backend: {keras.backend.backend()}")
-        print(_format_table(rows, args.reference is not None))
+        print(_format_table(rows, args.reference is not None, runtimes))
         print(f"\n{len(rows) - len(failed)} passed, {len(failed)} failed")
     return 1 if failed else 0
 

@@ -9,9 +9,13 @@ XLA-compiled (``make_fast(jit_compile=True)``), and bfloat16 (``mixed_bfloat16``
 graph; the same Keras class on the JAX backend (``make_fast()``: ``jax.jit``, in a subprocess,
 since Keras fixes its backend per process); and, where transformers is installed, HF's PyTorch class in float32 and bfloat16 and HF's
 TF class (vision only: HF has no TF text or audio Data2Vec) eager, in ``tf.function`` and in
-``tf.function(jit_compile=True)``. "vs HF" is HF's median time over d2v's for the same framework,
-precision and mode (above 1: d2v is faster). "err" is the main output's max
-|row - d2v torch float32| over max |d2v torch float32|.
+``tf.function(jit_compile=True)``; and the d2v PyTorch model exported to ONNX
+(``d2v_torch.export``) in onnxruntime, float32 and with int8 weights (``onnxruntime.quantization``
+dynamic quantisation). "vs ref" is the reference row's median time over this row's (above 1:
+this row is faster); the reference is HF's class in the same framework, precision and mode,
+d2v torch fp32 for onnxruntime fp32 and HF torch fp32 for onnxruntime int8. "err" is the main
+output's max |row - d2v torch float32| over max |d2v torch float32|; the int8 row also reports
+its error against onnxruntime fp32 and how many rows keep the fp32 argmax.
 
 ``from_pretrained`` of a base vision checkpoint is timed for every loader in a fresh
 subprocess: seconds, and peak resident memory above the post-import level, as a multiple of
@@ -102,6 +106,8 @@ WORKLOADS = {
     for w in [
         Workload("text-b8x128", "text", "Data2VecTextModel", 8, 128, tiny_length=16),
         Workload("text-b4x512", "text", "Data2VecTextModel", 4, 512, tiny_length=32),
+        Workload("text-cls-b8x128", "text", "Data2VecTextForSequenceClassification", 8, 128, dict(num_labels=2),
+                 tiny_length=16),
         Workload("audio-b2x10s", "audio", "Data2VecAudioModel", 2, 160_000, tiny_length=4000),
         Workload("vision-cls-b8x224", "vision", "Data2VecVisionForImageClassification", 8, 224,
                  dict(num_labels=1000), tiny_length=32),
@@ -125,7 +131,10 @@ ROWS = {
     "hf-tf-eager": ("HF TF eager", None),
     "hf-tf-graph": ("HF TF graph", None),
     "hf-tf-xla": ("HF TF xla", None),
+    "ort-fp32": ("onnxruntime fp32", "torch-fp32"),
+    "ort-int8": ("onnxruntime int8 (dynamic)", "hf-torch-fp32"),
 }
+ORT_ROWS = ("ort-fp32", "ort-int8")
 # float32 Keras paths: eager, tf.function (TF graph: grappler + oneDNN fusions), tf.function + XLA
 KERAS_ROWS = ("keras-eager", "keras-graph", "keras-xla")
 # The same Keras classes on the JAX backend, make_fast() (jax.jit): Keras fixes its backend per
@@ -142,6 +151,9 @@ TARGETS = {
     "keras_best_vs_hf_tf_eager": 1.5,
     "tf_load_seconds": 1.0,
     "tf_load_rss_x": 2.0,
+    "ort_int8_vs_hf_fp32": 2.0,
+    "ort_int8_err": 0.05,
+    "ort_int8_argmax": 0.98,
 }
 
 
@@ -252,6 +264,7 @@ def build_rows(workload: Workload, size: str, keys: list[str], seed: int = 0) ->
     attempt(["torch-fp32", "torch-bf16"], d2v_torch_rows)
     attempt(KERAS_ROWS, keras_rows)
     attempt(["keras-bf16"], keras_bf16_row)
+    attempt(ORT_ROWS, lambda group: _onnxruntime_rows(workload, config, arrays, inputs, group))
     hf_keys = [k for k in keys if k.startswith("hf-")]
     hf = hf_oracle() if hf_keys else None
     if hf_keys and hf is None:
@@ -268,6 +281,97 @@ def build_rows(workload: Workload, size: str, keys: list[str], seed: int = 0) ->
             attempt(HF_TF_ROWS, lambda group: _hf_tf_rows(workload, hf.hf_tf_model(config, workload.architecture, arrays),
                                                            inputs))
     return {k: v for k, v in runs.items() if k in keys}, skipped
+
+
+def _onnxruntime_rows(workload: Workload, config, arrays: dict, inputs: dict, keys: list[str]) -> dict:
+    """d2v torch exported to ONNX (the d2v-export path), in onnxruntime: float32 and, with
+    weights quantised to int8 (dynamic quantisation: activations quantised per call), int8."""
+    import shutil
+
+    import torch
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    import d2v_torch
+    from d2v_common import export as common
+    from d2v_torch import export as torch_export
+
+    model = getattr(d2v_torch, workload.architecture)(config)
+    model.load_arrays(arrays)
+    # token_type_ids (configs with several token types) are all zeros, as the torch rows get them
+    feeds = {n: inputs[n] if n in inputs else np.zeros_like(inputs["input_ids"])
+             for n in common.input_names(config, workload.architecture)}
+    tmp = tempfile.mkdtemp(prefix="d2v-bench-onnx-")
+    try:
+        fp32 = os.path.join(tmp, "model.onnx")
+        sample = common.sample_inputs(config, workload.architecture, batch_size=2,
+                                      length=None if workload.family == "vision" else 16)
+        torch_export.write_onnx(torch_export.export_program(model.eval(), sample), fp32)
+        sessions = {}
+        if "ort-fp32" in keys:
+            sessions["ort-fp32"] = torch_export.onnxruntime_session(fp32, torch.get_num_threads())
+        if "ort-int8" in keys:
+            int8 = os.path.join(tmp, "model.int8.onnx")
+            quantize_dynamic(fp32, int8, weight_type=QuantType.QInt8)
+            sessions["ort-int8"] = torch_export.onnxruntime_session(int8, torch.get_num_threads())
+    finally:  # sessions hold the graphs in memory
+        shutil.rmtree(tmp, ignore_errors=True)
+    field_ = workload.main_output
+    return {k: (lambda s=s: np.asarray(s.run([field_], feeds)[0], dtype=np.float32)) for k, s in sessions.items()}
+
+
+def int8_on_trained_example(quick: bool = False, seed: int = 0) -> dict:
+    """int8 vs fp32 onnxruntime on a trained model: examples/finetune_torch_text.py's classifier
+    (trained here as the example does), scored on the example's held-out set."""
+    import importlib.util
+    import shutil
+
+    import torch
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from d2v_common import export as common
+    from d2v_torch import export as torch_export
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples",
+                        "finetune_torch_text.py")
+    spec = importlib.util.spec_from_file_location("finetune_torch_text", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    trained = []
+
+    class Recorded(example.Data2VecTextForSequenceClassification):  # keeps the model main() trains
+        def __init__(self, config):
+            super().__init__(config)
+            trained.append(self)
+
+    example.Data2VecTextForSequenceClassification = Recorded
+    result = example.main(["--seed", str(seed)] + (["--quick"] if quick else []))
+    model = trained[0].eval()
+    rng = np.random.default_rng(seed)  # the example's held-out set: same generator, same order
+    n_train, n_test = (1024, 256) if quick else (2048, 512)
+    example.make_data(n_train, 32, rng)
+    ids, mask, labels = example.make_data(n_test, 32, rng)
+    feeds = {"input_ids": ids, "attention_mask": mask}
+    tmp = tempfile.mkdtemp(prefix="d2v-bench-int8-")
+    try:
+        fp32, int8 = os.path.join(tmp, "model.onnx"), os.path.join(tmp, "model.int8.onnx")
+        sample = common.sample_inputs(model.config, model.architecture, batch_size=2, length=16)
+        torch_export.write_onnx(torch_export.export_program(model, sample), fp32)
+        quantize_dynamic(fp32, int8, weight_type=QuantType.QInt8)
+        full = torch_export.onnxruntime_session(fp32).run(["logits"], feeds)[0]
+        low = torch_export.onnxruntime_session(int8).run(["logits"], feeds)[0]
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    with torch.no_grad():
+        eager = model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).logits.numpy()
+    return {
+        "rows": int(n_test),
+        "accuracy_fp32": float(np.mean(full.argmax(-1) == labels)),
+        "accuracy_int8": float(np.mean(low.argmax(-1) == labels)),
+        "example_accuracy": result["accuracy"],
+        "argmax_agreement": float(np.mean(low.argmax(-1) == full.argmax(-1))),
+        "rel_err_vs_fp32": float(np.abs(low - full).max() / np.abs(full).max()),
+        "ort_fp32_vs_eager_max_abs": float(np.abs(full - eager).max()),
+    }
 
 
 def _keras_model(workload: Workload, config, arrays: dict, policy: str | None = None):
@@ -363,6 +467,11 @@ def summarize(workload: Workload, rows: dict[str, Row], skipped: dict) -> dict:
             entry["max_abs_err"] = diff
             entry["rel_err"] = diff / scale if scale else diff
         out[key] = entry
+    if "ort-int8" in rows and "ort-fp32" in rows:  # the quantisation's own error and decisions
+        low, full = rows["ort-int8"].output, rows["ort-fp32"].output
+        out["ort-int8"]["rel_err_vs_fp32"] = float(np.abs(low - full).max() / max(np.abs(full).max(), 1e-30))
+        if low.ndim == 2:
+            out["ort-int8"]["argmax_agreement"] = float(np.mean(low.argmax(-1) == full.argmax(-1)))
     for key, entry in out.items():
         hf = ROWS[key][1]
         if hf in out:
@@ -586,7 +695,7 @@ def checkpoint_file(fmt: str) -> str:
 # -------------------------------------------------------------------------------- reports
 
 
-def targets(results: list[dict], loading: dict) -> list[dict]:
+def targets(results: list[dict], loading: dict, int8_example: dict | None = None) -> list[dict]:
     """The issue's targets against what was measured (None where the rows were not run)."""
 
     def worst(row: str, metric: str):
@@ -615,6 +724,13 @@ def targets(results: list[dict], loading: dict) -> list[dict]:
         TARGETS["keras_best_vs_hf_tf_xla"], where=v.get("keras_best", ""))
     add("fastest d2v keras vs HF TF eager (vision-cls-b8x224)", v.get("keras_best_vs_hf_tf_eager"),
         TARGETS["keras_best_vs_hf_tf_eager"], where=v.get("keras_best", ""))
+    for name in ("text-cls-b8x128", "vision-cls-b8x224"):
+        row = next((r["rows"].get("ort-int8", {}) for r in results if r["workload"] == name), {})
+        add(f"onnxruntime int8 vs HF torch fp32 ({name})", row.get("vs_hf"), TARGETS["ort_int8_vs_hf_fp32"])
+        add(f"onnxruntime int8 logits error vs fp32, rel. to max ({name})", row.get("rel_err_vs_fp32"),
+            TARGETS["ort_int8_err"], higher_is_better=False)
+    add("onnxruntime int8 same argmax as fp32 (trained example, held-out rows)",
+        (int8_example or {}).get("argmax_agreement"), TARGETS["ort_int8_argmax"])
     k = loading.get("d2v keras", {})
     add("d2v keras from_pretrained seconds", k.get("seconds"), TARGETS["tf_load_seconds"], higher_is_better=False)
     add("d2v keras from_pretrained peak RSS / checkpoint", k.get("rss_x_checkpoint"), TARGETS["tf_load_rss_x"],
@@ -642,8 +758,14 @@ def format_report(report: dict) -> str:
         for key, why in r["skipped"].items():
             lines.append([r["workload"], ROWS[key][0], "-", "-", "-", "-", "-", "-", f"skipped: {why}"])
     if lines:
-        parts.append(_table(["workload", "row", "median ms", "min-max ms", "samples/s", "vs HF", "vs HF (min)", "err",
-                             "first call s"], lines))
+        parts.append(_table(["workload", "row", "median ms", "min-max ms", "samples/s", "vs ref", "vs ref (min)",
+                             "err", "first call s"], lines))
+    for r in report["workloads"]:
+        e = r["rows"].get("ort-int8", {})
+        if "rel_err_vs_fp32" in e:
+            agree = f", same argmax as fp32 on {e['argmax_agreement']:.1%} of rows" if "argmax_agreement" in e else ""
+            parts.append(f"{r['workload']}: onnxruntime int8 vs fp32 max abs error {e['rel_err_vs_fp32']:.2%} of "
+                         f"max |logits|{agree} (random weights and inputs)")
     if report.get("loading"):
         lines = []
         for name, e in report["loading"].items():
@@ -657,6 +779,11 @@ def format_report(report: dict) -> str:
         parts.append(f"from_pretrained, base vision classification checkpoint ({mb:.0f} MB), fresh process each:")
         parts.append(_table(["loader", "reads", "seconds", "min-max s", "peak MB over imports", "x checkpoint",
                              "MB once weights used", "vs HF"], lines))
+    e = report.get("int8_example")
+    if e:
+        parts.append(f"trained example (examples/finetune_torch_text.py, {e['rows']} held-out rows): onnxruntime int8 "
+                     f"keeps the fp32 argmax on {e['argmax_agreement']:.1%}, logits error {e['rel_err_vs_fp32']:.2%} "
+                     f"of max; accuracy fp32 {e['accuracy_fp32']:.3f}, int8 {e['accuracy_int8']:.3f}")
     lines = []
     for t in report["targets"]:
         measured = "-" if t["measured"] is None else f"{t['measured']:.3g}"
@@ -725,6 +852,9 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON ('-': print JSON only)")
     parser.add_argument("--plot", metavar="FILE.png", help="draw the speed-ups (needs matplotlib)")
+    parser.add_argument("--int8-example", action="store_true",
+                        help="also train examples/finetune_torch_text.py's model and compare its onnxruntime int8 "
+                        "and fp32 logits on the held-out set (argmax agreement)")
     parser.add_argument("--load-worker", nargs=2, metavar=("LOADER", "DIR"), help=argparse.SUPPRESS)
     parser.add_argument("--jax-worker", nargs=4, metavar=("WORKLOAD", "SIZE", "SEED", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -774,7 +904,11 @@ def main(argv=None) -> int:
             print("  from_pretrained ...", file=sys.stderr, flush=True)
         runs = args.load_runs or (1 if args.quick else 3)
         report["loading"] = measure_loading(args.size, runs, args.threads, hf=not args.no_hf)
-    report["targets"] = targets(report["workloads"], report["loading"])
+    if args.int8_example:
+        if not quiet:
+            print("  int8 on the trained example ...", file=sys.stderr, flush=True)
+        report["int8_example"] = int8_on_trained_example(quick=args.quick, seed=args.seed)
+    report["targets"] = targets(report["workloads"], report["loading"], report.get("int8_example"))
     if args.json:
         text = json.dumps(report, indent=2)
         if quiet:

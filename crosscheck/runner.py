@@ -173,6 +173,8 @@ class Row:
     reference_ok: bool | None = None
     seconds: float = 0.0
     error: str | None = None
+    # --runtimes: one crosscheck.runtimes.RuntimeResult per exported-artifact runtime
+    runtimes: dict = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -181,6 +183,7 @@ class Row:
             and self.max_diff <= self.tolerance
             and all(self.round_trip.values())
             and self.reference_ok is not False
+            and all(r.ok for r in self.runtimes.values())
         )
 
     def to_dict(self) -> dict:
@@ -196,12 +199,15 @@ class Row:
             "reference_ok": self.reference_ok,
             "seconds": round(self.seconds, 2),
             "error": self.error,
+            "runtimes": {name: r.to_dict() for name, r in self.runtimes.items()},
             "status": "ok" if self.ok else "FAIL",
         }
 
 
-def check_case(case: Case, seed: int = 0, reference: str | None = None, with_round_trips: bool = True) -> Row:
-    """Build both frameworks from one seeded weight set, run the same inputs, compare."""
+def check_case(case: Case, seed: int = 0, reference: str | None = None, with_round_trips: bool = True,
+               runtimes: tuple[str, ...] = ()) -> Row:
+    """Build both frameworks from one seeded weight set, run the same inputs, compare; with
+    ``runtimes`` (export format names), also export the case and run it in each runtime."""
     start = time.perf_counter()
     arrays = weight_spec(case.config, case.architecture).random_arrays(seed)
     inputs = case.make_inputs(np.random.default_rng(seed + 1))
@@ -222,6 +228,10 @@ def check_case(case: Case, seed: int = 0, reference: str | None = None, with_rou
             ref = max_abs_diff(run_hf(case, arrays, inputs), pt)
             row.reference_diff = max(ref.values())
             row.reference_ok = within(ref, case)
+        if runtimes:
+            from crosscheck.runtimes import check_runtime
+
+            row.runtimes = {name: check_runtime(name, case, arrays, inputs) for name in runtimes}
     except Exception as e:  # noqa: BLE001 - a failing case is a FAIL row, not a crash
         row.error = f"{type(e).__name__}: {e}"
     row.seconds = time.perf_counter() - start

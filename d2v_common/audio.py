@@ -87,13 +87,14 @@ def check_input_values(config: Data2VecAudioConfig, shape: tuple, dtype: str) ->
             f"input_values has {samples} samples, fewer than the feature encoder's receptive field: "
             f"at least {need} samples are needed for one frame"
         )
-    return None if samples is None else int(feature_lengths(config, samples, add_adapter=False))
+    # no int(): a symbolic length (torch.export, torch.compile) must stay symbolic
+    return None if samples is None else feature_lengths(config, samples, add_adapter=False)
 
 
 def check_attention_mask_shape(mask_shape: tuple, input_shape: tuple) -> None:
     """The sample-level mask has the waveform batch's shape (unknown sizes pass)."""
     ok = len(mask_shape) == len(input_shape) == 2 and all(
-        m is None or i is None or int(m) == int(i) for m, i in zip(mask_shape, input_shape)
+        m is None or i is None or m == i for m, i in zip(mask_shape, input_shape)
     )
     if not ok:
         raise ValueError(

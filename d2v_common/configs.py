@@ -15,6 +15,7 @@ import json
 import os
 from typing import Any
 
+from d2v_common.hub import pop_hub_options, resolve_pretrained
 from d2v_common.io_utils import atomic_write_bytes
 
 CONFIG_NAME = "config.json"
@@ -292,8 +293,10 @@ class Data2VecConfigBase:
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, **kwargs: Any):
-        """Load from a checkpoint directory or a ``config.json`` path; kwargs override keys."""
-        path = os.fspath(path)
+        """Load from a checkpoint directory, a ``config.json`` path or a Hugging Face Hub id
+        (``revision``, ``cache_dir``, ``local_files_only``, ``token``, ``force_download`` as in
+        HF); other kwargs override keys."""
+        path = resolve_pretrained(path, [CONFIG_NAME], **pop_hub_options(kwargs))
         file = os.path.join(path, CONFIG_NAME) if os.path.isdir(path) else path
         if not os.path.isfile(file):
             raise FileNotFoundError(f"no {CONFIG_NAME} at {path}")
@@ -609,9 +612,10 @@ def config_from_dict(config_dict: dict[str, Any]) -> Data2VecConfigBase:
     return CONFIG_CLASSES[model_type].from_dict(config_dict)
 
 
-def load_config(path: str | os.PathLike) -> Data2VecConfigBase:
-    """Load any of the three configs from a directory or ``config.json`` path."""
-    path = os.fspath(path)
+def load_config(path: str | os.PathLike, **hub_options: Any) -> Data2VecConfigBase:
+    """Load any of the three configs from a directory, a ``config.json`` path or a hub id
+    (``hub_options``: ``revision``, ``cache_dir``, ``local_files_only``, ``token``, ``force_download``)."""
+    path = resolve_pretrained(path, [CONFIG_NAME], **hub_options)
     file = os.path.join(path, CONFIG_NAME) if os.path.isdir(path) else path
     if not os.path.isfile(file):
         raise FileNotFoundError(f"no {CONFIG_NAME} at {path}")

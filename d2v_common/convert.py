@@ -1,7 +1,14 @@
 """``d2v-convert``: convert a checkpoint directory between weight formats without a model.
 
     d2v-convert SRC DST --to {safetensors,tf-h5,pt-bin} [--from FMT] [--architecture NAME]
-                        [--overwrite] [--progress | --quiet]
+                        [--overwrite] [--progress | --quiet] [--revision REV] [--cache-dir DIR]
+                        [--local-files-only] [--force-download]
+    d2v-convert CKPT.pt DST --from fairseq [--dict dict.txt] [--head NAME] [--to FMT]
+
+SRC is a directory or a Hugging Face Hub id (``facebook/data2vec-audio-base-960h``): a hub id
+fetches ``config.json``, one weight format and the repository's other non-weight files
+(tokenizer, processor config) through ``huggingface_hub`` (``d2v_common.hub``). With
+``--from fairseq``, SRC is an original fairseq data2vec 2.0 checkpoint (``d2v_common.fairseq``).
 
 This is the model-free path through the loading machinery: ``config.json`` + the architecture
 give the weight spec, the source file is read into canonical arrays, ``match_checkpoint``
@@ -36,6 +43,7 @@ import numpy as np
 
 from d2v_common import checkpoint, layouts
 from d2v_common.configs import CONFIG_NAME, Data2VecConfigBase, load_config
+from d2v_common.hub import resolve_model
 from d2v_common.io_utils import fsync_dir
 from d2v_common.loading import LoadReport, match_checkpoint
 from d2v_common.spec import ARCHITECTURES, canonical_architecture, weight_spec
@@ -276,6 +284,11 @@ def _companion_files(src: str) -> tuple[list[str], list[str]]:
     return copy, skipped
 
 
+def _hub_companions(available: set[str]) -> list[str]:
+    """The non-weight files of a hub repository that d2v-convert takes along (configs, tokenizer, card)."""
+    return sorted(n for n in available if not _is_weight_file(n) and not n.startswith("."))
+
+
 def _same_or_nested(a: str, b: str) -> bool:
     a, b = os.path.realpath(a), os.path.realpath(b)
     return a == b or a.startswith(b + os.sep) or b.startswith(a + os.sep)
@@ -330,8 +343,12 @@ def convert(
     architecture: str | None = None,
     overwrite: bool = False,
     progress: bool | None = None,
+    **hub_options,
 ) -> ConversionResult:
-    """Convert the checkpoint directory ``src`` into ``dst`` holding ``to`` weights.
+    """Convert the checkpoint directory (or Hugging Face Hub id) ``src`` into ``dst`` holding ``to`` weights.
+
+    ``hub_options``: ``revision``, ``cache_dir``, ``local_files_only``, ``token``,
+    ``force_download`` for a hub id (``d2v_common.hub.resolve_pretrained``).
 
     ``progress``: True / False, or None for "on above 50 MB". Raises ``ConversionError`` (bad
     input or IO) or ``CheckpointMismatch`` (report problems); in both cases nothing is left at
@@ -341,7 +358,11 @@ def convert(
         raise ConversionError(f"unknown target format {to!r}; use one of {', '.join(FORMATS)}")
     if source_format is not None and source_format not in FORMATS:
         raise ConversionError(f"unknown source format {source_format!r}; use one of {', '.join(FORMATS)}")
-    src, dst = os.fspath(src), os.path.abspath(os.fspath(dst))
+    dst = os.path.abspath(os.fspath(dst))
+    try:  # a hub id: config, one weight format and the companion files, fetched into the hub cache
+        src, source_format = resolve_model(src, source_format, extra=_hub_companions, **hub_options)
+    except (OSError, ImportError, ValueError) as e:
+        raise ConversionError(str(e)) from None
     if not os.path.isdir(src):
         raise ConversionError(f"source {src} is not a directory")
     if os.path.lexists(dst):
@@ -443,15 +464,28 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="exit status: 0 done, 1 the weights do not match the architecture (nothing written), "
         "2 usage or IO error",
     )
-    parser.add_argument("src", metavar="SRC", help="checkpoint directory (config.json + weights)")
+    parser.add_argument("src", metavar="SRC", help="checkpoint directory (config.json + weights) or a Hugging Face "
+                        "Hub id such as facebook/data2vec-audio-base-960h; a fairseq checkpoint.pt with --from fairseq")
     parser.add_argument("dst", metavar="DST", help="new directory to create")
-    parser.add_argument("--to", required=True, choices=FORMATS, help="target weight format")
-    parser.add_argument("--from", dest="source_format", choices=FORMATS,
-                        help="source format when SRC holds several (default: safetensors > pt-bin > tf-h5)")
+    parser.add_argument("--to", choices=FORMATS, help="target weight format (required, except with --from "
+                        "fairseq: default safetensors)")
+    parser.add_argument("--from", dest="source_format", choices=FORMATS + ("fairseq",),
+                        help="source format when SRC holds several (default: safetensors > pt-bin > tf-h5); "
+                        "'fairseq': an original fairseq data2vec 2.0 checkpoint")
+    parser.add_argument("--dict", dest="dictionary", metavar="DICT",
+                        help="with --from fairseq: the text model's fairseq dict.txt (checked, copied along)")
+    parser.add_argument("--head", metavar="NAME",
+                        help="with --from fairseq: which classification head of a text classifier to keep")
     parser.add_argument("--architecture", metavar="NAME",
                         help="HF class name (e.g. Data2VecVisionForImageClassification); "
                         "default: config.json's architectures[0]")
     parser.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
+    hub = parser.add_argument_group("hub ids (through huggingface_hub and its cache; HF_TOKEN / `hf auth login` for "
+                                    "private or gated repositories)")
+    hub.add_argument("--revision", help="branch, tag or commit hash (default: main)")
+    hub.add_argument("--cache-dir", help="hub cache folder (default: HF_HUB_CACHE)")
+    hub.add_argument("--local-files-only", action="store_true", help="use the hub cache only (as HF_HUB_OFFLINE=1)")
+    hub.add_argument("--force-download", action="store_true", help="download again even when cached")
     shown = parser.add_mutually_exclusive_group()
     shown.add_argument("--progress", action="store_true", default=None,
                        help="always show a progress bar (default: only above 50 MB)")
@@ -459,12 +493,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _main_fairseq(args) -> int:
+    from d2v_common.fairseq import convert_fairseq_to_folder
+
+    try:
+        report = convert_fairseq_to_folder(args.src, args.dst, head=args.head, dictionary=args.dictionary,
+                                           formats=(args.to or "safetensors",), overwrite=args.overwrite)
+    except (OSError, ValueError, TypeError, ConversionError) as e:
+        print(f"d2v-convert: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    if not args.quiet:
+        print(report)
+        print(f"wrote {os.path.abspath(args.dst)} ({args.to or 'safetensors'})")
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.source_format == "fairseq":
+        return _main_fairseq(args)
+    if args.dictionary or args.head:
+        parser.error("--dict and --head apply only with --from fairseq")
+    if args.to is None:
+        parser.error("the following arguments are required: --to")
     progress = False if args.quiet else args.progress
     try:
         result = convert(args.src, args.dst, args.to, source_format=args.source_format,
-                         architecture=args.architecture, overwrite=args.overwrite, progress=progress)
+                         architecture=args.architecture, overwrite=args.overwrite, progress=progress,
+                         revision=args.revision, cache_dir=args.cache_dir, local_files_only=args.local_files_only,
+                         force_download=args.force_download)
     except CheckpointMismatch as e:
         print(e.report, file=sys.stderr)
         for problem in e.problems:

@@ -32,7 +32,12 @@ def load_arrays_for(
 ) -> tuple[dict[str, np.ndarray], LoadReport]:
     """Every tensor of ``spec`` from the checkpoint in ``path`` (new head tensors initialised)."""
     path = os.fspath(path)
-    arrays, unexpected, fmt = checkpoint.read_checkpoint(path, spec, prefer=prefer)
+    source = fairseq_source(path)
+    if source is not None:  # an original fairseq checkpoint, converted in memory
+        arrays, unexpected, fmt = dict(source[1]), [], "fairseq"
+        _FAIRSEQ_CACHE.clear()  # the weights now belong to the caller; keep no second copy
+    else:
+        arrays, unexpected, fmt = checkpoint.read_checkpoint(path, spec, prefer=prefer)
     matched, report = match_checkpoint(
         arrays,
         spec,
@@ -43,6 +48,38 @@ def load_arrays_for(
         warn=True,
     )
     return complete_arrays(matched, spec, report, seed), report
+
+
+def load_config_for(config_class: type, path: str | os.PathLike, **overrides) -> Data2VecConfigBase:
+    """``config_class.from_pretrained(path)``, or the config of a fairseq checkpoint at ``path``."""
+    source = fairseq_source(os.fspath(path))
+    if source is None:
+        return config_class.from_pretrained(path, **overrides)
+    config = source[0]
+    if not isinstance(config, config_class):
+        raise TypeError(f"{path} holds a {type(config).__name__} model, not a {config_class.__name__} one")
+    return config.copy(**overrides) if overrides else config.copy()
+
+
+_FAIRSEQ_CACHE: dict = {}
+
+
+def fairseq_source(path: str) -> tuple | None:
+    """``(config, arrays)`` when ``path`` is a fairseq checkpoint (a ``.pt`` file, or a folder
+    with one ``checkpoint*.pt`` and no config.json), else None. The conversion is cached from
+    the config read until the weights are taken (``load_arrays_for``), so the file is read once."""
+    from d2v_common import fairseq
+
+    file = fairseq.fairseq_checkpoint_file(path)
+    if file is None:
+        return None
+    stat = os.stat(file)
+    key = (os.path.abspath(file), stat.st_mtime_ns, stat.st_size)
+    if key not in _FAIRSEQ_CACHE:
+        config, _, arrays, _ = fairseq.convert_fairseq(file)
+        _FAIRSEQ_CACHE.clear()
+        _FAIRSEQ_CACHE[key] = (config, arrays)
+    return _FAIRSEQ_CACHE[key]
 
 
 def save_arrays_for(

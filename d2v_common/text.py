@@ -90,9 +90,10 @@ def check_inputs(input_ids_shape, inputs_embeds_shape, hidden_size: int) -> tupl
 
 def _check_not_empty(name: str, shape) -> None:
     # Unknown (symbolic) sizes pass; zero sizes would only fail later, far from the cause.
-    if shape[0] is not None and int(shape[0]) == 0:
+    # no int(): a symbolic size (torch.export, torch.compile) must stay symbolic
+    if shape[0] is not None and shape[0] == 0:
         raise ValueError(f"{name} is an empty batch (shape {tuple(shape)}): give at least one sequence")
-    if shape[1] is not None and int(shape[1]) == 0:
+    if shape[1] is not None and shape[1] == 0:
         raise ValueError(f"{name} has sequences of length 0 (shape {tuple(shape)}): give at least one token")
 
 
@@ -113,7 +114,7 @@ def check_attention_mask_shape(shape, batch: int, query_length: int, key_length:
 
 
 def _dims_match(shape, expected) -> bool:
-    return all(s is None or e is None or int(s) == int(e) for s, e in zip(shape, expected))
+    return all(s is None or e is None or s == e for s, e in zip(shape, expected))
 
 
 def check_index_range(name: str, values: np.ndarray, upper: int, limit_name: str) -> None:
@@ -138,19 +139,25 @@ def check_labels(name: str, values: np.ndarray, num_classes: int, ignore_index: 
         )
 
 
-def relative_distance_index(query_length: int, key_length: int, max_position_embeddings: int) -> np.ndarray:
+def relative_distance_index(query_length: int, key_length: int, max_position_embeddings: int, arange=np.arange):
     """(queries, keys) rows of the distance table: query i sits at position ``past + i`` where
-    ``past = keys - queries`` (the cached prefix), key j at position j."""
+    ``past = keys - queries`` (the cached prefix), key j at position j.
+
+    ``arange`` picks the array library (``torch.arange`` keeps the PyTorch forward traceable
+    with symbolic lengths); integer dtype: int64."""
     past = key_length - query_length
-    query_pos = np.arange(past, key_length, dtype=np.int64)[:, None]
-    key_pos = np.arange(key_length, dtype=np.int64)[None, :]
+    query_pos = arange(past, key_length)[:, None]
+    key_pos = arange(key_length)[None, :]
     return query_pos - key_pos + (max_position_embeddings - 1)
 
 
-def causal_keep_mask(query_length: int, key_length: int) -> np.ndarray:
-    """(queries, keys) 0/1 mask: query i (at position past + i) sees keys 0 .. past + i."""
+def causal_keep_mask(query_length: int, key_length: int, arange=np.arange):
+    """(queries, keys) mask: query i (at position past + i) sees keys 0 .. past + i.
+
+    float32 0/1 with numpy; a bool tensor with another library's ``arange``."""
     past = key_length - query_length
-    return (np.arange(key_length)[None, :] <= np.arange(query_length)[:, None] + past).astype(np.float32)
+    keep = arange(key_length)[None, :] <= arange(query_length)[:, None] + past
+    return keep.astype(np.float32) if isinstance(keep, np.ndarray) else keep
 
 
 def check_past(past_shapes: list[list[tuple]], config: Data2VecTextConfig, batch) -> int:

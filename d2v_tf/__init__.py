@@ -12,6 +12,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 from d2v_tf import backend  # noqa: E402  (raises ImportError for an unsupported backend)
 from d2v_common.configs import Data2VecAudioConfig, Data2VecTextConfig, Data2VecVisionConfig  # noqa: E402
+from d2v_common.data2vec2 import Data2Vec2AudioConfig, Data2Vec2TextConfig, Data2Vec2VisionConfig  # noqa: E402
 from d2v_tf.audio import (  # noqa: E402
     TFData2VecAudioForAudioFrameClassification,
     TFData2VecAudioForCTC,
@@ -19,6 +20,16 @@ from d2v_tf.audio import (  # noqa: E402
     TFData2VecAudioForXVector,
     TFData2VecAudioModel,
     TFData2VecAudioPreTrainedModel,
+)
+from d2v_tf.data2vec2 import (  # noqa: E402
+    TFData2Vec2AudioForCTC,
+    TFData2Vec2AudioForSequenceClassification,
+    TFData2Vec2AudioModel,
+    TFData2Vec2PreTrainedModel,
+    TFData2Vec2TextForSequenceClassification,
+    TFData2Vec2TextModel,
+    TFData2Vec2VisionForImageClassification,
+    TFData2Vec2VisionModel,
 )
 from d2v_tf.base import TFData2VecPreTrainedModel  # noqa: E402
 from d2v_tf.pretraining import (  # noqa: E402
@@ -46,6 +57,17 @@ from d2v_tf.vision import (  # noqa: E402
 backend.register_output_classes()
 
 __all__ = [
+    "Data2Vec2AudioConfig",
+    "Data2Vec2TextConfig",
+    "Data2Vec2VisionConfig",
+    "TFData2Vec2AudioForCTC",
+    "TFData2Vec2AudioForSequenceClassification",
+    "TFData2Vec2AudioModel",
+    "TFData2Vec2PreTrainedModel",
+    "TFData2Vec2TextForSequenceClassification",
+    "TFData2Vec2TextModel",
+    "TFData2Vec2VisionForImageClassification",
+    "TFData2Vec2VisionModel",
     "Data2VecAudioConfig",
     "Data2VecTextConfig",
     "Data2VecVisionConfig",

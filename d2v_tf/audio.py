@@ -80,7 +80,7 @@ class TFData2VecAudioFeatureEncoder(Layer):
         self.trainable = False
 
     def call(self, input_values):
-        x = input_values[..., None]
+        x = ops.expand_dims(input_values, -1)  # not x[..., None]: LiteRT lacks that strided slice
         for layer in self.conv_layers:
             x = layer(x)
         return x
@@ -204,7 +204,7 @@ class TFData2VecAudioEncoder(Layer):
         bias = None
         if frame_mask is not None:
             # Padded frames are zeroed, but the positional convs below still see them (as in HF).
-            x = ops.where(frame_mask[..., None], x, ops.zeros_like(x))
+            x = ops.where(ops.expand_dims(frame_mask, -1), x, ops.zeros_like(x))
             bias = padding_bias(frame_mask)
         x = x + self.pos_conv_embed(x)
         x = self.dropout(self.layer_norm(x), training=training)
@@ -334,7 +334,7 @@ def weighted_layer_sum(hidden_states, layer_weights):
 
 def statistics_pooling(x, lengths):
     """[mean, unbiased std] over the first ``lengths`` frames of each row -> (B, 2C)."""
-    keep = ops.cast(ops.arange(ops.shape(x)[1])[None, :] < lengths[:, None], x.dtype)[..., None]
+    keep = ops.expand_dims(ops.cast(ops.arange(ops.shape(x)[1])[None, :] < lengths[:, None], x.dtype), -1)
     n = ops.cast(lengths, x.dtype)[:, None]
     # An all-padding row (no frames) pools to zeros instead of 0 / 0.
     mean = ops.sum(x * keep, axis=1) / ops.maximum(n, 1.0)
@@ -678,7 +678,7 @@ class TFData2VecAudioForSequenceClassification(_TFData2VecAudioClassifierBase):
             pooled = ops.mean(x, axis=1)
         else:
             keep = self._frame_mask(attention_mask, ops.shape(x)[1], add_adapter=self.config.add_adapter)
-            total = ops.sum(ops.where(keep[..., None], x, ops.zeros_like(x)), axis=1)
+            total = ops.sum(ops.where(ops.expand_dims(keep, -1), x, ops.zeros_like(x)), axis=1)
             # an all-padding row pools to zeros (HF divides 0 by its frame count, or worse)
             count = ops.maximum(ops.sum(ops.cast(keep, "int32"), axis=1), 1)
             pooled = total / ops.cast(count, x.dtype)[:, None]

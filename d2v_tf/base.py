@@ -13,7 +13,9 @@ import numpy as np
 
 from d2v_common import layouts
 from d2v_common.configs import CONFIG_CLASSES, Data2VecConfigBase
+from d2v_common.hub import pop_hub_options, resolve_model
 from d2v_common.pretrained import (
+    load_config_for,
     building_nested,
     load_arrays_for,
     save_arrays_for,
@@ -182,10 +184,15 @@ class TFData2VecPreTrainedModel(backend.ModelSteps, keras.Model):
         **config_overrides: Any,
     ):
         """Load ``model.safetensors``, ``pytorch_model.bin`` or HF's ``tf_model.h5`` (first
-        found, in that order). Keyword arguments override config fields, as in HF."""
-        path = os.fspath(pretrained_model_name_or_path)
+        found, in that order) from a directory or a Hugging Face Hub id (``d2v_common.hub``: a local
+        directory wins; ``revision``, ``cache_dir``, ``local_files_only``, ``token``,
+        ``force_download`` as in HF). Other keyword arguments override config fields, as in HF."""
+        hub = pop_hub_options(config_overrides)  # revision, cache_dir, local_files_only, token, force_download
+        path, checkpoint_format = resolve_model(
+            pretrained_model_name_or_path, checkpoint_format, with_config=config is None, **hub
+        )
         if config is None:
-            config = cls.config_class.from_pretrained(path, **config_overrides)
+            config = load_config_for(cls.config_class, path, **config_overrides)  # fairseq .pt too
         elif config_overrides:
             config = config.copy(**config_overrides)
         with weights_come_later():
@@ -297,6 +304,37 @@ class TFData2VecPreTrainedModel(backend.ModelSteps, keras.Model):
             return out if (self._return_dict_default if return_dict is None else return_dict) else out.to_tuple()
 
         return fast
+
+    # ------------------------------------------------------------------------ serving
+    def export(
+        self, filepath, format: str = "tf_saved_model", verbose: bool | None = None, input_signature=None, **kwargs
+    ):
+        """Write a serving artifact; no call is needed first (the signature comes from the config).
+
+        Args:
+            filepath: the SavedModel directory, or the ``.tflite`` file for LiteRT.
+            format: ``"tf_saved_model"`` (default) or ``"litert"``.
+            verbose: print where the artifact went.
+            input_signature: optional ``{HF input name: tf.TensorSpec, keras.InputSpec or
+                shape}`` replacing the default specs (fixed shapes, fewer optional inputs).
+            **kwargs: LiteRT only: ``quantize="dynamic-int8"`` for int8 weights.
+
+        The ``serving_default`` signature takes HF's input names (``pixel_values``;
+        ``input_ids``, ``attention_mask`` and, with more than one token type,
+        ``token_type_ids``; ``input_values``, ``attention_mask``) with dynamic batch and length,
+        and returns HF's output fields by name. ``d2v-export`` adds validation and copies the
+        config and preprocessing files (see ``d2v_tf.export``).
+
+        Examples:
+
+        ```python
+        model.export("served")                      # tf.saved_model.load("served")
+        model.export("m.tflite", format="litert")   # ai_edge_litert's Interpreter
+        ```
+        """
+        from d2v_tf.export import export_keras
+
+        return export_keras(self, filepath, format, verbose, input_signature, **kwargs)
 
     # ------------------------------------------------------------------------ helpers
     def num_parameters(self) -> int:

@@ -289,7 +289,7 @@ def attention(query, key, value, bias=None, head_mask=None, dropout=None, traini
 
 def padding_bias(mask, dtype="float32"):
     """(B, S) keep-mask -> additive (B, 1, 1, S) bias: 0 or float32's minimum."""
-    mask = ops.cast(mask, "float32")[:, None, None, :]
+    mask = ops.expand_dims(ops.expand_dims(ops.cast(mask, "float32"), 1), 1)  # LiteRT lacks x[:, None, None, :]
     return (1.0 - mask) * np.finfo(np.float32).min
 
 

@@ -277,6 +277,13 @@ class _TFData2VecForPreTraining(backend.PretrainingSteps, keras.Model):
             self._symbolic_build(data_batch=())
 
 
+    def export(
+        self, filepath, format: str = "tf_saved_model", verbose: bool | None = None, input_signature=None, **kwargs
+    ):
+        """Export the student backbone (``model.student.export``): the teacher, the regression
+        head and the loss exist for training only, so a serving artifact holds the encoder."""
+        return self.student.export(filepath, format, verbose, input_signature, **kwargs)
+
     # ----------------------------------------------------------------- checkpoints
     def save_student(self, save_directory: str | os.PathLike, **kwargs) -> list[str]:
         """The student as an ordinary base-model checkpoint: every head class of the family
@@ -285,7 +292,8 @@ class _TFData2VecForPreTraining(backend.PretrainingSteps, keras.Model):
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, pretraining_config=None, seed: int | None = None, **kwargs):
-        """Continue pretraining from a checkpoint: student and teacher start from its weights."""
+        """Continue pretraining from a checkpoint (a directory or a hub id; ``kwargs`` as the
+        backbone's ``from_pretrained``, hub keywords included): student and teacher start from its weights."""
         start = cls.backbone_class.from_pretrained(path, **kwargs)
         model = cls(start.config, pretraining_config, seed=seed)
         arrays = start.state_arrays()

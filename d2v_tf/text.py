@@ -111,21 +111,26 @@ def _causal_keep(query_length, key_length):
     return ops.cast(ops.arange(key_length)[None, :] <= ops.arange(query_length)[:, None] + past, "float32")
 
 
+def _per_head_keys(mask):
+    """(B, keys) -> (B, 1, 1, keys); a reshape, as LiteRT has no strided slice adding two axes."""
+    return ops.expand_dims(ops.expand_dims(mask, 1), 1)
+
+
 def self_attention_bias(config, mask, query_length):
     """Keep-mask (B, keys) or (B, queries, keys) -> additive bias, causal for decoders (2-D masks)."""
     mask = ops.cast(mask, "float32")
     if len(mask.shape) == 3:
         keep = mask[:, None]
     elif config.is_decoder:
-        keep = _causal_keep(query_length, ops.shape(mask)[1])[None, None] * mask[:, None, None, :]
+        keep = _causal_keep(query_length, ops.shape(mask)[1])[None, None] * _per_head_keys(mask)
     else:
-        keep = mask[:, None, None, :]
+        keep = _per_head_keys(mask)
     return (1.0 - keep) * _MIN
 
 
 def cross_attention_bias(mask):
     mask = ops.cast(mask, "float32")
-    keep = mask[:, None] if len(mask.shape) == 3 else mask[:, None, None, :]
+    keep = mask[:, None] if len(mask.shape) == 3 else _per_head_keys(mask)
     return (1.0 - keep) * _MIN
 
 

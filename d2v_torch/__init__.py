@@ -1,6 +1,7 @@
 """Data2Vec in PyTorch, with HF's class names, arguments and outputs."""
 
 from d2v_common.configs import Data2VecAudioConfig, Data2VecTextConfig, Data2VecVisionConfig
+from d2v_common.data2vec2 import Data2Vec2AudioConfig, Data2Vec2TextConfig, Data2Vec2VisionConfig
 from d2v_torch.audio import (
     Data2VecAudioForAudioFrameClassification,
     Data2VecAudioForCTC,
@@ -10,6 +11,16 @@ from d2v_torch.audio import (
     Data2VecAudioPreTrainedModel,
 )
 from d2v_torch.base import Data2VecPreTrainedModel
+from d2v_torch.data2vec2 import (
+    Data2Vec2AudioForCTC,
+    Data2Vec2AudioForSequenceClassification,
+    Data2Vec2AudioModel,
+    Data2Vec2PreTrainedModel,
+    Data2Vec2TextForSequenceClassification,
+    Data2Vec2TextModel,
+    Data2Vec2VisionForImageClassification,
+    Data2Vec2VisionModel,
+)
 from d2v_torch.pretraining import (
     Data2VecAudioForPreTraining,
     Data2VecTextForPreTraining,
@@ -33,6 +44,17 @@ from d2v_torch.vision import (
 )
 
 __all__ = [
+    "Data2Vec2AudioConfig",
+    "Data2Vec2AudioForCTC",
+    "Data2Vec2AudioForSequenceClassification",
+    "Data2Vec2AudioModel",
+    "Data2Vec2PreTrainedModel",
+    "Data2Vec2TextConfig",
+    "Data2Vec2TextForSequenceClassification",
+    "Data2Vec2TextModel",
+    "Data2Vec2VisionConfig",
+    "Data2Vec2VisionForImageClassification",
+    "Data2Vec2VisionModel",
     "Data2VecAudioConfig",
     "Data2VecAudioForAudioFrameClassification",
     "Data2VecAudioForCTC",

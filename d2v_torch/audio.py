@@ -32,6 +32,7 @@ from d2v_torch.layers import (
     attention,
     conv1d_time_major,
     cross_entropy,
+    is_tracing,
     padding_bias,
     split_heads,
 )
@@ -407,7 +408,10 @@ class Data2VecAudioModel(Data2VecAudioPreTrainedModel):
         features = self.feature_extractor(input_values).transpose(1, 2)
         frame_mask = None
         if attention_mask is not None:
-            A.check_attention_mask(self.config, _numpy(attention_mask), tuple(input_values.shape))
+            if is_tracing():  # per-row lengths are data: only the shape can be checked
+                A.check_attention_mask_shape(tuple(attention_mask.shape), tuple(input_values.shape))
+            else:
+                A.check_attention_mask(self.config, _numpy(attention_mask), tuple(input_values.shape))
             frame_mask = self._frame_mask(attention_mask, features.shape[1])
         x, extract_features = self.feature_projection(features)
         x = self._mask_hidden_states(x, mask_time_indices, frame_mask)
@@ -630,7 +634,7 @@ class Data2VecAudioForXVector(_Data2VecAudioClassifierBase):
     ):
         return_dict = self._return_dict_default if return_dict is None else return_dict
         frames = A.check_input_values(self.config, tuple(input_values.shape), str(input_values.dtype))
-        samples = None if attention_mask is None else _numpy(attention_mask.long().sum(-1))
+        samples = None if attention_mask is None or is_tracing() else _numpy(attention_mask.long().sum(-1))
         row_frames = None if samples is None else A.feature_lengths(self.config, samples)
         A.check_xvector_frames(self.config, frames, row_frames)
         x, base = self._encode(input_values, attention_mask, output_attentions, output_hidden_states)

@@ -9,8 +9,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from d2v_common import outputs as _outputs
 from d2v_common.configs import Data2VecConfigBase
-from d2v_common.pretrained import building_nested, load_arrays_for, save_arrays_for
+from d2v_common.hub import pop_hub_options, resolve_model
+from d2v_common.pretrained import building_nested, load_arrays_for, load_config_for, save_arrays_for
 from d2v_common.spec import ARCHITECTURES, WeightSpec, weight_spec
 
 
@@ -20,6 +22,36 @@ def _architecture_of(cls: type) -> str:
         if klass.__name__ in ARCHITECTURES:
             return klass.__name__
     raise TypeError(f"{cls.__name__} is not a Data2Vec architecture")
+
+
+def _register_output_pytrees() -> None:
+    """Make every d2v output class a pytree node (children: its fields, None included), so
+    ``torch.export``, ``torch.compile`` and ``torch.utils._pytree`` see through model outputs."""
+    from torch.utils import _pytree as pytree
+
+    for output_cls in vars(_outputs).values():
+        if not (isinstance(output_cls, type) and issubclass(output_cls, _outputs.ModelOutput)):
+            continue
+        if output_cls is _outputs.ModelOutput or output_cls in pytree.SUPPORTED_NODES:
+            continue
+
+        def flatten(out, _fields=output_cls.fields):
+            return [getattr(out, f) for f in _fields], None
+
+        def flatten_with_keys(out, _fields=output_cls.fields):
+            return [(pytree.MappingKey(f), getattr(out, f)) for f in _fields], None
+
+        def unflatten(values, _context, _cls=output_cls):
+            return _cls(*values)
+
+        pytree.register_pytree_node(
+            output_cls, flatten, unflatten,
+            serialized_type_name=f"d2v.{output_cls.__name__}",
+            flatten_with_keys_fn=flatten_with_keys,
+        )
+
+
+_register_output_pytrees()
 
 
 def _torch_seed() -> int:
@@ -112,10 +144,15 @@ class Data2VecPreTrainedModel(nn.Module):
         **config_overrides: Any,
     ):
         """Load ``model.safetensors``, ``pytorch_model.bin`` or ``tf_model.h5`` (first found, in
-        that order) from a directory. Keyword arguments override config fields, as in HF."""
-        path = os.fspath(pretrained_model_name_or_path)
+        that order) from a directory or a Hugging Face Hub id (``d2v_common.hub``: a local directory
+        wins; ``revision``, ``cache_dir``, ``local_files_only``, ``token``, ``force_download`` as in
+        HF). Other keyword arguments override config fields, as in HF."""
+        hub = pop_hub_options(config_overrides)  # revision, cache_dir, local_files_only, token, force_download
+        path, checkpoint_format = resolve_model(
+            pretrained_model_name_or_path, checkpoint_format, with_config=config is None, **hub
+        )
         if config is None:
-            config = cls.config_class.from_pretrained(path, **config_overrides)
+            config = load_config_for(cls.config_class, path, **config_overrides)  # fairseq .pt too
         elif config_overrides:
             config = config.copy(**config_overrides)
         with torch.device("meta"):  # no memory, no random init: the checkpoint fills it

@@ -108,7 +108,7 @@ def conv1d_time_major(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
     """``conv(x)`` for (B, C, T) ``x``; on CPU, where it pays, the result is stored time-major
     ((B, T', C') memory), so the LayerNorm over channels that follows each audio conv gets its
     (B, T', C') input by a free transpose instead of a copy."""
-    if x.device.type != "cpu":
+    if x.device.type != "cpu" or is_tracing():  # traced graphs (ONNX, pt2) get the plain conv
         return conv(x)
     if conv.in_channels == 1 and conv.groups == 1 and conv.padding == (0,) and conv.dilation == (1,):
         # One input channel (the raw waveform): a convolution kernel has almost no work per
@@ -178,6 +178,13 @@ class Activation(nn.Module):
 # ----------------------------------------------------------------------------- attention
 
 
+def is_tracing() -> bool:
+    """True under ``torch.jit.trace``, ``torch.compile`` and ``torch.export``: checks that need
+    the tensors' values (id ranges, per-row mask lengths) are skipped there, since a traced
+    graph cannot branch on data; shape checks still run."""
+    return torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting()
+
+
 def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
     """(B, T, H*D) -> (B, H, T, D)."""
     b, t, _ = x.shape
@@ -213,7 +220,9 @@ def attention(
     if not need_weights and head_mask is None:
         if bias is not None:
             bias = bias.to(query.dtype)
-        if _matmul_attention_is_faster(query, key):
+        # exported programs too: the ONNX translation decomposes SDPA with a (B, 1, T, T) mask
+        # into a view its symbolic strides reject; two matmuls translate cleanly
+        if _matmul_attention_is_faster(query, key) or torch.compiler.is_exporting():
             return _matmul_attention(query, key, value, bias, p, scale), None
         context = F.scaled_dot_product_attention(query, key, value, attn_mask=bias, dropout_p=p, scale=scale)
         return merge_heads(context), None

@@ -220,7 +220,8 @@ class _Data2VecForPreTraining(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, pretraining_config=None, seed: int | None = None, **kwargs):
-        """Continue pretraining from a checkpoint: student and teacher start from its weights."""
+        """Continue pretraining from a checkpoint (a directory or a hub id; ``kwargs`` as the
+        backbone's ``from_pretrained``, hub keywords included): student and teacher start from its weights."""
         start = cls.backbone_class.from_pretrained(path, **kwargs)
         model = cls(start.config, pretraining_config, seed=seed)
         arrays = start.state_arrays()

@@ -10,6 +10,7 @@ The same form goes in, as do HF cache objects (anything with ``to_legacy_cache()
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import torch
@@ -40,6 +41,7 @@ from d2v_torch.layers import (
     classification_loss,
     cross_entropy,
     expand_head_mask,
+    is_tracing,
     split_heads,
 )
 
@@ -53,7 +55,7 @@ def _shape(t):
 def _check_ids(name: str, ids: torch.Tensor, upper: int, limit_name: str) -> None:
     if ids.dtype.is_floating_point or ids.dtype == torch.bool:
         raise TypeError(f"{name} must be an integer tensor, got {ids.dtype}")
-    if ids.numel():
+    if ids.numel() and not is_tracing():
         lo, hi = int(ids.min()), int(ids.max())
         if lo < 0 or hi >= upper:
             common.check_index_range(name, ids.detach().cpu().numpy(), upper, limit_name)
@@ -99,7 +101,8 @@ def self_attention_bias(config, mask: torch.Tensor, query_length: int, dtype: to
     if mask.dim() == 3:
         keep = mask[:, None]
     elif config.is_decoder:
-        causal = torch.from_numpy(common.causal_keep_mask(query_length, mask.shape[1])).to(mask.device, dtype)
+        arange = functools.partial(torch.arange, device=mask.device)
+        causal = common.causal_keep_mask(query_length, mask.shape[1], arange).to(dtype)
         keep = causal[None, None] * mask[:, None, None, :]
     else:
         keep = mask[:, None, None, :]
@@ -176,8 +179,9 @@ class Data2VecTextSelfAttention(nn.Module):
 
     def relative_scores(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         """(B, H, Lq, Lk) distance terms, already scaled like the dot products."""
-        index = common.relative_distance_index(q.shape[2], k.shape[2], self.max_position_embeddings)
-        table = self.distance_embedding(torch.from_numpy(index).to(q.device)).to(q.dtype)  # (Lq, Lk, D)
+        arange = functools.partial(torch.arange, device=q.device)
+        index = common.relative_distance_index(q.shape[2], k.shape[2], self.max_position_embeddings, arange)
+        table = self.distance_embedding(index).to(q.dtype)  # (Lq, Lk, D)
         scores = torch.einsum("bhld,lrd->bhlr", q, table)
         if self.position_embedding_type == "relative_key_query":
             scores = scores + torch.einsum("bhrd,lrd->bhlr", k, table)

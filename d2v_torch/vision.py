@@ -102,6 +102,22 @@ class Data2VecVisionRelativePositionBias(nn.Module):
         self.grid = grid
         rows = (2 * grid[0] - 1) * (2 * grid[1] - 1) + 3
         self.relative_position_bias_table = nn.Parameter(torch.zeros(rows, config.num_attention_heads))
+        # The (N+1)^2 index is built once here (from_numpy stays on the CPU even while
+        # from_pretrained builds on the meta device) and once per other grid in _index, so
+        # forward is torch only: torch.compile, jit.trace and torch.export see a constant.
+        index = torch.from_numpy(relative_position_index(grid).reshape(-1).copy())
+        self.register_buffer("relative_position_index", index, persistent=False)
+        self._other_grids: dict[tuple, torch.Tensor] = {}
+
+    def _index(self, grid: tuple[int, int], device: torch.device) -> torch.Tensor:
+        """The flat index for ``grid`` (cached per grid and device for interpolate_pos_encoding)."""
+        if grid == self.grid:
+            return self.relative_position_index.to(device)
+        key = (grid, str(device))
+        if key not in self._other_grids:
+            index = torch.from_numpy(relative_position_index(grid).reshape(-1).copy())
+            self._other_grids[key] = index.to(device)
+        return self._other_grids[key]
 
     def forward(self, grid: tuple[int, int]) -> torch.Tensor:
         """(1, heads, N+1, N+1) bias for a ``grid`` of N patches."""
@@ -113,9 +129,9 @@ class Data2VecVisionRelativePositionBias(nn.Module):
         offsets = F.interpolate(offsets, size=(new_h, new_w), mode="bilinear", align_corners=False)
         offsets = offsets.permute(0, 2, 3, 1).reshape(new_h * new_w, -1)
         table = torch.cat([offsets, table[old_h * old_w :]], dim=0)
-        index = torch.from_numpy(relative_position_index(grid).copy()).to(table.device)
         n = grid[0] * grid[1] + 1
-        return table[index.reshape(-1)].reshape(n, n, -1).permute(2, 0, 1).unsqueeze(0)
+        index = self._index(tuple(int(g) for g in grid), table.device)
+        return table[index].reshape(n, n, -1).permute(2, 0, 1).unsqueeze(0)
 
 
 class Data2VecVisionSelfAttention(nn.Module):

@@ -16,7 +16,8 @@ from safetensors.numpy import load_file, save_file
 
 from d2v_common import checkpoint, convert, layouts
 from d2v_common.configs import Data2VecTextConfig, Data2VecVisionConfig
-from d2v_common.spec import ARCHITECTURES, weight_spec
+from d2v_common.spec import HF_ARCHITECTURES as ARCHITECTURES  # HF-parity classes (no data2vec 2.0)
+from d2v_common.spec import weight_spec
 from tests.oracle import d2v_config, random_hf_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -576,12 +576,23 @@ def test_readme_audio_snippet_runs_and_matches_hf(tmp_path):
         vocab_size=12, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
     )
     hf_model = _hf_model(config, "Data2VecAudioForCTC")
-    hf_model.save_pretrained(tmp_path)
+    hf_model.save_pretrained(tmp_path, safe_serialization=False)  # as the real repo: pytorch_model.bin
     transformers.Wav2Vec2FeatureExtractor(return_attention_mask=True).save_pretrained(tmp_path)
-    np.random.seed(0)  # the snippet draws its waveforms with np.random
-    scope: dict = {}
-    code = _readme_block("AudioFeatureExtractor").replace("path/to/data2vec-audio", str(tmp_path))
-    exec(compile(code, "README.md", "exec"), scope)  # noqa: S102 - the README's own snippet
+    (tmp_path / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(["<pad>", "<s>", "</s>", "<unk>",
+                                                                                 "|", *"ETAONIS"])}))
+    transformers.Wav2Vec2CTCTokenizer(str(tmp_path / "vocab.json")).save_pretrained(tmp_path)
+    # the snippet loads by hub id: serve it from a hub cache, offline
+    from tests.hubcache import folder_files, make_hub_cache, serve_offline
+
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        make_hub_cache(tmp_path / "hub", "facebook/data2vec-audio-base-960h", folder_files(tmp_path))
+        serve_offline(monkeypatch, tmp_path / "hub")
+        np.random.seed(0)  # the snippet draws its waveforms with np.random
+        scope: dict = {}
+        code = _readme_block("AudioFeatureExtractor")
+        exec(compile(code, "README.md", "exec"), scope)  # noqa: S102 - the README's own snippet
+    hf_tokenizer = transformers.Wav2Vec2CTCTokenizer.from_pretrained(tmp_path)
+    assert scope["tokenizer"].batch_decode(scope["ids_tf"]) == hf_tokenizer.batch_decode(scope["ids_tf"])
     extractor = transformers.Wav2Vec2FeatureExtractor.from_pretrained(tmp_path)
     with torch.no_grad():
         expected = hf_model(**extractor(scope["waves"], sampling_rate=16000, padding=True, return_tensors="pt")).logits

@@ -12,7 +12,8 @@ import transformers
 from d2v_common import checkpoint, layouts
 from d2v_common.configs import Data2VecAudioConfig, Data2VecTextConfig, Data2VecVisionConfig
 from d2v_common.loading import match_checkpoint
-from d2v_common.spec import ARCHITECTURES, weight_spec
+from d2v_common.spec import HF_ARCHITECTURES as ARCHITECTURES  # HF-parity classes (no data2vec 2.0)
+from d2v_common.spec import weight_spec
 from tests.oracle import d2v_config, random_hf_model, state_arrays
 
 TEXT = dict(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from crosscheck.cases import audio, text, vision
+from crosscheck.cases import audio, data2vec2, text, vision
 from crosscheck.cases.base import Case
 
-FAMILY_MODULES = {"text": text, "audio": audio, "vision": vision}
+FAMILY_MODULES = {"text": text, "audio": audio, "vision": vision, "data2vec2": data2vec2}
 
 
 def all_cases(size: str = "small", families=None) -> list[Case]:

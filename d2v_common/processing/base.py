@@ -84,6 +84,17 @@ class BatchFeature(dict):
         return BatchFeature({k: to_framework(v, return_tensors) for k, v in self.items()})
 
 
+# Spaces that decoding leaves before punctuation and English contractions (HF's clean-up rule).
+_CLEANUPS = (" .", " ?", " !", " ,", " ' ", " n't", " 'm", " 's", " 've", " 're")
+
+
+def clean_up_tokenization(text: str) -> str:
+    """Remove the spaces decoding leaves before punctuation and contractions (``"a ." -> "a."``)."""
+    for pattern in _CLEANUPS:
+        text = text.replace(pattern, pattern[1:] if pattern != " ' " else "'")
+    return text
+
+
 def config_file(path: str | os.PathLike, name: str) -> str:
     """``name`` inside the directory ``path`` (or ``path`` itself when it is a file)."""
     path = os.fspath(path)

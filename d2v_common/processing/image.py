@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from d2v_common.interpolation import bilinear_matrix
+from d2v_common.hub import pop_hub_options, resolve_pretrained
 from d2v_common.processing.base import (
     BatchFeature,
     as_numpy,
@@ -238,7 +239,9 @@ class ImageProcessor:
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, **overrides: Any) -> "ImageProcessor":
-        """Read ``preprocessor_config.json`` from a directory (or that file itself)."""
+        """Read ``preprocessor_config.json`` from a directory (or that file itself) or a Hugging
+        Face Hub id (``revision``, ``cache_dir``, ``local_files_only``, ``token``, ``force_download``)."""
+        path = resolve_pretrained(path, [CONFIG_NAME], **pop_hub_options(overrides))
         return cls.from_dict({**read_json(config_file(path, CONFIG_NAME)), **overrides})
 
     def to_dict(self) -> dict:

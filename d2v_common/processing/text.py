@@ -15,10 +15,12 @@ from typing import Any
 
 import numpy as np
 
+from d2v_common.hub import HubFileMissing, pop_hub_options, resolve_pretrained
 from d2v_common.processing.base import (
     BatchFeature,
     as_numpy,
     check_return_tensors,
+    clean_up_tokenization,
     optional_import,
     read_json,
     write_json,
@@ -43,8 +45,6 @@ SPECIAL_ROLES = {
 # A model_max_length above this means "no limit" (HF writes 1e30 when it has none).
 NO_LIMIT = int(1e20)
 TRUNCATIONS = ("longest_first", "only_first", "only_second")
-# Spaces that decoding leaves before punctuation and English contractions.
-_CLEANUPS = (" .", " ?", " !", " ,", " ' ", " n't", " 'm", " 's", " 've", " 're")
 
 
 def _token_fields(value: Any, role: str) -> dict:
@@ -113,6 +113,17 @@ def _serialised_backend(tk: Any, path: str, add_prefix_space: bool) -> dict:
     return json.loads(built.to_str())
 
 
+def _tokenizer_files(available: set[str]) -> list[str]:
+    """What a hub load fetches: tokenizer.json, else vocab.json + merges.txt, and the configs there are."""
+    if TOKENIZER_FILE in available:
+        vocabulary = [TOKENIZER_FILE]
+    elif VOCAB_FILE in available and MERGES_FILE in available:
+        vocabulary = [VOCAB_FILE, MERGES_FILE]
+    else:
+        raise HubFileMissing(f"no {TOKENIZER_FILE}, nor {VOCAB_FILE} + {MERGES_FILE}")
+    return [*vocabulary, *(name for name in (CONFIG_FILE, SPECIAL_MAP_FILE) if name in available)]
+
+
 class TextTokenizer:
     """RoBERTa byte-level BPE tokenizer with HF's call signature and outputs (``RobertaTokenizerFast``)."""
 
@@ -150,9 +161,10 @@ class TextTokenizer:
         """Load from a directory with ``tokenizer.json`` or ``vocab.json`` + ``merges.txt``.
 
         ``overrides`` replace tokenizer_config.json entries (e.g. ``add_prefix_space=True``,
-        ``model_max_length=512``).
+        ``model_max_length=512``). ``path`` may also be a Hugging Face Hub id (``revision``,
+        ``cache_dir``, ``local_files_only``, ``token``, ``force_download`` as in HF).
         """
-        path = os.fspath(path)
+        path = resolve_pretrained(path, _tokenizer_files, **pop_hub_options(overrides))
         if not os.path.isdir(path):
             raise FileNotFoundError(f"{path!r} is not a directory")
         tk = optional_import("tokenizers")
@@ -413,8 +425,7 @@ class TextTokenizer:
         if clean_up_tokenization_spaces is None:
             clean_up_tokenization_spaces = self.clean_up_tokenization_spaces
         if clean_up_tokenization_spaces:
-            for pattern in _CLEANUPS:
-                text = text.replace(pattern, pattern[1:] if pattern != " ' " else "'")
+            text = clean_up_tokenization(text)
         return text
 
     def batch_decode(self, sequences: Any, **kwargs: Any) -> list[str]:

@@ -10,7 +10,17 @@ FAMILIES = {"text": text, "audio": audio, "vision": vision}
 _CONFIG_FAMILY = {Data2VecTextConfig: "text", Data2VecAudioConfig: "audio", Data2VecVisionConfig: "vision"}
 _BUILDERS = {"text": text.text_spec, "audio": audio.audio_spec, "vision": vision.vision_spec}
 
+# data2vec 2.0 families (d2v_common.spec.data2vec2)
+from d2v_common.spec import data2vec2  # noqa: E402
+
+FAMILIES.update(data2vec2.FAMILIES)
+for _family_name, _family in data2vec2.FAMILIES.items():
+    _CONFIG_FAMILY[_family.CONFIG_CLASS] = _family_name
+    _BUILDERS[_family_name] = _family.build
+
 ARCHITECTURES = {arch: fam for fam, mod in FAMILIES.items() for arch in mod.ARCHITECTURES}
+# The classes transformers also has (data2vec 1.0); data2vec 2.0 has no HF twin.
+HF_ARCHITECTURES = {arch: fam for arch, fam in ARCHITECTURES.items() if fam in ("text", "audio", "vision")}
 
 
 def canonical_architecture(name: str) -> str:
@@ -43,6 +53,7 @@ def weight_spec(config: Data2VecConfigBase, architecture: str, **options) -> Wei
 
 __all__ = [
     "ARCHITECTURES",
+    "HF_ARCHITECTURES",
     "FAMILIES",
     "Init",
     "ParamSpec",
