@@ -65,6 +65,15 @@ def test_crosscheck_cli_keras_backend_flag(capsys):
     assert code == 0 and f"Keras backend: {BACKEND}" in out and "1 passed, 0 failed" in out
 
 
+def test_crosscheck_cli_runs_another_backend_in_a_fresh_process(capfd):
+    """Keras already runs this process's backend: asking for TensorFlow re-executes crosscheck."""
+    code = crosscheck_cli.main(["--keras-backend", "tensorflow", "--case", "vision-model-shared-cls",
+                                "--no-round-trips"])
+    out = capfd.readouterr().out
+    assert code == 0 and "Keras backend: tensorflow" in out and "1 passed, 0 failed" in out
+    assert keras.backend.backend() == BACKEND
+
+
 def _training_data(case, n_batches=3):
     rng = np.random.default_rng(2)
     batches = [case.make_inputs(rng) for _ in range(n_batches)]
