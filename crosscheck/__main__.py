@@ -61,11 +61,28 @@ def _use_keras_backend(name: str) -> bool:
     return True
 
 
+def select_cases(cases, wanted: list[str]):
+    """The cases each of ``wanted`` names: a case or class name (``TF`` prefix allowed), exactly,
+    else as a substring. Raises ``ValueError`` listing what exists when one matches nothing."""
+    chosen = []
+    for query in wanted:
+        key = query[2:] if query.startswith("TF") else query
+        exact = [c for c in cases if key in (c.name, c.architecture)]
+        found = exact or [c for c in cases if key in c.name or key in c.architecture]
+        if not found:
+            known = ", ".join(sorted({c.name for c in cases} | {c.architecture for c in cases}))
+            raise ValueError(f"no case matches {query!r}; cases and classes: {known} (see --list)")
+        chosen += [c for c in found if c not in chosen]
+    return [c for c in cases if c in chosen]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m crosscheck", description=__doc__)
     parser.add_argument("--size", choices=["small", "base"], default="small", help="model size (default: small)")
     parser.add_argument("--family", action="append", choices=["text", "audio", "vision", "data2vec2"], help="limit to a family")
-    parser.add_argument("--case", action="append", help="run only cases whose name contains this")
+    parser.add_argument("--case", action="append",
+                        help="run only these cases: a case name or class name (see --list), or part of one")
+    parser.add_argument("--list", action="store_true", help="list the cases (name and class) and exit")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--reference", choices=["hf"], help="also compare d2v torch with transformers' PyTorch classes")
     parser.add_argument("--no-round-trips", action="store_true", help="skip the save/load round trips")
@@ -94,11 +111,16 @@ def main(argv=None) -> int:
         parser.error(str(e))
 
     cases = all_cases(args.size, args.family)
+    if args.list:
+        width = max(len(c.name) for c in cases)
+        print("\n".join(f"{c.name:<{width}}  {c.architecture}" for c in cases))
+        return 0
     if args.case:
-        cases = [c for c in cases if any(s in c.name for s in args.case)]
-    if not cases:
-        print("no cases selected", file=sys.stderr)
-        return 2
+        try:
+            cases = select_cases(cases, args.case)
+        except ValueError as e:
+            print(f"python -m crosscheck: error: {e}", file=sys.stderr)
+            return 2
     rows = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -350,6 +350,40 @@ def read_checkpoint(
     return arrays, unexpected, fmt
 
 
+def read_shapes(directory: str | os.PathLike, prefer: str | None = None) -> tuple[str, dict[str, tuple[int, ...]]]:
+    """``(format, {name: shape})`` of a checkpoint directory, from its headers only (no tensor
+    data is read). Names and shapes are the file's own: canonical for safetensors and
+    ``pytorch_model.bin``, HF's h5 names (``a/b/kernel:0``, Keras layout) for ``tf_model.h5``."""
+    fmt, path = find_checkpoint(directory, prefer)
+    if fmt == "safetensors":
+        return fmt, {name: t.shape for name, t in read_safetensors(path).items()}
+    if fmt == "pt-bin":
+        torch = import_torch()
+        shapes: dict[str, tuple[int, ...]] = {}
+        for file in read_index(path) if path.endswith(".json") else [path]:
+            try:  # the meta device keeps shapes and drops the data
+                state = torch.load(file, map_location="meta", weights_only=True)
+            except Exception as e:  # noqa: BLE001 - torch raises many types for hostile pickles
+                raise CheckpointError(f"refused to load {file}: {type(e).__name__}: {str(e)[:200]}") from None
+            if not isinstance(state, dict):
+                raise CheckpointError(f"{file} holds a {type(state).__name__}, not a state dict")
+            shapes.update({k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)})
+        return fmt, shapes
+    shapes = {}
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise CheckpointError(f"cannot open {path} as HDF5: {e}") from None
+    with f:
+        for group_name in _h5_attr_strings(f, "layer_names", path):
+            if group_name not in f:
+                raise CheckpointError(f"{path}: layer group {group_name!r} listed but missing")
+            group = f[group_name]
+            for full_name in _h5_attr_strings(group, "weight_names", path):
+                shapes["/".join(full_name.split("/")[1:])] = tuple(_h5_dataset(group, full_name, path).shape)
+    return fmt, shapes
+
+
 # ------------------------------------------------------------------------------- writing
 # ``_dump_*`` write one format to a given (temporary) path; the public writers and
 # ``write_checkpoint`` wrap them in atomic renames.

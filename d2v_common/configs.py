@@ -5,7 +5,15 @@ A config holds three kinds of keys:
 * the family's own fields (``FIELDS``), with the defaults of the HF docs, always written;
 * the generic keys every HF config has (``COMMON_FIELDS``), written only when they differ
   from HF's generic defaults, as HF does;
-* any other key found in a loaded file, kept verbatim so it survives a load/save round trip.
+* any other key found in a loaded file or set later (``config.my_key = 1``), kept verbatim so
+  it survives a load/save round trip.
+
+Keyword overrides (``from_pretrained(path, num_labels=5)``, ``from_dict(d, **kw)``, ``copy``)
+win over the file; ``num_labels=N`` alone rebuilds ``id2label`` / ``label2id`` for N labels.
+
+Every size a config implies is bounded (``LIMITS`` of each class, listed in its docstring):
+the bounds sit far above every released checkpoint and keep an edited ``config.json`` from
+asking for terabytes before any weight is read.
 """
 
 from __future__ import annotations
@@ -13,6 +21,8 @@ from __future__ import annotations
 import copy
 import json
 import os
+import textwrap
+import warnings
 from typing import Any
 
 from d2v_common.hub import pop_hub_options, resolve_pretrained
@@ -129,15 +139,51 @@ COMMON_FIELDS: dict[str, _Field] = {
 _LABEL_KEYS = ("id2label", "label2id", "num_labels")
 
 
+# Largest label count accepted (ImageNet-22k has 21841 classes): num_labels builds a dict.
+MAX_NUM_LABELS = 1_000_000
+
+
+def _check_num_labels(cls_name: str, n: Any) -> None:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError(f"{cls_name}.num_labels must be a non-negative int, got {n!r}")
+    if n > MAX_NUM_LABELS:
+        raise ValueError(f"{cls_name}.num_labels = {n} is beyond the supported maximum {MAX_NUM_LABELS}")
+
+
 def _default_id2label(n: int) -> dict[int, str]:
     return {i: f"LABEL_{i}" for i in range(n)}
 
 
+# Longest list field accepted (conv_dim, tdnn_dim, out_indices, pool_scales ...).
+MAX_LIST_LENGTH = 64
+
+
+def _limits_doc(limits: dict[str, int]) -> str:
+    items = ", ".join(f"{k} <= {v:_}" for k, v in limits.items())
+    text = (
+        "Limits (``LIMITS``; a larger value raises ``ValueError`` naming the field; far above every "
+        f"released checkpoint): {items}; list fields hold at most {MAX_LIST_LENGTH} values; "
+        f"num_labels <= {MAX_NUM_LABELS:_}."
+    )
+    return "\n\n" + textwrap.fill(text, 96, initial_indent="    ", subsequent_indent="    ") + "\n"
+
+
 class Data2VecConfigBase:
-    """Behaviour shared by the three configs; subclasses declare ``model_type`` and ``FIELDS``."""
+    """Behaviour shared by the three configs; subclasses declare ``model_type``, ``FIELDS``
+    and ``LIMITS`` (the largest value of each size field, per value for list fields)."""
 
     model_type: str = ""
     FIELDS: dict[str, _Field] = {}
+    LIMITS: dict[str, int] = {
+        "hidden_size": 32768,
+        "num_hidden_layers": 512,
+        "num_attention_heads": 1024,
+        "intermediate_size": 131072,
+    }
+
+    def __init_subclass__(cls, **kwargs: Any):
+        super().__init_subclass__(**kwargs)
+        cls.__doc__ = (cls.__doc__ or "").rstrip() + _limits_doc(cls.LIMITS)
 
     def __init__(self, **kwargs: Any):
         name = type(self).__name__
@@ -154,7 +200,6 @@ class Data2VecConfigBase:
         label2id = kwargs.pop("label2id", None)
         num_labels = kwargs.pop("num_labels", None)
 
-        self._extra_keys: list[str] = []
         for key, field in {**COMMON_FIELDS, **self.FIELDS}.items():
             value = kwargs.pop(key, copy.deepcopy(field.default))
             setattr(self, key, _check_kind(name, key, field.kind, value))
@@ -163,16 +208,20 @@ class Data2VecConfigBase:
             if key.startswith("__") or hasattr(type(self), key):
                 raise ValueError(f"{name}: config key {key!r} is reserved and cannot be set")
             setattr(self, key, value)
-            self._extra_keys.append(key)
 
         if id2label is not None and not isinstance(id2label, dict):
             raise TypeError(f"{name}.id2label must be a dict, got {type(id2label).__name__}")
+        if num_labels is not None and id2label is not None and len(id2label) != num_labels:
+            warnings.warn(
+                f"{name}: num_labels={num_labels} disagrees with the {len(id2label)} entries of id2label; "
+                "id2label is kept (pass only one of them)",
+                stacklevel=2,
+            )
         if label2id is not None and not isinstance(label2id, dict):
             raise TypeError(f"{name}.label2id must be a dict, got {type(label2id).__name__}")
         if id2label is None:
             n = 2 if num_labels is None else num_labels
-            if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-                raise ValueError(f"{name}.num_labels must be a non-negative int, got {n!r}")
+            _check_num_labels(name, n)
             self.id2label = _default_id2label(n)
             self.label2id = {v: k for k, v in self.id2label.items()} if label2id is None else label2id
         else:
@@ -194,8 +243,7 @@ class Data2VecConfigBase:
 
     @num_labels.setter
     def num_labels(self, n: int) -> None:
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise ValueError(f"num_labels must be a non-negative int, got {n!r}")
+        _check_num_labels(type(self).__name__, n)
         if n != self.num_labels:
             self.id2label = _default_id2label(n)
             self.label2id = {v: k for k, v in self.id2label.items()}
@@ -208,6 +256,7 @@ class Data2VecConfigBase:
     def validate(self) -> None:
         """Raise ``ValueError`` naming the field for values no model can be built from."""
         name = type(self).__name__
+        self._check_limits()
         for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"):
             if getattr(self, key) <= 0:
                 raise ValueError(f"{name}.{key} must be positive, got {getattr(self, key)}")
@@ -223,6 +272,22 @@ class Data2VecConfigBase:
                 )
         if self.layer_norm_eps <= 0:
             raise ValueError(f"{name}.layer_norm_eps must be positive, got {self.layer_norm_eps}")
+
+    def _check_limits(self) -> None:
+        """Sizes beyond ``LIMITS`` (and over-long lists) are refused before anything is built."""
+        name = type(self).__name__
+        for key, field in self.FIELDS.items():
+            value = getattr(self, key)
+            if isinstance(value, list) and len(value) > MAX_LIST_LENGTH:
+                raise ValueError(f"{name}.{key} holds {len(value)} values; at most {MAX_LIST_LENGTH} are supported")
+        for key, limit in self.LIMITS.items():
+            value = getattr(self, key)
+            values = value if isinstance(value, list) else [value]
+            if any(v is not None and v > limit for v in values):
+                raise ValueError(
+                    f"{name}.{key} = {value} is beyond the supported maximum {limit:_} "
+                    f"(see {name}.LIMITS); is this config.json meant for this checkpoint?"
+                )
 
     def _check_probability(self, *keys: str) -> None:
         for key in keys:
@@ -240,8 +305,9 @@ class Data2VecConfigBase:
         out["label2id"] = copy.deepcopy(self.label2id)
         for key in self.FIELDS:
             out[key] = copy.deepcopy(getattr(self, key))
-        for key in self._extra_keys:
-            out[key] = copy.deepcopy(getattr(self, key))
+        for key, value in vars(self).items():  # extra keys, from the file or set later
+            if not key.startswith("_") and key not in out and key not in COMMON_FIELDS:
+                out[key] = copy.deepcopy(value)
         out["model_type"] = self.model_type
         return out
 
@@ -274,10 +340,27 @@ class Data2VecConfigBase:
 
     @classmethod
     def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any):
+        """A config from ``config_dict`` with ``kwargs`` overriding its keys.
+
+        ``num_labels`` in ``kwargs`` wins over the dict's label maps: without an ``id2label``
+        next to it, ``id2label`` / ``label2id`` are rebuilt for that many labels (``LABEL_i``).
+        """
         if not isinstance(config_dict, dict):
             raise TypeError(f"{cls.__name__}.from_dict expects a dict, got {type(config_dict).__name__}")
         merged = {**config_dict, **kwargs}
         merged.pop("_name_or_path", None)
+        if kwargs.get("num_labels") is not None:
+            num_labels = kwargs["num_labels"]
+            if "id2label" in kwargs:
+                if kwargs["id2label"] is not None and len(kwargs["id2label"]) != num_labels:
+                    raise ValueError(
+                        f"{cls.__name__}: num_labels={num_labels} disagrees with the {len(kwargs['id2label'])} "
+                        "entries of id2label; pass only one of them"
+                    )
+            elif len(config_dict.get("id2label") or {}) != num_labels:
+                merged.pop("id2label", None)  # rebuilt for num_labels labels
+                if "label2id" not in kwargs:
+                    merged.pop("label2id", None)
         return cls(**merged)
 
     @classmethod
@@ -302,12 +385,12 @@ class Data2VecConfigBase:
             raise FileNotFoundError(f"no {CONFIG_NAME} at {path}")
         config = cls.from_json_file(file)
         if kwargs:
-            config = cls.from_dict({**config.to_dict(), **kwargs})
+            config = cls.from_dict(config.to_dict(), **kwargs)
         return config
 
     def copy(self, **changes: Any):
         """A new config with ``changes`` applied (validated like a fresh one)."""
-        return type(self).from_dict({**self.to_dict(), **changes})
+        return type(self).from_dict(self.to_dict(), **changes)
 
     def __eq__(self, other: object) -> bool:
         return type(self) is type(other) and self.to_dict() == other.to_dict()
@@ -317,7 +400,15 @@ class Data2VecConfigBase:
 
 
 class Data2VecTextConfig(Data2VecConfigBase):
+    """Configuration of the RoBERTa-shaped Data2Vec text models (HF's fields and defaults)."""
+
     model_type = "data2vec-text"
+    LIMITS = {
+        **Data2VecConfigBase.LIMITS,
+        "vocab_size": 2_000_000,
+        "max_position_embeddings": 131072,
+        "type_vocab_size": 1024,
+    }
     FIELDS = {
         "vocab_size": _Field(30522, "int"),
         "hidden_size": _Field(768, "int"),
@@ -372,7 +463,28 @@ class Data2VecTextConfig(Data2VecConfigBase):
 
 
 class Data2VecAudioConfig(Data2VecConfigBase):
+    """Configuration of the wav2vec2-shaped Data2Vec audio models (HF's fields and defaults)."""
+
     model_type = "data2vec-audio"
+    LIMITS = {
+        **Data2VecConfigBase.LIMITS,
+        "vocab_size": 2_000_000,
+        "conv_dim": 32768,
+        "conv_kernel": 4096,
+        "conv_stride": 4096,
+        "conv_pos_kernel_size": 4096,
+        "num_conv_pos_embeddings": 64,
+        "num_conv_pos_embedding_groups": 32768,
+        "tdnn_dim": 32768,
+        "tdnn_kernel": 4096,
+        "tdnn_dilation": 4096,
+        "xvector_output_dim": 32768,
+        "classifier_proj_size": 32768,
+        "output_hidden_size": 32768,
+        "num_adapter_layers": 64,
+        "adapter_kernel_size": 4096,
+        "adapter_stride": 4096,
+    }
     FIELDS = {
         "vocab_size": _Field(32, "int"),
         "hidden_size": _Field(768, "int"),
@@ -494,7 +606,23 @@ class Data2VecAudioConfig(Data2VecConfigBase):
 
 
 class Data2VecVisionConfig(Data2VecConfigBase):
+    """Configuration of the BEiT-shaped Data2Vec vision models (HF's fields and defaults).
+
+    Besides ``LIMITS``, an image may hold at most ``MAX_PATCHES`` patches (the relative
+    position index grows with its square).
+    """
+
     model_type = "data2vec-vision"
+    MAX_PATCHES = 4096
+    LIMITS = {
+        **Data2VecConfigBase.LIMITS,
+        "image_size": 16384,
+        "patch_size": 16384,
+        "num_channels": 1024,
+        "auxiliary_channels": 32768,
+        "auxiliary_num_convs": 64,
+        "pool_scales": 1024,
+    }
     FIELDS = {
         "hidden_size": _Field(768, "int"),
         "num_hidden_layers": _Field(12, "int"),
@@ -535,6 +663,12 @@ class Data2VecVisionConfig(Data2VecConfigBase):
                 raise ValueError(f"{name}.{key} must be positive, got {value}")
         if any(i < p for i, p in zip(self.image_size_hw, self.patch_size_hw)):
             raise ValueError(f"{name}.image_size {self.image_size} is smaller than patch_size {self.patch_size}")
+        patches = self.patch_grid[0] * self.patch_grid[1]
+        if patches > self.MAX_PATCHES:
+            raise ValueError(
+                f"{name}.image_size {self.image_size} with patch_size {self.patch_size} gives {patches} patches; "
+                f"at most {self.MAX_PATCHES} are supported (Data2VecVisionConfig.MAX_PATCHES)"
+            )
         if self.num_channels <= 0:
             raise ValueError(f"{name}.num_channels must be positive, got {self.num_channels}")
         if not self.pool_scales or any(s <= 0 for s in self.pool_scales):

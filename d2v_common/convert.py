@@ -45,7 +45,8 @@ from d2v_common import checkpoint, layouts
 from d2v_common.configs import CONFIG_NAME, Data2VecConfigBase, load_config
 from d2v_common.hub import resolve_model
 from d2v_common.io_utils import fsync_dir
-from d2v_common.loading import LoadReport, match_checkpoint
+from d2v_common.loading import ConfigCheckpointMismatch, LoadReport, match_checkpoint
+from d2v_common.pretrained import check_checkpoint_fits
 from d2v_common.spec import ARCHITECTURES, canonical_architecture, weight_spec
 from d2v_common.spec.core import WeightSpec
 
@@ -234,8 +235,9 @@ def _match(arrays, unexpected, spec: WeightSpec, source: str):
         # Mismatches are collected into the report instead of raising at the first one.
         _, report = match_checkpoint(arrays, spec, ignore_mismatched_sizes=True, extra_unexpected=unexpected,
                                      source=source, warn=False)
-    except ValueError as e:  # a missing backbone tensor or an unusable dtype
-        return None, LoadReport(spec.architecture, source), [f"error: {e}"], notes
+    except ValueError as e:  # a missing backbone tensor or an unusable dtype: the report says so
+        report = LoadReport(spec.architecture, source, errors=[str(e)])
+        return None, report, ["error: the checkpoint does not match the architecture's weight spec"], notes
 
     out = spec.tie({name: arrays[name] for name in spec.names() if name in arrays})
 
@@ -351,7 +353,8 @@ def convert(
     ``force_download`` for a hub id (``d2v_common.hub.resolve_pretrained``).
 
     ``progress``: True / False, or None for "on above 50 MB". Raises ``ConversionError`` (bad
-    input or IO) or ``CheckpointMismatch`` (report problems); in both cases nothing is left at
+    input or IO), ``loading.ConfigCheckpointMismatch`` (config.json does not fit the weights'
+    header) or ``CheckpointMismatch`` (report problems); in every case nothing is left at
     ``dst``. The result's ``notes`` say what the user should know (upcasts, files not copied).
     """
     if to not in FORMATS:
@@ -378,7 +381,6 @@ def convert(
     except (OSError, ValueError, TypeError) as e:
         raise ConversionError(f"cannot read {os.path.join(src, CONFIG_NAME)}: {e}") from None
     arch = resolve_architecture(config, architecture)
-    specs = _candidate_specs(config, arch)
 
     try:
         fmt, path = checkpoint.find_checkpoint(src, source_format)
@@ -386,6 +388,13 @@ def convert(
         raise ConversionError(str(e)) from None
     if source_format is not None and fmt != source_format:
         raise ConversionError(f"no {source_format} weights in {src} (found {os.path.basename(path)})")
+    try:  # from the header alone, before any spec list is built (ConfigCheckpointMismatch goes through)
+        check_checkpoint_fits(src, config, prefer=fmt)
+    except ConfigCheckpointMismatch:
+        raise
+    except (OSError, ValueError) as e:
+        raise ConversionError(str(e)) from None
+    specs = _candidate_specs(config, arch)
     try:
         sizes = sum(os.path.getsize(f) for f in _weight_files(path))
     except OSError as e:
@@ -523,6 +532,10 @@ def main(argv: list[str] | None = None) -> int:
                          architecture=args.architecture, overwrite=args.overwrite, progress=progress,
                          revision=args.revision, cache_dir=args.cache_dir, local_files_only=args.local_files_only,
                          force_download=args.force_download)
+    except ConfigCheckpointMismatch as e:
+        print(f"d2v-convert: error: {type(e).__name__}: {e}", file=sys.stderr)
+        print(f"nothing written to {os.path.abspath(args.dst)}", file=sys.stderr)
+        return EXIT_MISMATCH
     except CheckpointMismatch as e:
         print(e.report, file=sys.stderr)
         for problem in e.problems:

@@ -57,9 +57,12 @@ from d2v_common.convert import (
     _companion_files,
     _copy_file,
     _fresh_sibling,
+    _hub_companions,
     _install,
+    _same_or_nested,
     resolve_architecture,
 )
+from d2v_common.hub import resolve_model
 from d2v_common.io_utils import fsync_dir
 from d2v_common.spec import ARCHITECTURES, family_of
 
@@ -449,7 +452,13 @@ class ExportResult:
     files: list[str] = field(default_factory=list)
 
 
-def _read_source(src: str, options: ExportOptions) -> tuple[Data2VecConfigBase, str]:
+def _read_source(src: str, options: ExportOptions) -> tuple[str, Data2VecConfigBase, str]:
+    """``(local folder, config, architecture)``; a hub id is fetched (config, one weight format,
+    tokenizer / processor files) into the hub cache first, as ``d2v-convert`` does."""
+    try:
+        src, _ = resolve_model(src, None, extra=_hub_companions)
+    except (OSError, ImportError, ValueError) as e:
+        raise ExportError(str(e)) from None
     if not os.path.isdir(src):
         raise ExportError(f"SRC {src} is not a directory (a checkpoint folder with {CONFIG_NAME} and weights)")
     if not os.path.isfile(os.path.join(src, CONFIG_NAME)):
@@ -462,7 +471,7 @@ def _read_source(src: str, options: ExportOptions) -> tuple[Data2VecConfigBase, 
     check_architecture(arch)
     if family_of(config) != ARCHITECTURES[arch]:
         raise ExportError(f"{arch} is a {ARCHITECTURES[arch]} model but {CONFIG_NAME} holds a {type(config).__name__}")
-    return config, arch
+    return src, config, arch
 
 
 def export_checkpoint(
@@ -472,7 +481,7 @@ def export_checkpoint(
     """Export the checkpoint folder ``src`` to a new folder ``dst`` in ``format``.
 
     Args:
-        src: checkpoint folder (``config.json`` + weights).
+        src: checkpoint folder (``config.json`` + weights) or a Hugging Face Hub id.
         dst: folder to create; it appears complete (artifact, ``config.json``, preprocessing
             files) or not at all.
         format: a name of ``format_names()``.
@@ -493,7 +502,9 @@ def export_checkpoint(
         raise ExportError(f"unknown export format {format!r}; choose one of {', '.join(FORMAT_FRAMEWORKS)}")
     if os.path.lexists(dst) and not overwrite:
         raise ExportError(f"destination {dst} already exists; pass --overwrite to replace it")
-    config, arch = _read_source(src, options)
+    src, config, arch = _read_source(src, options)
+    if _same_or_nested(src, dst):
+        raise ExportError(f"source {src} and destination {dst} must be separate folders")
     fmt = get_export_format(format)
     check_options(fmt, options)
     sample = sample_inputs(config, arch, options.batch_size, options.length)
@@ -544,7 +555,7 @@ def build_parser(formats: list[str], prog: str) -> argparse.ArgumentParser:
         epilog="exit status: 0 done, 1 the artifact disagrees with the eager model (nothing written), "
         "2 usage or IO error (nothing written)",
     )
-    parser.add_argument("src", metavar="SRC", help="checkpoint folder (config.json + weights)")
+    parser.add_argument("src", metavar="SRC", help="checkpoint folder (config.json + weights) or a hub id")
     parser.add_argument("dst", metavar="DST", help="new folder to create (artifact + config + preprocessing files)")
     parser.add_argument("--format", required=True, choices=formats, help="artifact kind")
     parser.add_argument("--architecture", metavar="NAME",

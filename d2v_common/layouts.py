@@ -161,3 +161,13 @@ def h5_layer_names(spec: WeightSpec) -> list[str]:
         position = groups.index(before) if before in groups else len(groups)
         groups.insert(position, group)
     return groups
+
+
+def canonical_name_of_h5(name: str) -> str:
+    """The canonical (PyTorch) name an HF h5 dataset name most likely stands for, for messages
+    about datasets no spec entry claims (``a/layer_._1/dense/kernel:0`` -> ``a.layer.1.dense.weight``)."""
+    path = name[:-2] if name.endswith(":0") else name
+    parts = path.split("/")
+    leaves = {rule.keras_leaf: leaf for (_, leaf), rule in LEAF_RULES.items()}
+    parts[-1] = leaves.get(parts[-1], parts[-1])
+    return re.sub(r"_\._(\d+)", r".\1", ".".join(parts))

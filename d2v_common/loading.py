@@ -12,12 +12,15 @@ Both model packages and the converter go through ``match_checkpoint``:
 
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from d2v_common.spec.core import WeightSpec
+from d2v_common import layouts
+from d2v_common.spec import FAMILIES, family_of, weight_spec
+from d2v_common.spec.core import ParamSpec, WeightSpec
 
 # Backbone parts a checkpoint may lack without being broken: HF adds them on demand.
 OPTIONAL_BACKBONE_MODULES = ("pooler", "masked_spec_embed")
@@ -31,16 +34,19 @@ class LoadReport:
     unexpected: list[str] = field(default_factory=list)
     mismatched: list[tuple[str, tuple, tuple]] = field(default_factory=list)
     newly_initialized: list[str] = field(default_factory=list)
+    # Why matching stopped (a missing backbone tensor ...): a report with errors is never clean.
+    errors: list[str] = field(default_factory=list)
 
     @property
     def clean(self) -> bool:
         """True when every tensor came from the checkpoint and nothing was left over."""
-        return not (self.missing or self.unexpected or self.mismatched)
+        return not (self.missing or self.unexpected or self.mismatched or self.errors)
 
     def __str__(self) -> str:
         lines = [f"load report for {self.architecture}" + (f" from {self.source}" if self.source else "")]
         if self.clean:
             lines.append("  all tensors matched")
+        lines += [f"  error: {e}" for e in self.errors]
         for title, items in (
             ("missing (newly initialized)", self.missing),
             ("unexpected (not used)", self.unexpected),
@@ -49,7 +55,7 @@ class LoadReport:
                 lines.append(f"  {title} ({len(items)}): " + ", ".join(items))
         if self.mismatched:
             lines.append(
-                f"  shape mismatched ({len(self.mismatched)}): "
+                f"  shape mismatched (newly initialized) ({len(self.mismatched)}): "
                 + ", ".join(f"{n} checkpoint {a} vs model {b}" for n, a, b in self.mismatched)
             )
         return "\n".join(lines)
@@ -62,6 +68,7 @@ class LoadReport:
             "unexpected": self.unexpected,
             "mismatched": [[n, list(a), list(b)] for n, a, b in self.mismatched],
             "newly_initialized": self.newly_initialized,
+            "errors": self.errors,
         }
 
 
@@ -104,11 +111,14 @@ def match_checkpoint(
 ) -> tuple[dict[str, np.ndarray], LoadReport]:
     """Map checkpoint arrays onto ``spec``; returns (arrays by spec name, report).
 
+    ``extra_unexpected``: tf_model.h5 names of datasets that no spec entry claims.
+
     Tensors listed in ``report.newly_initialized`` are absent from the result: the caller
     initialises them (``spec.init_arrays``).
     """
     report = LoadReport(spec.architecture, source)
-    report.unexpected.extend(extra_unexpected or [])
+    # tf_model.h5 names no spec entry claims: shown by their canonical name, the file's in brackets
+    report.unexpected.extend(f"{layouts.canonical_name_of_h5(n)} (tf_model.h5: {n})" for n in extra_unexpected or [])
     matched: dict[str, np.ndarray] = {}
     for ckpt_name, target in _rename_for(spec, list(arrays)).items():
         if target is None or target not in spec:
@@ -176,3 +186,111 @@ def complete_arrays(
     out = dict(matched)
     out.update(spec.init_arrays(seed, names=report.newly_initialized))
     return spec.tie(out)
+
+
+# ------------------------------------------------------------------ config vs checkpoint header
+class ConfigCheckpointMismatch(ValueError):
+    """``config.json`` asks for tensors its checkpoint does not hold (too many encoder layers,
+    missing backbone tensors or other shapes). Found from the checkpoint's header and a
+    one-layer spec, before any model or full weight spec is built, so a hostile or mistaken
+    config fails at once instead of allocating what it describes."""
+
+
+def _layer_probe(config) -> tuple[WeightSpec, WeightSpec, str, str]:
+    """``(one-layer base spec, two-layer base spec, a layer-0 tensor, its layer-1 twin)``.
+
+    Each layer holds the same tensors and nearly everything outside the layers is the same for
+    every depth, so one layer tells the shapes and two tell where the layer index sits (and
+    which tensors outside the layers grow with the depth).
+    """
+    base = FAMILIES[family_of(config)].ARCHITECTURES[0]
+    one = weight_spec(config.copy(num_hidden_layers=1), base)
+    two = weight_spec(config.copy(num_hidden_layers=2), base)
+    first_new = next(i for i, p in enumerate(two) if p.name not in one)
+    per_layer = len(two) - len(one)
+    return one, two, two.params[first_new - per_layer].name, two.params[first_new].name
+
+
+def _file_name(p: ParamSpec, spec: WeightSpec, h5: bool) -> str:
+    return layouts.h5_name(p, spec) if h5 else p.name
+
+
+def check_config_fits(
+    config,
+    fmt: str,
+    shapes: dict[str, tuple[int, ...]],
+    *,
+    ignore_mismatched_sizes: bool = False,
+    source: str = "",
+) -> None:
+    """Raise ``ConfigCheckpointMismatch`` unless ``config`` fits the checkpoint header ``shapes``.
+
+    Args:
+        config: the model's config (its family picks the weight spec).
+        fmt: the checkpoint format ("safetensors", "pt-bin" or "tf-h5"); tf-h5 names and
+            shapes are HF's h5 ones.
+        shapes: ``{name in the file: shape}``, as ``checkpoint.read_shapes`` gives them.
+        ignore_mismatched_sizes: let shape mismatches through (they are re-initialised later);
+            missing tensors and missing layers still raise.
+        source: where the checkpoint lies, for the message.
+
+    First the count: the config's ``num_hidden_layers`` against the encoder layers the file
+    holds (more layers in the file are fine: they go unused, as in HF). Then the shapes and
+    presence of the backbone tensors of one layer and of everything outside the layers.
+    """
+    h5 = fmt == "tf-h5"
+    name = type(config).__name__
+    where = f" at {source}" if source else ""
+    probe, two, layer0, layer1 = _layer_probe(config)
+    # The layer index sits where the file names of a layer-0 tensor and its layer-1 twin differ.
+    prefix = os.path.commonprefix([_file_name(two[layer0], two, h5), _file_name(two[layer1], two, h5)])
+
+    prefix_dot = probe.base_prefix + "."
+    if not h5 and any(n.startswith(prefix_dot) for n in shapes):  # a head checkpoint: its backbone part
+        shapes = {n[len(prefix_dot):]: s for n, s in shapes.items() if n.startswith(prefix_dot)}
+    layers = set()
+    for n in shapes:
+        if n.startswith(prefix):
+            digits = n[len(prefix):].split(".")[0].split("/")[0]
+            if digits.isdigit():
+                layers.add(int(digits))
+    held = len(layers)
+    if config.num_hidden_layers > held:
+        raise ConfigCheckpointMismatch(
+            f"{name}.num_hidden_layers = {config.num_hidden_layers} but the checkpoint{where} holds {held} encoder "
+            f"layer(s) ({prefix}N...): the backbone tensors of the other layers are missing; config.json does not "
+            "fit these weights"
+        )
+
+    # a tensor outside the layers whose shape follows the depth (data2vec 2.0's ALiBi scales)
+    # is left to the full match, which checks it once the depth is known to fit
+    depth_dependent = {p.name for p in probe if p.name in two and two[p.name].shape != p.shape}
+    missing, bad = [], []
+    for p in probe.stored():
+        file_name = _file_name(p, probe, h5)
+        if file_name not in shapes:
+            if not any(m in p.name.split(".") for m in OPTIONAL_BACKBONE_MODULES):
+                missing.append(p.name)
+            continue
+        if p.name in depth_dependent:
+            continue
+        got = tuple(shapes[file_name])
+        want = layouts.keras_shape(p) if h5 else p.shape
+        if got != want:
+            perm = layouts.leaf_rule(p).inverse_perm if h5 else None
+            canonical = tuple(got[i] for i in perm) if perm is not None and len(perm) == len(got) else got
+            bad.append((p.name, canonical, p.shape))
+    if missing:
+        raise ConfigCheckpointMismatch(
+            f"checkpoint{where} lacks {len(missing)} backbone tensor(s) that {name} implies: "
+            + ", ".join(missing[:8]) + (" ..." if len(missing) > 8 else "")
+            + "; config.json does not fit these weights"
+        )
+    if bad and not ignore_mismatched_sizes:
+        n, got, want = bad[0]
+        raise ConfigCheckpointMismatch(
+            f"{n}: checkpoint{where} has shape {got} but the model expects {want} (from {name})"
+            + (f" (and {len(bad) - 1} more mismatches)" if len(bad) > 1 else "")
+            + "; config.json does not fit these weights (pass ignore_mismatched_sizes=True to re-initialise "
+            "such tensors)"
+        )

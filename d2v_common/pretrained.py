@@ -17,8 +17,26 @@ import numpy as np
 
 from d2v_common import checkpoint
 from d2v_common.configs import CONFIG_NAME, Data2VecConfigBase
-from d2v_common.loading import LoadReport, complete_arrays, match_checkpoint
+from d2v_common.loading import LoadReport, check_config_fits, complete_arrays, match_checkpoint
 from d2v_common.spec.core import WeightSpec
+
+
+def check_checkpoint_fits(
+    path: str | os.PathLike,
+    config: Data2VecConfigBase,
+    *,
+    prefer: str | None = None,
+    ignore_mismatched_sizes: bool = False,
+) -> None:
+    """Refuse a ``config`` that does not fit the checkpoint in ``path`` from its header alone
+    (``loading.ConfigCheckpointMismatch``); call it before building the model."""
+    path = os.fspath(path)
+    from d2v_common import fairseq
+
+    if fairseq.fairseq_checkpoint_file(path) is not None:
+        return  # its config is read from the checkpoint itself
+    fmt, shapes = checkpoint.read_shapes(path, prefer)
+    check_config_fits(config, fmt, shapes, ignore_mismatched_sizes=ignore_mismatched_sizes, source=f"{path} ({fmt})")
 
 
 def load_arrays_for(

@@ -574,6 +574,10 @@ class TFData2VecAudioForCTC(TFData2VecAudioPreTrainedModel):
             outputs.logits, labels, lengths, blank, config.ctc_loss_reduction, config.ctc_zero_infinity
         )
 
+    def loss_count(self, x, labels):
+        # "sum" adds the examples' losses: the replicas' sums add up without rescaling
+        return None if self.config.ctc_loss_reduction == "sum" else super().loss_count(x, labels)
+
     @unpack_inputs
     def call(
         self,

@@ -10,6 +10,7 @@ from typing import Any
 
 import keras
 import numpy as np
+from keras import ops
 
 from d2v_common import layouts
 from d2v_common.configs import CONFIG_CLASSES, Data2VecConfigBase
@@ -17,6 +18,7 @@ from d2v_common.hub import pop_hub_options, resolve_model
 from d2v_common.pretrained import (
     load_config_for,
     building_nested,
+    check_checkpoint_fits,
     load_arrays_for,
     save_arrays_for,
     skip_initialisation,
@@ -85,6 +87,16 @@ def name_sublayers(layer: keras.layers.Layer) -> None:
                 walk(child, f"{path}.{i}")
 
     walk(layer, "")
+
+
+# tf.distribute on TensorFlow, nothing to reduce elsewhere (JAX arrays are global): see d2v_tf.backend
+replica_context = backend.replica_context
+all_reduce_sum = backend.all_reduce_sum
+
+
+def count_not_equal(labels, ignore_index: int):
+    """Labels a cross-entropy averages over: those other than ``ignore_index``."""
+    return ops.sum(ops.cast(ops.not_equal(ops.convert_to_tensor(labels), ignore_index), "int32"))
 
 
 def unpack_inputs(call):
@@ -195,6 +207,8 @@ class TFData2VecPreTrainedModel(backend.ModelSteps, keras.Model):
             config = load_config_for(cls.config_class, path, **config_overrides)  # fairseq .pt too
         elif config_overrides:
             config = config.copy(**config_overrides)
+        # an edited config.json fails here, from the file's header, before anything is allocated
+        check_checkpoint_fits(path, config, prefer=checkpoint_format, ignore_mismatched_sizes=ignore_mismatched_sizes)
         with weights_come_later():
             model = cls(config)
         arrays, report = load_arrays_for(
@@ -244,15 +258,56 @@ class TFData2VecPreTrainedModel(backend.ModelSteps, keras.Model):
         return x.get("labels") if isinstance(x, dict) else None
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        """The built-in loss unless a loss was given to ``compile``."""
+        """The built-in loss unless a loss was given to ``compile``.
+
+        Under a multi-replica ``tf.distribute`` strategy each replica returns its share of the
+        global batch's loss (Keras sums the replicas' gradients and losses), so ``fit`` gives
+        the loss, metrics and updates of one device on the same global batch.
+        """
         if getattr(self, "_compile_loss", None) is not None:
             return super().compute_loss(x, y, self.metric_outputs(y_pred), sample_weight, training)
-        if getattr(y_pred, "loss", None) is not None:
-            return y_pred.loss
         labels = self._labels(x, y)
-        if labels is None:
+        if getattr(y_pred, "loss", None) is not None:
+            loss = y_pred.loss
+        elif labels is None:
             raise ValueError(f"{type(self).__name__}: fit/evaluate needs labels, as y or as x['labels']")
-        return self.loss_from_outputs(y_pred, labels)
+        else:
+            loss = self.loss_from_outputs(y_pred, labels)
+        ctx = replica_context()
+        if ctx is None:
+            return loss
+        count = self.loss_count(x, labels)
+        if count is None:  # a summed loss: the replicas' losses already add up to the global one
+            return loss
+        count = ops.cast(count, loss.dtype)
+        # this replica's mean times its share of the global count (as the pretraining loss does)
+        return loss * count / ops.maximum(all_reduce_sum(ctx, count), ops.ones_like(count))
+
+    def loss_count(self, x, labels):
+        """How many terms the built-in loss averages over on this replica (heads override):
+        by default one per example of the batch; None for a loss summed over the batch."""
+        first = next(t for t in keras.tree.flatten(x) if t is not None)
+        return ops.shape(first)[0]
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Every weight exists from the constructor on; Keras still traces one batch to build
+        # compiled metrics. Under a strategy it would average the replicas' batches first,
+        # which turns token ids into floats: one replica's batch has the right shapes and dtypes.
+        strategy = getattr(self, "_distribute_strategy", None)
+        if strategy is None:
+            return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+        import tensorflow as tf
+
+        if iterator is not None:
+            for _, _, it in iterator:
+                data_batch = next(it)
+                break
+        data_batch = keras.tree.map_structure(
+            lambda v: strategy.experimental_local_results(v)[0] if isinstance(v, tf.distribute.DistributedValues) else v,
+            data_batch,
+        )
+        with strategy.scope():
+            self._symbolic_build(data_batch=data_batch)
 
     def metric_outputs(self, outputs):
         """What compiled metrics (and a compiled loss) see: the logits."""

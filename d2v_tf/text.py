@@ -21,6 +21,7 @@ from keras import ops
 from d2v_common import layouts
 from d2v_common import text as common
 from d2v_common.configs import Data2VecTextConfig
+from d2v_common.input_types import check_input_dtype
 from d2v_common.losses import check_classification_labels
 from d2v_common.outputs import (
     BaseModelOutputWithPoolingAndCrossAttentions,
@@ -35,7 +36,7 @@ from d2v_common.outputs import (
 from d2v_common.pretrained import build_nested
 from d2v_common.spec import weight_spec
 from d2v_tf import backend
-from d2v_tf.base import TFData2VecPreTrainedModel, name_sublayers, unpack_inputs
+from d2v_tf.base import TFData2VecPreTrainedModel, count_not_equal, name_sublayers, unpack_inputs
 from d2v_tf.layers import (
     Activation,
     Dropout,
@@ -71,8 +72,7 @@ def _is_eager(t) -> bool:
 
 
 def _check_ids(name: str, ids, upper: int, limit_name: str) -> None:
-    if "int" not in str(ids.dtype):
-        raise TypeError(f"{name} must be an integer tensor, got {ids.dtype}")
+    check_input_dtype(name, ids.dtype, framework="tf", integer=True)
     if _is_eager(ids):
         common.check_index_range(name, np.asarray(ids), upper, limit_name)
 
@@ -681,6 +681,9 @@ class TFData2VecTextForCausalLM(_TFLMHeadModel):
     def _lm_loss(logits, labels):
         return causal_lm_loss(logits, labels)
 
+    def loss_count(self, x, labels):
+        return count_not_equal(ops.convert_to_tensor(labels)[:, 1:], common.IGNORE_INDEX)  # as causal_lm_loss shifts
+
     @unpack_inputs
     def call(
         self,
@@ -729,6 +732,9 @@ class TFData2VecTextForMaskedLM(_TFLMHeadModel):
     @staticmethod
     def _lm_loss(logits, labels):
         return cross_entropy(ops.reshape(logits, (-1, logits.shape[-1])), ops.reshape(labels, (-1,)))
+
+    def loss_count(self, x, labels):
+        return count_not_equal(labels, common.IGNORE_INDEX)
 
     @unpack_inputs
     def call(
@@ -879,6 +885,9 @@ class TFData2VecTextForTokenClassification(TFData2VecTextPreTrainedModel):
         common.check_same_shape("labels", _shape(labels), _shape(outputs.logits)[:2])
         _check_labels("labels", labels, self.config.num_labels)
         return cross_entropy(ops.reshape(outputs.logits, (-1, self.config.num_labels)), ops.reshape(labels, (-1,)))
+
+    def loss_count(self, x, labels):
+        return count_not_equal(labels, common.IGNORE_INDEX)
 
     @unpack_inputs
     def call(

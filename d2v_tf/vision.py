@@ -23,7 +23,7 @@ from d2v_common.pretrained import build_nested
 from d2v_common.spec import weight_spec
 from d2v_common.vision import check_pixel_values, relative_position_index, stochastic_depth_rates
 from d2v_tf import backend
-from d2v_tf.base import TFData2VecPreTrainedModel, unpack_inputs
+from d2v_tf.base import TFData2VecPreTrainedModel, count_not_equal, unpack_inputs
 from d2v_tf.layers import (
     Layer,
     Activation,
@@ -513,6 +513,9 @@ class TFData2VecVisionForSemanticSegmentation(TFData2VecVisionPreTrainedModel):
         labels = ops.convert_to_tensor(labels)
         _check_segmentation_labels(self.config, labels, outputs.logits.shape[0])
         return self.compute_segmentation_loss(outputs.logits, outputs._auxiliary_logits, labels)
+
+    def loss_count(self, x, labels):
+        return count_not_equal(labels, self.config.semantic_loss_ignore_index)
 
     def compute_segmentation_loss(self, logits_nchw, auxiliary_nchw, labels):
         size = (labels.shape[-2], labels.shape[-1])

@@ -404,6 +404,7 @@ class Data2VecAudioModel(Data2VecAudioPreTrainedModel):
         output_attentions = self._flag(output_attentions, "output_attentions")
         output_hidden_states = self._flag(output_hidden_states, "output_hidden_states")
         return_dict = self._return_dict_default if return_dict is None else return_dict
+        self._check_value_input("input_values", input_values)
         A.check_input_values(self.config, tuple(input_values.shape), str(input_values.dtype))
         features = self.feature_extractor(input_values).transpose(1, 2)
         frame_mask = None
@@ -633,6 +634,7 @@ class Data2VecAudioForXVector(_Data2VecAudioClassifierBase):
         labels: torch.Tensor | None = None,
     ):
         return_dict = self._return_dict_default if return_dict is None else return_dict
+        self._check_value_input("input_values", input_values)
         frames = A.check_input_values(self.config, tuple(input_values.shape), str(input_values.dtype))
         samples = None if attention_mask is None or is_tracing() else _numpy(attention_mask.long().sum(-1))
         row_frames = None if samples is None else A.feature_lengths(self.config, samples)

@@ -12,7 +12,14 @@ from torch import nn
 from d2v_common import outputs as _outputs
 from d2v_common.configs import Data2VecConfigBase
 from d2v_common.hub import pop_hub_options, resolve_model
-from d2v_common.pretrained import building_nested, load_arrays_for, load_config_for, save_arrays_for
+from d2v_common.input_types import check_input_type
+from d2v_common.pretrained import (
+    building_nested,
+    check_checkpoint_fits,
+    load_arrays_for,
+    load_config_for,
+    save_arrays_for,
+)
 from d2v_common.spec import ARCHITECTURES, WeightSpec, weight_spec
 
 
@@ -155,6 +162,8 @@ class Data2VecPreTrainedModel(nn.Module):
             config = load_config_for(cls.config_class, path, **config_overrides)  # fairseq .pt too
         elif config_overrides:
             config = config.copy(**config_overrides)
+        # an edited config.json fails here, from the file's header, before anything is allocated
+        check_checkpoint_fits(path, config, prefer=checkpoint_format, ignore_mismatched_sizes=ignore_mismatched_sizes)
         with torch.device("meta"):  # no memory, no random init: the checkpoint fills it
             model = cls(config)
         arrays, report = load_arrays_for(
@@ -206,6 +215,13 @@ class Data2VecPreTrainedModel(nn.Module):
         for module in self.modules():
             if hasattr(module, "gradient_checkpointing"):
                 module.gradient_checkpointing = False
+
+    def _check_value_input(self, name: str, value: Any) -> None:
+        """``value`` (pixels, waveforms) must be a torch tensor in the model's dtype (any
+        floating dtype under ``torch.autocast``, which casts it)."""
+        autocast = isinstance(value, torch.Tensor) and torch.is_autocast_enabled(value.device.type)
+        check_input_type(name, value, framework="torch", tensor_types=torch.Tensor,
+                         model_dtype=None if autocast else self.dtype)
 
     def _flag(self, value: bool | None, name: str) -> bool:
         """A call argument, falling back to the config's default (``output_attentions`` ...)."""

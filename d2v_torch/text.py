@@ -20,6 +20,7 @@ from torch import nn
 
 from d2v_common import text as common
 from d2v_common.configs import Data2VecTextConfig
+from d2v_common.input_types import check_input_type
 from d2v_common.losses import check_classification_labels
 from d2v_common.outputs import (
     BaseModelOutputWithPoolingAndCrossAttentions,
@@ -53,8 +54,7 @@ def _shape(t):
 
 
 def _check_ids(name: str, ids: torch.Tensor, upper: int, limit_name: str) -> None:
-    if ids.dtype.is_floating_point or ids.dtype == torch.bool:
-        raise TypeError(f"{name} must be an integer tensor, got {ids.dtype}")
+    check_input_type(name, ids, framework="torch", tensor_types=torch.Tensor, integer=True)
     if ids.numel() and not is_tracing():
         lo, hi = int(ids.min()), int(ids.max())
         if lo < 0 or hi >= upper:

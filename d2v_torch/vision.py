@@ -400,6 +400,7 @@ class Data2VecVisionModel(Data2VecVisionPreTrainedModel):
         output_attentions = self._flag(output_attentions, "output_attentions")
         output_hidden_states = self._flag(output_hidden_states, "output_hidden_states")
         return_dict = self._return_dict_default if return_dict is None else return_dict
+        self._check_value_input("pixel_values", pixel_values)
         check_pixel_values(self.config, tuple(pixel_values.shape), str(pixel_values.dtype), interpolate_pos_encoding)
         if bool_masked_pos is not None:
             _check_masked_pos(self.config, pixel_values, bool_masked_pos)

@@ -312,12 +312,24 @@ def test_vision_relative_bias_compiles_and_traces(arch, bias):
         torch.testing.assert_close(compiled(x, return_dict=False)[0], eager, atol=1e-5, rtol=0)
 
 
+def test_vision_relative_bias_compiles_with_inductor():
+    """The default torch.compile backend (inductor, generated C++) on the per-layer and shared
+    bias configuration of the base checkpoints."""
+    config = Data2VecVisionConfig(**vision_cases.SMALL, use_relative_position_bias=True,
+                                  use_shared_relative_position_bias=True)
+    model = _model("Data2VecVisionForImageClassification", config)
+    x = torch.from_numpy(common.sample_inputs(config, "Data2VecVisionForImageClassification")["pixel_values"])
+    with torch.no_grad():
+        eager = model(x).logits
+        torch._dynamo.reset()
+        torch.testing.assert_close(torch.compile(model)(x).logits, eager, atol=1e-5, rtol=0)
+
+
 def test_relative_position_index_is_a_buffer_cached_per_grid():
     config = Data2VecVisionConfig(**vision_cases.SMALL, use_relative_position_bias=True)
     model = _model("Data2VecVisionModel", config)
     bias = model.encoder.layer[0].attention.attention.relative_position_bias
-    assert "relative_position_index" in dict(model.named_buffers(recurse=True)).keys() or any(
-        n.endswith("relative_position_index") for n, _ in model.named_buffers())
+    assert any(n.endswith("relative_position_index") for n, _ in model.named_buffers())
     assert not any(k.endswith("relative_position_index") for k in model.state_dict())  # not a checkpoint key
     grid = (3, 5)
     first = bias._index(grid, torch.device("cpu"))
@@ -344,3 +356,15 @@ def test_crosscheck_runtime_columns():
     assert "onnx" in table.splitlines()[0] and f"{row.runtimes['onnx'].max_diff:.2e}" in table
     with pytest.raises(ValueError, match="unknown runtime"):
         parse_runtimes("onnx,tensorrt")
+
+
+def test_source_may_be_a_hub_id(checkpoint, tmp_path, monkeypatch):
+    """SRC as a hub id, served offline from a hub cache built on disk (no network)."""
+    from tests.hubcache import folder_files, make_hub_cache, serve_offline
+
+    cache = tmp_path / "cache"
+    make_hub_cache(cache, "someone/d2v-text-cls", folder_files(checkpoint))
+    serve_offline(monkeypatch, cache)
+    dst = tmp_path / "out"
+    assert torch_export.main(["someone/d2v-text-cls", str(dst), "--format", "onnx", "--quiet"]) == 0
+    assert sorted(os.listdir(dst)) == ["config.json", "model.onnx", "special_tokens_map.json", "tokenizer_config.json"]
