@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import warnings
 
@@ -52,6 +53,14 @@ def _format_table(rows, reference: bool, runtimes=()) -> str:
     return "\n".join(out)
 
 
+def _use_keras_backend(name: str) -> bool:
+    """Select the Keras backend for this process; False if Keras already runs another one."""
+    if "keras" in sys.modules:
+        return sys.modules["keras"].backend.backend() == name
+    os.environ["KERAS_BACKEND"] = name
+    return True
+
+
 def select_cases(cases, wanted: list[str]):
     """The cases each of ``wanted`` names: a case or class name (``TF`` prefix allowed), exactly,
     else as a substring. Raises ``ValueError`` listing what exists when one matches nothing."""
@@ -81,7 +90,16 @@ def main(argv=None) -> int:
                         help="comma-separated export formats (onnx, torch-export, ...): export every case "
                         "and add a column with the artifact's max abs diff against the eager model in its runtime")
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    parser.add_argument(
+        "--keras-backend", choices=["tensorflow", "jax", "torch"],
+        help="Keras backend of the Keras side (default: KERAS_BACKEND, else tensorflow)",
+    )
     args = parser.parse_args(argv)
+    if args.keras_backend and not _use_keras_backend(args.keras_backend):
+        # Keras fixed its backend when it was first imported: run in a fresh process.
+        cmd = [sys.executable, "-m", "crosscheck", *(sys.argv[1:] if argv is None else argv)]
+        env = {**os.environ, "KERAS_BACKEND": args.keras_backend}
+        return subprocess.run(cmd, env=env).returncode
 
     from crosscheck.cases import all_cases
     from crosscheck.runner import check_case
@@ -114,8 +132,14 @@ def main(argv=None) -> int:
                 print(f"  {case.name}: {'ok' if row.ok else 'FAIL'} ({row.seconds:.1f}s)", file=sys.stderr, flush=True)
     failed = [r for r in rows if not r.ok]
     if args.json:
-        print(json.dumps({"rows": [r.to_dict() for r in rows], "failed": len(failed)}, indent=2))
+        import keras
+
+        report = {"keras_backend": keras.backend.backend(), "rows": [r.to_dict() for r in rows], "failed": len(failed)}
+        print(json.dumps(report, indent=2))
     else:
+        import keras
+
+        print(f"Keras backend: {keras.backend.backend()}")
         print(_format_table(rows, args.reference is not None, runtimes))
         print(f"\n{len(rows) - len(failed)} passed, {len(failed)} failed")
     return 1 if failed else 0

@@ -6,7 +6,8 @@ shared machine hit all rows alike); warm-up calls (XLA compilation included) are
 Rows: d2v PyTorch float32 and bfloat16 (the model cast with ``.to(torch.bfloat16)``, inputs
 cast too); d2v Keras float32 eager, as a TF graph (``model.make_fast(jit_compile=False)``) and
 XLA-compiled (``make_fast(jit_compile=True)``), and bfloat16 (``mixed_bfloat16`` policy) as a
-graph; and, where transformers is installed, HF's PyTorch class in float32 and bfloat16 and HF's
+graph; the same Keras class on the JAX backend (``make_fast()``: ``jax.jit``, in a subprocess,
+since Keras fixes its backend per process); and, where transformers is installed, HF's PyTorch class in float32 and bfloat16 and HF's
 TF class (vision only: HF has no TF text or audio Data2Vec) eager, in ``tf.function`` and in
 ``tf.function(jit_compile=True)``; and the d2v PyTorch model exported to ONNX
 (``d2v_torch.export``) in onnxruntime, float32 and with int8 weights (``onnxruntime.quantization``
@@ -123,6 +124,7 @@ ROWS = {
     "keras-graph": ("d2v keras graph", "hf-tf-graph"),
     "keras-xla": ("d2v keras xla", "hf-tf-xla"),
     "keras-bf16": ("d2v keras bf16 graph", None),
+    "keras-jax-jit": ("d2v keras jax jit", None),
     "hf-torch-fp32": ("HF torch fp32", None),
     "hf-torch-bf16": ("HF torch bf16", None),
     "hf-tf-eager": ("HF TF eager", None),
@@ -134,6 +136,9 @@ ROWS = {
 ORT_ROWS = ("ort-fp32", "ort-int8")
 # float32 Keras paths: eager, tf.function (TF graph: grappler + oneDNN fusions), tf.function + XLA
 KERAS_ROWS = ("keras-eager", "keras-graph", "keras-xla")
+# The same Keras classes on the JAX backend, make_fast() (jax.jit): Keras fixes its backend per
+# process, so this row is timed in a subprocess (after the in-process rows, not interleaved).
+JAX_ROW = "keras-jax-jit"
 HF_TF_ROWS = ("hf-tf-eager", "hf-tf-graph", "hf-tf-xla")
 
 # The issue's targets (speed ratios are HF time / d2v time).
@@ -491,12 +496,18 @@ def summarize(workload: Workload, rows: dict[str, Row], skipped: dict, gflop: fl
 
 
 def run_workload(workload: Workload, size: str, keys: list[str], repeats: int, warmup: int, seed: int = 0,
-                 peak: dict | None = None) -> dict:
-    """Time every row of ``workload``; with ``peak`` (from ``measure_gemm_peak``) each row also
-    says what fraction of the machine's GEMM peak its FLOPs ran at."""
+                 threads: int | None = None, peak: dict | None = None) -> dict:
+    """Time every row of ``workload`` (the Keras JAX row in its own process); with ``peak`` (from
+    ``measure_gemm_peak``) each row also says what fraction of the machine's GEMM peak its FLOPs
+    ran at."""
     gflop = workload_gflop(workload, size, seed) if peak else None
-    runs, skipped = build_rows(workload, size, keys, seed)
+    runs, skipped = build_rows(workload, size, [k for k in keys if k != JAX_ROW], seed)
     rows = time_rows(runs, repeats, warmup, skipped)
+    if JAX_ROW in keys:
+        try:
+            rows[JAX_ROW] = _jax_row(workload, size, repeats, warmup, seed, threads)
+        except Exception as e:  # noqa: BLE001 - e.g. jax not installed: reported, not fatal
+            skipped[JAX_ROW] = f"{type(e).__name__}: {e}"[:200]
     result = summarize(workload, rows, skipped, gflop=gflop, peak=peak)
     del runs, rows
     gc.collect()
@@ -555,6 +566,58 @@ def _peak_fraction(key: str, median_s: float, gflop: float | None, peak: dict | 
     if not gflop or not peak or not median_s > 0:
         return None
     return gflop / median_s / peak["bf16_gflops" if "bf16" in key else "fp32_gflops"]
+
+
+# ------------------------------------------------------------------------- Keras on JAX
+
+
+def _jax_worker(workload_name: str, size: str, seed: int, repeats: int, warmup: int, out_path: str) -> dict:
+    """Runs in a fresh process with KERAS_BACKEND=jax: the workload's Keras model through
+    ``make_fast()`` (``jax.jit`` of ``stateless_call``), timed like the other rows; the first
+    output goes to ``out_path`` (.npy)."""
+    import keras
+
+    from d2v_common.spec import weight_spec
+
+    if keras.backend.backend() != "jax":
+        raise RuntimeError(f"the JAX worker runs with KERAS_BACKEND=jax, not {keras.backend.backend()!r}")
+    workload = WORKLOADS[workload_name]
+    config = workload.config(size)
+    arrays = weight_spec(config, workload.architecture).random_arrays(seed)
+    inputs = workload.inputs(config, size, seed + 1)
+    fast = _keras_model(workload, config, arrays).make_fast()
+
+    def run():
+        return _to_numpy(getattr(fast(**inputs), workload.main_output))  # np.asarray waits for the result
+
+    start = time.perf_counter()
+    output = run()
+    first = time.perf_counter() - start
+    for _ in range(max(warmup - 1, 0)):
+        run()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    np.save(out_path, output)
+    return {"first_call_s": first, "times": times}
+
+
+def _jax_row(workload: Workload, size: str, repeats: int, warmup: int, seed: int, threads: int | None) -> Row:
+    with tempfile.TemporaryDirectory() as tmp:
+        out_path = os.path.join(tmp, "output.npy")
+        cmd = [sys.executable, "-m", "crosscheck.bench", "--jax-worker", workload.name, size, str(seed), out_path,
+               "--repeats", str(repeats), "--warmup", str(warmup)]
+        if threads:
+            cmd += ["--threads", str(threads)]
+        env = {**os.environ, "KERAS_BACKEND": "jax"}
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}")
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+        row = Row(JAX_ROW, None, result["first_call_s"], result["times"], np.load(out_path))
+    return row
 
 
 # ------------------------------------------------------------------------ from_pretrained
@@ -864,7 +927,19 @@ def main(argv=None) -> int:
                         help="also train examples/finetune_torch_text.py's model and compare its onnxruntime int8 "
                         "and fp32 logits on the held-out set (argmax agreement)")
     parser.add_argument("--load-worker", nargs=2, metavar=("LOADER", "DIR"), help=argparse.SUPPRESS)
+    parser.add_argument("--jax-worker", nargs=4, metavar=("WORKLOAD", "SIZE", "SEED", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+
+    if args.jax_worker:
+        import warnings
+
+        warnings.filterwarnings("ignore")
+        name, size, seed, out_path = args.jax_worker
+        if hasattr(os, "sched_setaffinity") and args.threads < (os.cpu_count() or 1):
+            # XLA sizes its CPU thread pool from the cores this process may use
+            os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: args.threads])
+        print(json.dumps(_jax_worker(name, size, int(seed), args.repeats or 5, args.warmup, out_path)))
+        return 0
 
     if args.load_worker:
         print(json.dumps(_load_worker(*args.load_worker, threads=args.threads)))
@@ -901,7 +976,7 @@ def main(argv=None) -> int:
         if not quiet:
             print(f"  {name} ...", file=sys.stderr, flush=True)
         report["workloads"].append(
-            run_workload(WORKLOADS[name], args.size, keys, repeats, args.warmup, args.seed, peak=peak)
+            run_workload(WORKLOADS[name], args.size, keys, repeats, args.warmup, args.seed, args.threads, peak=peak)
         )
     if not args.no_load:
         if not quiet:

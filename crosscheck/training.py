@@ -2,7 +2,9 @@
 
 Dropout-like randomness is switched off (``deterministic_config``); BatchNorm runs in training
 mode in both. The Keras step is what ``model.fit`` does: forward with ``training=True``, the
-built-in loss, gradients, ``optimizer.apply``.
+built-in loss, gradients, then the optimizer, each with the Keras backend's own mechanism
+(``KERAS_STEPS``): a ``tf.GradientTape`` on TensorFlow; on JAX ``model.stateless_call`` under
+``jax.value_and_grad`` and ``optimizer.stateless_apply``; ``backward()`` on PyTorch.
 """
 
 from __future__ import annotations
@@ -49,9 +51,58 @@ def keras_optimizer(name: str, lr: float, weight_decay: float):
     )
 
 
+def _tensorflow_step(model, optimizer, inputs: dict, call_kwargs: dict) -> float:
+    import tensorflow as tf
+
+    with tf.GradientTape() as tape:
+        loss = model(**inputs, **call_kwargs, training=True).loss
+    variables = model.trainable_variables
+    grads = tape.gradient(loss, variables)
+    optimizer.apply([g for g in grads if g is not None], [v for g, v in zip(grads, variables) if g is not None])
+    return float(loss)
+
+
+def _jax_step(model, optimizer, inputs: dict, call_kwargs: dict) -> float:
+    """Keras' stateless API: the new weights come back as values, then are assigned."""
+    import jax
+
+    def loss_fn(trainable, non_trainable):
+        out, non_trainable = model.stateless_call(trainable, non_trainable, **inputs, **call_kwargs, training=True)
+        return out.loss, non_trainable
+
+    trainable = [v.value for v in model.trainable_variables]
+    non_trainable = [v.value for v in model.non_trainable_variables]
+    # one compiled function: far quicker than JAX's op-by-op dispatch on a first run
+    (loss, non_trainable), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(trainable, non_trainable)
+    optimizer.build(model.trainable_variables)
+    # variables without a gradient get zeros on JAX (None elsewhere): equal for SGD, not AdamW
+    trainable, _ = optimizer.stateless_apply([v.value for v in optimizer.variables], grads, trainable)
+    for variable, value in zip(model.trainable_variables, trainable):
+        variable.assign(value)
+    for variable, value in zip(model.non_trainable_variables, non_trainable):
+        variable.assign(value)
+    return float(loss)
+
+
+def _torch_step(model, optimizer, inputs: dict, call_kwargs: dict) -> float:
+    import torch
+
+    model.zero_grad()
+    loss = model(**inputs, **call_kwargs, training=True).loss
+    loss.backward()
+    variables = [v for v in model.trainable_variables if v.value.grad is not None]
+    with torch.no_grad():
+        optimizer.apply([v.value.grad for v in variables], variables)
+    return float(loss)
+
+
+# One Keras training step per backend: (model, optimizer, inputs, call kwargs) -> loss.
+KERAS_STEPS = {"tensorflow": _tensorflow_step, "jax": _jax_step, "torch": _torch_step}
+
+
 def one_step(case: Case, optimizer: str, seed: int = 0, lr: float | None = None, weight_decay: float = 0.01):
     """Weights after one step in each framework: (torch arrays, keras arrays, losses)."""
-    import tensorflow as tf
+    import keras
     import torch
 
     import d2v_tf
@@ -78,12 +129,8 @@ def one_step(case: Case, optimizer: str, seed: int = 0, lr: float | None = None,
     tfm = d2v_tf.model_class(case.architecture)(config)
     tfm.load_arrays(arrays)
     kopt = keras_optimizer(optimizer, lr, weight_decay)
-    with tf.GradientTape() as tape:
-        loss_tf = tfm(**inputs, **case.call_kwargs, training=True).loss
-    variables = tfm.trainable_variables
-    grads = tape.gradient(loss_tf, variables)
-    kopt.apply([g for g in grads if g is not None], [v for g, v in zip(grads, variables) if g is not None])
-    return pt.state_arrays(), tfm.state_arrays(), (float(loss_pt), float(loss_tf))
+    loss_tf = KERAS_STEPS[keras.backend.backend()](tfm, kopt, inputs, case.call_kwargs)
+    return pt.state_arrays(), tfm.state_arrays(), (float(loss_pt), loss_tf)
 
 
 def step_parity(case: Case, optimizer: str, seed: int = 0) -> tuple[float, str, tuple[float, float]]:

@@ -1,14 +1,16 @@
-"""Data2Vec in Keras 3 (TensorFlow backend), with HF's class names, arguments and outputs."""
+"""Data2Vec in Keras 3, with HF's class names, arguments and outputs.
+
+The classes keep HF's ``TF`` prefix (checkpoint and code compatibility), but they are Keras 3
+classes for any backend: TensorFlow (the default when ``KERAS_BACKEND`` is unset), JAX or
+PyTorch. Set ``KERAS_BACKEND`` before the first ``import keras``; backend-specific pieces live
+in ``d2v_tf.backend``.
+"""
 
 import os
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-import keras  # noqa: E402
-
-if keras.backend.backend() != "tensorflow":
-    raise ImportError(f"d2v_tf needs Keras 3 with the TensorFlow backend; KERAS_BACKEND is {keras.backend.backend()!r}")
-
+from d2v_tf import backend  # noqa: E402  (raises ImportError for an unsupported backend)
 from d2v_common.configs import Data2VecAudioConfig, Data2VecTextConfig, Data2VecVisionConfig  # noqa: E402
 from d2v_common.data2vec2 import Data2Vec2AudioConfig, Data2Vec2TextConfig, Data2Vec2VisionConfig  # noqa: E402
 from d2v_common.modeling import model_class_for  # noqa: E402
@@ -84,6 +86,7 @@ def model_class(architecture: str):
     """
     return model_class_for(MODEL_CLASSES, architecture)
 
+backend.register_output_classes()
 
 __all__ = [
     "Data2Vec2AudioConfig",

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import keras
 import numpy as np
-import tensorflow as tf
 from keras import ops
 
 from d2v_common import audio as A
@@ -25,6 +24,7 @@ from d2v_common.outputs import (
     finish,
 )
 from d2v_common.pretrained import build_nested
+from d2v_tf import backend
 from d2v_tf.base import TFData2VecPreTrainedModel, unpack_inputs
 from d2v_tf.layers import (
     is_eager, tensor_info, Activation, Conv1d, Dropout, Layer, LayerNorm, Linear, attention, cross_entropy,
@@ -253,7 +253,7 @@ class TFData2VecAudioAdapter(Layer):
             if is_eager(keep):
                 x = layer(x) if bool(keep) else x
             else:  # the two branches differ in length: a graph conditional
-                x = tf.cond(keep, lambda layer=layer, x=x: layer(x), lambda x=x: x)
+                x = backend.shape_changing_cond(keep, lambda layer=layer, x=x: layer(x), lambda x=x: x)
         return x
 
 
@@ -313,7 +313,7 @@ def weighted_layer_sum(hidden_states, layer_weights):
 
 def statistics_pooling(x, lengths):
     """[mean, unbiased std] over the first ``lengths`` frames of each row -> (B, 2C)."""
-    keep = ops.expand_dims(ops.cast(tf.range(ops.shape(x)[1])[None, :] < lengths[:, None], x.dtype), -1)
+    keep = ops.expand_dims(ops.cast(ops.arange(ops.shape(x)[1])[None, :] < lengths[:, None], x.dtype), -1)
     n = ops.cast(lengths, x.dtype)[:, None]
     # An all-padding row (no frames) pools to zeros instead of 0 / 0.
     mean = ops.sum(x * keep, axis=1) / ops.maximum(n, 1.0)
@@ -330,7 +330,7 @@ def first_argmax(labels):
     labels = ops.convert_to_tensor(labels)
     n = labels.shape[-1]
     top = ops.max(labels, axis=-1, keepdims=True)
-    idx = ops.cast(tf.range(n), "int32")
+    idx = ops.arange(n, dtype="int32")
     return ops.min(ops.where(labels == top, idx, n), axis=-1)
 
 
@@ -348,20 +348,16 @@ def ctc_loss(logits, labels, input_lengths, blank: int, reduction: str, zero_inf
     input_lengths = ops.cast(input_lengths, "int32")
     keep = labels >= 0
     target_lengths = ops.sum(ops.cast(keep, "int32"), axis=-1)
-    order = tf.argsort(ops.cast(ops.logical_not(keep), "int32"), axis=-1, stable=True)
-    targets = tf.gather(labels, order, batch_dims=1)
-    valid = tf.range(ops.shape(labels)[1])[None, :] < target_lengths[:, None]
+    width = ops.shape(labels)[1]
+    position = ops.arange(width, dtype="int32")[None, :]
+    # kept labels first, in order: sort by (dropped, position), keys unique so any sort is stable
+    order = ops.argsort(ops.cast(ops.logical_not(keep), "int32") * width + position, axis=-1)
+    targets = ops.take_along_axis(labels, order, axis=1)
+    valid = position < target_lengths[:, None]
     targets = ops.where(valid, targets, ops.zeros_like(targets))
     repeats = ops.sum(ops.cast(valid[:, 1:] & (targets[:, 1:] == targets[:, :-1]), "int32"), axis=-1)
     infeasible = target_lengths + repeats > input_lengths
-    losses = tf.nn.ctc_loss(
-        targets,
-        logits,
-        ops.where(infeasible, 0, target_lengths),
-        input_lengths,
-        logits_time_major=False,
-        blank_index=blank,
-    )
+    losses = ops.ctc_loss(targets, logits, ops.where(infeasible, 0, target_lengths), input_lengths, mask_index=blank)
     losses = ops.where(infeasible, 0.0 if zero_infinity else float("inf"), losses)
     if reduction == "mean":
         return ops.mean(losses / ops.cast(ops.maximum(target_lengths, 1), "float32"))
@@ -385,14 +381,15 @@ class TFData2VecAudioPreTrainedModel(TFData2VecPreTrainedModel):
 
     def __init__(self, config: Data2VecAudioConfig, **kwargs):
         super().__init__(config, **kwargs)
-        # Random SpecAugment masks come from numpy (shared with PyTorch), which XLA cannot compile.
-        self.supports_jit = not (config.mask_time_prob > 0 or config.mask_feature_prob > 0)
+        # Random SpecAugment masks come from numpy (shared with PyTorch), which XLA cannot compile
+        # on TensorFlow (JAX compiles the numpy callback).
+        self.supports_jit = backend.NUMPY_CALLBACKS_COMPILE or not (config.mask_time_prob > 0 or config.mask_feature_prob > 0)
 
     def _frame_mask(self, attention_mask, frames, add_adapter: bool = False):
         """Sample-level mask -> (B, frames) bool keep-mask from the length formula."""
         samples = ops.sum(ops.cast(attention_mask, "int32"), axis=-1)
         lengths = A.feature_lengths(self.config, samples, add_adapter=add_adapter)
-        return tf.range(frames)[None, :] < lengths[:, None]
+        return ops.arange(frames)[None, :] < lengths[:, None]
 
 
 def _check_inputs(config, input_values, attention_mask):
@@ -448,9 +445,7 @@ class TFData2VecAudioModel(TFData2VecAudioPreTrainedModel):
             rng = np.random.default_rng(np.random.randint(0, 2**31 - 1))
             return make(*arrays, rng)
 
-        mask = tf.numpy_function(run, inputs, tf.bool, stateful=True)
-        mask.set_shape(dims)
-        return mask
+        return backend.numpy_call(run, inputs, ["bool"], [dims])[0]
 
     def _mask_hidden_states(self, x, mask_time_indices=None, frame_mask=None, training=False):
         """SpecAugment: a given ``mask_time_indices`` always applies (as in HF); random time and
@@ -470,7 +465,7 @@ class TFData2VecAudioModel(TFData2VecAudioPreTrainedModel):
             lengths = (
                 ops.sum(ops.cast(frame_mask, "int32"), axis=-1)
                 if frame_mask is not None
-                else tf.fill([batch], frames)
+                else ops.full((batch,), frames, dtype="int32")
             )
             mask = self._random_mask(
                 lambda b, t, lens, rng: A.random_time_mask(config, int(b), int(t), lens, rng),
@@ -513,7 +508,7 @@ class TFData2VecAudioModel(TFData2VecAudioPreTrainedModel):
 
 def _graph_assert(condition, message: str):
     """A data-dependent check inside a traced graph (eager calls raise ValueError before this)."""
-    tf.debugging.Assert(ops.all(condition), [message])
+    backend.graph_assert(condition, message)
 
 
 class TFData2VecAudioForCTC(TFData2VecAudioPreTrainedModel):
@@ -551,7 +546,7 @@ class TFData2VecAudioForCTC(TFData2VecAudioPreTrainedModel):
         """Output frames per row (HF's formula, adapter included)."""
         if attention_mask is None:
             shape = ops.shape(input_values)
-            samples = tf.fill([shape[0]], shape[1])
+            samples = ops.full((shape[0],), shape[1], dtype="int32")
         else:
             samples = ops.sum(ops.cast(attention_mask, "int32"), axis=-1)
         # an all-padding row has no frames (the formula goes negative there)
@@ -774,7 +769,7 @@ class TFData2VecAudioForXVector(_TFData2VecAudioClassifierBase):
         x = self.projector(x)
         for layer in self.tdnn:
             x = layer(x)
-        full = tf.fill([ops.shape(x)[0]], ops.shape(x)[1])
+        full = ops.full((ops.shape(x)[0],), ops.shape(x)[1], dtype="int32")
         if samples is None:
             lengths = full
         else:

@@ -29,13 +29,16 @@ from d2v_common.pretrained import (
     weights_come_later,
 )
 from d2v_common.spec import WeightSpec, weight_spec
+from d2v_tf import backend
 
 
 def _public_attributes(layer: keras.layers.Layer):
     """(canonical name, value) of a layer's public attributes. Keras reserves some names
     (``output`` is a Layer property, and Keras' saver skips it), so a sub-layer that PyTorch
     calls ``output`` is stored as ``output_``: one trailing underscore is dropped here."""
-    for attr, value in vars(layer).items():
+    # On the torch backend a Keras layer is a torch.nn.Module, which keeps sub-layers in _modules.
+    attributes = {**vars(layer), **(getattr(layer, "_modules", None) or {})}
+    for attr, value in attributes.items():
         if not attr.startswith("_"):
             yield (attr[:-1] if attr.endswith("_") else attr), value
 
@@ -78,19 +81,9 @@ def name_sublayers(layer: keras.layers.Layer) -> None:
     walk(layer, "")
 
 
-def replica_context():
-    """The replica context when running on several replicas (``strategy.run``), else None."""
-    import tensorflow as tf
-
-    ctx = tf.distribute.get_replica_context()
-    return ctx if ctx is not None and ctx.num_replicas_in_sync > 1 else None
-
-
-def all_reduce_sum(ctx, x):
-    """``x`` summed over the replicas of ``ctx``."""
-    import tensorflow as tf
-
-    return ctx.all_reduce(tf.distribute.ReduceOp.SUM, x)
+# tf.distribute on TensorFlow, nothing to reduce elsewhere (JAX arrays are global): see d2v_tf.backend
+replica_context = backend.replica_context
+all_reduce_sum = backend.all_reduce_sum
 
 
 def count_not_equal(labels, ignore_index: int):
@@ -115,7 +108,7 @@ def unpack_inputs(call):
     return wrapper
 
 
-class TFData2VecPreTrainedModel(keras.Model):
+class TFData2VecPreTrainedModel(backend.ModelSteps, keras.Model):
     """Base of the Keras classes. Subclasses set ``config_class`` and ``main_input_name``, hold
     their layers under the PyTorch module names, and call ``post_init()`` last."""
 
@@ -291,26 +284,6 @@ class TFData2VecPreTrainedModel(keras.Model):
         first = next(t for t in keras.tree.flatten(x) if t is not None)
         return ops.shape(first)[0]
 
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        # Every weight exists from the constructor on; Keras still traces one batch to build
-        # compiled metrics. Under a strategy it would average the replicas' batches first,
-        # which turns token ids into floats: one replica's batch has the right shapes and dtypes.
-        strategy = getattr(self, "_distribute_strategy", None)
-        if strategy is None:
-            return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
-        import tensorflow as tf
-
-        if iterator is not None:
-            for _, _, it in iterator:
-                data_batch = next(it)
-                break
-        data_batch = keras.tree.map_structure(
-            lambda v: strategy.experimental_local_results(v)[0] if isinstance(v, tf.distribute.DistributedValues) else v,
-            data_batch,
-        )
-        with strategy.scope():
-            self._symbolic_build(data_batch=data_batch)
-
     def metric_outputs(self, outputs):
         """What compiled metrics (and a compiled loss) see: the logits."""
         return outputs.logits
@@ -318,9 +291,9 @@ class TFData2VecPreTrainedModel(keras.Model):
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         return super().compute_metrics(x, self._labels(x, y), self.metric_outputs(y_pred), sample_weight)
 
-    def predict_step(self, data):
-        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
-        out = dict(self(x, training=False))
+    def _predict_outputs(self, out) -> dict:
+        """What ``predict`` returns per batch (the backend's ``predict_step`` calls this)."""
+        out = dict(out)
         out.pop("past_key_values", None)  # a decoding cache means nothing once batches are joined
         return out
 
@@ -329,26 +302,22 @@ class TFData2VecPreTrainedModel(keras.Model):
         """A compiled inference callable; the model itself is left as it is.
 
         ``fast = model.make_fast(); out = fast(pixel_values=x)`` runs the call (``training=False``)
-        inside one ``tf.function``: XLA-compiled with ``jit_compile=True``, a TensorFlow graph
-        with ``False``. The default (None) picks XLA when a GPU is visible and the graph on CPU,
-        where TF's oneDNN kernels (matmuls with their bias and activation fused) beat XLA's, and
-        XLA has no fast bfloat16 matmul (see the README's benchmarks). It traces once per input
-        signature (shapes, dtypes and Python flags such as ``output_hidden_states``) and returns
-        the model's output class, or its tuple with ``return_dict=False``. The first positional
-        argument, if any, is the model's main input (or a dict of inputs, as for ``model(...)``).
+        compiled by the Keras backend (``d2v_tf.backend``):
+
+        - TensorFlow: one ``tf.function``, XLA-compiled with ``jit_compile=True``, a TensorFlow
+          graph with ``False``. The default (None) picks XLA when a GPU is visible and the graph
+          on CPU, where TF's oneDNN kernels (matmuls with their bias and activation fused) beat
+          XLA's, and XLA has no fast bfloat16 matmul (see the README's benchmarks).
+        - JAX: ``jax.jit`` of ``model.stateless_call`` (the variables' current values are read
+          at each call); ``jit_compile=False`` runs it un-jitted.
+        - PyTorch: the eager model under ``torch.no_grad()``.
+
+        It traces once per input signature (shapes, dtypes and Python flags such as
+        ``output_hidden_states``) and returns the model's output class, or its tuple with
+        ``return_dict=False``. The first positional argument, if any, is the model's main input
+        (or a dict of inputs, as for ``model(...)``).
         """
-        import tensorflow as tf
-
-        if jit_compile is None:
-            jit_compile = bool(tf.config.list_physical_devices("GPU"))
-        output_class = {}
-
-        def run(inputs):
-            out = self(**inputs, training=False, return_dict=True)
-            output_class["cls"] = type(out)
-            return dict(out)  # tf.function returns plain nests; the class is restored below
-
-        compiled = tf.function(run, jit_compile=jit_compile)
+        compiled = backend.compile_inference(self, jit_compile)
 
         def fast(*args, return_dict=None, **inputs):
             if len(args) > 1:
@@ -361,8 +330,7 @@ class TFData2VecPreTrainedModel(keras.Model):
                 inputs = {**given, **inputs}
             if "training" in inputs:
                 raise TypeError("make_fast() runs inference only (training=False)")
-            result = compiled(inputs)  # traces on first use, which records the output class
-            out = output_class["cls"](**result)
+            out = compiled(inputs)
             return out if (self._return_dict_default if return_dict is None else return_dict) else out.to_tuple()
 
         return fast

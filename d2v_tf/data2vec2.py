@@ -40,6 +40,7 @@ from d2v_tf.layers import (
     Linear,
     attention,
     classification_loss,
+    is_eager,
     padding_bias,
 )
 
@@ -48,10 +49,6 @@ from d2v_tf.layers import (
 
 def _layer_norm(config, dim: int | None = None) -> LayerNorm:
     return LayerNorm(dim or config.hidden_size, eps=config.layer_norm_eps, affine=config.layer_norm_affine)
-
-
-def _is_eager(tensor) -> bool:
-    return hasattr(tensor, "numpy")
 
 
 class TFData2Vec2Attention(Layer):
@@ -471,7 +468,7 @@ class TFData2Vec2AudioForCTC(TFData2Vec2AudioPreTrainedModel):
     def loss_from_outputs(self, outputs, labels):
         labels = ops.convert_to_tensor(labels)
         lengths = outputs._input_lengths
-        if _is_eager(labels) and _is_eager(lengths):
+        if is_eager(labels) and is_eager(lengths):
             A.check_ctc_labels(self.config, np.asarray(labels), np.asarray(lengths))
         return ctc_loss(
             outputs.logits, labels, lengths, A.ctc_blank(self.config), self.config.ctc_loss_reduction,
@@ -588,7 +585,7 @@ class TFData2Vec2TextModel(TFData2Vec2TextPreTrainedModel):
             output_attentions, output_hidden_states, return_dict
         )
         input_ids = ops.convert_to_tensor(input_ids)
-        if _is_eager(input_ids):
+        if is_eager(input_ids):
             D.check_input_ids(self.config, np.asarray(input_ids))
         if attention_mask is None:
             keep = ops.not_equal(input_ids, self.config.pad_token_id)

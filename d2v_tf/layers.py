@@ -5,7 +5,8 @@ their variables in ``__init__`` (shapes come from the config), named with Keras 
 (``kernel``, ``bias``, ``gamma`` ...). A model's variable paths are its attribute paths, so they
 equal the weight spec's module paths (see ``d2v_tf.base.named_variables``).
 
-Convolutions run channels-last (TensorFlow's CPU kernels want NHWC / NWC).
+Convolutions run channels-last (TensorFlow's CPU kernels want NHWC / NWC). Kernels that differ
+between Keras backends come from ``d2v_tf.backend``.
 """
 
 from __future__ import annotations
@@ -14,13 +15,13 @@ import math
 
 import keras
 import numpy as np
-import tensorflow as tf
 from keras import ops
 
 from d2v_common.configs import ACTIVATIONS
 from d2v_common.interpolation import resize_matrices
 from d2v_common.losses import infer_problem_type
 from d2v_common.modeling import TensorInfo, check_head_mask, dtype_name
+from d2v_tf import backend
 
 # --------------------------------------------------------------------------- primitives
 
@@ -49,32 +50,7 @@ class Linear(Layer):
         self.bias = self.add_weight(shape=(out_features,), initializer="zeros", name="bias") if bias else None
 
     def call(self, x):
-        kernel = self.kernel
-        if len(x.shape) == 2:
-            y = tf.matmul(x, kernel)
-            return tf.nn.bias_add(y, self.bias) if self.bias is not None else y
-        # As one 2-D GEMM with the bias right after it: oneDNN runs that faster than a broadcast
-        # batch matmul, and TF graphs fuse the pair (a reshape in between would stop that).
-        lead = [d if d is not None else tf.shape(x)[i] for i, d in enumerate(x.shape[:-1])]
-        y = tf.matmul(tf.reshape(x, (-1, kernel.shape[0])), kernel)
-        if self.bias is not None:
-            y = tf.nn.bias_add(y, self.bias)
-        return tf.reshape(y, lead + [kernel.shape[1]])
-
-
-@tf.custom_gradient
-def _lookup_with_dense_gradient(table, ids):
-    """Row lookup whose gradient is a dense table, as in PyTorch. TensorFlow would return
-    IndexedSlices, which Keras' Adam-type optimizers update wrongly when an id repeats in a
-    batch (each repeat is applied on its own instead of being summed first)."""
-    rows = tf.gather(table, ids)
-
-    def grad(upstream):
-        flat = tf.reshape(upstream, (-1, tf.shape(table)[1]))
-        dense = tf.math.unsorted_segment_sum(flat, tf.reshape(ids, (-1,)), tf.shape(table)[0])
-        return dense, None
-
-    return rows, grad
+        return backend.linear(x, self.kernel, self.bias)
 
 
 class Embedding(Layer):
@@ -91,7 +67,7 @@ class Embedding(Layer):
         self.embeddings = self.add_weight(shape=(num_embeddings, dim), initializer="zeros", name="embeddings")
 
     def call(self, ids):
-        return _lookup_with_dense_gradient(tf.convert_to_tensor(self.embeddings), ops.cast(ids, "int32"))
+        return backend.embedding_lookup(self.embeddings, ops.cast(ids, "int32"))
 
 
 class LayerNorm(Layer):
@@ -171,17 +147,7 @@ class Conv1d(Layer):
     def call(self, x):
         if self.padding:
             x = ops.pad(x, [[0, 0], [self.padding, self.padding], [0, 0]])
-        kernel = ops.cast(self.kernel, x.dtype)
-        if self.groups == 1:
-            y = tf.nn.conv1d(x, kernel, stride=self.stride, padding="VALID", dilations=self.dilation)
-        else:
-            # One conv per group: TF's CPU kernels have no grouped-conv gradient outside float32.
-            xs = ops.split(x, self.groups, axis=-1)
-            ks = ops.split(kernel, self.groups, axis=-1)
-            y = ops.concatenate(
-                [tf.nn.conv1d(a, k, stride=self.stride, padding="VALID", dilations=self.dilation) for a, k in zip(xs, ks)],
-                axis=-1,
-            )
+        y = backend.conv1d(x, ops.cast(self.kernel, x.dtype), self.stride, self.dilation, self.groups)
         return y + self.bias if self.bias is not None else y
 
 
@@ -199,7 +165,7 @@ class Conv2d(Layer):
         ph, pw = self.padding
         if ph or pw:
             x = ops.pad(x, [[0, 0], [ph, ph], [pw, pw], [0, 0]])
-        y = tf.nn.conv2d(x, ops.cast(self.kernel, x.dtype), strides=self.stride, padding="VALID", dilations=self.dilation)
+        y = backend.conv2d(x, ops.cast(self.kernel, x.dtype), self.stride, self.dilation)
         return y + self.bias if self.bias is not None else y
 
 
@@ -266,7 +232,7 @@ def _gelu_tanh(x):
 
 
 def _gelu_erf(x):
-    return x * 0.5 * (1.0 + tf.math.erf(x / math.sqrt(2.0)))
+    return x * 0.5 * (1.0 + ops.erf(x / math.sqrt(2.0)))
 
 
 _ACTIVATION_FNS = {
@@ -279,7 +245,7 @@ _ACTIVATION_FNS = {
     "gelu_python_tanh": _gelu_tanh,
     "gelu_accurate": _gelu_tanh,
     "quick_gelu": lambda x: x * ops.sigmoid(1.702 * x),
-    "laplace": lambda x: 0.5 * (1.0 + tf.math.erf((x - 0.707107) / (0.282095 * math.sqrt(2.0)))),
+    "laplace": lambda x: 0.5 * (1.0 + ops.erf((x - 0.707107) / (0.282095 * math.sqrt(2.0)))),
     "leaky_relu": lambda x: ops.leaky_relu(x, 0.01),
     "linear": lambda x: x,
     "mish": lambda x: x * ops.tanh(ops.softplus(x)),
@@ -359,7 +325,7 @@ def attention(query, key, value, bias=None, head_mask=None, dropout=None, traini
     Returns (context (B, T, H*D), weights or None).
     """
     scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
-    scores = tf.matmul(query, key, transpose_b=True) * ops.cast(scale, query.dtype)
+    scores = backend.matmul_transposed(query, key) * ops.cast(scale, query.dtype)
     scores = ops.cast(scores, "float32")
     if bias is not None:
         scores = scores + ops.cast(bias, "float32")
@@ -380,14 +346,14 @@ def padding_bias(mask, dtype="float32"):
 
 
 def is_eager(tensor) -> bool:
-    """Whether ``tensor`` holds values now (eager), not a symbol in a traced graph."""
-    return hasattr(tensor, "numpy")
+    """Whether ``tensor`` holds values now, not a symbol in a traced graph (any Keras backend)."""
+    return backend.is_concrete(tensor)
 
 
 def tensor_info(tensor) -> TensorInfo:
     """Static shape, dtype name and (when eager) values, for the checks in ``d2v_common``."""
     shape = tuple(None if d is None else int(d) for d in tensor.shape)
-    values = np.asarray(tensor) if is_eager(tensor) else None
+    values = ops.convert_to_numpy(tensor) if is_eager(tensor) else None
     return TensorInfo(shape, dtype_name(keras.backend.standardize_dtype(tensor.dtype)), values)
 
 

@@ -13,7 +13,9 @@ inside the same compiled step, so it works in graph mode and under ``tf.distribu
 teacher update runs in cross-replica context on every replica's copy of the (synchronised)
 student, so the teachers stay identical. The loss is normalised by the masked positions of the
 global batch (an all-reduce of the count), and Keras sums the replicas' gradients, so the
-update is the one for the combined batch. ``fit`` logs ``loss``, ``target_var`` and
+update is the one for the combined batch. On JAX the step is Keras' stateless one (see
+``d2v_tf.backend.jax``): the masks run as host callbacks inside ``jax.jit``, and the teacher and
+the update counter come back through the step's returned state. ``fit`` logs ``loss``, ``target_var`` and
 ``pred_var`` each step and warns (``TargetCollapseWarning``) when the targets collapse.
 """
 
@@ -25,7 +27,6 @@ import warnings
 
 import keras
 import numpy as np
-import tensorflow as tf
 from keras import ops
 
 from d2v_common.audio import feature_lengths
@@ -48,7 +49,8 @@ from d2v_common.pretraining import (
     span_mask,
 )
 from d2v_tf.audio import TFData2VecAudioModel
-from d2v_tf.base import all_reduce_sum, named_variables, replica_context, unpack_inputs
+from d2v_tf import backend
+from d2v_tf.base import named_variables, unpack_inputs
 from d2v_tf.layers import Linear, is_eager
 from d2v_tf.text import TFData2VecTextModel
 from d2v_tf.vision import TFData2VecVisionModel
@@ -108,7 +110,7 @@ def masked_spread(values, mask, ctx):
     m = ops.reshape(ops.cast(mask, "float64"), (-1, 1))
     sums = ops.concatenate([ops.sum(m, axis=0), ops.sum(v * m, axis=0), ops.sum(v * v * m, axis=0)], axis=0)
     if ctx is not None:
-        sums = all_reduce_sum(ctx, sums)
+        sums = backend.all_reduce_sum(ctx, sums)
     n, s, ss = sums[0], sums[1 : 1 + c], sums[1 + c :]
     var = (ss - s * s / n) / (n - 1)
     return ops.cast(ops.mean(ops.sqrt(ops.maximum(var, 0.0) + SPREAD_EPS)), "float32")
@@ -116,9 +118,7 @@ def masked_spread(values, mask, ctx):
 
 def _numpy_mask(make, inputs, shape):
     """A mask from a ``d2v_common`` numpy generator, also inside a traced graph."""
-    mask = tf.numpy_function(make, inputs, tf.bool, stateful=True)
-    mask.set_shape(shape)
-    return mask
+    return backend.numpy_call(make, inputs, ["bool"], [shape])[0]
 
 
 
@@ -147,7 +147,7 @@ class PretrainingMonitor(keras.callbacks.Callback):
                 warnings.warn(message, TargetCollapseWarning, stacklevel=2)
 
 
-class _TFData2VecForPreTraining(keras.Model):
+class _TFData2VecForPreTraining(backend.PretrainingSteps, keras.Model):
     """What the three modalities share: the teacher, the EMA, the loss, the training step.
 
     Subclasses set ``modality``, ``base_model_prefix``, ``backbone_class`` and write ``call``
@@ -180,7 +180,8 @@ class _TFData2VecForPreTraining(keras.Model):
         seed = int(np.random.randint(0, 2**31 - 1)) if seed is None else seed
         self.rng = np.random.default_rng(seed)  # the masks drawn when none are given
         self.loss_tracker = keras.metrics.Mean(name="loss")
-        self.supports_jit = False  # masks may come from numpy inside the step
+        # masks may come from numpy inside the step: XLA cannot compile that on TensorFlow
+        self.supports_jit = backend.NUMPY_CALLBACKS_COMPILE
         for layer in self._flatten_layers():  # every weight exists already: nothing to build
             layer.built = True
 
@@ -204,10 +205,7 @@ class _TFData2VecForPreTraining(keras.Model):
     def ema_update(self):
         """teacher <- tau * teacher + (1 - tau) * student, tau from the schedule at the update
         count (which this increments); for custom loops, after ``optimizer.apply``. Returns tau."""
-        ctx = tf.distribute.get_replica_context()
-        if ctx is None:  # cross-replica context (a strategy scope, outside strategy.run)
-            return self._ema_merge(tf.distribute.get_strategy())
-        return ctx.merge_call(self._ema_merge)
+        return backend.cross_replica(self._ema_merge)
 
     def _tau(self, step):
         c = self.pretraining_config
@@ -222,10 +220,8 @@ class _TFData2VecForPreTraining(keras.Model):
         keep, take = ops.cast(tau, "float32"), ops.cast(1.0 - tau, "float32")
         student = named_variables(self.student)
         for name, t in named_variables(self.teacher).items():
-            strategy.extended.update(
-                t.value, lambda tv, sv: tv.assign(keep * tv + take * sv), args=(student[name].value,), group=False
-            )
-        strategy.extended.update(self.num_updates.value, lambda v: v.assign_add(1), group=False)
+            backend.update_variable(strategy, t, lambda tv, sv: keep * tv + take * sv, student[name].value)
+        backend.update_variable(strategy, self.num_updates, lambda v: v + 1)
         return tau
 
     # -------------------------------------------------------------------- the loss
@@ -234,10 +230,10 @@ class _TFData2VecForPreTraining(keras.Model):
         prediction = self.regression_head(student_hidden)
         per_position = regression_loss(prediction, target, self.pretraining_config)
         maskf = ops.cast(mask, per_position.dtype)
-        ctx = replica_context()
+        ctx = backend.replica_context()
         count = ops.sum(maskf)
         if ctx is not None:  # Keras sums the replicas' gradients: divide by the global count
-            count = all_reduce_sum(ctx, count)
+            count = backend.all_reduce_sum(ctx, count)
         loss = ops.sum(per_position * maskf) / count
         target_var = masked_spread(target, mask, ctx)
         pred_var = masked_spread(prediction, mask, ctx)
@@ -254,23 +250,9 @@ class _TFData2VecForPreTraining(keras.Model):
     def metrics(self):
         return [self.loss_tracker]
 
-    def train_step(self, data):
-        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
-        with tf.GradientTape() as tape:
-            out = self(x, training=True)
-        variables = self.trainable_variables
-        grads = tape.gradient(out.loss, variables)
-        self.optimizer.apply(grads, variables)
-        tau = self.ema_update()
-        return self._logs(out, tau)
-
-    def test_step(self, data):
-        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
-        return self._logs(self(x, training=False))
-
     def _logs(self, out, tau=None):
-        ctx = replica_context()
-        loss = all_reduce_sum(ctx, out.loss) if ctx is not None else out.loss
+        ctx = backend.replica_context()
+        loss = backend.all_reduce_sum(ctx, out.loss) if ctx is not None else out.loss
         self.loss_tracker.update_state(loss)
         logs = {"loss": self.loss_tracker.result(), "target_var": out.target_var, "pred_var": out.pred_var}
         if tau is not None:
@@ -346,7 +328,7 @@ class _TFData2VecForPreTraining(keras.Model):
 
 def _mask_input(mask, shape, name):
     mask = ops.convert_to_tensor(mask)
-    check_mask(name, tuple(mask.shape), shape, str(mask.dtype), mask.numpy() if is_eager(mask) else None)
+    check_mask(name, tuple(mask.shape), shape, str(mask.dtype), ops.convert_to_numpy(mask) if is_eager(mask) else None)
     return ops.cast(mask, "bool")
 
 
@@ -384,7 +366,7 @@ class TFData2VecAudioForPreTraining(_TFData2VecForPreTraining):
             def make(b, lens):
                 return span_mask(config, int(b), frames, None if lens.size == 0 else lens, self.rng)
 
-            lens_in = lengths if lengths is not None else tf.zeros((0,), "int32")
+            lens_in = lengths if lengths is not None else ops.zeros((0,), "int32")
             mask_time_indices = _numpy_mask(make, [ops.shape(input_values)[0], lens_in], (batch, frames))
         mask = _mask_input(mask_time_indices, (batch, frames), "mask_time_indices")
         student = self.student(
@@ -428,12 +410,10 @@ class TFData2VecTextForPreTraining(_TFData2VecForPreTraining):
                 corrupted, selected = bert_mask(config, text_config, ids, None if am.size == 0 else am, self.rng)
                 return corrupted.astype(ids.dtype), selected
 
-            am = tf.zeros((0,), input_ids.dtype) if attention_mask is None else ops.convert_to_tensor(attention_mask)
-            masked_input_ids, masked_positions = tf.numpy_function(
-                make, [input_ids, ops.cast(am, input_ids.dtype)], [input_ids.dtype, tf.bool], stateful=True
+            am = ops.zeros((0,), input_ids.dtype) if attention_mask is None else ops.convert_to_tensor(attention_mask)
+            masked_input_ids, masked_positions = backend.numpy_call(
+                make, [input_ids, ops.cast(am, input_ids.dtype)], [input_ids.dtype, "bool"], [shape, shape]
             )
-            masked_input_ids.set_shape(shape)
-            masked_positions.set_shape(shape)
         masked_input_ids = ops.convert_to_tensor(masked_input_ids)
         check_mask("masked_input_ids", tuple(masked_input_ids.shape), shape, "int")
         mask = _mask_input(masked_positions, shape, "masked_positions")

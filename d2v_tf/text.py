@@ -16,7 +16,6 @@ import warnings
 
 import keras
 import numpy as np
-import tensorflow as tf
 from keras import ops
 
 from d2v_common import layouts
@@ -37,6 +36,7 @@ from d2v_common.outputs import (
 )
 from d2v_common.pretrained import build_nested
 from d2v_common.spec import weight_spec
+from d2v_tf import backend
 from d2v_tf.base import TFData2VecPreTrainedModel, count_not_equal, name_sublayers, unpack_inputs
 from d2v_tf.layers import DenseActivation, DenseDropout
 from d2v_tf.layers import (
@@ -836,7 +836,7 @@ class TFData2VecTextForMultipleChoice(TFData2VecTextPreTrainedModel):
                 return None
             t = _tensor(t)
             common.check_same_shape(name, _shape(t)[:3], (batch, choices, length))
-            return tf.reshape(t, tf.concat([[-1], tf.shape(t)[2:]], axis=0))
+            return ops.reshape(t, (-1,) + tuple(ops.shape(t)[2:]))
 
         base = self.data2vec_text.forward_features(
             flat(input_ids, "input_ids"), flat(attention_mask, "attention_mask"),

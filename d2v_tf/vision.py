@@ -29,6 +29,7 @@ from d2v_common.vision import (
     relative_position_index,
     stochastic_depth_rates,
 )
+from d2v_tf import backend
 from d2v_tf.base import TFData2VecPreTrainedModel, count_not_equal, unpack_inputs
 from d2v_tf.layers import DenseActivation, DenseDropout
 from d2v_tf.layers import (

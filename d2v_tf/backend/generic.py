@@ -1,0 +1,65 @@
+"""``keras.ops`` versions of the backend pieces, shared by the JAX and PyTorch modules."""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+
+def linear(x, kernel, bias):
+    y = ops.matmul(x, kernel)
+    return y + bias if bias is not None else y
+
+
+def embedding_lookup(table, ids):
+    # JAX and PyTorch differentiate a take into a dense table gradient (as torch.nn.Embedding).
+    return ops.take(table, ids, axis=0)
+
+
+def conv1d(x, kernel, stride: int, dilation: int, groups: int):
+    """(B, T, C) with a (K, C / groups, O) kernel, no padding; groups come from the kernel."""
+    return ops.conv(x, kernel, strides=stride, padding="valid", data_format="channels_last", dilation_rate=dilation)
+
+
+def conv2d(x, kernel, stride, dilation):
+    return ops.conv(x, kernel, strides=stride, padding="valid", data_format="channels_last", dilation_rate=dilation)
+
+
+def matmul_transposed(a, b):
+    """a @ b^T over the last two axes."""
+    return ops.matmul(a, ops.swapaxes(b, -1, -2))
+
+
+def replica_context():
+    # Multi-device runs on JAX shard global arrays (keras.distribution): every sum is global.
+    return None
+
+
+def all_reduce_sum(ctx, x):
+    return x
+
+
+def cross_replica(fn):
+    return fn(None)
+
+
+def update_variable(strategy, variable, fn, *args):
+    """variable <- fn(variable's value, *args)."""
+    variable.assign(fn(variable.value, *args))
+
+
+def stateless_values(model, trainable, non_trainable, metrics=None):
+    """(variable, value) pairs for a ``keras.StatelessScope`` over a step's state."""
+    mapping = list(zip(model.trainable_variables, trainable)) + list(zip(model.non_trainable_variables, non_trainable))
+    if metrics is not None:
+        mapping += list(zip(model.metrics_variables, metrics))
+    return mapping
+
+
+def current_values(scope: keras.StatelessScope, variables):
+    """Values after a ``StatelessScope``: the assigned one, else the variable's own."""
+    out = []
+    for v in variables:
+        new = scope.get_current_value(v)
+        out.append(v.value if new is None else new)
+    return out

@@ -1,0 +1,81 @@
+"""PyTorch backend: eager execution, so masks are plain numpy calls and every value is concrete;
+``make_fast`` runs the model under ``torch.no_grad``."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import torch
+from keras import ops
+
+from d2v_tf.backend.generic import (  # noqa: F401  (re-exported)
+    all_reduce_sum,
+    conv1d,
+    conv2d,
+    cross_replica,
+    embedding_lookup,
+    linear,
+    matmul_transposed,
+    replica_context,
+    update_variable,
+)
+
+NUMPY_CALLBACKS_COMPILE = False  # Keras' torch trainer runs eagerly anyway
+
+
+def is_concrete(x) -> bool:
+    return True
+
+
+def numpy_call(fn, inputs, dtypes, shapes):
+    outs = fn(*[np.asarray(ops.convert_to_numpy(a)) for a in inputs])
+    outs = outs if isinstance(outs, (tuple, list)) else (outs,)
+    return tuple(ops.convert_to_tensor(np.asarray(o, dtype=d)) for o, d in zip(outs, dtypes))
+
+
+def graph_assert(condition, message: str):
+    """Values are concrete on PyTorch: the checks before this point have run."""
+
+
+def shape_changing_cond(pred, true_fn, false_fn):
+    return true_fn() if bool(pred) else false_fn()
+
+
+def compile_inference(model, jit_compile):
+    """Eager inference without autograd (Keras' torch backend has no graph compiler here)."""
+
+    def call(inputs):
+        with torch.no_grad():
+            return model(**inputs, training=False, return_dict=True)
+
+    return call
+
+
+def register_output_classes():
+    """Nothing to do: Keras' torch trainer does not flatten outputs through a compiler."""
+
+
+class ModelSteps:
+    def predict_step(self, data):
+        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+        return self._predict_outputs(self(x, training=False))
+
+
+class PretrainingSteps:
+    """data2vec's train step, eager: backward, optimizer, then the EMA teacher update."""
+
+    def train_step(self, data):
+        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+        self.zero_grad()
+        out = self(x, training=True)
+        out.loss.backward()
+        variables = self.trainable_variables
+        grads = [v.value.grad for v in variables]
+        with torch.no_grad():
+            self.optimizer.apply(grads, variables)
+            tau = self.ema_update()
+        return self._logs(out, tau)
+
+    def test_step(self, data):
+        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+        return self._logs(self(x, training=False))
