@@ -231,6 +231,22 @@ def _h5_attr_strings(obj, key: str, path: str) -> list[str]:
     return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in values]
 
 
+def _open_h5(path: str):
+    try:
+        return h5py.File(path, "r")
+    except OSError as e:
+        raise CheckpointError(f"cannot open {path} as HDF5: {e}") from None
+
+
+def _h5_layer_groups(f, path: str):
+    """``(group, weight_names)`` for each layer group an HF ``tf_model.h5`` lists."""
+    for group_name in _h5_attr_strings(f, "layer_names", path):
+        if group_name not in f:
+            raise CheckpointError(f"{path}: layer group {group_name!r} listed but missing")
+        group = f[group_name]
+        yield group, _h5_attr_strings(group, "weight_names", path)
+
+
 def _h5_set_attr_strings(obj, key: str, values: list[str]) -> None:
     encoded = np.array([v.encode("utf-8") for v in values], dtype="S")
     chunks = max(1, -(-encoded.nbytes // _H5_ATTR_LIMIT))
@@ -250,16 +266,8 @@ def read_tf_h5(path: str, spec: WeightSpec) -> tuple[dict[str, np.ndarray], list
     bn_counters = {layouts.h5_name(p, spec): p for p in spec.stored() if not layouts.leaf_rule(p).in_hf_h5}
     arrays: dict[str, np.ndarray] = {}
     unexpected: list[str] = []
-    try:
-        f = h5py.File(path, "r")
-    except OSError as e:
-        raise CheckpointError(f"cannot open {path} as HDF5: {e}") from None
-    with f:
-        for group_name in _h5_attr_strings(f, "layer_names", path):
-            if group_name not in f:
-                raise CheckpointError(f"{path}: layer group {group_name!r} listed but missing")
-            group = f[group_name]
-            names = _h5_attr_strings(group, "weight_names", path)
+    with _open_h5(path) as f:
+        for group, names in _h5_layer_groups(f, path):
             listed = [(n, True) for n in names]
             # d2v writes PyTorch-only buffers (BatchNorm counters) unlisted, so HF ignores them.
             listed += [(n, False) for n in _unlisted_datasets(group, set(names))]
@@ -337,16 +345,9 @@ def read_shapes(directory: str | os.PathLike, prefer: str | None = None) -> tupl
         arrays, _ = entry.read(path)
         return fmt, {name: tuple(np.shape(array)) for name, array in arrays.items()}
     shapes = {}
-    try:
-        f = h5py.File(path, "r")
-    except OSError as e:
-        raise CheckpointError(f"cannot open {path} as HDF5: {e}") from None
-    with f:
-        for group_name in _h5_attr_strings(f, "layer_names", path):
-            if group_name not in f:
-                raise CheckpointError(f"{path}: layer group {group_name!r} listed but missing")
-            group = f[group_name]
-            for full_name in _h5_attr_strings(group, "weight_names", path):
+    with _open_h5(path) as f:
+        for group, names in _h5_layer_groups(f, path):
+            for full_name in names:
                 shapes["/".join(full_name.split("/")[1:])] = tuple(_h5_dataset(group, full_name, path).shape)
     return fmt, shapes
 
