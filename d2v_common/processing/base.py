@@ -44,6 +44,16 @@ def as_numpy(value: Any) -> np.ndarray:
     return np.asarray(value)
 
 
+def token_id_sequence(token_ids: Any) -> np.ndarray:
+    """One sequence of integer token ids (list, numpy array, torch or TF tensor) as int64, 1-D."""
+    ids = as_numpy(token_ids)
+    if ids.ndim > 1:
+        raise ValueError(f"decode takes one sequence, got shape {ids.shape}: use batch_decode")
+    if ids.size and ids.dtype.kind not in "iu":
+        raise TypeError(f"token ids must be integers, got dtype {ids.dtype}")
+    return ids.reshape(-1).astype(np.int64)
+
+
 def is_number(value: Any) -> bool:
     return isinstance(value, numbers.Number) and not isinstance(value, bool)
 

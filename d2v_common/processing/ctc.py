@@ -23,6 +23,7 @@ from d2v_common.processing.base import (
     BatchFeature,
     as_numpy,
     check_return_tensors,
+    token_id_sequence,
     clean_up_tokenization,
     read_json,
     stack_or_list,
@@ -255,12 +256,7 @@ class CTCTokenizer:
         return [self.decoder[i] for i in self._ids(ids).tolist() if i not in skip]
 
     def _ids(self, token_ids: Any) -> np.ndarray:
-        ids = as_numpy(token_ids)
-        if ids.ndim > 1:
-            raise ValueError(f"decode takes one sequence, got shape {ids.shape}: use batch_decode")
-        if ids.size and ids.dtype.kind not in "iu":
-            raise TypeError(f"token ids must be integers, got dtype {ids.dtype}")
-        ids = ids.reshape(-1).astype(np.int64)
+        ids = token_id_sequence(token_ids)
         bad = sorted({i for i in ids.tolist() if i not in self.decoder})
         if bad:
             raise ValueError(f"token ids {bad[:5]} are not in the vocabulary (ids 0..{len(self) - 1}); does the "

@@ -20,6 +20,7 @@ from d2v_common.processing.base import (
     BatchFeature,
     as_numpy,
     check_return_tensors,
+    token_id_sequence,
     clean_up_tokenization,
     optional_import,
     read_json,
@@ -412,12 +413,7 @@ class TextTokenizer:
         self, token_ids: Any, skip_special_tokens: bool = False, clean_up_tokenization_spaces: bool | None = None
     ) -> str:
         """Text of one sequence of ids (list, numpy array, torch or TF tensor)."""
-        ids = as_numpy(token_ids)
-        if ids.ndim > 1:
-            raise ValueError(f"decode takes one sequence, got shape {ids.shape}: use batch_decode")
-        if ids.size and ids.dtype.kind not in "iu":
-            raise TypeError(f"token ids must be integers, got dtype {ids.dtype}")
-        ids = ids.reshape(-1).astype(np.int64)
+        ids = token_id_sequence(token_ids)
         bad = ids[(ids < 0) | (ids >= len(self))]
         if bad.size:
             raise ValueError(f"token ids {sorted(set(bad.tolist()))[:5]} are outside the vocabulary [0, {len(self)})")
