@@ -63,3 +63,23 @@ def current_values(scope: keras.StatelessScope, variables):
         new = scope.get_current_value(v)
         out.append(v.value if new is None else new)
     return out
+
+
+def register_output_classes():
+    """Nothing to do where no compiler flattens outputs (the output classes are dicts)."""
+
+
+class ModelSteps:
+    """Keras steps of the d2v models with the ``step(data)`` convention (TensorFlow, PyTorch)."""
+
+    def predict_step(self, data):
+        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+        return self._predict_outputs(self(x, training=False))
+
+
+class PretrainingEvalStep:
+    """``test_step(data)`` of the pretraining models: the loss and statistics, no update."""
+
+    def test_step(self, data):
+        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+        return self._logs(self(x, training=False))

@@ -6,6 +6,9 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from d2v_tf.backend import generic
+from d2v_tf.backend.generic import register_output_classes  # noqa: F401  (re-exported)
+
 # XLA cannot compile tf.numpy_function: steps with random numpy masks run as TF graphs.
 NUMPY_CALLBACKS_COMPILE = False
 
@@ -147,17 +150,8 @@ def compile_inference(model, jit_compile):
     return call
 
 
-def register_output_classes():
-    """Nothing to do: TensorFlow nests dicts (the output classes) itself."""
-
-
-class ModelSteps:
-    """Keras steps of the d2v models (TensorFlow's convention: ``step(data)``)."""
-
-    def predict_step(self, data):
-        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
-        return self._predict_outputs(self(x, training=False))
-
+class ModelSteps(generic.ModelSteps):
+    """The ``step(data)`` Keras steps, plus building under a ``tf.distribute`` strategy."""
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         # Every weight exists from the constructor on; Keras still traces one batch to build
         # compiled metrics. Under a strategy it would average the replicas' batches first,
@@ -177,7 +171,7 @@ class ModelSteps:
             self._symbolic_build(data_batch=data_batch)
 
 
-class PretrainingSteps:
+class PretrainingSteps(generic.PretrainingEvalStep):
     """data2vec's train step: gradients, optimizer, then the EMA teacher update."""
 
     def train_step(self, data):
@@ -189,7 +183,3 @@ class PretrainingSteps:
         self.optimizer.apply(grads, variables)
         tau = self.ema_update()
         return self._logs(out, tau)
-
-    def test_step(self, data):
-        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
-        return self._logs(self(x, training=False))

@@ -8,7 +8,9 @@ import numpy as np
 import torch
 from keras import ops
 
+from d2v_tf.backend import generic
 from d2v_tf.backend.generic import (  # noqa: F401  (re-exported)
+    ModelSteps,
     all_reduce_sum,
     conv1d,
     conv2d,
@@ -16,6 +18,7 @@ from d2v_tf.backend.generic import (  # noqa: F401  (re-exported)
     embedding_lookup,
     linear,
     matmul_transposed,
+    register_output_classes,
     replica_context,
     update_variable,
 )
@@ -51,17 +54,7 @@ def compile_inference(model, jit_compile):
     return call
 
 
-def register_output_classes():
-    """Nothing to do: Keras' torch trainer does not flatten outputs through a compiler."""
-
-
-class ModelSteps:
-    def predict_step(self, data):
-        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
-        return self._predict_outputs(self(x, training=False))
-
-
-class PretrainingSteps:
+class PretrainingSteps(generic.PretrainingEvalStep):
     """data2vec's train step, eager: backward, optimizer, then the EMA teacher update."""
 
     def train_step(self, data):
@@ -75,7 +68,3 @@ class PretrainingSteps:
             self.optimizer.apply(grads, variables)
             tau = self.ema_update()
         return self._logs(out, tau)
-
-    def test_step(self, data):
-        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
-        return self._logs(self(x, training=False))
