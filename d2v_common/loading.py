@@ -99,6 +99,13 @@ def _rename_for(spec: WeightSpec, names: list[str]) -> dict[str, str | None]:
     return out
 
 
+def _mismatch_message(bad: list, *, where: str = "", detail: str = "", advice: str) -> str:
+    """One message for shape mismatches ``[(name, got, want), ...]``: the first named, the rest counted."""
+    name, got, want = bad[0]
+    more = f" (and {len(bad) - 1} more mismatches)" if len(bad) > 1 else ""
+    return f"{name}: checkpoint{where} has shape {got} but the model expects {want}{detail}{more}{advice}"
+
+
 def match_checkpoint(
     arrays: dict[str, np.ndarray],
     spec: WeightSpec,
@@ -145,12 +152,7 @@ def match_checkpoint(
             if not np.isfinite(matched[p.name]).all():
                 raise ValueError(f"{p.name}: checkpoint tensor holds NaN or Inf values")
     if bad_shapes and not ignore_mismatched_sizes:
-        name, got, want = bad_shapes[0]
-        raise ValueError(
-            f"{name}: checkpoint has shape {got} but the model expects {want}"
-            + (f" (and {len(bad_shapes) - 1} more mismatches)" if len(bad_shapes) > 1 else "")
-            + "; pass ignore_mismatched_sizes=True to re-initialise such tensors"
-        )
+        raise ValueError(_mismatch_message(bad_shapes, advice="; pass ignore_mismatched_sizes=True to re-initialise such tensors"))
     report.mismatched = bad_shapes
 
     missing = [p.name for p in spec.stored() if p.name not in matched]
@@ -287,10 +289,7 @@ def check_config_fits(
             + "; config.json does not fit these weights"
         )
     if bad and not ignore_mismatched_sizes:
-        n, got, want = bad[0]
-        raise ConfigCheckpointMismatch(
-            f"{n}: checkpoint{where} has shape {got} but the model expects {want} (from {name})"
-            + (f" (and {len(bad) - 1} more mismatches)" if len(bad) > 1 else "")
-            + "; config.json does not fit these weights (pass ignore_mismatched_sizes=True to re-initialise "
-            "such tensors)"
-        )
+        raise ConfigCheckpointMismatch(_mismatch_message(
+            bad, where=where, detail=f" (from {name})",
+            advice="; config.json does not fit these weights (pass ignore_mismatched_sizes=True to re-initialise such tensors)",
+        ))
