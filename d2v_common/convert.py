@@ -43,7 +43,7 @@ import numpy as np
 from d2v_common import checkpoint
 from d2v_common.configs import CONFIG_NAME, Data2VecConfigBase, load_config
 from d2v_common.hub import resolve_model
-from d2v_common.io_utils import fsync_dir
+from d2v_common.io_utils import EXIT_ERROR, EXIT_MISMATCH, EXIT_OK, fsync_dir, written_summary
 from d2v_common.loading import ConfigCheckpointMismatch, LoadReport, match_checkpoint
 from d2v_common.pretrained import check_checkpoint_fits
 from d2v_common.spec import ARCHITECTURES, canonical_architecture, weight_spec
@@ -57,8 +57,6 @@ PROGRESS_THRESHOLD_BYTES = 50 * 2**20
 # Base models whose spec depends on HF's ``add_pooling_layer`` constructor argument: the file
 # decides which variant it is.
 _POOLER_OPTIONAL = {"Data2VecTextModel", "Data2VecVisionModel"}
-
-EXIT_OK, EXIT_MISMATCH, EXIT_ERROR = 0, 1, 2
 
 
 class ConversionError(Exception):
@@ -511,8 +509,7 @@ def main(argv: list[str] | None = None) -> int:
         print(result.report)
         for note in result.notes:
             print(note)
-        print(f"wrote {result.destination} ({result.target_format}): "
-              + ", ".join(os.path.basename(f) for f in result.files))
+        print(written_summary(result.destination, result.target_format, result.files))
     return EXIT_OK
 
 

@@ -63,10 +63,9 @@ from d2v_common.convert import (
     resolve_architecture,
 )
 from d2v_common.hub import resolve_model
-from d2v_common.io_utils import fsync_dir
+from d2v_common.io_utils import EXIT_ERROR, EXIT_MISMATCH, EXIT_OK, fsync_dir, written_summary
 from d2v_common.spec import ARCHITECTURES, family_of
 
-EXIT_OK, EXIT_MISMATCH, EXIT_ERROR = 0, 1, 2
 
 # Which framework registers each format, and which module does it (imported lazily).
 FORMAT_FRAMEWORKS = {"onnx": "torch", "torch-export": "torch", "saved-model": "keras", "litert": "keras"}
@@ -587,8 +586,7 @@ def main(argv: list[str] | None = None, framework: str | None = None) -> int:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return EXIT_ERROR
     if stream is not None:
-        print(f"wrote {result.destination} ({result.format}, {result.architecture}): "
-              + ", ".join(os.path.basename(f) for f in result.files))
+        print(written_summary(result.destination, f"{result.format}, {result.architecture}", result.files))
     return EXIT_OK
 
 

@@ -148,3 +148,13 @@ def read_json_object(path: str | os.PathLike) -> dict:
     if not isinstance(data, dict):
         raise ValueError(f"{os.fspath(path)} must hold a JSON object, got {type(data).__name__}")
     return data
+
+
+# ------------------------------------------------------------------------------ command lines
+# Exit statuses shared by d2v's command-line tools (d2v-convert, d2v-export).
+EXIT_OK, EXIT_MISMATCH, EXIT_ERROR = 0, 1, 2
+
+
+def written_summary(destination: str, what: str, files) -> str:
+    """The closing line of a tool that wrote a folder: where, what, and which files."""
+    return f"wrote {destination} ({what}): " + ", ".join(os.path.basename(f) for f in files)
