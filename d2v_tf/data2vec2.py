@@ -401,6 +401,13 @@ class TFData2Vec2AudioPreTrainedModel(TFData2Vec2PreTrainedModel):
         lengths = D.frame_lengths(self.config, ops.sum(ops.cast(attention_mask, "int32"), axis=-1))
         return ops.arange(frames)[None, :] < lengths[:, None]
 
+    def _encode(self, input_values, attention_mask, output_attentions, output_hidden_states, training):
+        """The heads' call of their encoder (``self.data2vec2_audio``), outputs as a dict."""
+        return self.data2vec2_audio(
+            input_values, attention_mask=attention_mask, output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states, return_dict=True, training=training,
+        )
+
 
 class TFData2Vec2AudioModel(TFData2Vec2AudioPreTrainedModel):
     """Speech encoder: ``last_hidden_state`` (B, frames, D) for every frame (padded ones too)."""
@@ -479,10 +486,7 @@ class TFData2Vec2AudioForCTC(TFData2Vec2AudioPreTrainedModel):
     def call(self, input_values=None, attention_mask=None, output_attentions=None, output_hidden_states=None,
              return_dict=None, labels=None, training=False):
         return_dict = self._return_dict_default if return_dict is None else return_dict
-        base = self.data2vec2_audio(
-            input_values, attention_mask=attention_mask, output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states, return_dict=True, training=training,
-        )
+        base = self._encode(input_values, attention_mask, output_attentions, output_hidden_states, training)
         logits = blank_logit(self.config, self.lm_head(self.dropout(base.last_hidden_state, training=training)))
         out = CausalLMOutput(None, logits, base.hidden_states, base.attentions)
         # kept for the loss when Keras passes the labels separately (fit with y)
@@ -508,10 +512,7 @@ class TFData2Vec2AudioForSequenceClassification(TFData2Vec2AudioPreTrainedModel)
     def call(self, input_values=None, attention_mask=None, output_attentions=None, output_hidden_states=None,
              return_dict=None, labels=None, training=False):
         return_dict = self._return_dict_default if return_dict is None else return_dict
-        base = self.data2vec2_audio(
-            input_values, attention_mask=attention_mask, output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states, return_dict=True, training=training,
-        )
+        base = self._encode(input_values, attention_mask, output_attentions, output_hidden_states, training)
         x = self.projector(base.last_hidden_state)
         if attention_mask is None:
             pooled = ops.mean(x, axis=1)

@@ -135,12 +135,16 @@ def _text_backbone(b: SpecBuilder, config: Data2Vec2TextConfig) -> None:
     _encoder(b, config)
 
 
-def _vision_spec(config: Data2Vec2VisionConfig, arch: str) -> WeightSpec:
+def _with_backbone(config, arch: str, backbone, base_prefix: str) -> SpecBuilder:
+    """A builder holding the backbone: at the root for a base model, under ``base_prefix`` for a head."""
     root = SpecBuilder(config.initializer_range)
-    if arch == "Data2Vec2VisionModel":
-        _vision_backbone(root, config)
-    else:
-        _vision_backbone(root.scope(VISION.BASE_PREFIX), config)
+    backbone(root if arch.endswith("Model") else root.scope(base_prefix), config)
+    return root
+
+
+def _vision_spec(config: Data2Vec2VisionConfig, arch: str) -> WeightSpec:
+    root = _with_backbone(config, arch, _vision_backbone, VISION.BASE_PREFIX)
+    if arch != "Data2Vec2VisionModel":
         if config.use_fc_norm:
             root.layer_norm("fc_norm", config.hidden_size)
         root.linear("classifier", config.hidden_size, config.num_labels)
@@ -148,11 +152,8 @@ def _vision_spec(config: Data2Vec2VisionConfig, arch: str) -> WeightSpec:
 
 
 def _audio_spec(config: Data2Vec2AudioConfig, arch: str) -> WeightSpec:
-    root = SpecBuilder(config.initializer_range)
-    if arch == "Data2Vec2AudioModel":
-        _audio_backbone(root, config)
-    else:
-        _audio_backbone(root.scope(AUDIO.BASE_PREFIX), config)
+    root = _with_backbone(config, arch, _audio_backbone, AUDIO.BASE_PREFIX)
+    if arch != "Data2Vec2AudioModel":
         if arch == "Data2Vec2AudioForCTC":
             root.linear("lm_head", config.hidden_size, config.vocab_size)
         else:
@@ -162,11 +163,8 @@ def _audio_spec(config: Data2Vec2AudioConfig, arch: str) -> WeightSpec:
 
 
 def _text_spec(config: Data2Vec2TextConfig, arch: str) -> WeightSpec:
-    root = SpecBuilder(config.initializer_range)
-    if arch == "Data2Vec2TextModel":
-        _text_backbone(root, config)
-    else:
-        _text_backbone(root.scope(TEXT.BASE_PREFIX), config)
+    root = _with_backbone(config, arch, _text_backbone, TEXT.BASE_PREFIX)
+    if arch != "Data2Vec2TextModel":
         head = root.scope("classifier")
         head.linear("dense", config.hidden_size, config.classifier_width)
         head.linear("out_proj", config.classifier_width, config.num_labels)
