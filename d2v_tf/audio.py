@@ -76,6 +76,15 @@ class TFData2VecAudioFeatureEncoder(Layer):
 
 
 class TFData2VecAudioFeatureProjection(Layer):
+    """LayerNorm over the conv channels -> Linear to hidden_size -> dropout: (B, T, conv_dim[-1]) -> (B, T, D).
+
+    Returns the projected frames and the normalised features (``extract_features``).
+
+    Args:
+        config: the model's ``Data2VecAudioConfig``.
+        **kwargs: passed to ``keras.layers.Layer`` (``name`` ...).
+    """
+
     def __init__(self, config: Data2VecAudioConfig, **kwargs):
         super().__init__(**kwargs)
         self.layer_norm = LayerNorm(config.conv_dim[-1], eps=config.layer_norm_eps)
@@ -112,6 +121,15 @@ class TFData2VecAudioPositionalConvLayer(Layer):
 
 
 class TFData2VecAudioPositionalConvEmbedding(Layer):
+    """Relative positions from ``num_conv_pos_embeddings`` grouped conv layers: (B, T, D) -> (B, T, D).
+
+    The encoder adds the result to its input.
+
+    Args:
+        config: the model's ``Data2VecAudioConfig``.
+        **kwargs: passed to ``keras.layers.Layer`` (``name`` ...).
+    """
+
     def __init__(self, config: Data2VecAudioConfig, **kwargs):
         super().__init__(**kwargs)
         self.layers = [TFData2VecAudioPositionalConvLayer(config) for _ in range(config.num_conv_pos_embeddings)]
@@ -126,6 +144,14 @@ class TFData2VecAudioPositionalConvEmbedding(Layer):
 
 
 class TFData2VecAudioAttention(Layer):
+    """Multi-head self-attention (q, k, v and out projections, scores scaled by head_dim ** -0.5):
+    (B, T, D) -> (B, T, D), plus the attention weights when asked. ``bias`` is an additive key mask.
+
+    Args:
+        config: the model's ``Data2VecAudioConfig``.
+        **kwargs: passed to ``keras.layers.Layer`` (``name`` ...).
+    """
+
     def __init__(self, config: Data2VecAudioConfig, **kwargs):
         super().__init__(**kwargs)
         hidden = config.hidden_size
@@ -145,6 +171,14 @@ class TFData2VecAudioAttention(Layer):
 
 
 class TFData2VecAudioFeedForward(Layer):
+    """Dense to intermediate_size -> activation -> dropout (``activation_dropout``) -> dense back ->
+    dropout (``hidden_dropout``): (B, T, D) -> (B, T, D).
+
+    Args:
+        config: the model's ``Data2VecAudioConfig``.
+        **kwargs: passed to ``keras.layers.Layer`` (``name`` ...).
+    """
+
     def __init__(self, config: Data2VecAudioConfig, **kwargs):
         super().__init__(**kwargs)
         self.intermediate_dropout = Dropout(config.activation_dropout)
@@ -179,6 +213,17 @@ class TFData2VecAudioEncoderLayer(Layer):
 
 
 class TFData2VecAudioEncoder(Layer):
+    """Positional convs (added) -> LayerNorm -> dropout -> post-norm encoder layers: (B, T, D) -> (B, T, D).
+
+    ``frame_mask`` (B, T) zeroes padded frames and masks them as attention keys; in training,
+    ``layerdrop`` skips whole layers. Returns the last state and the recorded hidden states,
+    attentions and feed-forward outputs (None unless asked).
+
+    Args:
+        config: the model's ``Data2VecAudioConfig``.
+        **kwargs: passed to ``keras.layers.Layer`` (``name`` ...).
+    """
+
     def __init__(self, config: Data2VecAudioConfig, **kwargs):
         super().__init__(**kwargs)
         self.layerdrop = config.layerdrop
@@ -231,6 +276,15 @@ class TFData2VecAudioAdapterLayer(Layer):
 
 
 class TFData2VecAudioAdapter(Layer):
+    """Optional Linear + LayerNorm to output_hidden_size, then ``num_adapter_layers`` strided conv + GLU
+    layers that shorten the sequence: (B, T, D) -> (B, T', output_hidden_size). In training each conv
+    layer is skipped with probability ``layerdrop``.
+
+    Args:
+        config: the model's ``Data2VecAudioConfig``.
+        **kwargs: passed to ``keras.layers.Layer`` (``name`` ...).
+    """
+
     def __init__(self, config: Data2VecAudioConfig, **kwargs):
         super().__init__(**kwargs)
         if config.output_hidden_size != config.hidden_size:

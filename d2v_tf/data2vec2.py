@@ -74,6 +74,15 @@ class TFData2Vec2Attention(Layer):
 
 
 class TFData2Vec2FeedForward(Layer):
+    """Dense to intermediate_size -> activation -> dropout -> dense back -> dropout (both dropouts
+    ``activation_dropout``): (B, T, D) -> (B, T, D).
+
+    Args:
+        config: the model's data2vec 2.0 config (``Data2Vec2VisionConfig``,
+            ``Data2Vec2AudioConfig`` or ``Data2Vec2TextConfig``).
+        **kwargs: passed to ``keras.layers.Layer`` (``name`` ...).
+    """
+
     def __init__(self, config, **kwargs):
         super().__init__(**kwargs)
         self.intermediate_dense = Linear(config.hidden_size, config.intermediate_size)
@@ -194,6 +203,14 @@ class TFData2Vec2PreTrainedModel(TFData2VecPreTrainedModel):
 
 
 class TFData2Vec2VisionPatchEmbeddings(Layer):
+    """Stride-``patch_size`` convolution, row-major flatten, optional Linear to hidden_size:
+    (B, H, W, C) NHWC -> (B, N, D).
+
+    Args:
+        config: the model's ``Data2Vec2VisionConfig``.
+        **kwargs: passed to ``keras.layers.Layer`` (``name`` ...).
+    """
+
     def __init__(self, config: Data2Vec2VisionConfig, **kwargs):
         super().__init__(**kwargs)
         width = config.patch_embed_dim or config.hidden_size
@@ -208,6 +225,14 @@ class TFData2Vec2VisionPatchEmbeddings(Layer):
 
 
 class TFData2Vec2VisionEmbeddings(Layer):
+    """Patch embeddings plus, with ``use_fixed_positions``, a fixed (not trained) position table:
+    (B, H, W, C) NHWC -> (B, N, D).
+
+    Args:
+        config: the model's ``Data2Vec2VisionConfig``.
+        **kwargs: passed to ``keras.layers.Layer`` (``name`` ...).
+    """
+
     def __init__(self, config: Data2Vec2VisionConfig, **kwargs):
         super().__init__(**kwargs)
         self.patch_embeddings = TFData2Vec2VisionPatchEmbeddings(config)
@@ -225,6 +250,13 @@ class TFData2Vec2VisionEmbeddings(Layer):
 
 
 class TFData2Vec2VisionPreTrainedModel(TFData2Vec2PreTrainedModel):
+    """Base of the data2vec 2.0 Keras vision classes: config class, weight prefix, input name.
+
+    Args:
+        config: a ``Data2Vec2VisionConfig``; it sizes every layer.
+        **kwargs: passed to ``keras.Model`` (``name`` ...).
+    """
+
     config_class = Data2Vec2VisionConfig
     base_model_prefix = "data2vec2_vision"
     main_input_name = "pixel_values"
@@ -360,6 +392,13 @@ class TFData2Vec2AudioFeatureEncoder(Layer):
 
 
 class TFData2Vec2AudioFeatureProjection(Layer):
+    """LayerNorm over conv channels -> Linear to hidden_size: (B, T, conv_dim[-1]) -> (B, T, D).
+
+    Args:
+        config: the model's ``Data2Vec2AudioConfig``.
+        **kwargs: passed to ``keras.layers.Layer`` (``name`` ...).
+    """
+
     def __init__(self, config: Data2Vec2AudioConfig, **kwargs):
         super().__init__(**kwargs)
         self.layer_norm = LayerNorm(config.conv_dim[-1])
@@ -392,6 +431,15 @@ def sequence_alibi(config, length):
 
 
 class TFData2Vec2AudioPreTrainedModel(TFData2Vec2PreTrainedModel):
+    """Base of the data2vec 2.0 Keras audio classes: config class, weight prefix, input name.
+
+    Also builds the frame mask from a sample-level attention_mask and runs the heads' encoder call.
+
+    Args:
+        config: a ``Data2Vec2AudioConfig``; it sizes every layer.
+        **kwargs: passed to ``keras.Model`` (``name`` ...).
+    """
+
     config_class = Data2Vec2AudioConfig
     base_model_prefix = "data2vec2_audio"
     main_input_name = "input_values"
@@ -563,6 +611,13 @@ class TFData2Vec2TextEmbeddings(Layer):
 
 
 class TFData2Vec2TextPreTrainedModel(TFData2Vec2PreTrainedModel):
+    """Base of the data2vec 2.0 Keras text classes: config class, weight prefix, input name.
+
+    Args:
+        config: a ``Data2Vec2TextConfig``; it sizes every layer.
+        **kwargs: passed to ``keras.Model`` (``name`` ...).
+    """
+
     config_class = Data2Vec2TextConfig
     base_model_prefix = "data2vec2_text"
     main_input_name = "input_ids"
@@ -617,6 +672,26 @@ class TFData2Vec2TextClassificationHead(Layer):
 
 
 class TFData2Vec2TextForSequenceClassification(TFData2Vec2TextPreTrainedModel):
+    """Text encoder -> RoBERTa-style head on the first token (dropout -> dense -> activation ->
+    dropout -> out_proj): logits (B, num_labels); with ``labels``, the classification loss too.
+
+    Args:
+        config: a ``Data2Vec2TextConfig``; ``num_labels``, ``classifier_width``,
+            ``classifier_activation`` and ``classifier_dropout`` size the head.
+        **kwargs: passed to ``keras.Model`` (``name`` ...).
+
+    Examples:
+    ```python no-run
+    import numpy as np
+    from d2v_tf import Data2Vec2TextConfig, TFData2Vec2TextForSequenceClassification
+
+    config = Data2Vec2TextConfig(vocab_size=25, hidden_size=32, num_hidden_layers=1,
+        num_attention_heads=4, intermediate_size=64, max_position_embeddings=16, num_labels=3)
+    model = TFData2Vec2TextForSequenceClassification(config)
+    logits = model(np.array([[0, 5, 2, 1]])).logits  # (1, 3)
+    ```
+    """
+
     architecture = "Data2Vec2TextForSequenceClassification"
 
     def __init__(self, config: Data2Vec2TextConfig, **kwargs):

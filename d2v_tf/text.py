@@ -132,6 +132,13 @@ def _lookup(table: Embedding, ids, padding_idx):
 
 
 class TFData2VecTextForTextEmbeddings(Layer):
+    """Word + token-type (+ absolute position) embeddings, then LayerNorm and dropout: (B, T) ids -> (B, T, D).
+
+    Args:
+        config: the model's ``Data2VecTextConfig``.
+        **kwargs: passed to ``keras.layers.Layer`` (``name`` ...).
+    """
+
     def __init__(self, config: Data2VecTextConfig, **kwargs):
         super().__init__(**kwargs)
         hidden = config.hidden_size
@@ -169,6 +176,17 @@ class TFData2VecTextForTextEmbeddings(Layer):
 
 
 class TFData2VecTextSelfAttention(Layer):
+    """Multi-head attention; relative position types add learned distance terms to the scores.
+
+    (B, T, D) -> (B, T, D) context, plus the weights (when asked) and the (k, v) cache.
+
+    Args:
+        config: the model's ``Data2VecTextConfig``.
+        position_embedding_type: ``"absolute"`` or a relative type (``"relative_key"``,
+            ``"relative_key_query"``) that adds learned distance terms.
+        **kwargs: passed to ``keras.layers.Layer`` (``name`` ...).
+    """
+
     def __init__(self, config: Data2VecTextConfig, position_embedding_type: str, **kwargs):
         super().__init__(**kwargs)
         hidden = config.hidden_size
@@ -230,6 +248,17 @@ class TFData2VecTextSelfOutput(Layer):
 
 
 class TFData2VecTextAttention(Layer):
+    """Self- (or cross-) attention -> dense -> dropout -> residual -> LayerNorm: (B, T, D) -> (B, T, D).
+
+    Also returns the attention weights (when asked) and the (k, v) cache.
+
+    Args:
+        config: the model's ``Data2VecTextConfig``.
+        position_embedding_type: ``"absolute"`` or a relative type (``"relative_key"``,
+            ``"relative_key_query"``) that adds learned distance terms.
+        **kwargs: passed to ``keras.layers.Layer`` (``name`` ...).
+    """
+
     def __init__(self, config: Data2VecTextConfig, position_embedding_type: str, **kwargs):
         super().__init__(**kwargs)
         self.self = TFData2VecTextSelfAttention(config, position_embedding_type)
@@ -248,11 +277,27 @@ class TFData2VecTextAttention(Layer):
 
 
 class TFData2VecTextIntermediate(DenseActivation):
+    """Dense to intermediate_size -> ``hidden_act``: (B, T, D) -> (B, T, intermediate_size).
+
+    Args:
+        config: the model's ``Data2VecTextConfig``.
+        **kwargs: passed to ``keras.layers.Layer`` (``name`` ...).
+    """
+
     def __init__(self, config: Data2VecTextConfig, **kwargs):
         super().__init__(config.hidden_size, config.intermediate_size, config.hidden_act, **kwargs)
 
 
 class TFData2VecTextOutput(TFData2VecTextSelfOutput):
+    """Dense back to hidden_size -> dropout -> residual -> LayerNorm: (B, T, intermediate_size) -> (B, T, D).
+
+    Also returns the dense output before dropout and residual (data2vec's teacher targets).
+
+    Args:
+        config: the model's ``Data2VecTextConfig``.
+        **kwargs: passed to ``keras.layers.Layer`` (``name`` ...).
+    """
+
     def __init__(self, config: Data2VecTextConfig, **kwargs):
         super().__init__(config, config.intermediate_size, **kwargs)
 
@@ -263,6 +308,14 @@ class TFData2VecTextOutput(TFData2VecTextSelfOutput):
 
 
 class TFData2VecTextLayer(Layer):
+    """Post-norm block: self-attention, optional cross-attention (decoders), feed-forward:
+    (B, T, D) -> (B, T, D).
+
+    Args:
+        config: the model's ``Data2VecTextConfig``.
+        **kwargs: passed to ``keras.layers.Layer`` (``name`` ...).
+    """
+
     def __init__(self, config: Data2VecTextConfig, **kwargs):
         super().__init__(**kwargs)
         self.attention = TFData2VecTextAttention(config, config.position_embedding_type)
@@ -292,6 +345,16 @@ class TFData2VecTextLayer(Layer):
 
 
 class TFData2VecTextEncoder(Layer):
+    """``num_hidden_layers`` post-norm layers: (B, T, D) -> (B, T, D).
+
+    Returns the last state, the per-layer (k, v) caches (with ``use_cache``) and the recorded hidden
+    states, attentions, cross-attentions and feed-forward outputs (None unless asked).
+
+    Args:
+        config: the model's ``Data2VecTextConfig``.
+        **kwargs: passed to ``keras.layers.Layer`` (``name`` ...).
+    """
+
     def __init__(self, config: Data2VecTextConfig, **kwargs):
         super().__init__(**kwargs)
         self.layer = [TFData2VecTextLayer(config) for _ in range(config.num_hidden_layers)]
@@ -312,6 +375,13 @@ class TFData2VecTextEncoder(Layer):
 
 
 class TFData2VecTextPooler(Layer):
+    """First token -> dense -> tanh: (B, T, D) -> (B, D).
+
+    Args:
+        config: the model's ``Data2VecTextConfig``.
+        **kwargs: passed to ``keras.layers.Layer`` (``name`` ...).
+    """
+
     def __init__(self, config: Data2VecTextConfig, **kwargs):
         super().__init__(**kwargs)
         self.dense = Linear(config.hidden_size, config.hidden_size)
@@ -346,6 +416,13 @@ class TFData2VecTextLMHead(Layer):
 
 
 class TFData2VecTextClassificationHead(Layer):
+    """Token 0 -> dropout -> dense -> tanh -> dropout -> out_proj: (B, T, D) -> (B, num_labels).
+
+    Args:
+        config: the model's ``Data2VecTextConfig``.
+        **kwargs: passed to ``keras.layers.Layer`` (``name`` ...).
+    """
+
     def __init__(self, config: Data2VecTextConfig, **kwargs):
         super().__init__(**kwargs)
         self.dense = Linear(config.hidden_size, config.hidden_size)

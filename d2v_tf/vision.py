@@ -41,6 +41,14 @@ from d2v_tf.layers import (
 
 
 class TFData2VecVisionPatchEmbeddings(Layer):
+    """Non-overlapping patches -> vectors, with a strided convolution: (B, H, W, C) NHWC -> (B, N, D),
+    returned with the patch grid (rows, cols).
+
+    Args:
+        config: the model's ``Data2VecVisionConfig``.
+        **kwargs: passed to ``keras.layers.Layer`` (``name`` ...).
+    """
+
     def __init__(self, config: Data2VecVisionConfig, **kwargs):
         super().__init__(**kwargs)
         patch = config.patch_size_hw
@@ -53,6 +61,15 @@ class TFData2VecVisionPatchEmbeddings(Layer):
 
 
 class TFData2VecVisionEmbeddings(Layer):
+    """CLS token + patch vectors (masked ones replaced by the mask token) + absolute positions:
+    (B, H, W, C) NHWC -> (B, N+1, D), returned with the patch grid. Positions are resampled
+    (bicubic) for another grid.
+
+    Args:
+        config: the model's ``Data2VecVisionConfig``.
+        **kwargs: passed to ``keras.layers.Layer`` (``name`` ...).
+    """
+
     def __init__(self, config: Data2VecVisionConfig, **kwargs):
         super().__init__(**kwargs)
         hidden = config.hidden_size
@@ -101,6 +118,14 @@ class TFData2VecVisionEmbeddings(Layer):
 
 
 class TFData2VecVisionRelativePositionBias(Layer):
+    """Learned bias per (dy, dx) offset and head, resampled to the input's patch grid.
+
+    Args:
+        config: the model's ``Data2VecVisionConfig``.
+        grid: the patch grid (rows, cols) the bias table is sized for.
+        **kwargs: passed to ``keras.layers.Layer`` (``name`` ...).
+    """
+
     def __init__(self, config: Data2VecVisionConfig, grid: tuple[int, int], **kwargs):
         super().__init__(**kwargs)
         self.grid = grid
@@ -129,6 +154,16 @@ class TFData2VecVisionRelativePositionBias(Layer):
 
 
 class TFData2VecVisionSelfAttention(Layer):
+    """Multi-head self-attention (the key has no bias): (B, N+1, D) -> (B, N+1, D) context, plus the
+    attention weights when asked. The scores get the layer's relative position bias (when built
+    with a ``grid``) and the encoder's ``shared_bias``.
+
+    Args:
+        config: the model's ``Data2VecVisionConfig``.
+        grid: the patch grid (rows, cols) for a per-layer relative position bias, or None for none.
+        **kwargs: passed to ``keras.layers.Layer`` (``name`` ...).
+    """
+
     def __init__(self, config: Data2VecVisionConfig, grid, **kwargs):
         super().__init__(**kwargs)
         hidden = config.hidden_size
@@ -148,11 +183,28 @@ class TFData2VecVisionSelfAttention(Layer):
 
 
 class TFData2VecVisionSelfOutput(DenseDropout):
+    """Dense (hidden -> hidden) -> dropout on the attention context: (B, N+1, D) -> (B, N+1, D);
+    the layer adds the residual.
+
+    Args:
+        config: the model's ``Data2VecVisionConfig``.
+        **kwargs: passed to ``keras.layers.Layer`` (``name`` ...).
+    """
+
     def __init__(self, config: Data2VecVisionConfig, **kwargs):
         super().__init__(config.hidden_size, config.hidden_size, config.hidden_dropout_prob, **kwargs)
 
 
 class TFData2VecVisionAttention(Layer):
+    """Self-attention followed by its output projection: (B, N+1, D) -> (B, N+1, D), plus the
+    attention weights when asked.
+
+    Args:
+        config: the model's ``Data2VecVisionConfig``.
+        grid: the patch grid (rows, cols) for a per-layer relative position bias, or None for none.
+        **kwargs: passed to ``keras.layers.Layer`` (``name`` ...).
+    """
+
     def __init__(self, config: Data2VecVisionConfig, grid, **kwargs):
         super().__init__(**kwargs)
         self.attention = TFData2VecVisionSelfAttention(config, grid)
@@ -170,16 +222,40 @@ class TFData2VecVisionAttention(Layer):
 
 
 class TFData2VecVisionIntermediate(DenseActivation):
+    """Dense to intermediate_size -> ``hidden_act``: (B, N+1, D) -> (B, N+1, intermediate_size).
+
+    Args:
+        config: the model's ``Data2VecVisionConfig``.
+        **kwargs: passed to ``keras.layers.Layer`` (``name`` ...).
+    """
+
     def __init__(self, config: Data2VecVisionConfig, **kwargs):
         super().__init__(config.hidden_size, config.intermediate_size, config.hidden_act, **kwargs)
 
 
 class TFData2VecVisionOutput(DenseDropout):
+    """Dense back to hidden_size -> dropout: (B, N+1, intermediate_size) -> (B, N+1, D); the layer adds
+    the residual.
+
+    Args:
+        config: the model's ``Data2VecVisionConfig``.
+        **kwargs: passed to ``keras.layers.Layer`` (``name`` ...).
+    """
+
     def __init__(self, config: Data2VecVisionConfig, **kwargs):
         super().__init__(config.intermediate_size, config.hidden_size, config.hidden_dropout_prob, **kwargs)
 
 
 class TFData2VecVisionLayer(Layer):
+    """Pre-norm transformer block with optional layer scale and drop path: (B, N+1, D) -> (B, N+1, D).
+
+    Args:
+        config: the model's ``Data2VecVisionConfig``.
+        grid: the patch grid for a per-layer relative position bias, or None for none.
+        drop_path: this layer's drop-path (stochastic depth) rate.
+        **kwargs: passed to ``keras.layers.Layer`` (``name`` ...).
+    """
+
     def __init__(self, config: Data2VecVisionConfig, grid, drop_path: float, **kwargs):
         super().__init__(**kwargs)
         hidden, eps = config.hidden_size, config.layer_norm_eps
@@ -209,6 +285,18 @@ class TFData2VecVisionLayer(Layer):
 
 
 class TFData2VecVisionEncoder(Layer):
+    """``num_hidden_layers`` pre-norm blocks, drop-path rates rising linearly to ``drop_path_rate``:
+    (B, N+1, D) -> (B, N+1, D).
+
+    Holds the shared relative position bias when ``use_shared_relative_position_bias``. Returns the
+    last state and the recorded hidden states and attentions (None unless asked).
+
+    Args:
+        config: the model's ``Data2VecVisionConfig``.
+        grid: the patch grid of ``config.image_size`` (sizes the relative position bias tables).
+        **kwargs: passed to ``keras.layers.Layer`` (``name`` ...).
+    """
+
     def __init__(self, config: Data2VecVisionConfig, grid, **kwargs):
         super().__init__(**kwargs)
         self.relative_position_bias = (
@@ -234,6 +322,13 @@ class TFData2VecVisionEncoder(Layer):
 
 
 class TFData2VecVisionPooler(Layer):
+    """Mean of the patch tokens then LayerNorm, or the CLS token: (B, N+1, D) -> (B, D).
+
+    Args:
+        config: the model's ``Data2VecVisionConfig``.
+        **kwargs: passed to ``keras.layers.Layer`` (``name`` ...).
+    """
+
     def __init__(self, config: Data2VecVisionConfig, **kwargs):
         super().__init__(**kwargs)
         self.layernorm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if config.use_mean_pooling else None
@@ -260,6 +355,13 @@ class TFData2VecVisionConvModule(Layer):
 
 
 class TFData2VecVisionAdaptiveAvgPool(Layer):
+    """Adaptive average pooling to a fixed map: (B, H, W, C) -> (B, scale, scale, C).
+
+    Args:
+        scale: the output map's height and width.
+        **kwargs: passed to ``keras.layers.Layer`` (``name`` ...).
+    """
+
     def __init__(self, scale: int, **kwargs):
         super().__init__(**kwargs)
         self.scale = scale
@@ -274,6 +376,15 @@ def pyramid_pooling_block(scale: int, channels: int) -> list:
 
 
 class TFData2VecVisionUperHead(Layer):
+    """UperNet decode head: pyramid pooling on the last map + a top-down FPN over all maps.
+
+    Four NHWC feature maps (B, h_i, w_i, D) -> logits (B, h_0, w_0, num_labels).
+
+    Args:
+        config: the model's ``Data2VecVisionConfig``.
+        **kwargs: passed to ``keras.layers.Layer`` (``name`` ...).
+    """
+
     def __init__(self, config: Data2VecVisionConfig, **kwargs):
         super().__init__(**kwargs)
         hidden = config.hidden_size
@@ -300,6 +411,15 @@ class TFData2VecVisionUperHead(Layer):
 
 
 class TFData2VecVisionFCNHead(Layer):
+    """Auxiliary head: a few 3x3 conv modules on the third feature map, then a classifier.
+
+    NHWC feature maps -> logits (B, h_2, w_2, num_labels).
+
+    Args:
+        config: the model's ``Data2VecVisionConfig``.
+        **kwargs: passed to ``keras.layers.Layer`` (``name`` ...).
+    """
+
     in_index = 2
 
     def __init__(self, config: Data2VecVisionConfig, **kwargs):

@@ -73,6 +73,14 @@ class Data2VecAudioFeatureEncoder(nn.Module):
 
 
 class Data2VecAudioFeatureProjection(nn.Module):
+    """LayerNorm over the conv channels -> Linear to hidden_size -> dropout: (B, T, conv_dim[-1]) -> (B, T, D).
+
+    Returns the projected frames and the normalised features (``extract_features``).
+
+    Args:
+        config: the model's ``Data2VecAudioConfig``.
+    """
+
     def __init__(self, config: Data2VecAudioConfig):
         super().__init__()
         self.layer_norm = nn.LayerNorm(config.conv_dim[-1], eps=config.layer_norm_eps)
@@ -110,6 +118,14 @@ class Data2VecAudioPositionalConvLayer(nn.Module):
 
 
 class Data2VecAudioPositionalConvEmbedding(nn.Module):
+    """Relative positions from ``num_conv_pos_embeddings`` grouped conv layers: (B, T, D) -> (B, T, D).
+
+    The encoder adds the result to its input.
+
+    Args:
+        config: the model's ``Data2VecAudioConfig``.
+    """
+
     def __init__(self, config: Data2VecAudioConfig):
         super().__init__()
         self.layers = nn.ModuleList(
@@ -127,6 +143,13 @@ class Data2VecAudioPositionalConvEmbedding(nn.Module):
 
 
 class Data2VecAudioAttention(nn.Module):
+    """Multi-head self-attention (q, k, v and out projections, scores scaled by head_dim ** -0.5):
+    (B, T, D) -> (B, T, D), plus the attention weights when asked. ``bias`` is an additive key mask.
+
+    Args:
+        config: the model's ``Data2VecAudioConfig``.
+    """
+
     def __init__(self, config: Data2VecAudioConfig):
         super().__init__()
         hidden = config.hidden_size
@@ -145,6 +168,13 @@ class Data2VecAudioAttention(nn.Module):
 
 
 class Data2VecAudioFeedForward(nn.Module):
+    """Dense to intermediate_size -> activation -> dropout (``activation_dropout``) -> dense back ->
+    dropout (``hidden_dropout``): (B, T, D) -> (B, T, D).
+
+    Args:
+        config: the model's ``Data2VecAudioConfig``.
+    """
+
     def __init__(self, config: Data2VecAudioConfig):
         super().__init__()
         self.intermediate_dropout = nn.Dropout(config.activation_dropout)
@@ -179,6 +209,16 @@ class Data2VecAudioEncoderLayer(nn.Module):
 
 
 class Data2VecAudioEncoder(nn.Module):
+    """Positional convs (added) -> LayerNorm -> dropout -> post-norm encoder layers: (B, T, D) -> (B, T, D).
+
+    ``frame_mask`` (B, T) zeroes padded frames and masks them as attention keys; in training,
+    ``layerdrop`` skips whole layers. Returns the last state and the recorded hidden states,
+    attentions and feed-forward outputs (None unless asked).
+
+    Args:
+        config: the model's ``Data2VecAudioConfig``.
+    """
+
     def __init__(self, config: Data2VecAudioConfig):
         super().__init__()
         self.layerdrop = config.layerdrop
@@ -229,6 +269,14 @@ class Data2VecAudioAdapterLayer(nn.Module):
 
 
 class Data2VecAudioAdapter(nn.Module):
+    """Optional Linear + LayerNorm to output_hidden_size, then ``num_adapter_layers`` strided conv + GLU
+    layers that shorten the sequence: (B, T, D) -> (B, T', output_hidden_size). In training each conv
+    layer is skipped with probability ``layerdrop``.
+
+    Args:
+        config: the model's ``Data2VecAudioConfig``.
+    """
+
     def __init__(self, config: Data2VecAudioConfig):
         super().__init__()
         if config.output_hidden_size != config.hidden_size:
@@ -321,6 +369,24 @@ def _numpy(t: torch.Tensor) -> np.ndarray:
 
 
 class Data2VecAudioPreTrainedModel(Data2VecPreTrainedModel):
+    """Base of the PyTorch audio classes: config class, input name, audio helpers (not built directly).
+
+    Args:
+        config: a ``Data2VecAudioConfig``; it sizes every layer.
+
+    Examples:
+    ```python no-run
+    import torch
+    from d2v_torch import Data2VecAudioConfig, Data2VecAudioModel, Data2VecAudioPreTrainedModel
+
+    config = Data2VecAudioConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+        intermediate_size=64)
+    model = Data2VecAudioModel(config)
+    assert isinstance(model, Data2VecAudioPreTrainedModel)
+    outputs = model(torch.zeros(1, 16000))
+    ```
+    """
+
     config_class = Data2VecAudioConfig
     base_model_prefix = "data2vec_audio"
     main_input_name = "input_values"

@@ -62,6 +62,14 @@ class Data2Vec2Attention(nn.Module):
 
 
 class Data2Vec2FeedForward(nn.Module):
+    """Dense to intermediate_size -> activation -> dropout -> dense back -> dropout (both dropouts
+    ``activation_dropout``): (B, T, D) -> (B, T, D).
+
+    Args:
+        config: the model's data2vec 2.0 config (``Data2Vec2VisionConfig``,
+            ``Data2Vec2AudioConfig`` or ``Data2Vec2TextConfig``).
+    """
+
     def __init__(self, config):
         super().__init__()
         self.intermediate_dense = Linear(config.hidden_size, config.intermediate_size)
@@ -204,6 +212,13 @@ class Data2Vec2VisionPatchEmbeddings(nn.Module):
 
 
 class Data2Vec2VisionEmbeddings(nn.Module):
+    """Patch embeddings plus, with ``use_fixed_positions``, a fixed (not trained) position table:
+    (B, C, H, W) -> (B, N, D).
+
+    Args:
+        config: the model's ``Data2Vec2VisionConfig``.
+    """
+
     def __init__(self, config: Data2Vec2VisionConfig):
         super().__init__()
         self.patch_embeddings = Data2Vec2VisionPatchEmbeddings(config)
@@ -219,6 +234,12 @@ class Data2Vec2VisionEmbeddings(nn.Module):
 
 
 class Data2Vec2VisionPreTrainedModel(Data2Vec2PreTrainedModel):
+    """Base of the data2vec 2.0 PyTorch vision classes: config class, weight prefix, input name.
+
+    Args:
+        config: a ``Data2Vec2VisionConfig``; it sizes every layer.
+    """
+
     config_class = Data2Vec2VisionConfig
     base_model_prefix = "data2vec2_vision"
     main_input_name = "pixel_values"
@@ -366,6 +387,14 @@ def sequence_alibi(config, length: int, device) -> torch.Tensor:
 
 
 class Data2Vec2AudioPreTrainedModel(Data2Vec2PreTrainedModel):
+    """Base of the data2vec 2.0 PyTorch audio classes: config class, weight prefix, input name.
+
+    Also builds the frame mask from a sample-level attention_mask.
+
+    Args:
+        config: a ``Data2Vec2AudioConfig``; it sizes every layer.
+    """
+
     config_class = Data2Vec2AudioConfig
     base_model_prefix = "data2vec2_audio"
     main_input_name = "input_values"
@@ -526,6 +555,12 @@ class Data2Vec2TextEmbeddings(nn.Module):
 
 
 class Data2Vec2TextPreTrainedModel(Data2Vec2PreTrainedModel):
+    """Base of the data2vec 2.0 PyTorch text classes: config class, weight prefix, input name.
+
+    Args:
+        config: a ``Data2Vec2TextConfig``; it sizes every layer.
+    """
+
     config_class = Data2Vec2TextConfig
     base_model_prefix = "data2vec2_text"
     main_input_name = "input_ids"
@@ -583,6 +618,25 @@ class Data2Vec2TextClassificationHead(nn.Module):
 
 
 class Data2Vec2TextForSequenceClassification(Data2Vec2TextPreTrainedModel):
+    """Text encoder -> RoBERTa-style head on the first token (dropout -> dense -> activation ->
+    dropout -> out_proj): logits (B, num_labels); with ``labels``, the classification loss too.
+
+    Args:
+        config: a ``Data2Vec2TextConfig``; ``num_labels``, ``classifier_width``,
+            ``classifier_activation`` and ``classifier_dropout`` size the head.
+
+    Examples:
+    ```python no-run
+    import torch
+    from d2v_torch import Data2Vec2TextConfig, Data2Vec2TextForSequenceClassification
+
+    config = Data2Vec2TextConfig(vocab_size=25, hidden_size=32, num_hidden_layers=1,
+        num_attention_heads=4, intermediate_size=64, max_position_embeddings=16, num_labels=3)
+    model = Data2Vec2TextForSequenceClassification(config)
+    logits = model(torch.tensor([[0, 5, 2, 1]])).logits  # (1, 3)
+    ```
+    """
+
     architecture = "Data2Vec2TextForSequenceClassification"
 
     def __init__(self, config: Data2Vec2TextConfig):

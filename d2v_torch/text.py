@@ -212,6 +212,16 @@ class Data2VecTextSelfOutput(nn.Module):
 
 
 class Data2VecTextAttention(nn.Module):
+    """Self- (or cross-) attention -> dense -> dropout -> residual -> LayerNorm: (B, T, D) -> (B, T, D).
+
+    Also returns the attention weights (when asked) and the (k, v) cache.
+
+    Args:
+        config: the model's ``Data2VecTextConfig``.
+        position_embedding_type: ``"absolute"`` or a relative type (``"relative_key"``,
+            ``"relative_key_query"``) that adds learned distance terms.
+    """
+
     def __init__(self, config: Data2VecTextConfig, position_embedding_type: str):
         super().__init__()
         self.self = Data2VecTextSelfAttention(config, position_embedding_type)
@@ -226,11 +236,25 @@ class Data2VecTextAttention(nn.Module):
 
 
 class Data2VecTextIntermediate(DenseActivation):
+    """Dense to intermediate_size -> ``hidden_act``: (B, T, D) -> (B, T, intermediate_size).
+
+    Args:
+        config: the model's ``Data2VecTextConfig``.
+    """
+
     def __init__(self, config: Data2VecTextConfig):
         super().__init__(config.hidden_size, config.intermediate_size, config.hidden_act)
 
 
 class Data2VecTextOutput(Data2VecTextSelfOutput):
+    """Dense back to hidden_size -> dropout -> residual -> LayerNorm: (B, T, intermediate_size) -> (B, T, D).
+
+    Also returns the dense output before dropout and residual (data2vec's teacher targets).
+
+    Args:
+        config: the model's ``Data2VecTextConfig``.
+    """
+
     def __init__(self, config: Data2VecTextConfig):
         super().__init__(config, config.intermediate_size)
 
@@ -268,6 +292,15 @@ class Data2VecTextLayer(nn.Module):
 
 
 class Data2VecTextEncoder(nn.Module):
+    """``num_hidden_layers`` post-norm layers: (B, T, D) -> (B, T, D).
+
+    Returns the last state, the per-layer (k, v) caches (with ``use_cache``) and the recorded hidden
+    states, attentions, cross-attentions and feed-forward outputs (None unless asked).
+
+    Args:
+        config: the model's ``Data2VecTextConfig``.
+    """
+
     def __init__(self, config: Data2VecTextConfig):
         super().__init__()
         self.layer = nn.ModuleList([Data2VecTextLayer(config) for _ in range(config.num_hidden_layers)])
@@ -364,6 +397,24 @@ def question_answering_loss(start_logits, end_logits, start_positions, end_posit
 
 
 class Data2VecTextPreTrainedModel(Data2VecPreTrainedModel):
+    """Base of the PyTorch text classes: config class, input name, embedding resizing (not built directly).
+
+    Args:
+        config: a ``Data2VecTextConfig``; it sizes every layer.
+
+    Examples:
+    ```python no-run
+    import torch
+    from d2v_torch import Data2VecTextConfig, Data2VecTextModel, Data2VecTextPreTrainedModel
+
+    config = Data2VecTextConfig(vocab_size=25, hidden_size=32, num_hidden_layers=1,
+        num_attention_heads=4, intermediate_size=64, max_position_embeddings=16)
+    model = Data2VecTextModel(config)
+    assert isinstance(model, Data2VecTextPreTrainedModel)
+    outputs = model(torch.tensor([[0, 5, 6, 2]]))
+    ```
+    """
+
     config_class = Data2VecTextConfig
     base_model_prefix = "data2vec_text"
     main_input_name = "input_ids"

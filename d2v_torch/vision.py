@@ -138,6 +138,15 @@ class Data2VecVisionRelativePositionBias(nn.Module):
 
 
 class Data2VecVisionSelfAttention(nn.Module):
+    """Multi-head self-attention (the key has no bias): (B, N+1, D) -> (B, N+1, D) context, plus the
+    attention weights when asked. The scores get the layer's relative position bias (when built
+    with a ``grid``) and the encoder's ``shared_bias``.
+
+    Args:
+        config: the model's ``Data2VecVisionConfig``.
+        grid: the patch grid (rows, cols) for a per-layer relative position bias, or None for none.
+    """
+
     def __init__(self, config: Data2VecVisionConfig, grid: tuple[int, int] | None):
         super().__init__()
         hidden = config.hidden_size
@@ -157,11 +166,26 @@ class Data2VecVisionSelfAttention(nn.Module):
 
 
 class Data2VecVisionSelfOutput(DenseDropout):
+    """Dense (hidden -> hidden) -> dropout on the attention context: (B, N+1, D) -> (B, N+1, D);
+    the layer adds the residual.
+
+    Args:
+        config: the model's ``Data2VecVisionConfig``.
+    """
+
     def __init__(self, config: Data2VecVisionConfig):
         super().__init__(config.hidden_size, config.hidden_size, config.hidden_dropout_prob)
 
 
 class Data2VecVisionAttention(nn.Module):
+    """Self-attention followed by its output projection: (B, N+1, D) -> (B, N+1, D), plus the
+    attention weights when asked.
+
+    Args:
+        config: the model's ``Data2VecVisionConfig``.
+        grid: the patch grid (rows, cols) for a per-layer relative position bias, or None for none.
+    """
+
     def __init__(self, config: Data2VecVisionConfig, grid: tuple[int, int] | None):
         super().__init__()
         self.attention = Data2VecVisionSelfAttention(config, grid)
@@ -176,11 +200,24 @@ class Data2VecVisionAttention(nn.Module):
 
 
 class Data2VecVisionIntermediate(DenseActivation):
+    """Dense to intermediate_size -> ``hidden_act``: (B, N+1, D) -> (B, N+1, intermediate_size).
+
+    Args:
+        config: the model's ``Data2VecVisionConfig``.
+    """
+
     def __init__(self, config: Data2VecVisionConfig):
         super().__init__(config.hidden_size, config.intermediate_size, config.hidden_act)
 
 
 class Data2VecVisionOutput(DenseDropout):
+    """Dense back to hidden_size -> dropout: (B, N+1, intermediate_size) -> (B, N+1, D); the layer adds
+    the residual.
+
+    Args:
+        config: the model's ``Data2VecVisionConfig``.
+    """
+
     def __init__(self, config: Data2VecVisionConfig):
         super().__init__(config.intermediate_size, config.hidden_size, config.hidden_dropout_prob)
 
@@ -214,6 +251,17 @@ class Data2VecVisionLayer(nn.Module):
 
 
 class Data2VecVisionEncoder(nn.Module):
+    """``num_hidden_layers`` pre-norm blocks, drop-path rates rising linearly to ``drop_path_rate``:
+    (B, N+1, D) -> (B, N+1, D).
+
+    Holds the shared relative position bias when ``use_shared_relative_position_bias``. Returns the
+    last state and the recorded hidden states and attentions (None unless asked).
+
+    Args:
+        config: the model's ``Data2VecVisionConfig``.
+        grid: the patch grid of ``config.image_size`` (sizes the relative position bias tables).
+    """
+
     def __init__(self, config: Data2VecVisionConfig, grid: tuple[int, int]):
         super().__init__()
         self.relative_position_bias = (
@@ -275,6 +323,13 @@ class Data2VecVisionConvModule(nn.Module):
 
 
 class Data2VecVisionPyramidPoolingBlock(nn.Sequential):
+    """Adaptive average pooling to (scale, scale) -> 1x1 conv module: (B, C, H, W) -> (B, C, scale, scale).
+
+    Args:
+        scale: the pooled map's height and width.
+        channels: the input and output channel count.
+    """
+
     def __init__(self, scale: int, channels: int):
         super().__init__(nn.AdaptiveAvgPool2d(scale), Data2VecVisionConvModule(channels, channels, 1))
 
@@ -346,6 +401,24 @@ class Data2VecVisionFCNHead(nn.Module):
 
 
 class Data2VecVisionPreTrainedModel(Data2VecPreTrainedModel):
+    """Base of the PyTorch vision classes: config class, input name (not built directly).
+
+    Args:
+        config: a ``Data2VecVisionConfig``; it sizes every layer.
+
+    Examples:
+    ```python no-run
+    import torch
+    from d2v_torch import Data2VecVisionConfig, Data2VecVisionModel, Data2VecVisionPreTrainedModel
+
+    config = Data2VecVisionConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1,
+        num_attention_heads=4, intermediate_size=64)
+    model = Data2VecVisionModel(config)
+    assert isinstance(model, Data2VecVisionPreTrainedModel)
+    outputs = model(torch.zeros(1, 3, 32, 32))
+    ```
+    """
+
     config_class = Data2VecVisionConfig
     base_model_prefix = "data2vec_vision"
     main_input_name = "pixel_values"
