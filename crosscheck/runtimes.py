@@ -65,6 +65,10 @@ def parse_runtimes(text: str | None) -> list[str]:
     return names
 
 
+# Training targets: the eager model takes them, an artifact computes no loss.
+LABEL_INPUTS = ("labels", "start_positions", "end_positions")
+
+
 def artifact_inputs(case: Case, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray] | str:
     """The case's inputs under the artifact's names, or why an artifact cannot run the case."""
     arch = case.architecture
@@ -72,7 +76,7 @@ def artifact_inputs(case: Case, inputs: dict[str, np.ndarray]) -> dict[str, np.n
         return f"{arch} is not exported"
     if case.call_kwargs.get("interpolate_pos_encoding"):
         return "artifacts take the config's image size"
-    extra = sorted(k for k in inputs if k not in common.input_names(case.config, arch) and k != "labels")
+    extra = sorted(k for k in inputs if k not in common.input_names(case.config, arch) and k not in LABEL_INPUTS)
     if extra:
         return f"artifacts do not take {', '.join(extra)}"
     out = {}

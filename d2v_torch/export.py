@@ -125,7 +125,16 @@ def export_program(model: nn.Module, sample: dict[str, np.ndarray], as_dict: boo
     kwargs = {n: tensors[n] for n in module.names}  # by name: the program is called by HF's names
     shapes = dynamic_shapes(model.config, model.architecture)
     with torch.no_grad():
-        return torch.export.export(module, (), kwargs, dynamic_shapes=shapes, strict=False)
+        try:
+            return torch.export.export(module, (), kwargs, dynamic_shapes=shapes, strict=False)
+        except torch._dynamo.exc.UserError as e:
+            if "Constraints violated" not in str(e):
+                raise
+            # torch's range analysis cannot prove some frame-count guards over the declared range
+            # (after the audio adapter's strided convs: ``Mod(1, frames) != 0``, true for every
+            # length we allow). Dim.DYNAMIC lets export infer the range and keep such guards.
+            auto = {name: {axis: torch.export.Dim.DYNAMIC for axis in spec} for name, spec in shapes.items()}
+            return torch.export.export(module, (), kwargs, dynamic_shapes=auto, strict=False)
 
 
 # ------------------------------------------------------------------------------ the two formats
