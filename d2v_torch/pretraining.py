@@ -50,6 +50,7 @@ from d2v_common.pretraining import (
     span_mask,
 )
 from d2v_torch.audio import Data2VecAudioModel
+from d2v_torch.base import MODEL_REGISTRY
 from d2v_torch.text import Data2VecTextModel
 from d2v_torch.vision import Data2VecVisionModel
 
@@ -125,10 +126,16 @@ class _Data2VecForPreTraining(nn.Module):
     (masks, student and teacher passes), ending in ``self._finish``.
     """
 
+    # HF-style class name of a concrete wrapper (d2v_common.registry.PRETRAINING_ARCHITECTURES)
+    architecture = ""
     modality = ""
     base_model_prefix = ""
     backbone_class: type = nn.Module
     config_class: type = object
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        MODEL_REGISTRY.register(cls)  # the concrete wrappers, beside the model classes
 
     def __init__(self, config, pretraining_config=None, seed: int | None = None):
         check_config_class(type(self).__name__, config, self.config_class)
@@ -274,6 +281,7 @@ class Data2VecAudioForPreTraining(_Data2VecForPreTraining):
     """Student sees frames masked with the learned ``masked_spec_embed`` (spans); targets are
     instance-normalised FFN outputs of the teacher's top layers; L2 loss scaled by 1/sqrt(D)."""
 
+    architecture = "Data2VecAudioForPreTraining"
     modality = "audio"
     base_model_prefix = "data2vec_audio"
     backbone_class = Data2VecAudioModel
@@ -310,6 +318,7 @@ class Data2VecTextForPreTraining(_Data2VecForPreTraining):
     """Student sees BERT-style corrupted tokens; targets are layer-normalised FFN outputs of the
     teacher's top layers on the clean tokens; smooth-L1 (beta 4) on the selected tokens."""
 
+    architecture = "Data2VecTextForPreTraining"
     modality = "text"
     base_model_prefix = "data2vec_text"
     backbone_class = Data2VecTextModel
@@ -351,6 +360,7 @@ class Data2VecVisionForPreTraining(_Data2VecForPreTraining):
     """Student sees patches replaced by the mask token (blocks); targets are layer-normalised
     block outputs of the teacher's top layers; smooth-L1 (beta 2) on the masked patches."""
 
+    architecture = "Data2VecVisionForPreTraining"
     modality = "vision"
     base_model_prefix = "data2vec_vision"
     backbone_class = Data2VecVisionModel
