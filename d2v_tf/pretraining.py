@@ -31,6 +31,7 @@ from keras import ops
 
 from d2v_common.audio import feature_lengths
 from d2v_common.configs import Data2VecAudioConfig, Data2VecTextConfig, Data2VecVisionConfig
+from d2v_common.docstrings import document_inputs
 from d2v_common.modeling import check_config_class
 from d2v_common.pretraining import (
     check_masked_tokens_given_together,
@@ -356,6 +357,7 @@ class TFData2VecAudioForPreTraining(_TFData2VecForPreTraining):
     config_class = Data2VecAudioConfig
 
     @unpack_inputs
+    @document_inputs("Data2VecAudioForPreTraining")
     def call(self, input_values=None, attention_mask=None, mask_time_indices=None, return_dict=None, training=False):
         input_values = ops.convert_to_tensor(input_values)
         if input_values.shape[-1] is None:
@@ -406,6 +408,7 @@ class TFData2VecTextForPreTraining(_TFData2VecForPreTraining):
         return TFData2VecTextModel(self.config, add_pooling_layer=False, name=name)  # the pooler gets no gradient
 
     @unpack_inputs
+    @document_inputs("Data2VecTextForPreTraining")
     def call(self, input_ids=None, attention_mask=None, token_type_ids=None, masked_input_ids=None,
              masked_positions=None, return_dict=None, training=False):
         input_ids = ops.convert_to_tensor(input_ids)
@@ -451,6 +454,7 @@ class TFData2VecVisionForPreTraining(_TFData2VecForPreTraining):
     config_class = Data2VecVisionConfig
 
     @unpack_inputs
+    @document_inputs("Data2VecVisionForPreTraining")
     def call(self, pixel_values=None, bool_masked_pos=None, return_dict=None, training=False):
         pixel_values = ops.convert_to_tensor(pixel_values)
         grid = pretraining_patch_grid(self.config, tuple(pixel_values.shape))

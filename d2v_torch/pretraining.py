@@ -33,6 +33,7 @@ from torch import nn
 
 from d2v_common.audio import feature_lengths
 from d2v_common.configs import Data2VecAudioConfig, Data2VecTextConfig, Data2VecVisionConfig
+from d2v_common.docstrings import document_inputs
 from d2v_common.modeling import check_config_class
 from d2v_common.pretraining import (
     check_masked_tokens_given_together,
@@ -287,6 +288,7 @@ class Data2VecAudioForPreTraining(_Data2VecForPreTraining):
     backbone_class = Data2VecAudioModel
     config_class = Data2VecAudioConfig
 
+    @document_inputs("Data2VecAudioForPreTraining")
     def forward(self, input_values, attention_mask=None, mask_time_indices=None, return_dict=None):
         input_values = torch.as_tensor(input_values)
         batch, samples = input_values.shape[0], input_values.shape[-1]
@@ -327,6 +329,7 @@ class Data2VecTextForPreTraining(_Data2VecForPreTraining):
     def _backbone(self):
         return Data2VecTextModel(self.config, add_pooling_layer=False)  # the pooler gets no gradient
 
+    @document_inputs("Data2VecTextForPreTraining")
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, masked_input_ids=None,
                 masked_positions=None, return_dict=None):
         """``masked_input_ids`` (the student's corrupted tokens) and ``masked_positions`` (bool,
@@ -366,6 +369,7 @@ class Data2VecVisionForPreTraining(_Data2VecForPreTraining):
     backbone_class = Data2VecVisionModel
     config_class = Data2VecVisionConfig
 
+    @document_inputs("Data2VecVisionForPreTraining")
     def forward(self, pixel_values, bool_masked_pos=None, return_dict=None):
         pixel_values = torch.as_tensor(pixel_values)
         grid = pretraining_patch_grid(self.config, tuple(pixel_values.shape))

@@ -3,6 +3,9 @@ tables of both frameworks, export and crosscheck all follow the one registry."""
 
 from __future__ import annotations
 
+import inspect
+import re
+
 import pytest
 
 import d2v_tf
@@ -10,6 +13,7 @@ import d2v_torch
 from crosscheck import bench
 from crosscheck.cases import all_cases
 from d2v_common import export as common_export
+from d2v_common import docstrings as documentation
 from d2v_common import registry, spec
 from d2v_tf.base import TFData2VecPreTrainedModel
 from d2v_torch.base import Data2VecPreTrainedModel
@@ -106,3 +110,65 @@ def test_architecture_info():
     with pytest.raises(ValueError, match="unknown architecture 'Data2VecFoo'"):
         registry.architecture_info("Data2VecFoo")
 
+
+# ----------------------------------------------------------------------------- shapes in docstrings
+# An argument's description starts with its shape, "(batch, seq_len) int64: ...", or, for a
+# non-tensor argument, its type.
+_SHAPE = re.compile(r"^\((?:[\w +*/\[\]-]+, )*[\w +*/\[\]-]+,?\)|^per layer \(")
+_FLAG = re.compile(r"^bool\b")
+
+
+def _args_section(doc: str) -> dict[str, str]:
+    """``{name: description}`` of a Google-style ``Args:`` section (continuation lines joined)."""
+    lines = doc.split("\n")
+    start = lines.index("Args:")
+    out: dict[str, str] = {}
+    name = None
+    for line in lines[start + 1:]:
+        if not line.strip():
+            break
+        item = re.match(r"^    (\w+):\s*(.*)$", line)
+        if item:
+            name = item.group(1)
+            out[name] = item.group(2)
+        elif name is not None and line.startswith("        "):
+            out[name] += " " + line.strip()
+    return out
+
+
+def _described_with_shape(text: str) -> bool:
+    """Every alternative ("Task: ..." for a method several heads share) starts with a shape or a type."""
+    parts = re.split(r"(?:^|\. )[A-Z]\w+: ", text) if re.match(r"^[A-Z]\w+: ", text) else [text]
+    parts = [p for p in parts if p]
+    return bool(parts) and all(_SHAPE.match(p) or _FLAG.match(p) for p in parts)
+
+
+def _methods():
+    for framework, package in PACKAGES.items():
+        method = "forward" if framework == "torch" else "call"
+        for name, cls in package.MODEL_REGISTRY.items():
+            yield pytest.param(cls, method, id=cls.__name__)
+
+
+@pytest.mark.parametrize("cls, method", list(_methods()))
+def test_every_forward_and_call_documents_its_shapes(cls, method):
+    """help(Class.forward / call) names every parameter with its shape (or type) and says what
+    comes back: a new class (or a new argument) without shapes fails here."""
+    function = getattr(cls, method)
+    doc = inspect.getdoc(function) or ""
+    assert "Args:" in doc and "Returns:" in doc, f"{cls.__name__}.{method} has no Args:/Returns: section"
+    args = _args_section(doc)
+    parameters = [p for p in inspect.signature(function).parameters if p != "self"]
+    assert list(args) == parameters, f"{cls.__name__}.{method}: Args: lists {list(args)}, signature {parameters}"
+    unshaped = {name: text for name, text in args.items() if not _described_with_shape(text)}
+    assert not unshaped, f"{cls.__name__}.{method}: no shape for {unshaped}"
+    returns = doc.split("Returns:", 1)[1]
+    assert re.search(r"\(batch[,)]", returns), f"{cls.__name__}.{method}: Returns: gives no output shape"
+
+
+def test_the_docstring_test_catches_a_missing_shape():
+    undocumented = documentation.inputs_doc(("Data2VecTextModel",), ["input_ids", "brand_new_argument"])
+    args = _args_section(undocumented)
+    assert _described_with_shape(args["input_ids"])
+    assert args["brand_new_argument"] == "" and not _described_with_shape(args["brand_new_argument"])
+    assert not _described_with_shape("the token ids")
