@@ -45,8 +45,8 @@ TEXT = {
     "encoder_hidden_states": "(batch, source_len, hidden) float32, optional: what cross-attention reads "
                              "(decoders with ``add_cross_attention``).",
     "encoder_attention_mask": "(batch, source_len) 0/1 ints, optional: the padding of encoder_hidden_states.",
-    "past_key_values": "per layer (key, value), each (batch, heads, past_len, hidden / heads) float32, "
-                       "optional: a decoder's cache from the earlier steps.",
+    "past_key_values": "per layer (key, value), each (batch, heads, past_len, hidden / heads) float32 "
+                       "(HF's legacy form; a Cache object works too), optional: a decoder's earlier steps.",
     "use_cache": "bool, optional: return past_key_values for the next step (decoders; default ``config.use_cache``).",
     "cache_position": "(seq_len,) int64, optional: accepted for HF compatibility (the cache tracks its length).",
 }
@@ -105,7 +105,8 @@ ARCHITECTURES: dict[str, dict[str, str]] = {
                    "``hidden_states`` / ``attentions`` over the batch * num_choices sequences when asked for.",
     },
     "Data2VecTextForQuestionAnswering": {
-        "start_positions": "(batch,) int64, optional: the answer's first token (clamped to the sequence).",
+        "start_positions": "(batch,) int64, optional: the answer's first token (positions past the "
+                           "input are left out of the loss).",
         "end_positions": "(batch,) int64, optional: the answer's last token; the loss needs both.",
         "returns": "QuestionAnsweringModelOutput: ``loss`` () with both positions; ``start_logits`` and "
                    "``end_logits`` (batch, seq_len); " + _LAYERS,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 import re
+import sys
 
 import pytest
 
@@ -38,6 +39,9 @@ def test_all_equals_the_registry(framework):
     registered = set(package.MODEL_REGISTRY.values())
     assert registered == _public_model_classes(package)
     assert {cls.__name__ for cls in registered} <= set(package.__all__)
+    for cls in registered:  # and the defining module's __all__, where it keeps one
+        module = sys.modules[cls.__module__]
+        assert cls.__name__ in getattr(module, "__all__", [cls.__name__]), (cls.__module__, cls.__name__)
 
 
 @pytest.mark.parametrize("framework", PACKAGES)
