@@ -43,6 +43,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 import numpy as np  # noqa: E402
 
 from crosscheck.cases import tiny  # noqa: E402
+from d2v_common.registry import architecture_info  # noqa: E402
 
 # ------------------------------------------------------------------------------ workloads
 
@@ -61,12 +62,15 @@ TINY = {
 @dataclass(frozen=True)
 class Workload:
     name: str
-    family: str
     architecture: str
     batch: int
     length: int  # tokens, audio samples, or image side
     extra: dict = field(default_factory=dict)  # config fields beyond the family's base
     tiny_length: int = 0
+
+    @property
+    def family(self) -> str:
+        return architecture_info(self.architecture).family
 
     def config(self, size: str):
         from d2v_common import configs
@@ -103,14 +107,14 @@ class Workload:
 WORKLOADS = {
     w.name: w
     for w in [
-        Workload("text-b8x128", "text", "Data2VecTextModel", 8, 128, tiny_length=16),
-        Workload("text-b4x512", "text", "Data2VecTextModel", 4, 512, tiny_length=32),
-        Workload("text-cls-b8x128", "text", "Data2VecTextForSequenceClassification", 8, 128, dict(num_labels=2),
+        Workload("text-b8x128", "Data2VecTextModel", 8, 128, tiny_length=16),
+        Workload("text-b4x512", "Data2VecTextModel", 4, 512, tiny_length=32),
+        Workload("text-cls-b8x128", "Data2VecTextForSequenceClassification", 8, 128, dict(num_labels=2),
                  tiny_length=16),
-        Workload("audio-b2x10s", "audio", "Data2VecAudioModel", 2, 160_000, tiny_length=4000),
-        Workload("vision-cls-b8x224", "vision", "Data2VecVisionForImageClassification", 8, 224,
+        Workload("audio-b2x10s", "Data2VecAudioModel", 2, 160_000, tiny_length=4000),
+        Workload("vision-cls-b8x224", "Data2VecVisionForImageClassification", 8, 224,
                  dict(num_labels=1000), tiny_length=32),
-        Workload("vision-seg-b2x512", "vision", "Data2VecVisionForSemanticSegmentation", 2, 512,
+        Workload("vision-seg-b2x512", "Data2VecVisionForSemanticSegmentation", 2, 512,
                  dict(num_labels=150, use_auxiliary_head=True), tiny_length=32),
     ]
 }
@@ -294,7 +298,7 @@ def _onnxruntime_rows(workload: Workload, config, arrays: dict, inputs: dict, ke
     from d2v_common import export as common
     from d2v_torch import export as torch_export
 
-    model = getattr(d2v_torch, workload.architecture)(config)
+    model = d2v_torch.model_class(workload.architecture)(config)
     model.load_arrays(arrays)
     # token_type_ids (configs with several token types) are all zeros, as the torch rows get them
     feeds = {n: inputs[n] if n in inputs else np.zeros_like(inputs["input_ids"])
@@ -623,11 +627,12 @@ def _jax_row(workload: Workload, size: str, repeats: int, warmup: int, seed: int
 # ------------------------------------------------------------------------ from_pretrained
 
 LOADERS = {
-    # name -> (module ("hf": transformers, through the test oracle), class, checkpoint file it reads)
+    # name -> (module ("hf": transformers, through the test oracle), class, checkpoint file it
+    # reads); d2v classes by architecture (the package's ``model_class``), HF's by class name
     "d2v torch": ("d2v_torch", "Data2VecVisionForImageClassification", "safetensors"),
     "HF torch": ("hf", "Data2VecVisionForImageClassification", "safetensors"),
-    "d2v keras": ("d2v_tf", "TFData2VecVisionForImageClassification", "safetensors"),
-    "d2v keras (h5)": ("d2v_tf", "TFData2VecVisionForImageClassification", "tf-h5"),
+    "d2v keras": ("d2v_tf", "Data2VecVisionForImageClassification", "safetensors"),
+    "d2v keras (h5)": ("d2v_tf", "Data2VecVisionForImageClassification", "tf-h5"),
     "HF TF (h5)": ("hf", "TFData2VecVisionForImageClassification", "tf-h5"),
 }
 LOAD_COMPARISONS = {"d2v torch": "HF torch", "d2v keras": "HF TF (h5)", "d2v keras (h5)": "HF TF (h5)"}
@@ -655,7 +660,7 @@ def _load_worker(loader: str, directory: str, threads: int) -> dict:
 
         cls = oracle().hf_class(class_name)
     else:
-        cls = getattr(importlib.import_module(module_name), class_name)
+        cls = importlib.import_module(module_name).model_class(class_name)
     gc.collect()
     try:  # reset the peak to the current size, so the peak is the load's own
         with open("/proc/self/clear_refs", "w") as f:

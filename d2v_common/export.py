@@ -64,6 +64,7 @@ from d2v_common.convert import (
 )
 from d2v_common.hub import resolve_model
 from d2v_common.io_utils import EXIT_ERROR, EXIT_MISMATCH, EXIT_OK, fsync_dir, written_summary
+from d2v_common.registry import EXPORTABLE_ARCHITECTURES
 from d2v_common.spec import ARCHITECTURES, family_of
 
 
@@ -248,7 +249,8 @@ OUTPUT_FIELDS = {
     "Data2VecVisionForImageClassification": ("logits",),
     "Data2VecVisionForSemanticSegmentation": ("logits",),
 }
-EXPORTABLE_ARCHITECTURES = tuple(OUTPUT_FIELDS)
+# Which classes export is decided once, in d2v_common.registry (EXPORTABLE_FAMILIES, re-exported
+# here as EXPORTABLE_ARCHITECTURES); each needs its row above (tests/test_registry.py checks).
 DEFAULT_BATCH = 2
 DEFAULT_LENGTH = {"text": 16, "audio": 4000}
 
@@ -258,7 +260,7 @@ def family_of_architecture(architecture: str) -> str:
 
 
 def check_architecture(architecture: str) -> None:
-    if architecture not in OUTPUT_FIELDS:
+    if architecture not in EXPORTABLE_ARCHITECTURES:
         raise ExportError(f"{architecture} cannot be exported; exportable classes: {', '.join(EXPORTABLE_ARCHITECTURES)}")
 
 

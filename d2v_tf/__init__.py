@@ -32,7 +32,7 @@ from d2v_tf.data2vec2 import (  # noqa: E402
     TFData2Vec2VisionForImageClassification,
     TFData2Vec2VisionModel,
 )
-from d2v_tf.base import TFData2VecPreTrainedModel  # noqa: E402
+from d2v_tf.base import MODEL_REGISTRY, TFData2VecPreTrainedModel  # noqa: E402
 from d2v_tf.pretraining import (  # noqa: E402
     TFData2VecAudioForPreTraining,
     TFData2VecTextForPreTraining,
@@ -55,21 +55,12 @@ from d2v_tf.vision import (  # noqa: E402
     TFData2VecVisionPreTrainedModel,
 )
 
-# Every model class by the HF architecture it implements (its ``architecture`` attribute):
-# how tools find the Keras class for a ``config.json`` or a crosscheck case.
-MODEL_CLASSES = {
-    cls.architecture: cls
-    for cls in (
-        TFData2VecAudioForAudioFrameClassification, TFData2VecAudioForCTC, TFData2VecAudioForSequenceClassification,
-        TFData2VecAudioForXVector, TFData2VecAudioModel, TFData2VecTextForCausalLM, TFData2VecTextForMaskedLM,
-        TFData2VecTextForMultipleChoice, TFData2VecTextForQuestionAnswering,
-        TFData2VecTextForSequenceClassification, TFData2VecTextForTokenClassification, TFData2VecTextModel,
-        TFData2VecVisionForImageClassification, TFData2VecVisionForSemanticSegmentation, TFData2VecVisionModel,
-        TFData2Vec2AudioForCTC, TFData2Vec2AudioForSequenceClassification, TFData2Vec2AudioModel,
-        TFData2Vec2TextForSequenceClassification, TFData2Vec2TextModel,
-        TFData2Vec2VisionForImageClassification, TFData2Vec2VisionModel,
-    )
-}
+# The classes register themselves (d2v_common.registry): MODEL_REGISTRY holds every class by
+# the HF architecture it implements (its ``architecture`` attribute, HF's PyTorch name).
+# MODEL_CLASSES: the checkpoint classes, how tools find the Keras class for a ``config.json`` or a
+# crosscheck case; PRETRAINING_CLASSES: the data2vec pretraining wrappers.
+MODEL_CLASSES = MODEL_REGISTRY.of_kind("model")
+PRETRAINING_CLASSES = MODEL_REGISTRY.of_kind("pretraining")
 
 
 def model_class(architecture: str):
@@ -101,6 +92,8 @@ __all__ = [
     "TFData2Vec2VisionForImageClassification",
     "TFData2Vec2VisionModel",
     "MODEL_CLASSES",
+    "MODEL_REGISTRY",
+    "PRETRAINING_CLASSES",
     "model_class",
     "Data2VecAudioConfig",
     "Data2VecTextConfig",

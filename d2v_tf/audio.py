@@ -14,6 +14,7 @@ from keras import ops
 
 from d2v_common import audio as A
 from d2v_common.configs import Data2VecAudioConfig
+from d2v_common.docstrings import document_inputs
 from d2v_common.outputs import (
     EncoderRecord,
     CausalLMOutput,
@@ -534,6 +535,7 @@ class TFData2VecAudioModel(TFData2VecAudioPreTrainedModel):
         return x
 
     @unpack_inputs
+    @document_inputs("Data2VecAudioModel")
     def call(self, input_values=None, attention_mask=None, mask_time_indices=None, output_attentions=None,
              output_hidden_states=None, return_dict=None, output_ffn_states=False, training=False):
         """``output_ffn_states`` (d2v only, for data2vec pretraining): the returned object also
@@ -636,6 +638,7 @@ class TFData2VecAudioForCTC(TFData2VecAudioPreTrainedModel):
         return None if self.config.ctc_loss_reduction == "sum" else super().loss_count(x, labels)
 
     @unpack_inputs
+    @document_inputs("Data2VecAudioForCTC")
     def call(self, input_values=None, attention_mask=None, output_attentions=None, output_hidden_states=None,
              return_dict=None, labels=None, training=False):
         return_dict = self._return_dict_default if return_dict is None else return_dict
@@ -725,6 +728,7 @@ class TFData2VecAudioForSequenceClassification(_TFData2VecAudioClassifierBase):
         return cross_entropy(ops.reshape(outputs.logits, (-1, n)), ops.reshape(labels, (-1,)))
 
     @unpack_inputs
+    @document_inputs("Data2VecAudioForSequenceClassification")
     def call(self, input_values=None, attention_mask=None, output_attentions=None, output_hidden_states=None,
              return_dict=None, labels=None, training=False):
         return_dict = self._return_dict_default if return_dict is None else return_dict
@@ -766,6 +770,7 @@ class TFData2VecAudioForAudioFrameClassification(_TFData2VecAudioClassifierBase)
         return cross_entropy(ops.reshape(logits, (-1, n)), first_argmax(ops.reshape(labels, (-1, n))))
 
     @unpack_inputs
+    @document_inputs("Data2VecAudioForAudioFrameClassification")
     def call(self, input_values=None, attention_mask=None, labels=None, output_attentions=None,
              output_hidden_states=None, return_dict=None, training=False):
         return_dict = self._return_dict_default if return_dict is None else return_dict
@@ -808,6 +813,7 @@ class TFData2VecAudioForXVector(_TFData2VecAudioClassifierBase):
         return self.objective(outputs.logits, labels)
 
     @unpack_inputs
+    @document_inputs("Data2VecAudioForXVector")
     def call(self, input_values=None, attention_mask=None, output_attentions=None, output_hidden_states=None,
              return_dict=None, labels=None, training=False):
         return_dict = self._return_dict_default if return_dict is None else return_dict

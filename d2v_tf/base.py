@@ -19,6 +19,7 @@ from d2v_common.modeling import (
     architecture_of, check_config_class, check_names_match_spec, check_no_missing, snake_case,
 )
 from d2v_common.outputs import finish
+from d2v_common.registry import ModelRegistry
 from d2v_common.pretrained import (
     load_config_for,
     building_nested,
@@ -108,6 +109,11 @@ def unpack_inputs(call):
     return wrapper
 
 
+# Every Keras model class by its architecture (HF's PyTorch name, no "TF"), filled by
+# ``__init_subclass__`` below (and the pretraining base); ``d2v_tf.MODEL_CLASSES`` reads it.
+MODEL_REGISTRY = ModelRegistry("keras", class_prefix="TF")
+
+
 class TFData2VecPreTrainedModel(backend.ModelSteps, keras.Model):
     """Base of the Keras classes. Subclasses set ``config_class`` and ``main_input_name``, hold
     their layers under the PyTorch module names, and call ``post_init()`` last."""
@@ -123,6 +129,7 @@ class TFData2VecPreTrainedModel(backend.ModelSteps, keras.Model):
         # every d2v model can be restored from a .keras file with safe_mode=True
         super().__init_subclass__(**kwargs)
         keras.saving.register_keras_serializable(package="d2v")(cls)
+        MODEL_REGISTRY.register(cls)  # a class that sets ``architecture`` (d2v_common.registry)
 
     def __init__(self, config: Data2VecConfigBase, **kwargs: Any):
         check_config_class(type(self).__name__, config, self.config_class)

@@ -17,6 +17,7 @@ from keras import ops
 from d2v_common import audio as A
 from d2v_common import data2vec2 as D
 from d2v_common.data2vec2 import Data2Vec2AudioConfig, Data2Vec2TextConfig, Data2Vec2VisionConfig
+from d2v_common.docstrings import document_inputs
 from d2v_common.outputs import (
     BaseModelOutput,
     CausalLMOutput,
@@ -275,6 +276,7 @@ class TFData2Vec2VisionModel(TFData2Vec2VisionPreTrainedModel):
         self.post_init()
 
     @unpack_inputs
+    @document_inputs("Data2Vec2VisionModel")
     def call(self, pixel_values=None, output_attentions=None, output_hidden_states=None, return_dict=None,
              training=False):
         output_attentions, output_hidden_states, return_dict = self._output_flags(
@@ -322,6 +324,7 @@ class TFData2Vec2VisionForImageClassification(TFData2Vec2VisionPreTrainedModel):
         return self.fc_norm(x) if self.fc_norm is not None else x
 
     @unpack_inputs
+    @document_inputs("Data2Vec2VisionForImageClassification")
     def call(self, pixel_values=None, labels=None, output_attentions=None, output_hidden_states=None,
              return_dict=None, training=False):
         return_dict = self._return_dict_default if return_dict is None else return_dict
@@ -470,6 +473,7 @@ class TFData2Vec2AudioModel(TFData2Vec2AudioPreTrainedModel):
         self.post_init()
 
     @unpack_inputs
+    @document_inputs("Data2Vec2AudioModel")
     def call(self, input_values=None, attention_mask=None, output_attentions=None, output_hidden_states=None,
              return_dict=None, training=False):
         output_attentions, output_hidden_states, return_dict = self._output_flags(
@@ -531,6 +535,7 @@ class TFData2Vec2AudioForCTC(TFData2Vec2AudioPreTrainedModel):
         )
 
     @unpack_inputs
+    @document_inputs("Data2Vec2AudioForCTC")
     def call(self, input_values=None, attention_mask=None, output_attentions=None, output_hidden_states=None,
              return_dict=None, labels=None, training=False):
         return_dict = self._return_dict_default if return_dict is None else return_dict
@@ -557,6 +562,7 @@ class TFData2Vec2AudioForSequenceClassification(TFData2Vec2AudioPreTrainedModel)
         self.post_init()
 
     @unpack_inputs
+    @document_inputs("Data2Vec2AudioForSequenceClassification")
     def call(self, input_values=None, attention_mask=None, output_attentions=None, output_hidden_states=None,
              return_dict=None, labels=None, training=False):
         return_dict = self._return_dict_default if return_dict is None else return_dict
@@ -635,6 +641,7 @@ class TFData2Vec2TextModel(TFData2Vec2TextPreTrainedModel):
         self.post_init()
 
     @unpack_inputs
+    @document_inputs("Data2Vec2TextModel")
     def call(self, input_ids=None, attention_mask=None, output_attentions=None, output_hidden_states=None,
              return_dict=None, training=False):
         output_attentions, output_hidden_states, return_dict = self._output_flags(
@@ -701,6 +708,7 @@ class TFData2Vec2TextForSequenceClassification(TFData2Vec2TextPreTrainedModel):
         self.post_init()
 
     @unpack_inputs
+    @document_inputs("Data2Vec2TextForSequenceClassification")
     def call(self, input_ids=None, attention_mask=None, labels=None, output_attentions=None,
              output_hidden_states=None, return_dict=None, training=False):
         return_dict = self._return_dict_default if return_dict is None else return_dict

@@ -31,6 +31,7 @@ from keras import ops
 
 from d2v_common.audio import feature_lengths
 from d2v_common.configs import Data2VecAudioConfig, Data2VecTextConfig, Data2VecVisionConfig
+from d2v_common.docstrings import document_inputs
 from d2v_common.modeling import check_config_class
 from d2v_common.pretraining import (
     check_masked_tokens_given_together,
@@ -50,7 +51,7 @@ from d2v_common.pretraining import (
 )
 from d2v_tf.audio import TFData2VecAudioModel
 from d2v_tf import backend
-from d2v_tf.base import named_variables, unpack_inputs
+from d2v_tf.base import MODEL_REGISTRY, named_variables, unpack_inputs
 from d2v_tf.layers import Linear, is_eager
 from d2v_tf.text import TFData2VecTextModel
 from d2v_tf.vision import TFData2VecVisionModel
@@ -154,10 +155,16 @@ class _TFData2VecForPreTraining(backend.PretrainingSteps, keras.Model):
     (masks, student and teacher passes), ending in ``self._finish``.
     """
 
+    # HF-style class name of a concrete wrapper (d2v_common.registry.PRETRAINING_ARCHITECTURES)
+    architecture = ""
     modality = ""
     base_model_prefix = ""
     backbone_class: type = keras.Model
     config_class: type = object
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        MODEL_REGISTRY.register(cls)  # the concrete wrappers, beside the model classes
 
     def __init__(self, config, pretraining_config=None, seed: int | None = None, **kwargs):
         check_config_class(type(self).__name__, config, self.config_class)
@@ -343,12 +350,14 @@ class TFData2VecAudioForPreTraining(_TFData2VecForPreTraining):
     """Student sees frames masked with the learned ``masked_spec_embed`` (spans); targets are
     instance-normalised FFN outputs of the teacher's top layers; L2 loss scaled by 1/sqrt(D)."""
 
+    architecture = "Data2VecAudioForPreTraining"
     modality = "audio"
     base_model_prefix = "data2vec_audio"
     backbone_class = TFData2VecAudioModel
     config_class = Data2VecAudioConfig
 
     @unpack_inputs
+    @document_inputs("Data2VecAudioForPreTraining")
     def call(self, input_values=None, attention_mask=None, mask_time_indices=None, return_dict=None, training=False):
         input_values = ops.convert_to_tensor(input_values)
         if input_values.shape[-1] is None:
@@ -389,6 +398,7 @@ class TFData2VecTextForPreTraining(_TFData2VecForPreTraining):
     """Student sees BERT-style corrupted tokens; targets are layer-normalised FFN outputs of the
     teacher's top layers on the clean tokens; smooth-L1 (beta 4) on the selected tokens."""
 
+    architecture = "Data2VecTextForPreTraining"
     modality = "text"
     base_model_prefix = "data2vec_text"
     backbone_class = TFData2VecTextModel
@@ -398,6 +408,7 @@ class TFData2VecTextForPreTraining(_TFData2VecForPreTraining):
         return TFData2VecTextModel(self.config, add_pooling_layer=False, name=name)  # the pooler gets no gradient
 
     @unpack_inputs
+    @document_inputs("Data2VecTextForPreTraining")
     def call(self, input_ids=None, attention_mask=None, token_type_ids=None, masked_input_ids=None,
              masked_positions=None, return_dict=None, training=False):
         input_ids = ops.convert_to_tensor(input_ids)
@@ -436,12 +447,14 @@ class TFData2VecVisionForPreTraining(_TFData2VecForPreTraining):
     """Student sees patches replaced by the mask token (blocks); targets are layer-normalised
     block outputs of the teacher's top layers; smooth-L1 (beta 2) on the masked patches."""
 
+    architecture = "Data2VecVisionForPreTraining"
     modality = "vision"
     base_model_prefix = "data2vec_vision"
     backbone_class = TFData2VecVisionModel
     config_class = Data2VecVisionConfig
 
     @unpack_inputs
+    @document_inputs("Data2VecVisionForPreTraining")
     def call(self, pixel_values=None, bool_masked_pos=None, return_dict=None, training=False):
         pixel_values = ops.convert_to_tensor(pixel_values)
         grid = pretraining_patch_grid(self.config, tuple(pixel_values.shape))

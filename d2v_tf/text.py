@@ -21,6 +21,7 @@ from keras import ops
 from d2v_common import layouts
 from d2v_common import text as common
 from d2v_common.configs import Data2VecTextConfig
+from d2v_common.docstrings import document_inputs
 from d2v_common.input_types import check_input_dtype
 from d2v_common.losses import check_classification_labels
 from d2v_common.outputs import (
@@ -595,6 +596,7 @@ class TFData2VecTextModel(TFData2VecTextPreTrainedModel):
         return {**super().get_config(), "add_pooling_layer": self.add_pooling_layer}
 
     @unpack_inputs
+    @document_inputs("Data2VecTextModel")
     def call(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
              inputs_embeds=None, encoder_hidden_states=None, encoder_attention_mask=None, past_key_values=None,
              use_cache=None, output_attentions=None, output_hidden_states=None, return_dict=None,
@@ -741,6 +743,7 @@ class TFData2VecTextForCausalLM(_TFLMHeadModel):
         return count_not_equal(ops.convert_to_tensor(labels)[:, 1:], common.IGNORE_INDEX)  # as causal_lm_loss shifts
 
     @unpack_inputs
+    @document_inputs("Data2VecTextForCausalLM")
     def call(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
              inputs_embeds=None, encoder_hidden_states=None, encoder_attention_mask=None, labels=None,
              past_key_values=None, use_cache=None, output_attentions=None, output_hidden_states=None,
@@ -789,6 +792,7 @@ class TFData2VecTextForMaskedLM(_TFLMHeadModel):
         return count_not_equal(labels, common.IGNORE_INDEX)
 
     @unpack_inputs
+    @document_inputs("Data2VecTextForMaskedLM")
     def call(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
              inputs_embeds=None, encoder_hidden_states=None, encoder_attention_mask=None, labels=None,
              output_attentions=None, output_hidden_states=None, return_dict=None, training=False):
@@ -818,6 +822,7 @@ class _PerPositionHeadModel(TFData2VecTextPreTrainedModel):
         raise NotImplementedError
 
     @unpack_inputs
+    @document_inputs("Data2VecTextForSequenceClassification", "Data2VecTextForTokenClassification")
     def call(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
              inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None, return_dict=None,
              training=False):
@@ -899,6 +904,7 @@ class TFData2VecTextForMultipleChoice(TFData2VecTextPreTrainedModel):
         return cross_entropy(logits, labels)
 
     @unpack_inputs
+    @document_inputs("Data2VecTextForMultipleChoice")
     def call(self, input_ids=None, token_type_ids=None, attention_mask=None, labels=None, position_ids=None,
              head_mask=None, inputs_embeds=None, output_attentions=None, output_hidden_states=None, return_dict=None,
              training=False):
@@ -1007,6 +1013,7 @@ class TFData2VecTextForQuestionAnswering(_PerPositionHeadModel):
         return ops.stack([outputs.start_logits, outputs.end_logits], axis=-1)
 
     @unpack_inputs
+    @document_inputs("Data2VecTextForQuestionAnswering")
     def call(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
              inputs_embeds=None, start_positions=None, end_positions=None, output_attentions=None,
              output_hidden_states=None, return_dict=None, training=False):

@@ -10,6 +10,7 @@ import keras
 from keras import ops
 
 from d2v_common.configs import Data2VecVisionConfig
+from d2v_common.docstrings import document_inputs
 from d2v_common.interpolation import bicubic_matrix, bilinear_matrix
 from d2v_common.outputs import (
     EncoderRecord,
@@ -503,6 +504,7 @@ class TFData2VecVisionModel(TFData2VecVisionPreTrainedModel):
         return self.embeddings.patch_embeddings
 
     @unpack_inputs
+    @document_inputs("Data2VecVisionModel")
     def call(self, pixel_values=None, bool_masked_pos=None, head_mask=None, output_attentions=None,
              output_hidden_states=None, interpolate_pos_encoding=False, return_dict=None, training=False):
         output_attentions, output_hidden_states, return_dict = self._output_flags(
@@ -578,6 +580,7 @@ class TFData2VecVisionForImageClassification(TFData2VecVisionPreTrainedModel):
         return classification_loss(outputs.logits, labels, self.config)
 
     @unpack_inputs
+    @document_inputs("Data2VecVisionForImageClassification")
     def call(self, pixel_values=None, head_mask=None, labels=None, output_attentions=None, output_hidden_states=None,
              interpolate_pos_encoding=False, return_dict=None, training=False):
         return_dict = self._return_dict_default if return_dict is None else return_dict
@@ -653,6 +656,7 @@ class TFData2VecVisionForSemanticSegmentation(TFData2VecVisionPreTrainedModel):
         return loss
 
     @unpack_inputs
+    @document_inputs("Data2VecVisionForSemanticSegmentation")
     def call(self, pixel_values=None, head_mask=None, labels=None, output_attentions=None, output_hidden_states=None,
              interpolate_pos_encoding=False, return_dict=None, training=False):
         return_dict = self._return_dict_default if return_dict is None else return_dict

@@ -11,7 +11,7 @@ from d2v_torch.audio import (
     Data2VecAudioModel,
     Data2VecAudioPreTrainedModel,
 )
-from d2v_torch.base import Data2VecPreTrainedModel
+from d2v_torch.base import MODEL_REGISTRY, Data2VecPreTrainedModel
 from d2v_torch.data2vec2 import (
     Data2Vec2AudioForCTC,
     Data2Vec2AudioForSequenceClassification,
@@ -44,21 +44,12 @@ from d2v_torch.vision import (
     Data2VecVisionPreTrainedModel,
 )
 
-# Every model class by the HF architecture it implements (its ``architecture`` attribute):
-# how tools find the PyTorch class for a ``config.json`` or a crosscheck case.
-MODEL_CLASSES = {
-    cls.architecture: cls
-    for cls in (
-        Data2VecAudioForAudioFrameClassification, Data2VecAudioForCTC, Data2VecAudioForSequenceClassification,
-        Data2VecAudioForXVector, Data2VecAudioModel, Data2VecTextForCausalLM, Data2VecTextForMaskedLM,
-        Data2VecTextForMultipleChoice, Data2VecTextForQuestionAnswering,
-        Data2VecTextForSequenceClassification, Data2VecTextForTokenClassification, Data2VecTextModel,
-        Data2VecVisionForImageClassification, Data2VecVisionForSemanticSegmentation, Data2VecVisionModel,
-        Data2Vec2AudioForCTC, Data2Vec2AudioForSequenceClassification, Data2Vec2AudioModel,
-        Data2Vec2TextForSequenceClassification, Data2Vec2TextModel,
-        Data2Vec2VisionForImageClassification, Data2Vec2VisionModel,
-    )
-}
+# The classes register themselves (d2v_common.registry): MODEL_REGISTRY holds every class by
+# the HF architecture it implements (its ``architecture`` attribute, HF's PyTorch name).
+# MODEL_CLASSES: the checkpoint classes, how tools find the PyTorch class for a ``config.json`` or a
+# crosscheck case; PRETRAINING_CLASSES: the data2vec pretraining wrappers.
+MODEL_CLASSES = MODEL_REGISTRY.of_kind("model")
+PRETRAINING_CLASSES = MODEL_REGISTRY.of_kind("pretraining")
 
 
 def model_class(architecture: str):
@@ -89,6 +80,8 @@ __all__ = [
     "Data2Vec2VisionForImageClassification",
     "Data2Vec2VisionModel",
     "MODEL_CLASSES",
+    "MODEL_REGISTRY",
+    "PRETRAINING_CLASSES",
     "model_class",
     "Data2VecAudioConfig",
     "Data2VecAudioForAudioFrameClassification",

@@ -15,6 +15,7 @@ from torch import nn
 
 from d2v_common import audio as A
 from d2v_common.configs import Data2VecAudioConfig
+from d2v_common.docstrings import document_inputs
 from d2v_common.outputs import (
     EncoderRecord,
     CausalLMOutput,
@@ -440,6 +441,7 @@ class Data2VecAudioModel(Data2VecAudioPreTrainedModel):
             x = x.masked_fill(mask[:, None, :], 0.0)
         return x
 
+    @document_inputs("Data2VecAudioModel")
     def forward(self, input_values: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 mask_time_indices: torch.Tensor | None = None, output_attentions: bool | None = None,
                 output_hidden_states: bool | None = None, return_dict: bool | None = None,
@@ -501,6 +503,7 @@ class Data2VecAudioForCTC(Data2VecAudioPreTrainedModel):
         # an all-padding row has no frames (the formula goes negative there)
         return A.feature_lengths(self.config, samples).to(torch.long).clamp(min=0)
 
+    @document_inputs("Data2VecAudioForCTC")
     def forward(self, input_values: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 output_attentions: bool | None = None, output_hidden_states: bool | None = None,
                 return_dict: bool | None = None, labels: torch.Tensor | None = None):
@@ -585,6 +588,7 @@ class Data2VecAudioForSequenceClassification(_Data2VecAudioClassifierBase):
         self.classifier = Linear(config.classifier_proj_size, config.num_labels)
         self.post_init()
 
+    @document_inputs("Data2VecAudioForSequenceClassification")
     def forward(self, input_values: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 output_attentions: bool | None = None, output_hidden_states: bool | None = None,
                 return_dict: bool | None = None, labels: torch.Tensor | None = None):
@@ -619,6 +623,7 @@ class Data2VecAudioForAudioFrameClassification(_Data2VecAudioClassifierBase):
         self.num_labels = config.num_labels
         self.post_init()
 
+    @document_inputs("Data2VecAudioForAudioFrameClassification")
     def forward(self, input_values: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, output_attentions: bool | None = None,
                 output_hidden_states: bool | None = None, return_dict: bool | None = None):
@@ -648,6 +653,7 @@ class Data2VecAudioForXVector(_Data2VecAudioClassifierBase):
         self.objective = AMSoftmaxLoss(config.xvector_output_dim, config.num_labels)
         self.post_init()
 
+    @document_inputs("Data2VecAudioForXVector")
     def forward(self, input_values: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 output_attentions: bool | None = None, output_hidden_states: bool | None = None,
                 return_dict: bool | None = None, labels: torch.Tensor | None = None):

@@ -16,6 +16,7 @@ from d2v_common.hub import pop_hub_options, resolve_model
 from d2v_common.input_types import check_input_type
 from d2v_common.modeling import architecture_of, check_config_class, check_names_match_spec, check_no_missing
 from d2v_common.outputs import finish
+from d2v_common.registry import ModelRegistry
 from d2v_common.pretrained import (
     building_nested,
     check_checkpoint_fits,
@@ -61,6 +62,11 @@ def _torch_seed() -> int:
     return int(torch.randint(0, 2**31 - 1, ()).item())
 
 
+# Every PyTorch model class by its architecture, filled by ``__init_subclass__`` below (and
+# the pretraining base); ``d2v_torch.MODEL_CLASSES`` and the tools read it.
+MODEL_REGISTRY = ModelRegistry("torch")
+
+
 class Data2VecPreTrainedModel(nn.Module):
     """Base of the 15 PyTorch classes. Subclasses set ``config_class`` and ``main_input_name``,
     build their modules so that ``state_dict()`` keys equal the weight spec's names, and call
@@ -73,6 +79,10 @@ class Data2VecPreTrainedModel(nn.Module):
     base_model_prefix = ""
     main_input_name = ""
     supports_gradient_checkpointing = True
+
+    def __init_subclass__(cls, **kwargs: Any):
+        super().__init_subclass__(**kwargs)
+        MODEL_REGISTRY.register(cls)  # a class that sets ``architecture`` (d2v_common.registry)
 
     def __init__(self, config: Data2VecConfigBase):
         check_config_class(type(self).__name__, config, self.config_class)

@@ -18,6 +18,7 @@ from torch import nn
 from d2v_common import audio as A
 from d2v_common import data2vec2 as D
 from d2v_common.data2vec2 import Data2Vec2AudioConfig, Data2Vec2TextConfig, Data2Vec2VisionConfig
+from d2v_common.docstrings import document_inputs
 from d2v_common.outputs import (
     BaseModelOutput,
     CausalLMOutput,
@@ -264,6 +265,7 @@ class Data2Vec2VisionModel(Data2Vec2VisionPreTrainedModel):
         self._alibi = torch.from_numpy(D.image_alibi_bias(config)) if config.use_alibi else None
         self.post_init()
 
+    @document_inputs("Data2Vec2VisionModel")
     def forward(self, pixel_values, output_attentions=None, output_hidden_states=None, return_dict=None):
         output_attentions, output_hidden_states, return_dict = self._output_flags(
             output_attentions, output_hidden_states, return_dict
@@ -307,6 +309,7 @@ class Data2Vec2VisionForImageClassification(Data2Vec2VisionPreTrainedModel):
             x = patches.mean(dim=1) if mode == "mean" else lin_softmax_pool(patches)
         return self.fc_norm(x) if self.fc_norm is not None else x
 
+    @document_inputs("Data2Vec2VisionForImageClassification")
     def forward(self, pixel_values, labels=None, output_attentions=None, output_hidden_states=None, return_dict=None):
         return_dict = self._return_dict_default if return_dict is None else return_dict
         base = self.data2vec2_vision(pixel_values, output_attentions, output_hidden_states, return_dict=True)
@@ -426,6 +429,7 @@ class Data2Vec2AudioModel(Data2Vec2AudioPreTrainedModel):
         self.encoder = Data2Vec2AudioEncoder(config)
         self.post_init()
 
+    @document_inputs("Data2Vec2AudioModel")
     def forward(self, input_values, attention_mask=None, output_attentions=None, output_hidden_states=None,
                 return_dict=None):
         output_attentions, output_hidden_states, return_dict = self._output_flags(
@@ -467,6 +471,7 @@ class Data2Vec2AudioForCTC(Data2Vec2AudioPreTrainedModel):
         self.lm_head = Linear(config.hidden_size, config.vocab_size)
         self.post_init()
 
+    @document_inputs("Data2Vec2AudioForCTC")
     def forward(self, input_values, attention_mask=None, output_attentions=None, output_hidden_states=None,
                 return_dict=None, labels=None):
         return_dict = self._return_dict_default if return_dict is None else return_dict
@@ -503,6 +508,7 @@ class Data2Vec2AudioForSequenceClassification(Data2Vec2AudioPreTrainedModel):
         self.classifier = Linear(config.classifier_proj_size, config.num_labels)
         self.post_init()
 
+    @document_inputs("Data2Vec2AudioForSequenceClassification")
     def forward(self, input_values, attention_mask=None, output_attentions=None, output_hidden_states=None,
                 return_dict=None, labels=None):
         return_dict = self._return_dict_default if return_dict is None else return_dict
@@ -585,6 +591,7 @@ class Data2Vec2TextModel(Data2Vec2TextPreTrainedModel):
         self.encoder = Data2Vec2Encoder(config)
         self.post_init()
 
+    @document_inputs("Data2Vec2TextModel")
     def forward(self, input_ids, attention_mask=None, output_attentions=None, output_hidden_states=None,
                 return_dict=None):
         output_attentions, output_hidden_states, return_dict = self._output_flags(
@@ -645,6 +652,7 @@ class Data2Vec2TextForSequenceClassification(Data2Vec2TextPreTrainedModel):
         self.classifier = Data2Vec2TextClassificationHead(config)
         self.post_init()
 
+    @document_inputs("Data2Vec2TextForSequenceClassification")
     def forward(self, input_ids, attention_mask=None, labels=None, output_attentions=None,
                 output_hidden_states=None, return_dict=None):
         return_dict = self._return_dict_default if return_dict is None else return_dict

@@ -33,6 +33,7 @@ from torch import nn
 
 from d2v_common.audio import feature_lengths
 from d2v_common.configs import Data2VecAudioConfig, Data2VecTextConfig, Data2VecVisionConfig
+from d2v_common.docstrings import document_inputs
 from d2v_common.modeling import check_config_class
 from d2v_common.pretraining import (
     check_masked_tokens_given_together,
@@ -50,6 +51,7 @@ from d2v_common.pretraining import (
     span_mask,
 )
 from d2v_torch.audio import Data2VecAudioModel
+from d2v_torch.base import MODEL_REGISTRY
 from d2v_torch.text import Data2VecTextModel
 from d2v_torch.vision import Data2VecVisionModel
 
@@ -125,10 +127,16 @@ class _Data2VecForPreTraining(nn.Module):
     (masks, student and teacher passes), ending in ``self._finish``.
     """
 
+    # HF-style class name of a concrete wrapper (d2v_common.registry.PRETRAINING_ARCHITECTURES)
+    architecture = ""
     modality = ""
     base_model_prefix = ""
     backbone_class: type = nn.Module
     config_class: type = object
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        MODEL_REGISTRY.register(cls)  # the concrete wrappers, beside the model classes
 
     def __init__(self, config, pretraining_config=None, seed: int | None = None):
         check_config_class(type(self).__name__, config, self.config_class)
@@ -274,11 +282,13 @@ class Data2VecAudioForPreTraining(_Data2VecForPreTraining):
     """Student sees frames masked with the learned ``masked_spec_embed`` (spans); targets are
     instance-normalised FFN outputs of the teacher's top layers; L2 loss scaled by 1/sqrt(D)."""
 
+    architecture = "Data2VecAudioForPreTraining"
     modality = "audio"
     base_model_prefix = "data2vec_audio"
     backbone_class = Data2VecAudioModel
     config_class = Data2VecAudioConfig
 
+    @document_inputs("Data2VecAudioForPreTraining")
     def forward(self, input_values, attention_mask=None, mask_time_indices=None, return_dict=None):
         input_values = torch.as_tensor(input_values)
         batch, samples = input_values.shape[0], input_values.shape[-1]
@@ -310,6 +320,7 @@ class Data2VecTextForPreTraining(_Data2VecForPreTraining):
     """Student sees BERT-style corrupted tokens; targets are layer-normalised FFN outputs of the
     teacher's top layers on the clean tokens; smooth-L1 (beta 4) on the selected tokens."""
 
+    architecture = "Data2VecTextForPreTraining"
     modality = "text"
     base_model_prefix = "data2vec_text"
     backbone_class = Data2VecTextModel
@@ -318,6 +329,7 @@ class Data2VecTextForPreTraining(_Data2VecForPreTraining):
     def _backbone(self):
         return Data2VecTextModel(self.config, add_pooling_layer=False)  # the pooler gets no gradient
 
+    @document_inputs("Data2VecTextForPreTraining")
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, masked_input_ids=None,
                 masked_positions=None, return_dict=None):
         """``masked_input_ids`` (the student's corrupted tokens) and ``masked_positions`` (bool,
@@ -351,11 +363,13 @@ class Data2VecVisionForPreTraining(_Data2VecForPreTraining):
     """Student sees patches replaced by the mask token (blocks); targets are layer-normalised
     block outputs of the teacher's top layers; smooth-L1 (beta 2) on the masked patches."""
 
+    architecture = "Data2VecVisionForPreTraining"
     modality = "vision"
     base_model_prefix = "data2vec_vision"
     backbone_class = Data2VecVisionModel
     config_class = Data2VecVisionConfig
 
+    @document_inputs("Data2VecVisionForPreTraining")
     def forward(self, pixel_values, bool_masked_pos=None, return_dict=None):
         pixel_values = torch.as_tensor(pixel_values)
         grid = pretraining_patch_grid(self.config, tuple(pixel_values.shape))

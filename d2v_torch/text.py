@@ -20,6 +20,7 @@ from torch import nn
 
 from d2v_common import text as common
 from d2v_common.configs import Data2VecTextConfig
+from d2v_common.docstrings import document_inputs
 from d2v_common.input_types import check_input_type
 from d2v_common.losses import check_classification_labels
 from d2v_common.outputs import (
@@ -488,6 +489,7 @@ class Data2VecTextModel(Data2VecTextPreTrainedModel):
     def _make_spec(self):
         return weight_spec(self.config, self.architecture, add_pooling_layer=self.add_pooling_layer)
 
+    @document_inputs("Data2VecTextModel")
     def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
                 head_mask: torch.Tensor | None = None, inputs_embeds: torch.Tensor | None = None,
@@ -636,6 +638,7 @@ class Data2VecTextForCausalLM(_LMHeadModel):
     def _token_loss(logits, labels):
         return causal_lm_loss(logits, labels)
 
+    @document_inputs("Data2VecTextForCausalLM")
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
                 inputs_embeds=None, encoder_hidden_states=None, encoder_attention_mask=None, labels=None,
                 past_key_values=None, use_cache=None, output_attentions=None, output_hidden_states=None,
@@ -667,6 +670,7 @@ class Data2VecTextForMaskedLM(_LMHeadModel):
     def _token_loss(logits, labels):
         return cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
 
+    @document_inputs("Data2VecTextForMaskedLM")
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
                 inputs_embeds=None, encoder_hidden_states=None, encoder_attention_mask=None, labels=None,
                 output_attentions=None, output_hidden_states=None, return_dict=None):
@@ -697,6 +701,7 @@ class _PerPositionHeadModel(Data2VecTextPreTrainedModel):
     def _head_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    @document_inputs("Data2VecTextForSequenceClassification", "Data2VecTextForTokenClassification")
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
                 inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None, return_dict=None):
         return_dict = self._return_dict_default if return_dict is None else return_dict
@@ -743,6 +748,7 @@ class Data2VecTextForMultipleChoice(Data2VecTextPreTrainedModel):
         self.classifier = Linear(config.hidden_size, 1)
         self.post_init()
 
+    @document_inputs("Data2VecTextForMultipleChoice")
     def forward(self, input_ids=None, token_type_ids=None, attention_mask=None, labels=None, position_ids=None,
                 head_mask=None, inputs_embeds=None, output_attentions=None, output_hidden_states=None,
                 return_dict=None):
@@ -806,6 +812,7 @@ class Data2VecTextForQuestionAnswering(_PerPositionHeadModel):
         self.qa_outputs = Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
+    @document_inputs("Data2VecTextForQuestionAnswering")
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
                 inputs_embeds=None, start_positions=None, end_positions=None, output_attentions=None,
                 output_hidden_states=None, return_dict=None):

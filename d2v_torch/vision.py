@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from d2v_common.configs import Data2VecVisionConfig
+from d2v_common.docstrings import document_inputs
 from d2v_common.spec import weight_spec
 from d2v_common.outputs import (
     EncoderRecord,
@@ -444,6 +445,7 @@ class Data2VecVisionModel(Data2VecVisionPreTrainedModel):
     def get_input_embeddings(self):
         return self.embeddings.patch_embeddings
 
+    @document_inputs("Data2VecVisionModel")
     def forward(self, pixel_values: torch.Tensor, bool_masked_pos: torch.Tensor | None = None,
                 head_mask: torch.Tensor | None = None, output_attentions: bool | None = None,
                 output_hidden_states: bool | None = None, interpolate_pos_encoding: bool = False,
@@ -499,6 +501,7 @@ class Data2VecVisionForImageClassification(Data2VecVisionPreTrainedModel):
         self.classifier = Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
         self.post_init()
 
+    @document_inputs("Data2VecVisionForImageClassification")
     def forward(self, pixel_values: torch.Tensor | None = None, head_mask: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, output_attentions: bool | None = None,
                 output_hidden_states: bool | None = None, interpolate_pos_encoding: bool = False,
@@ -548,6 +551,7 @@ class Data2VecVisionForSemanticSegmentation(Data2VecVisionPreTrainedModel):
             loss = loss + self.config.auxiliary_loss_weight * cross_entropy(up_aux, labels, ignore)
         return loss
 
+    @document_inputs("Data2VecVisionForSemanticSegmentation")
     def forward(self, pixel_values: torch.Tensor | None = None, head_mask: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, output_attentions: bool | None = None,
                 output_hidden_states: bool | None = None, interpolate_pos_encoding: bool = False,
