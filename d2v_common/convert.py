@@ -3,7 +3,7 @@
     d2v-convert SRC DST --to {safetensors,tf-h5,pt-bin} [--from FMT] [--architecture NAME]
                         [--overwrite] [--progress | --quiet] [--revision REV] [--cache-dir DIR]
                         [--local-files-only] [--force-download]
-    d2v-convert CKPT.pt DST --from fairseq [--dict dict.txt] [--head NAME] [--to FMT]
+    d2v-convert CKPT.pt DST --from fairseq [--dict dict.txt | dict.ltr.txt] [--head NAME] [--to FMT]
 
 SRC is a directory or a Hugging Face Hub id (``facebook/data2vec-audio-base-960h``): a hub id
 fetches ``config.json``, one weight format and the repository's other non-weight files
@@ -442,7 +442,9 @@ def build_parser() -> argparse.ArgumentParser:
                         + " > ".join(checkpoint.CHECKPOINT_FORMATS) + "); "
                         "'fairseq': an original fairseq data2vec 2.0 checkpoint")
     parser.add_argument("--dict", dest="dictionary", metavar="DICT",
-                        help="with --from fairseq: the text model's fairseq dict.txt (checked, copied along)")
+                        help="with --from fairseq: the model's fairseq dictionary, checked against its vocabulary "
+                        "and copied along: a text model's dict.txt, or a CTC model's letter dictionary "
+                        "dict.ltr.txt (also written as the tokenizer: vocab.json, tokenizer_config.json)")
     parser.add_argument("--head", metavar="NAME",
                         help="with --from fairseq: which classification head of a text classifier to keep")
     parser.add_argument("--architecture", metavar="NAME",
