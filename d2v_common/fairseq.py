@@ -127,6 +127,49 @@ def fairseq_checkpoint_file(path: str | os.PathLike) -> str | None:
     return None
 
 
+# Keys only a fairseq trainer checkpoint has beside "model" (checkpoint_utils.save_state).
+_TRAINER_KEYS = (b"optimizer_history", b"task_state", b"extra_state")
+# How much of the pickled structure to scan: the keys come first, tensors live elsewhere.
+_PEEK_BYTES = 1 << 20
+
+
+def looks_like_fairseq_checkpoint(path: str | os.PathLike) -> bool:
+    """Whether the file at ``path`` is a fairseq trainer checkpoint, recognised from its pickled
+    keys without unpickling anything (cheap, and safe on any file)."""
+    import zipfile
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        return False
+    try:
+        if zipfile.is_zipfile(path):  # torch.save's zip layout: the structure is <name>/data.pkl
+            with zipfile.ZipFile(path) as archive:
+                pickles = [n for n in archive.namelist() if n.endswith("data.pkl")]
+                if not pickles:
+                    return False
+                with archive.open(pickles[0]) as f:
+                    head = f.read(_PEEK_BYTES)
+        else:  # torch's legacy layout starts with the pickled structure
+            with open(path, "rb") as f:
+                head = f.read(_PEEK_BYTES)
+    except (OSError, zipfile.BadZipFile):
+        return False
+    return b"model" in head and any(key in head for key in _TRAINER_KEYS)
+
+
+def missing_from_fairseq_hint(src: str | os.PathLike) -> str | None:
+    """The error for a fairseq checkpoint given to ``d2v-convert`` without ``--from fairseq``
+    (None when ``src`` is not one)."""
+    file = fairseq_checkpoint_file(src)
+    if file is None or not looks_like_fairseq_checkpoint(file):
+        return None
+    return (
+        f"{os.fspath(src)} is an original fairseq checkpoint, not a d2v/HF checkpoint folder: add --from fairseq "
+        f"(d2v-convert {os.fspath(src)} DST --from fairseq [--dict DICT] [--to FMT]; from Python: "
+        "d2v_common.fairseq.convert_fairseq_to_folder)"
+    )
+
+
 # ------------------------------------------------------------------------ config mapping
 
 # Keys the public fairseq code defines (Data2VecMultiConfig, D2vModalityConfig and its

@@ -1,6 +1,6 @@
 """fairseq dictionaries given to ``d2v-convert --from fairseq --dict``: checked against the model's
 vocabulary for every modality, and a CTC model's letter dictionary becomes a tokenizer whose
-decoding equals fairseq's."""
+decoding equals fairseq's. Also: a fairseq checkpoint given without ``--from fairseq``."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import d2v_torch
+from d2v_common.convert import ConversionError, convert
 from d2v_common.convert import main as convert_main
 from d2v_common.processing.ctc import CTCTokenizer
 from tests.test_data2vec2 import FIXTURES
@@ -160,3 +161,30 @@ def test_text_dict_still_checked_and_copied(tmp_path):
     out = tmp_path / "out"
     assert convert_main([ckpt, str(out), "--from", "fairseq", "--dict", dictionary, "--quiet"]) == 0
     assert sorted(os.listdir(out)) == ["config.json", "dict.txt", "model.safetensors"]
+
+
+# ------------------------------------------------------------- a forgotten --from fairseq
+@pytest.mark.parametrize("extra", [["--to", "safetensors"], [], ["--dict", LETTER_DICT, "--to", "safetensors"]])
+def test_fairseq_checkpoint_without_from_fairseq_names_the_flag(extra, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert convert_main([CTC_CHECKPOINT, str(out), *extra]) == 2
+    err = capsys.readouterr().err
+    assert "fairseq checkpoint" in err and "add --from fairseq" in err
+    assert "not a directory" not in err
+    assert os.listdir(tmp_path) == []
+
+
+def test_convert_api_recognises_fairseq_file_and_folder(tmp_path):
+    with pytest.raises(ConversionError, match="add --from fairseq"):
+        convert(CTC_CHECKPOINT, tmp_path / "out", "safetensors")
+    folder = tmp_path / "run"  # a folder holding one checkpoint*.pt and no config.json
+    folder.mkdir()
+    os.symlink(CTC_CHECKPOINT, folder / "checkpoint_best.pt")
+    with pytest.raises(ConversionError, match="add --from fairseq"):
+        convert(folder, tmp_path / "out", "safetensors")
+    # any other file is still "not a directory", with what SRC should be
+    other = tmp_path / "weights.pt"
+    torch.save({"weight": torch.zeros(2)}, other)
+    with pytest.raises(ConversionError, match="not a directory; SRC is a checkpoint folder"):
+        convert(other, tmp_path / "out", "safetensors")
+    assert not os.path.exists(tmp_path / "out")
