@@ -627,6 +627,11 @@ def convert_fairseq(
         fields["pad_token_id"], fields["bos_token_id"], fields["eos_token_id"] = 1, 0, 2
     if dictionary is not None:
         _check_dictionary_fits(file, dictionary, architecture, fields)
+    elif architecture == "Data2Vec2AudioForCTC":
+        report.notes.append(
+            "note: no letter dictionary given, so no tokenizer: pass the model's dict.ltr.txt (--dict) to turn its "
+            "ids into text"
+        )
     if "encoder.alibi_scale" in arrays and arrays["encoder.alibi_scale"].ndim == 4:
         arrays["encoder.alibi_scale"] = arrays["encoder.alibi_scale"][None]  # upstream's upgrade step
     try:

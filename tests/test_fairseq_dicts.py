@@ -156,6 +156,14 @@ def test_malformed_letter_dict_is_a_clear_error(content, expected, tmp_path, cap
     assert not os.path.exists(tmp_path / "out")
 
 
+def test_ctc_without_dict_says_how_to_get_a_tokenizer(tmp_path, capsys):
+    assert convert_main([CTC_CHECKPOINT, str(tmp_path / "out"), "--from", "fairseq"]) == 0
+    assert "no letter dictionary given, so no tokenizer" in capsys.readouterr().out
+    assert sorted(os.listdir(tmp_path / "out")) == ["config.json", "model.safetensors"]
+    assert convert_main([CTC_CHECKPOINT, str(tmp_path / "with"), "--from", "fairseq", "--dict", LETTER_DICT]) == 0
+    assert "no letter dictionary" not in capsys.readouterr().out
+
+
 def test_text_dict_still_checked_and_copied(tmp_path):
     ckpt, dictionary = (os.path.join(FIXTURES, "text-cls", n) for n in ("checkpoint.pt", "dict.txt"))
     out = tmp_path / "out"
