@@ -3,7 +3,7 @@
     d2v-convert SRC DST --to {safetensors,tf-h5,pt-bin} [--from FMT] [--architecture NAME]
                         [--overwrite] [--progress | --quiet] [--revision REV] [--cache-dir DIR]
                         [--local-files-only] [--force-download]
-    d2v-convert CKPT.pt DST --from fairseq [--dict dict.txt] [--head NAME] [--to FMT]
+    d2v-convert CKPT.pt DST --from fairseq [--dict dict.txt | dict.ltr.txt] [--head NAME] [--to FMT]
 
 SRC is a directory or a Hugging Face Hub id (``facebook/data2vec-audio-base-960h``): a hub id
 fetches ``config.json``, one weight format and the repository's other non-weight files
@@ -302,6 +302,15 @@ def _install(tmp: str, dst: str, overwrite: bool) -> None:
 
 
 # ------------------------------------------------------------------------------ the conversion
+def _refuse_fairseq_source(src) -> None:
+    """A fairseq checkpoint needs --from fairseq: say so instead of "not a directory"."""
+    from d2v_common.fairseq import missing_from_fairseq_hint
+
+    hint = missing_from_fairseq_hint(src)
+    if hint is not None:
+        raise ConversionError(hint)
+
+
 def convert(
     src: str | os.PathLike,
     dst: str | os.PathLike,
@@ -328,12 +337,14 @@ def convert(
     if source_format is not None and source_format not in FORMATS:
         raise ConversionError(f"unknown source format {source_format!r}; use one of {', '.join(FORMATS)}")
     dst = os.path.abspath(os.fspath(dst))
+    _refuse_fairseq_source(src)
     try:  # a hub id: config, one weight format and the companion files, fetched into the hub cache
         src, source_format = resolve_model(src, source_format, extra=_hub_companions, **hub_options)
     except (OSError, ImportError, ValueError) as e:
         raise ConversionError(str(e)) from None
     if not os.path.isdir(src):
-        raise ConversionError(f"source {src} is not a directory")
+        raise ConversionError(f"source {src} is not a directory; SRC is a checkpoint folder (config.json + weights) "
+                              "or a Hugging Face Hub id")
     if os.path.lexists(dst):
         if not overwrite:
             raise ConversionError(f"destination {dst} already exists; pass --overwrite to replace it")
@@ -442,7 +453,9 @@ def build_parser() -> argparse.ArgumentParser:
                         + " > ".join(checkpoint.CHECKPOINT_FORMATS) + "); "
                         "'fairseq': an original fairseq data2vec 2.0 checkpoint")
     parser.add_argument("--dict", dest="dictionary", metavar="DICT",
-                        help="with --from fairseq: the text model's fairseq dict.txt (checked, copied along)")
+                        help="with --from fairseq: the model's fairseq dictionary, checked against its vocabulary "
+                        "and copied along: a text model's dict.txt, or a CTC model's letter dictionary "
+                        "dict.ltr.txt (also written as the tokenizer: vocab.json, tokenizer_config.json)")
     parser.add_argument("--head", metavar="NAME",
                         help="with --from fairseq: which classification head of a text classifier to keep")
     parser.add_argument("--architecture", metavar="NAME",
@@ -482,6 +495,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.source_format == "fairseq":
         return _main_fairseq(args)
+    try:  # before the usage checks below: a forgotten --from fairseq is the likelier mistake
+        _refuse_fairseq_source(args.src)
+    except ConversionError as e:
+        print(f"d2v-convert: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
     if args.dictionary or args.head:
         parser.error("--dict and --head apply only with --from fairseq")
     if args.to is None:

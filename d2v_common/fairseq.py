@@ -127,6 +127,49 @@ def fairseq_checkpoint_file(path: str | os.PathLike) -> str | None:
     return None
 
 
+# Keys only a fairseq trainer checkpoint has beside "model" (checkpoint_utils.save_state).
+_TRAINER_KEYS = (b"optimizer_history", b"task_state", b"extra_state")
+# How much of the pickled structure to scan: the keys come first, tensors live elsewhere.
+_PEEK_BYTES = 1 << 20
+
+
+def looks_like_fairseq_checkpoint(path: str | os.PathLike) -> bool:
+    """Whether the file at ``path`` is a fairseq trainer checkpoint, recognised from its pickled
+    keys without unpickling anything (cheap, and safe on any file)."""
+    import zipfile
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        return False
+    try:
+        if zipfile.is_zipfile(path):  # torch.save's zip layout: the structure is <name>/data.pkl
+            with zipfile.ZipFile(path) as archive:
+                pickles = [n for n in archive.namelist() if n.endswith("data.pkl")]
+                if not pickles:
+                    return False
+                with archive.open(pickles[0]) as f:
+                    head = f.read(_PEEK_BYTES)
+        else:  # torch's legacy layout starts with the pickled structure
+            with open(path, "rb") as f:
+                head = f.read(_PEEK_BYTES)
+    except (OSError, zipfile.BadZipFile):
+        return False
+    return b"model" in head and any(key in head for key in _TRAINER_KEYS)
+
+
+def missing_from_fairseq_hint(src: str | os.PathLike) -> str | None:
+    """The error for a fairseq checkpoint given to ``d2v-convert`` without ``--from fairseq``
+    (None when ``src`` is not one)."""
+    file = fairseq_checkpoint_file(src)
+    if file is None or not looks_like_fairseq_checkpoint(file):
+        return None
+    return (
+        f"{os.fspath(src)} is an original fairseq checkpoint, not a d2v/HF checkpoint folder: add --from fairseq "
+        f"(d2v-convert {os.fspath(src)} DST --from fairseq [--dict DICT] [--to FMT]; from Python: "
+        "d2v_common.fairseq.convert_fairseq_to_folder)"
+    )
+
+
 # ------------------------------------------------------------------------ config mapping
 
 # Keys the public fairseq code defines (Data2VecMultiConfig, D2vModalityConfig and its
@@ -438,8 +481,10 @@ def convert_fairseq(
         path: the fairseq ``checkpoint.pt`` (or a folder holding exactly one).
         head: which ``classification_heads`` entry of a text classifier to keep (needed only
             when it has several).
-        dictionary: the fairseq ``dict.txt`` of a text model: checked against the embedding
-            size (``4 + lines + 1`` with ``<mask>``).
+        dictionary: the model's fairseq dictionary, checked against its vocabulary: a text
+            model's ``dict.txt`` (``4 + lines + 1`` with ``<mask>`` = embedding rows) or a CTC
+            model's letter dictionary ``dict.ltr.txt`` (``4 + lines`` = output rows; a
+            ``<ctc_blank>`` symbol becomes the blank). Other models have no vocabulary: an error.
 
     Returns:
         The config, HF-style architecture name, ``{canonical name: float32 array}`` and a
@@ -580,8 +625,13 @@ def convert_fairseq(
         vocab = arrays["embeddings.word_embeddings.weight"].shape[0]
         fields["vocab_size"] = int(vocab)
         fields["pad_token_id"], fields["bos_token_id"], fields["eos_token_id"] = 1, 0, 2
-        if dictionary is not None:
-            check_dictionary(dictionary, vocab)
+    if dictionary is not None:
+        _check_dictionary_fits(file, dictionary, architecture, fields)
+    elif architecture == "Data2Vec2AudioForCTC":
+        report.notes.append(
+            "note: no letter dictionary given, so no tokenizer: pass the model's dict.ltr.txt (--dict) to turn its "
+            "ids into text"
+        )
     if "encoder.alibi_scale" in arrays and arrays["encoder.alibi_scale"].ndim == 4:
         arrays["encoder.alibi_scale"] = arrays["encoder.alibi_scale"][None]  # upstream's upgrade step
     try:
@@ -639,25 +689,154 @@ def _check_against_spec(file: str, config, architecture: str, arrays: dict[str, 
             )
 
 
-def check_dictionary(path: str | os.PathLike, vocab_size: int) -> list[str]:
-    """Symbols of a fairseq ``dict.txt`` in id order (<s>, <pad>, </s>, <unk>, entries, <mask>);
-    raises ``ValueError`` when their count does not match the embedding rows."""
+# ------------------------------------------------------------------------- dictionaries
+
+# fairseq's Dictionary gives these ids 0..3, then the file's symbols follow in file order.
+FAIRSEQ_SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")
+# data2vec 2.0 text models append <mask> after the file's symbols (the masked-LM task adds it).
+TEXT_MASK = "<mask>"
+# A letter dictionary may name its own CTC blank; otherwise the blank is <s> (id 0).
+CTC_BLANK = "<ctc_blank>"
+# The file each dictionary kind is stored as in a converted folder (fairseq's own names).
+TEXT_DICT_FILE = "dict.txt"
+LETTER_DICT_FILE = "dict.ltr.txt"
+_OVERWRITE_FLAG = "#fairseq:overwrite"
+
+
+def read_fairseq_dictionary(path: str | os.PathLike) -> list[str]:
+    """Symbols of a fairseq dictionary file in id order: the four specials
+    (``FAIRSEQ_SPECIALS``), then one symbol per ``"symbol count [#fairseq:overwrite]"`` line.
+
+    The rules are fairseq's: the symbol is everything before the last space, the count must
+    be an integer, and a repeated symbol needs the overwrite flag (it then takes a new id).
+    Raises ``ValueError`` naming the line otherwise.
+    """
     path = os.fspath(path)
-    symbols = ["<s>", "<pad>", "</s>", "<unk>"]
+    symbols = list(FAIRSEQ_SPECIALS)
+    seen = set(symbols)
     with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            line = line.rstrip("\n")
-            if not line.strip():
-                continue
-            symbol = line.rsplit(" ", 1)[0] if " " in line else line
+        for number, line in enumerate(f, 1):
+            fields = line.rstrip().rsplit(" ", 1)
+            overwrite = len(fields) == 2 and fields[1] == _OVERWRITE_FLAG
+            if overwrite:
+                fields = fields[0].rsplit(" ", 1)
+            if len(fields) != 2 or not fields[0] or not re.fullmatch(r"[+-]?\d+", fields[1]):
+                raise FairseqCheckpointError(
+                    f"{path}, line {number}: {line.rstrip()!r} is not a fairseq dictionary line; every line must be "
+                    f"'<symbol> <count>' (optionally followed by {_OVERWRITE_FLAG})"
+                )
+            symbol = fields[0]
+            if symbol in seen and not overwrite:
+                raise FairseqCheckpointError(
+                    f"{path}, line {number}: symbol {symbol!r} appears twice (fairseq refuses that too unless the line "
+                    f"ends with {_OVERWRITE_FLAG})"
+                )
+            seen.add(symbol)
             symbols.append(symbol)
-    symbols.append("<mask>")
+    return symbols
+
+
+def _size_mismatch(path: str, what: str, symbols: int, rows: int, layer: str, fix: str) -> FairseqCheckpointError:
+    return FairseqCheckpointError(
+        f"{path} gives {symbols} symbols ({what}) but the checkpoint's {layer} has {rows} rows; {fix}"
+    )
+
+
+def check_dictionary(path: str | os.PathLike, vocab_size: int) -> list[str]:
+    """Symbols of a text model's fairseq ``dict.txt`` in id order (<s>, <pad>, </s>, <unk>,
+    entries, <mask>); raises ``ValueError`` when their count does not match the embedding rows."""
+    path = os.fspath(path)
+    symbols = read_fairseq_dictionary(path) + [TEXT_MASK]
     if len(symbols) != vocab_size:
-        raise FairseqCheckpointError(
-            f"{path} gives {len(symbols)} symbols (4 specials + {len(symbols) - 5} entries + <mask>) but the "
-            f"checkpoint's embedding has {vocab_size} rows; is it the dictionary this model was trained with?"
+        raise _size_mismatch(
+            path, f"4 specials + {len(symbols) - 5} entries + {TEXT_MASK}", len(symbols), vocab_size,
+            "word embedding", "pass the dict.txt this model was trained with (fairseq keeps it beside the "
+            f"checkpoint or in the task's data folder): it needs {vocab_size - 5} entries",
         )
     return symbols
+
+
+def check_letter_dictionary(path: str | os.PathLike, vocab_size: int) -> list[str]:
+    """Symbols of a CTC model's fairseq letter dictionary (``dict.ltr.txt``) in id order
+    (<s>, <pad>, </s>, <unk>, entries); raises ``ValueError`` when their count does not match
+    the output layer's rows, or when a symbol repeats (a vocabulary maps each token once)."""
+    path = os.fspath(path)
+    symbols = read_fairseq_dictionary(path)
+    if len(symbols) != vocab_size:
+        raise _size_mismatch(
+            path, f"4 specials + {len(symbols) - 4} entries", len(symbols), vocab_size, "output layer (lm_head)",
+            "pass the letter dictionary this model was fine-tuned with (fairseq's dict.ltr.txt from the "
+            f"fine-tuning data folder): it needs {vocab_size - 4} entries",
+        )
+    repeated = sorted({s for s in symbols if symbols.count(s) > 1})
+    if repeated:
+        raise FairseqCheckpointError(f"{path}: symbols {repeated} appear twice; a CTC vocabulary needs each once")
+    return symbols
+
+
+def ctc_blank_id(symbols: list[str]) -> int:
+    """fairseq's CTC blank: the ``<ctc_blank>`` symbol when the dictionary has one, else <s> (id 0)."""
+    return symbols.index(CTC_BLANK) if CTC_BLANK in symbols else 0
+
+
+def letter_tokenizer(symbols: list[str]):
+    """A ``CTCTokenizer`` that decodes a fairseq CTC model's ids as fairseq's letter decoding
+    does: runs merged, the blank dropped, ``|`` (the word boundary) turned into a space.
+
+    The vocabulary keeps fairseq's ids. The blank becomes the pad token: with no
+    ``<ctc_blank>`` symbol, ids 0 and 1 are named ``<pad>`` and ``<s>`` (the layout of HF's
+    converted wav2vec 2.0 tokenizers), since fairseq's blank is its <s> (id 0).
+    """
+    from d2v_common.processing.ctc import CTCTokenizer
+
+    names = list(symbols)
+    if CTC_BLANK in names:
+        pad = CTC_BLANK
+    else:
+        names[0], names[1] = names[1], names[0]
+        pad = names[0]
+    return CTCTokenizer(
+        {name: i for i, name in enumerate(names)},
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token=pad,
+        word_delimiter_token="|",
+        replace_word_delimiter_char=" ",
+        do_lower_case=False,
+        clean_up_tokenization_spaces=False,
+    )
+
+
+def _check_dictionary_fits(file: str, dictionary, architecture: str, fields: dict) -> None:
+    """Check ``dictionary`` against the model's vocabulary (every modality) and take the CTC
+    blank from a letter dictionary."""
+    if architecture.startswith("Data2Vec2Text"):
+        check_dictionary(dictionary, fields["vocab_size"])
+    elif architecture == "Data2Vec2AudioForCTC":
+        fields["pad_token_id"] = ctc_blank_id(check_letter_dictionary(dictionary, fields["vocab_size"]))
+    else:
+        raise FairseqCheckpointError(
+            f"{file}: a dictionary (--dict) applies to text models (their dict.txt) and CTC speech models (their "
+            f"letter dictionary dict.ltr.txt); this {architecture} checkpoint has no vocabulary: leave --dict out"
+        )
+
+
+def write_dictionary_files(folder: str | os.PathLike, dictionary: str | os.PathLike, architecture: str) -> list[str]:
+    """Put a checked fairseq dictionary into a converted ``folder``: a text model's as
+    ``dict.txt``; a CTC model's letter dictionary as ``dict.ltr.txt`` plus the tokenizer
+    files (``vocab.json``, ``tokenizer_config.json``, ``special_tokens_map.json``) that
+    ``CTCTokenizer`` and HF's ``Wav2Vec2CTCTokenizer`` read."""
+    import shutil
+
+    folder = os.fspath(folder)
+    if architecture == "Data2Vec2AudioForCTC":
+        written = letter_tokenizer(read_fairseq_dictionary(dictionary)).save_pretrained(folder)
+        name = LETTER_DICT_FILE
+    else:
+        written, name = [], TEXT_DICT_FILE
+    shutil.copyfile(dictionary, os.path.join(folder, name))
+    return [*written, os.path.join(folder, name)]
 
 
 def convert_fairseq_to_folder(
@@ -669,8 +848,9 @@ def convert_fairseq_to_folder(
     formats: tuple[str, ...] = ("safetensors",),
     overwrite: bool = False,
 ) -> ConversionReport:
-    """Write a d2v checkpoint folder (``config.json`` with ``architectures`` + weights, plus the
-    fairseq ``dict.txt`` when given) for a fairseq data2vec 2.0 checkpoint.
+    """Write a d2v checkpoint folder (``config.json`` with ``architectures`` + weights) for a
+    fairseq data2vec 2.0 checkpoint. A ``dictionary`` is checked and copied along; a CTC
+    model's letter dictionary also becomes its tokenizer (``write_dictionary_files``).
 
     Everything is written into a temporary sibling folder that is renamed into place, so a
     failed conversion leaves nothing at ``dst``.
@@ -693,7 +873,7 @@ def convert_fairseq_to_folder(
     try:
         save_arrays_for(tmp, arrays, weight_spec(config, architecture), config, list(formats))
         if dictionary is not None:
-            shutil.copyfile(dictionary, os.path.join(tmp, "dict.txt"))
+            write_dictionary_files(tmp, dictionary, architecture)
         _install(tmp, dst, overwrite)
         tmp = None
     finally:

@@ -242,7 +242,15 @@ class TFData2VecPreTrainedModel(backend.ModelSteps, keras.Model):
         return {"name": self.name, "trainable": self.trainable, "config": self.config.to_dict()}
 
     @classmethod
-    def from_config(cls, config: dict):
+    def from_config(cls, config: dict | Data2VecConfigBase):
+        """A model from a d2v config object (HF's ``from_config``: freshly initialised weights),
+        or from the dict ``get_config`` wrote (Keras deserialisation, ``.keras`` files)."""
+        if isinstance(config, Data2VecConfigBase):
+            return cls(config)
+        if not isinstance(config, dict) or not isinstance(config.get("config"), dict):
+            raise TypeError(f"{cls.__name__}.from_config takes a config object such as "
+                            f"{cls.config_class.__name__}(...) or the dict get_config() returns, got "
+                            f"{type(config).__name__}")
         config = dict(config)
         data = config.pop("config")
         config_cls = CONFIG_CLASSES.get(data.get("model_type"), cls.config_class)

@@ -452,6 +452,11 @@ class TFData2Vec2AudioPreTrainedModel(TFData2Vec2PreTrainedModel):
         lengths = D.frame_lengths(self.config, ops.sum(ops.cast(attention_mask, "int32"), axis=-1))
         return ops.arange(frames)[None, :] < lengths[:, None]
 
+    def freeze_feature_encoder(self) -> None:
+        """Make the conv feature encoder non-trainable (compile again afterwards)."""
+        encoder = getattr(self, self.base_model_prefix, self)  # a head's encoder, or the model itself
+        encoder.feature_extractor.trainable = False
+
     def _encode(self, input_values, attention_mask, output_attentions, output_hidden_states, training):
         """The heads' call of their encoder (``self.data2vec2_audio``), outputs as a dict."""
         return self.data2vec2_audio(

@@ -28,7 +28,8 @@ from d2v_common.outputs import (
 from d2v_common.pretrained import build_nested
 from d2v_torch.base import Data2VecPreTrainedModel, _torch_seed
 from d2v_torch.layers import (
-    Activation, Linear, attention, conv1d_time_major, cross_entropy, is_tracing, padding_bias, split_heads,
+    Activation, Linear, attention, checkpointed, conv1d_time_major, cross_entropy, is_tracing, padding_bias,
+    split_heads,
 )
 
 # ------------------------------------------------------------------------- feature encoder
@@ -244,9 +245,7 @@ class Data2VecAudioEncoder(nn.Module):
             weights = ffn = None
             if not (self.training and self.layerdrop > 0 and float(torch.rand([])) < self.layerdrop):
                 if self.gradient_checkpointing and self.training:
-                    x, weights, ffn = torch.utils.checkpoint.checkpoint(
-                        layer, x, bias, output_attentions, use_reentrant=False
-                    )
+                    x, weights, ffn = checkpointed(self, layer, x, bias, output_attentions)
                 else:
                     x, weights, ffn = layer(x, bias, output_attentions)
             record.layer_output(weights, ffn=ffn)  # None for a layer that layerdrop skipped, as in HF

@@ -25,6 +25,7 @@ from d2v_common.pretrained import (
     save_arrays_for,
 )
 from d2v_common.spec import WeightSpec, weight_spec
+from d2v_torch.layers import checkpoint_options
 
 
 def _register_output_pytrees() -> None:
@@ -55,6 +56,34 @@ def _register_output_pytrees() -> None:
 
 
 _register_output_pytrees()
+
+
+def torch_dtype_argument(dtype: Any, torch_dtype: Any) -> torch.dtype | str | None:
+    """The dtype asked of ``from_pretrained`` / ``from_config``: transformers 4.57's ``dtype=``
+    or its older name ``torch_dtype=`` (both given: they must agree), as a ``torch.dtype``, a
+    floating dtype name (``"bfloat16"``, ``"torch.float16"``) or ``"auto"`` (config.json's
+    ``dtype``, else the loaded dtype)."""
+    values = [_as_torch_dtype(v) for v in (dtype, torch_dtype) if v is not None]
+    if len(values) == 2 and values[0] != values[1]:
+        raise TypeError(f"dtype={dtype!r} and torch_dtype={torch_dtype!r} disagree; pass only dtype= (torch_dtype= is "
+                        "its older name)")
+    return values[0] if values else None
+
+
+def _as_torch_dtype(value: Any) -> torch.dtype | str:
+    if value == "auto" or isinstance(value, torch.dtype):
+        return value
+    found = getattr(torch, value.removeprefix("torch."), None) if isinstance(value, str) else None
+    if not isinstance(found, torch.dtype) or not found.is_floating_point:
+        raise TypeError(f"dtype must be a floating torch.dtype, its name (e.g. 'bfloat16') or 'auto'; got {value!r}")
+    return found
+
+
+def _resolve_auto_dtype(value: torch.dtype | str | None, config: Data2VecConfigBase) -> torch.dtype | None:
+    """"auto": the dtype config.json names (None: keep the loaded weights' dtype)."""
+    if value != "auto":
+        return value
+    return _as_torch_dtype(config.dtype) if config.dtype not in (None, "auto") else None
 
 
 def _torch_seed() -> int:
@@ -148,7 +177,10 @@ class Data2VecPreTrainedModel(nn.Module):
         """Load ``model.safetensors``, ``pytorch_model.bin`` or ``tf_model.h5`` (first found, in
         that order) from a directory or a Hugging Face Hub id (``d2v_common.hub``: a local directory
         wins; ``revision``, ``cache_dir``, ``local_files_only``, ``token``, ``force_download`` as in
-        HF). Other keyword arguments override config fields, as in HF."""
+        HF). ``dtype`` (or its older name ``torch_dtype``): the dtype to cast to, as in HF
+        (``torch.bfloat16``, ``"bfloat16"``, ``"auto"``). Other keyword arguments override config
+        fields, as in HF."""
+        torch_dtype = torch_dtype_argument(config_overrides.pop("dtype", None), torch_dtype)  # HF 4.57's name
         hub = pop_hub_options(config_overrides)  # revision, cache_dir, local_files_only, token, force_download
         path, checkpoint_format = resolve_model(
             pretrained_model_name_or_path, checkpoint_format, with_config=config is None, **hub
@@ -171,11 +203,27 @@ class Data2VecPreTrainedModel(nn.Module):
         )
         model.load_arrays(arrays, assign=True)
         del arrays
+        torch_dtype = _resolve_auto_dtype(torch_dtype, config)
         if torch_dtype is not None:
             model.to(torch_dtype)
         model.eval()
         model.load_report = report
         return (model, report) if output_loading_info else model
+
+    @classmethod
+    def from_config(cls, config: Data2VecConfigBase, *, dtype: Any = None, torch_dtype: Any = None):
+        """A new model with freshly initialised weights for ``config`` (HF's ``from_config``):
+        nothing is read from disk. ``dtype`` / ``torch_dtype`` as in ``from_pretrained``.
+
+        Examples:
+            >>> model = Data2VecAudioModel.from_config(Data2VecAudioConfig(num_hidden_layers=2))  # doctest: +SKIP
+        """
+        if not isinstance(config, Data2VecConfigBase):
+            raise TypeError(f"{cls.__name__}.from_config takes a config object such as {cls.config_class.__name__}(...)"
+                            f" or {cls.config_class.__name__}.from_pretrained(path), got {type(config).__name__}")
+        model = cls(config)
+        dtype = _resolve_auto_dtype(torch_dtype_argument(dtype, torch_dtype), config)
+        return model.to(dtype) if dtype is not None else model
 
     def save_pretrained(
         self,
@@ -212,16 +260,29 @@ class Data2VecPreTrainedModel(nn.Module):
     def dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
 
-    def gradient_checkpointing_enable(self) -> None:
-        """Recompute encoder layers in the backward pass (same gradients, less memory)."""
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+        """Recompute encoder layers in the backward pass (same gradients, less memory).
+
+        Args:
+            gradient_checkpointing_kwargs: keyword arguments of ``torch.utils.checkpoint.checkpoint``,
+                as in HF (its Trainer passes ``{"use_reentrant": False}``); ``use_reentrant``
+                defaults to False, the mode torch recommends.
+        """
+        options = checkpoint_options(gradient_checkpointing_kwargs)
         for module in self.modules():
             if hasattr(module, "gradient_checkpointing"):
                 module.gradient_checkpointing = True
+                module.checkpoint_options = options
 
     def gradient_checkpointing_disable(self) -> None:
         for module in self.modules():
             if hasattr(module, "gradient_checkpointing"):
                 module.gradient_checkpointing = False
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        """Whether ``gradient_checkpointing_enable`` is in effect."""
+        return any(getattr(module, "gradient_checkpointing", False) for module in self.modules())
 
     @staticmethod
     def _head_output(output_class, loss, logits, base, return_dict: bool):

@@ -31,7 +31,9 @@ from d2v_common.pretrained import build_nested
 from d2v_common.spec.data2vec2 import has_context_norm
 from d2v_torch.audio import Data2VecAudioConvLayer, Data2VecAudioPositionalConvEmbedding
 from d2v_torch.base import Data2VecPreTrainedModel
-from d2v_torch.layers import Activation, Linear, attention, classification_loss, conv1d_time_major, padding_bias
+from d2v_torch.layers import (
+    Activation, Linear, attention, checkpointed, classification_loss, conv1d_time_major, padding_bias,
+)
 
 # ------------------------------------------------------------------------------ encoder
 
@@ -167,7 +169,7 @@ class Data2Vec2Encoder(nn.Module):
             if biases is not None:
                 bias = biases[i] if pad is None else biases[i] + pad
             if self.gradient_checkpointing and self.training:
-                x, weights = torch.utils.checkpoint.checkpoint(layer, x, bias, output_attentions, use_reentrant=False)
+                x, weights = checkpointed(self, layer, x, bias, output_attentions)
             else:
                 x, weights = layer(x, bias, output_attentions)
             if i >= len(self.prenet_layers):
@@ -406,6 +408,12 @@ class Data2Vec2AudioPreTrainedModel(Data2Vec2PreTrainedModel):
         """Sample-level keep-mask (B, samples) -> frame-level keep-mask (B, frames)."""
         lengths = D.frame_lengths(self.config, attention_mask.long().sum(-1))
         return torch.arange(frames, device=attention_mask.device)[None, :] < lengths[:, None]
+
+    def freeze_feature_encoder(self) -> None:
+        """Stop gradients into the conv feature encoder (its weights stay fixed in training)."""
+        encoder = getattr(self, self.base_model_prefix, self)  # a head's encoder, or the model itself
+        for p in encoder.feature_extractor.parameters():
+            p.requires_grad = False
 
 
 class Data2Vec2AudioModel(Data2Vec2AudioPreTrainedModel):

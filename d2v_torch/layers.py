@@ -5,17 +5,53 @@ The Keras twin of this file is ``d2v_tf/layers.py``; the two are kept section fo
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import weakref
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from d2v_common.configs import ACTIVATIONS
 from d2v_common.losses import infer_problem_type
 from d2v_common.modeling import TensorInfo, check_head_mask, dtype_name
+
+# ------------------------------------------------------------------ gradient checkpointing
+
+# torch.utils.checkpoint's options when gradient_checkpointing_enable() is given none: the
+# non-reentrant mode torch recommends (HF's Trainer asks for it too).
+DEFAULT_CHECKPOINT_OPTIONS = {"use_reentrant": False}
+# The options torch.utils.checkpoint.checkpoint takes (preserve_rng_state comes through its **kwargs).
+CHECKPOINT_ARGUMENTS = frozenset(
+    name for name, p in inspect.signature(torch.utils.checkpoint.checkpoint).parameters.items()
+    if p.kind is inspect.Parameter.KEYWORD_ONLY
+) | {"preserve_rng_state"}
+
+
+def checkpoint_options(gradient_checkpointing_kwargs: dict | None) -> dict:
+    """HF's ``gradient_checkpointing_kwargs`` checked against ``torch.utils.checkpoint.checkpoint``'s
+    keyword arguments, over the defaults."""
+    if gradient_checkpointing_kwargs is None:
+        return dict(DEFAULT_CHECKPOINT_OPTIONS)
+    if not isinstance(gradient_checkpointing_kwargs, dict):
+        raise TypeError("gradient_checkpointing_kwargs must be a dict of torch.utils.checkpoint.checkpoint arguments "
+                        f"(e.g. {{'use_reentrant': False}}), got {type(gradient_checkpointing_kwargs).__name__}")
+    unknown = sorted(set(gradient_checkpointing_kwargs) - CHECKPOINT_ARGUMENTS)
+    if unknown:
+        raise TypeError(f"gradient_checkpointing_kwargs {unknown} are not arguments of "
+                        f"torch.utils.checkpoint.checkpoint (it takes {', '.join(sorted(CHECKPOINT_ARGUMENTS))})")
+    return {**DEFAULT_CHECKPOINT_OPTIONS, **gradient_checkpointing_kwargs}
+
+
+def checkpointed(owner: nn.Module, layer: nn.Module, *args):
+    """``layer(*args)``, recomputed in the backward pass with the options that
+    ``gradient_checkpointing_enable`` gave ``owner`` (the encoder)."""
+    options = getattr(owner, "checkpoint_options", DEFAULT_CHECKPOINT_OPTIONS)
+    return torch.utils.checkpoint.checkpoint(layer, *args, **options)
+
 
 # ----------------------------------------------------------------------------- primitives
 

@@ -39,7 +39,8 @@ from d2v_common.spec import weight_spec
 from d2v_torch.base import Data2VecPreTrainedModel, _torch_seed
 from d2v_torch.layers import DenseActivation, DenseDropout
 from d2v_torch.layers import (
-    Activation, Linear, attention, classification_loss, cross_entropy, expand_head_mask, split_heads, tensor_info,
+    Activation, Linear, attention, checkpointed, classification_loss, cross_entropy, expand_head_mask, split_heads,
+    tensor_info,
 )
 
 # ------------------------------------------------------------------------- inputs, masks
@@ -317,9 +318,7 @@ class Data2VecTextEncoder(nn.Module):
             record.layer_input(x)
             args = (x, bias, head_masks[i], encoder_states, encoder_bias, past[i] if past else None, output_attentions)
             if checkpointing:
-                x, weights, cross_weights, present, ffn = torch.utils.checkpoint.checkpoint(
-                    layer, *args, use_reentrant=False
-                )
+                x, weights, cross_weights, present, ffn = checkpointed(self, layer, *args)
             else:
                 x, weights, cross_weights, present, ffn = layer(*args)
             record.layer_output(weights, cross_weights, ffn, present)

@@ -33,8 +33,8 @@ from d2v_common.pretrained import build_nested
 from d2v_torch.base import Data2VecPreTrainedModel
 from d2v_torch.layers import DenseActivation, DenseDropout
 from d2v_torch.layers import (
-    Activation, Linear, DropPath, attention, classification_loss, cross_entropy, expand_head_mask, split_heads,
-    tensor_info,
+    Activation, Linear, DropPath, attention, checkpointed, classification_loss, cross_entropy, expand_head_mask,
+    split_heads, tensor_info,
 )
 
 # ------------------------------------------------------------------------------ embeddings
@@ -282,9 +282,7 @@ class Data2VecVisionEncoder(nn.Module):
         for layer, layer_head_mask in zip(self.layer, head_masks):
             record.layer_input(x)
             if self.gradient_checkpointing and self.training:
-                x, weights = torch.utils.checkpoint.checkpoint(
-                    layer, x, grid, shared_bias, layer_head_mask, output_attentions, use_reentrant=False
-                )
+                x, weights = checkpointed(self, layer, x, grid, shared_bias, layer_head_mask, output_attentions)
             else:
                 x, weights = layer(x, grid, shared_bias, layer_head_mask, output_attentions)
             record.layer_output(weights)
