@@ -104,11 +104,19 @@ def test_ci_fails_when_any_pytest_process_fails(tmp_path, failing, status):
 def test_interrupted_ci_fails(tmp_path, sig):
     """The CI job is interrupted while its first pytest process runs (a cancelled job, Ctrl-C)."""
     root, env = _fake_ci(tmp_path, ["sleep", "0", "0"])
-    proc = subprocess.Popen(["bash", str(root / ".ci" / "run")], env=env, start_new_session=True)
-    deadline = time.monotonic() + 30
-    while not _calls(tmp_path) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert _calls(tmp_path) == ["tensorflow"]
-    os.killpg(proc.pid, sig)  # the whole job, as a terminal or a CI runner does
-    assert proc.wait(timeout=30) != 0
-    assert _calls(tmp_path) == ["tensorflow"]
+    # Default signal handling in the job: a pytest started in the background of a non-interactive
+    # shell inherits SIGINT ignored, which bash and sleep would keep.
+    proc = subprocess.Popen(["bash", str(root / ".ci" / "run")], env=env, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.monotonic() + 30
+        while not _calls(tmp_path) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _calls(tmp_path) == ["tensorflow"]
+        os.killpg(proc.pid, sig)  # the whole job, as a terminal or a CI runner does
+        assert proc.wait(timeout=30) != 0
+        assert _calls(tmp_path) == ["tensorflow"]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
