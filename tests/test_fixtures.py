@@ -13,7 +13,7 @@ from tests.fixture_paths import DATA2VEC2_DIR, DATA2VEC2_PRETRAINING_DIR, FIXTUR
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SETS = [DATA2VEC2_DIR, DATA2VEC2_PRETRAINING_DIR]
-MAX_SET_BYTES = 15 * 2**20
+MAX_BYTES = 15 * 2**20  # all fixtures together
 
 
 def _cases(folder):
@@ -33,10 +33,17 @@ def test_fixtures_live_in_the_repository():
         assert os.path.isfile(os.path.join(folder, "cases.json")), folder
 
 
-@pytest.mark.parametrize("folder", SETS, ids=os.path.basename)
-def test_fixture_set_is_small(folder):
-    size = sum(os.path.getsize(os.path.join(folder, f)) for f in _files(folder))
-    assert 0 < size <= MAX_SET_BYTES, f"{folder}: {size} bytes"
+def test_fixtures_are_small():
+    size = sum(os.path.getsize(os.path.join(FIXTURES_DIR, f)) for f in _files(FIXTURES_DIR))
+    assert 0 < size <= MAX_BYTES, f"tests/fixtures holds {size} bytes"
+
+
+def test_every_fixture_set_is_described_in_the_readme():
+    readme = open(os.path.join(FIXTURES_DIR, "README.md"), encoding="utf-8").read()
+    folders = sorted(e.name for e in os.scandir(FIXTURES_DIR) if e.is_dir() and e.name != "__pycache__")
+    assert folders == sorted(os.path.basename(s) for s in SETS)
+    for name in folders:
+        assert f"## `{name}/`" in readme, name
 
 
 @pytest.mark.parametrize("folder", SETS, ids=os.path.basename)
