@@ -26,8 +26,8 @@ def pytest_configure(config):
 import numpy as np  # noqa: E402
 
 # Keras picks its backend once per process. The TensorFlow process runs every test file but
-# test_keras_backends.py; a process with another backend (KERAS_BACKEND=jax, the README's second
-# pytest command) runs only that file, whose tests are written for any backend.
+# test_keras_backends.py; a process with another backend (KERAS_BACKEND=jax or torch, the README's
+# second and third pytest commands) runs only that file, whose tests are written for any backend.
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _BACKENDS_FILE = "test_keras_backends.py"
 if os.environ["KERAS_BACKEND"] == "tensorflow":

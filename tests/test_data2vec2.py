@@ -18,15 +18,8 @@ from crosscheck.runner import check_case
 from d2v_common import data2vec2 as D
 from d2v_common.convert import main as convert_main
 from d2v_common.fairseq import FairseqCheckpointError, convert_fairseq, convert_fairseq_to_folder
+from tests.fixture_paths import DATA2VEC2_DIR as FIXTURES
 
-# The fairseq-made fixtures live in the shared/ folder beside the checkout (D2V2_FIXTURES overrides).
-FIXTURES = os.environ.get(
-    "D2V2_FIXTURES",
-    os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "fixtures", "data2vec2"),
-)
-if not os.path.isfile(os.path.join(FIXTURES, "cases.json")):
-    raise RuntimeError(f"data2vec 2.0 fixtures not found at {os.path.abspath(FIXTURES)}: set D2V2_FIXTURES to "
-                       "the fixtures/data2vec2 folder of shared/")
 CASES = [c["case"] for c in json.load(open(os.path.join(FIXTURES, "cases.json")))["cases"]]
 ATOL = 1e-5
 

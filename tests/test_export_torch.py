@@ -283,7 +283,7 @@ def test_bfloat16_pt2_validates_against_bfloat16_eager(tmp_path, capsys):
 # ------------------------------------------------------------------------------ compile / trace
 VISION_BIAS = {
     "per-layer": dict(use_relative_position_bias=True),
-    "shared": dict(use_shared_relative_position_bias=True),
+    "shared-bias": dict(use_shared_relative_position_bias=True),
 }
 
 

@@ -1,6 +1,6 @@
-"""The Keras classes on a Keras backend other than TensorFlow (the README's second pytest
-process runs this file under ``KERAS_BACKEND=jax``; the TensorFlow process skips collecting it,
-its own test files cover TensorFlow).
+"""The Keras classes on a Keras backend other than TensorFlow (the README's second and third
+pytest processes run this file under ``KERAS_BACKEND=jax`` and ``KERAS_BACKEND=torch``; the
+TensorFlow process skips collecting it, its own test files cover TensorFlow).
 
 A focused subset: every crosscheck case against d2v torch (with the checkpoint round trips),
 ``fit`` lowering the loss for one head per family (numpy, ``tf.data`` and generator inputs),
