@@ -10,3 +10,5 @@ FIXTURES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixture
 DATA2VEC2_DIR = os.path.join(FIXTURES_DIR, "data2vec2")
 # data2vec 2.0 pretraining: one upstream training step per modality (losses and gradients).
 DATA2VEC2_PRETRAINING_DIR = os.path.join(FIXTURES_DIR, "data2vec2-pretraining")
+# fairseq dictionaries (dict.ltr.txt) that fit the data2vec 2.0 fixtures' output layers.
+FAIRSEQ_DICTS_DIR = os.path.join(FIXTURES_DIR, "fairseq-dicts")

@@ -16,9 +16,9 @@ import d2v_torch
 from d2v_common.convert import ConversionError, convert
 from d2v_common.convert import main as convert_main
 from d2v_common.processing.ctc import CTCTokenizer
-from tests.test_data2vec2 import FIXTURES
+from tests.fixture_paths import DATA2VEC2_DIR as FIXTURES, FAIRSEQ_DICTS_DIR
 
-LETTER_DICT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "fairseq-dicts", "dict.ltr.txt")
+LETTER_DICT = os.path.join(FAIRSEQ_DICTS_DIR, "dict.ltr.txt")
 CTC_CHECKPOINT = os.path.join(FIXTURES, "audio-ctc", "checkpoint.pt")
 
 

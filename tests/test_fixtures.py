@@ -9,10 +9,11 @@ import subprocess
 
 import pytest
 
-from tests.fixture_paths import DATA2VEC2_DIR, DATA2VEC2_PRETRAINING_DIR, FIXTURES_DIR
+from tests.fixture_paths import DATA2VEC2_DIR, DATA2VEC2_PRETRAINING_DIR, FAIRSEQ_DICTS_DIR, FIXTURES_DIR
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SETS = [DATA2VEC2_DIR, DATA2VEC2_PRETRAINING_DIR]
+SETS = [DATA2VEC2_DIR, DATA2VEC2_PRETRAINING_DIR]  # sets described file by file in their cases.json
+ALL_SETS = SETS + [FAIRSEQ_DICTS_DIR]
 MAX_BYTES = 15 * 2**20  # all fixtures together
 
 
@@ -41,7 +42,7 @@ def test_fixtures_are_small():
 def test_every_fixture_set_is_described_in_the_readme():
     readme = open(os.path.join(FIXTURES_DIR, "README.md"), encoding="utf-8").read()
     folders = sorted(e.name for e in os.scandir(FIXTURES_DIR) if e.is_dir() and e.name != "__pycache__")
-    assert folders == sorted(os.path.basename(s) for s in SETS)
+    assert folders == sorted(os.path.basename(s) for s in ALL_SETS)
     for name in folders:
         assert f"## `{name}/`" in readme, name
 
