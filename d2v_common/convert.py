@@ -33,7 +33,6 @@ import argparse
 import contextlib
 import importlib
 import os
-import secrets
 import shutil
 import sys
 from dataclasses import dataclass, field
@@ -43,7 +42,9 @@ import numpy as np
 from d2v_common import checkpoint
 from d2v_common.configs import CONFIG_NAME, Data2VecConfigBase, load_config
 from d2v_common.hub import resolve_model
-from d2v_common.io_utils import EXIT_ERROR, EXIT_MISMATCH, EXIT_OK, fsync_dir, written_summary
+from d2v_common.io_utils import (
+    EXIT_ERROR, EXIT_MISMATCH, EXIT_OK, copy_file, fresh_sibling, fsync_dir, install, same_or_nested, written_summary,
+)
 from d2v_common.loading import ConfigCheckpointMismatch, LoadReport, match_checkpoint
 from d2v_common.pretrained import check_checkpoint_fits
 from d2v_common.spec import ARCHITECTURES, canonical_architecture, weight_spec
@@ -240,7 +241,7 @@ def _is_weight_file(name: str) -> bool:
     return name.startswith(("pytorch_model", "tf_model", "flax_model")) and name.endswith((".bin", ".h5"))
 
 
-def _companion_files(src: str) -> tuple[list[str], list[str]]:
+def companion_files(src: str) -> tuple[list[str], list[str]]:
     """``(files to copy, entries skipped)``: config, tokenizer and processor files go along."""
     copy, skipped = [], []
     for name in sorted(os.listdir(src)):
@@ -252,53 +253,9 @@ def _companion_files(src: str) -> tuple[list[str], list[str]]:
     return copy, skipped
 
 
-def _hub_companions(available: set[str]) -> list[str]:
+def hub_companions(available: set[str]) -> list[str]:
     """The non-weight files of a hub repository that d2v-convert takes along (configs, tokenizer, card)."""
     return sorted(n for n in available if not _is_weight_file(n) and not n.startswith("."))
-
-
-def _same_or_nested(a: str, b: str) -> bool:
-    a, b = os.path.realpath(a), os.path.realpath(b)
-    return a == b or a.startswith(b + os.sep) or b.startswith(a + os.sep)
-
-
-def _fresh_sibling(dst: str, tag: str) -> str:
-    """A new, empty directory ``DST.<tag>-XXXXXXXX`` beside ``dst`` (created with the umask)."""
-    parent, base = os.path.split(dst)
-    while True:
-        path = os.path.join(parent, f"{base}.{tag}-{secrets.token_hex(4)}")
-        try:
-            os.mkdir(path)
-            return path
-        except FileExistsError:
-            continue
-
-
-def _copy_file(src: str, dst: str) -> None:
-    shutil.copyfile(src, dst)  # follows symlinks (HF cache snapshots are links into blobs)
-    with open(dst, "rb+") as f:
-        os.fsync(f.fileno())
-
-
-def _install(tmp: str, dst: str, overwrite: bool) -> None:
-    """Move the finished ``tmp`` to ``dst``; an old ``dst`` is moved aside first, removed last."""
-    if not os.path.lexists(dst):
-        os.rename(tmp, dst)
-        return
-    if not overwrite:
-        raise ConversionError(f"destination {dst} already exists; pass --overwrite to replace it")
-    old = _fresh_sibling(dst, "old")
-    os.rmdir(old)  # only its unique name is needed
-    os.rename(dst, old)
-    try:
-        os.rename(tmp, dst)
-    except BaseException:
-        os.rename(old, dst)
-        raise
-    if os.path.isdir(old) and not os.path.islink(old):
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.unlink(old)
 
 
 # ------------------------------------------------------------------------------ the conversion
@@ -329,7 +286,7 @@ def convert(
         raise ConversionError(f"unknown source format {source_format!r}; use one of {', '.join(FORMATS)}")
     dst = os.path.abspath(os.fspath(dst))
     try:  # a hub id: config, one weight format and the companion files, fetched into the hub cache
-        src, source_format = resolve_model(src, source_format, extra=_hub_companions, **hub_options)
+        src, source_format = resolve_model(src, source_format, extra=hub_companions, **hub_options)
     except (OSError, ImportError, ValueError) as e:
         raise ConversionError(str(e)) from None
     if not os.path.isdir(src):
@@ -339,7 +296,7 @@ def convert(
             raise ConversionError(f"destination {dst} already exists; pass --overwrite to replace it")
         if not os.path.isdir(dst) or os.path.islink(dst):
             raise ConversionError(f"destination {dst} exists and is not a directory; refusing to replace it")
-    if _same_or_nested(src, dst):
+    if same_or_nested(src, dst):
         raise ConversionError(f"source {src} and destination {dst} must be separate directories")
 
     try:
@@ -391,7 +348,7 @@ def convert(
         notes += match_notes
         spec = specs[attempts.index(chosen)]
 
-        copy, skipped = _companion_files(src)
+        copy, skipped = companion_files(src)
         if skipped:
             notes.append(f"note: not copied (not plain files): {', '.join(skipped)}")
         out_bytes = sum(a.nbytes for a in out.values())
@@ -400,18 +357,20 @@ def convert(
         parent = os.path.dirname(dst)
         try:
             os.makedirs(parent, exist_ok=True)
-            tmp = _fresh_sibling(dst, "tmp")
+            tmp = fresh_sibling(dst, "tmp")
             bar.phase(f"writing {to}")
             written = checkpoint.write_checkpoint(tmp, out, spec, [to])
             bar.advance(out_bytes)
             for name in copy:
-                _copy_file(os.path.join(src, name), os.path.join(tmp, name))
+                copy_file(os.path.join(src, name), os.path.join(tmp, name))
             fsync_dir(tmp)
-            _install(tmp, dst, overwrite)
+            install(tmp, dst, overwrite)
             tmp = None
             fsync_dir(parent)
         except ConversionError:
             raise
+        except FileExistsError as e:  # DST appeared meanwhile, and --overwrite was not given
+            raise ConversionError(str(e)) from None
         except Exception as e:  # noqa: BLE001 - h5py, torch and the OS raise many types; all mean "not written"
             raise ConversionError(f"writing {dst} failed ({type(e).__name__}: {e}); nothing was written") from None
     finally:

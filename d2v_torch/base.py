@@ -56,7 +56,7 @@ def _register_output_pytrees() -> None:
 _register_output_pytrees()
 
 
-def _torch_seed() -> int:
+def torch_seed() -> int:
     """A seed drawn from torch's RNG, so ``torch.manual_seed`` makes fresh models reproducible."""
     return int(torch.randint(0, 2**31 - 1, ()).item())
 
@@ -88,7 +88,7 @@ class Data2VecPreTrainedModel(nn.Module):
         check_names_match_spec(type(self).__name__, set(self.state_dict().keys()), set(self.spec.names()))
         if any(p.is_meta for p in self.parameters()):
             return  # built for from_pretrained: weights come from the checkpoint
-        self.load_arrays(self.spec.init_arrays(_torch_seed()))
+        self.load_arrays(self.spec.init_arrays(torch_seed()))
 
     def tie_weights(self) -> None:
         """Re-share tied tensors (the LM decoder and the word embeddings); heads override."""
@@ -157,7 +157,7 @@ class Data2VecPreTrainedModel(nn.Module):
             prefer=checkpoint_format,
             ignore_mismatched_sizes=ignore_mismatched_sizes,
             check_finite=check_finite,
-            seed=_torch_seed(),
+            seed=torch_seed(),
         )
         model.load_arrays(arrays, assign=True)
         del arrays
