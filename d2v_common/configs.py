@@ -372,11 +372,7 @@ class Data2VecConfigBase:
         """Load from a checkpoint directory, a ``config.json`` path or a Hugging Face Hub id
         (``revision``, ``cache_dir``, ``local_files_only``, ``token``, ``force_download`` as in
         HF); other kwargs override keys."""
-        path = resolve_pretrained(path, [CONFIG_NAME], **pop_hub_options(kwargs))
-        file = os.path.join(path, CONFIG_NAME) if os.path.isdir(path) else path
-        if not os.path.isfile(file):
-            raise FileNotFoundError(f"no {CONFIG_NAME} at {path}")
-        config = cls.from_json_file(file)
+        config = cls.from_json_file(config_json_path(path, pop_hub_options(kwargs)))
         if kwargs:
             config = cls.from_dict(config.to_dict(), **kwargs)
         return config
@@ -740,8 +736,23 @@ def config_from_dict(config_dict: dict[str, Any]) -> Data2VecConfigBase:
 def load_config(path: str | os.PathLike, **hub_options: Any) -> Data2VecConfigBase:
     """Load any of the three configs from a directory, a ``config.json`` path or a hub id
     (``hub_options``: ``revision``, ``cache_dir``, ``local_files_only``, ``token``, ``force_download``)."""
+    return config_from_dict(read_json_object(config_json_path(path, hub_options)))
+
+
+def config_json_path(path: str | os.PathLike, hub_options: dict[str, Any]) -> str:
+    """The ``config.json`` of a folder or hub id, or ``path`` itself when it names a JSON file.
+
+    Raises:
+        FileNotFoundError / OSError: no such path or hub id, a broken symbolic link, a folder
+            without ``config.json``, or a file that is no JSON config (a weight file: pass its folder).
+    """
     path = resolve_pretrained(path, [CONFIG_NAME], **hub_options)
-    file = os.path.join(path, CONFIG_NAME) if os.path.isdir(path) else path
-    if not os.path.isfile(file):
-        raise FileNotFoundError(f"no {CONFIG_NAME} at {path}")
-    return config_from_dict(read_json_object(file))
+    if os.path.isdir(path):
+        file = os.path.join(path, CONFIG_NAME)
+        if not os.path.isfile(file):
+            raise FileNotFoundError(f"no {CONFIG_NAME} at {path}")
+        return file
+    if not path.endswith(".json"):
+        raise OSError(f"{path!r} is not a {CONFIG_NAME} file (a weight file?): pass the checkpoint folder that "
+                      f"holds {CONFIG_NAME}, or the {CONFIG_NAME} itself")
+    return path

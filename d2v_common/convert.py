@@ -7,7 +7,8 @@
 
 SRC is a directory or a Hugging Face Hub id (``facebook/data2vec-audio-base-960h``): a hub id
 fetches ``config.json``, one weight format and the repository's other non-weight files
-(tokenizer, processor config) through ``huggingface_hub`` (``d2v_common.hub``). With
+(tokenizer, processor config) through ``huggingface_hub``; the source is opened and its config
+read by the loading path every ``from_pretrained`` takes (``d2v_common.pretrained``). With
 ``--from fairseq``, SRC is an original fairseq data2vec 2.0 checkpoint (``d2v_common.fairseq``).
 
 This is the model-free path through the loading machinery: ``config.json`` + the architecture
@@ -40,13 +41,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from d2v_common import checkpoint
-from d2v_common.configs import CONFIG_NAME, Data2VecConfigBase, load_config
-from d2v_common.hub import resolve_model
+from d2v_common.configs import CONFIG_NAME, Data2VecConfigBase
 from d2v_common.io_utils import (
     EXIT_ERROR, EXIT_MISMATCH, EXIT_OK, copy_file, fresh_sibling, fsync_dir, install, same_or_nested, written_summary,
 )
 from d2v_common.loading import ConfigCheckpointMismatch, LoadReport, match_checkpoint
-from d2v_common.pretrained import check_checkpoint_fits
+from d2v_common.pretrained import LoadOptions, OpenRequest, WeightFiles, load_pretrained, open_checkpoint
 from d2v_common.spec import ARCHITECTURES, canonical_architecture, weight_spec
 from d2v_common.spec.core import WeightSpec
 
@@ -179,13 +179,14 @@ def _candidate_specs(config: Data2VecConfigBase, arch: str) -> list[WeightSpec]:
     return specs
 
 
-def _read_source(fmt: checkpoint.CheckpointFormat, path: str, spec: WeightSpec, progress: _Progress):
-    """``(arrays, unexpected names)`` read into memory file by file, ticking ``progress``."""
+def _read_source(weights: WeightFiles, spec: WeightSpec, progress: _Progress):
+    """``(arrays, unexpected names)`` read into memory file by file, ticking ``progress``
+    (a file whose header the config check read is not opened again)."""
     arrays: dict[str, np.ndarray] = {}
     unexpected: list[str] = []
-    for file in checkpoint.weight_files(path):
+    for file in weights.files():
         progress.phase(f"reading {os.path.basename(file)}")
-        part, extra = fmt.read(file, spec if fmt.needs_spec else None)
+        part, extra = weights.read_file(file, spec)
         clash = sorted(set(part) & set(arrays))
         if clash:
             raise checkpoint.CheckpointError(f"tensor {clash[0]!r} appears in more than one shard")
@@ -285,12 +286,15 @@ def convert(
     if source_format is not None and source_format not in FORMATS:
         raise ConversionError(f"unknown source format {source_format!r}; use one of {', '.join(FORMATS)}")
     dst = os.path.abspath(os.fspath(dst))
+    options = LoadOptions(checkpoint_format=source_format, hub=hub_options)
     try:  # a hub id: config, one weight format and the companion files, fetched into the hub cache
-        src, source_format = resolve_model(src, source_format, extra=hub_companions, **hub_options)
+        opened = open_checkpoint(src, options, OpenRequest(extra=hub_companions))
     except (OSError, ImportError, ValueError) as e:
         raise ConversionError(str(e)) from None
-    if not os.path.isdir(src):
-        raise ConversionError(f"source {src} is not a directory")
+    if opened.kind not in ("folder", "hub"):
+        hint = " (a fairseq checkpoint: pass --from fairseq)" if opened.kind == "fairseq" else ""
+        raise ConversionError(f"source {src} is not a directory{hint}")
+    src = opened.folder
     if os.path.lexists(dst):
         if not overwrite:
             raise ConversionError(f"destination {dst} already exists; pass --overwrite to replace it")
@@ -300,26 +304,27 @@ def convert(
         raise ConversionError(f"source {src} and destination {dst} must be separate directories")
 
     try:
-        config = load_config(src)
+        config = load_pretrained(opened, options).config
     except (OSError, ValueError, TypeError) as e:
         raise ConversionError(f"cannot read {os.path.join(src, CONFIG_NAME)}: {e}") from None
     arch = resolve_architecture(config, architecture)
 
     try:
-        fmt, path = checkpoint.find_checkpoint(src, source_format)
+        weights = opened.weights
     except (OSError, ValueError) as e:
         raise ConversionError(str(e)) from None
+    fmt, path = weights.fmt.name, weights.path
     if source_format is not None and fmt != source_format:
         raise ConversionError(f"no {source_format} weights in {src} (found {os.path.basename(path)})")
     try:  # from the header alone, before any spec list is built (ConfigCheckpointMismatch goes through)
-        check_checkpoint_fits(src, config, prefer=fmt)
+        opened.check_fits(config)
     except ConfigCheckpointMismatch:
         raise
     except (OSError, ValueError) as e:
         raise ConversionError(str(e)) from None
     specs = _candidate_specs(config, arch)
     try:
-        sizes = sum(os.path.getsize(f) for f in checkpoint.weight_files(path))
+        sizes = sum(os.path.getsize(f) for f in weights.files())
     except OSError as e:
         raise ConversionError(f"cannot read {path}: {e}") from None
     show = progress if progress is not None else sizes > PROGRESS_THRESHOLD_BYTES
@@ -330,16 +335,15 @@ def convert(
         # Reading an h5 file goes through a spec: the largest candidate claims every entry.
         reader_spec = max(specs, key=len)
         try:
-            source_format_entry = checkpoint.checkpoint_format(fmt)
-            arrays, unexpected = _read_source(source_format_entry, path, reader_spec, bar)
-            if source_format_entry.conversion_notes is not None:
-                notes += source_format_entry.conversion_notes(path, reader_spec)
+            arrays, unexpected = _read_source(weights, reader_spec, bar)
+            if weights.fmt.conversion_notes is not None:
+                notes += weights.fmt.conversion_notes(path, reader_spec)
         except (OSError, ValueError) as e:  # CheckpointError is a ValueError
             raise ConversionError(str(e)) from None
         except Exception as e:  # noqa: BLE001 - h5py / torch on a damaged file: still a clean error
             raise ConversionError(f"cannot read {path}: {type(e).__name__}: {e}") from None
 
-        source = f"{src} ({fmt})"
+        source = opened.source
         attempts = [_match(arrays, unexpected, s, source) for s in specs]
         chosen = next((a for a in attempts if not a[2]), attempts[0])
         out, report, problems, match_notes = chosen

@@ -51,12 +51,12 @@ from typing import Any
 
 import numpy as np
 
-from d2v_common.configs import CONFIG_NAME, Data2VecConfigBase, load_config
+from d2v_common.configs import CONFIG_NAME, Data2VecConfigBase
 from d2v_common.convert import ConversionError, companion_files, hub_companions, resolve_architecture
-from d2v_common.hub import resolve_model
 from d2v_common.io_utils import (
     EXIT_ERROR, EXIT_MISMATCH, EXIT_OK, copy_file, fresh_sibling, fsync_dir, install, same_or_nested, written_summary,
 )
+from d2v_common.pretrained import OpenRequest, load_pretrained, open_checkpoint
 from d2v_common.spec import ARCHITECTURES, family_of
 
 
@@ -448,15 +448,16 @@ def _read_source(src: str, options: ExportOptions) -> tuple[str, Data2VecConfigB
     """``(local folder, config, architecture)``; a hub id is fetched (config, one weight format,
     tokenizer / processor files) into the hub cache first, as ``d2v-convert`` does."""
     try:
-        src, _ = resolve_model(src, None, extra=hub_companions)
+        opened = open_checkpoint(src, request=OpenRequest(extra=hub_companions))
     except (OSError, ImportError, ValueError) as e:
         raise ExportError(str(e)) from None
-    if not os.path.isdir(src):
+    if opened.kind not in ("folder", "hub"):
         raise ExportError(f"SRC {src} is not a directory (a checkpoint folder with {CONFIG_NAME} and weights)")
-    if not os.path.isfile(os.path.join(src, CONFIG_NAME)):
+    src = opened.folder
+    if opened.config_file is None:
         raise ExportError(f"SRC {src} has no {CONFIG_NAME}; is it a checkpoint folder?")
     try:
-        config = load_config(src)
+        config = load_pretrained(opened).config
         arch = resolve_architecture(config, options.architecture)
     except (ConversionError, ValueError, TypeError, OSError) as e:
         raise ExportError(str(e)) from None

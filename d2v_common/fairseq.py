@@ -681,7 +681,7 @@ def convert_fairseq_to_folder(
     import shutil
 
     from d2v_common.io_utils import fresh_sibling, install
-    from d2v_common.pretrained import save_arrays_for
+    from d2v_common.checkpoint import write_pretrained
     from d2v_common.spec import weight_spec
 
     dst = os.path.abspath(os.fspath(dst))
@@ -691,7 +691,7 @@ def convert_fairseq_to_folder(
     os.makedirs(os.path.dirname(dst), exist_ok=True)
     tmp = fresh_sibling(dst, "tmp")
     try:
-        save_arrays_for(tmp, arrays, weight_spec(config, architecture), config, list(formats))
+        write_pretrained(tmp, arrays, weight_spec(config, architecture), config, list(formats))
         if dictionary is not None:
             shutil.copyfile(dictionary, os.path.join(tmp, "dict.txt"))
         install(tmp, dst, overwrite)

@@ -204,6 +204,8 @@ def read_json_object(path: str | os.PathLike) -> dict:
             data = json.load(f)
         except json.JSONDecodeError as e:
             raise ValueError(f"{os.fspath(path)} is not valid JSON: {e}") from None
+        except UnicodeDecodeError:
+            raise ValueError(f"{os.fspath(path)} is not a JSON text file (binary data: a weight file?)") from None
     if not isinstance(data, dict):
         raise ValueError(f"{os.fspath(path)} must hold a JSON object, got {type(data).__name__}")
     return data

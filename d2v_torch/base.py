@@ -12,17 +12,11 @@ from torch import nn
 from d2v_common import outputs as _outputs
 from d2v_common.checkpoint import formats_from_flags
 from d2v_common.configs import Data2VecConfigBase
-from d2v_common.hub import pop_hub_options, resolve_model
+from d2v_common.hub import pop_hub_options
 from d2v_common.input_types import check_input_type
 from d2v_common.modeling import architecture_of, check_config_class, check_names_match_spec, check_no_missing
 from d2v_common.outputs import finish
-from d2v_common.pretrained import (
-    building_nested,
-    check_checkpoint_fits,
-    load_arrays_for,
-    load_config_for,
-    save_arrays_for,
-)
+from d2v_common.pretrained import LoadOptions, building_nested, load_pretrained, save_arrays_for
 from d2v_common.spec import WeightSpec, weight_spec
 
 
@@ -136,31 +130,23 @@ class Data2VecPreTrainedModel(nn.Module):
         **config_overrides: Any,
     ):
         """Load ``model.safetensors``, ``pytorch_model.bin`` or ``tf_model.h5`` (first found, in
-        that order) from a directory or a Hugging Face Hub id (``d2v_common.hub``: a local directory
-        wins; ``revision``, ``cache_dir``, ``local_files_only``, ``token``, ``force_download`` as in
-        HF). Other keyword arguments override config fields, as in HF."""
-        hub = pop_hub_options(config_overrides)  # revision, cache_dir, local_files_only, token, force_download
-        path, checkpoint_format = resolve_model(
-            pretrained_model_name_or_path, checkpoint_format, with_config=config is None, **hub
-        )
-        if config is None:
-            config = load_config_for(cls.config_class, path, **config_overrides)  # fairseq .pt too
-        elif config_overrides:
-            config = config.copy(**config_overrides)
-        # an edited config.json fails here, from the file's header, before anything is allocated
-        check_checkpoint_fits(path, config, prefer=checkpoint_format, ignore_mismatched_sizes=ignore_mismatched_sizes)
-        with torch.device("meta"):  # no memory, no random init: the checkpoint fills it
-            model = cls(config)
-        arrays, report = load_arrays_for(
-            path,
-            model.spec,
-            prefer=checkpoint_format,
-            ignore_mismatched_sizes=ignore_mismatched_sizes,
-            check_finite=check_finite,
-            seed=torch_seed(),
-        )
-        model.load_arrays(arrays, assign=True)
-        del arrays
+        that order) from a directory, a single weight file with ``config.json`` beside it, a
+        fairseq data2vec 2.0 ``checkpoint.pt`` or a Hugging Face Hub id (a local path wins;
+        ``revision``, ``cache_dir``, ``local_files_only``, ``token``, ``force_download`` as in HF),
+        through ``d2v_common.pretrained.load_pretrained``. Other keyword arguments override config
+        fields, as in HF."""
+        options = LoadOptions(checkpoint_format, ignore_mismatched_sizes, check_finite,
+                              pop_hub_options(config_overrides))  # revision, cache_dir, ...
+
+        def build(config: Data2VecConfigBase):
+            with torch.device("meta"):  # no memory, no random init: the checkpoint fills it
+                return cls(config)
+
+        loaded = load_pretrained(pretrained_model_name_or_path, options, config_class=cls.config_class, config=config,
+                                 config_overrides=config_overrides, build=build, seed=torch_seed)
+        model, report = loaded.model, loaded.report
+        model.load_arrays(loaded.arrays, assign=True)
+        del loaded  # the arrays: the model holds the weights now
         if torch_dtype is not None:
             model.to(torch_dtype)
         model.eval()
