@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from d2v_common import checkpoint, hub
+from d2v_common import checkpoint, fairseq, hub
 from d2v_common.checkpoint import CheckpointFormat
 from d2v_common.configs import CONFIG_NAME, Data2VecConfigBase, config_from_dict
 from d2v_common.io_utils import read_json_object
@@ -284,16 +284,10 @@ def open_checkpoint(
 
 # --- fairseq: an original data2vec 2.0 checkpoint.pt, converted in memory
 def _locate_fairseq(name: str) -> str | None:
-    if not hub.is_local(name):
-        return None
-    from d2v_common import fairseq
-
-    return fairseq.fairseq_checkpoint_file(name)
+    return fairseq.fairseq_checkpoint_file(name) if hub.is_local(name) else None
 
 
 def _open_fairseq(file: str, options: LoadOptions, request: OpenRequest) -> OpenedCheckpoint:
-    from d2v_common import fairseq
-
     config, _, arrays, _ = fairseq.convert_fairseq(file)
     return OpenedCheckpoint("fairseq", file, os.path.dirname(file), converted=(config, arrays),
                             converted_format=fairseq.FAIRSEQ_FORMAT)
