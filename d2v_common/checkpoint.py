@@ -151,15 +151,30 @@ class _SafetensorsFile:
         stored = np.dtype("<u2") if tensor.dtype_code == "BF16" else tensor.dtype.newbyteorder("<")
         out = np.empty(tensor.shape, dtype=stored)
         try:
-            with self._lock:  # one handle, shared by the file's tensors
-                self._file.seek(self.data_start + start)
-                if self._file.readinto(memoryview(out.reshape(-1).view(np.uint8))) != end - start:
-                    raise OSError("file ended early")
+            if self._read_at(memoryview(out.reshape(-1).view(np.uint8)), self.data_start + start) != end - start:
+                raise OSError("file ended early")
         except OSError as e:
             raise CheckpointError(f"cannot read tensor {tensor.name!r} from {self.path}: {e}") from None
         if tensor.dtype_code == "BF16":  # bfloat16 is the top half of a float32
             return (out.astype(np.uint32) << 16).view(np.float32)
         return out.astype(tensor.dtype, copy=False)
+
+
+    def _read_at(self, buffer: memoryview, offset: int) -> int:
+        """Fill ``buffer`` from ``offset`` of the one handle; returns the bytes read. Positional
+        reads (``os.preadv``) leave the handle's offset alone, so threads and forked processes
+        holding the same handle cannot move each other's reads."""
+        if hasattr(os, "preadv"):
+            done = 0
+            while done < len(buffer):
+                got = os.preadv(self._file.fileno(), [buffer[done:]], offset + done)
+                if got == 0:
+                    break
+                done += got
+            return done
+        with self._lock:  # no positional reads here: one reader at a time
+            self._file.seek(offset)
+            return self._file.readinto(buffer)
 
 
 def iter_safetensors(path: str):

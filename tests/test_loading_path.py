@@ -101,6 +101,24 @@ def test_a_local_folder_in_keras_reads_each_file_once(checkpoint_dir, monkeypatc
     assert reads.of(checkpoint_dir / "model.safetensors") == (1, 1, 0)
 
 
+@pytest.mark.parametrize("positional_reads", [True, False])
+def test_the_weights_handle_reads_every_tensor_and_closes_after_the_load(checkpoint_dir, monkeypatch,
+                                                                         positional_reads):
+    import gc
+
+    if not positional_reads:  # the seek-and-read fallback of platforms without os.preadv
+        monkeypatch.delattr(os, "preadv", raising=False)
+    weights = str(checkpoint_dir / "model.safetensors")
+    model = d2v_torch.Data2VecVisionForImageClassification.from_pretrained(checkpoint_dir)
+    gc.collect()
+    open_files = [os.path.realpath(os.path.join("/proc/self/fd", fd)) for fd in os.listdir("/proc/self/fd")]
+    assert os.path.realpath(weights) not in open_files
+    want = checkpoint.read_safetensors(weights)
+    for name, array in model.state_arrays().items():
+        if name in want:
+            np.testing.assert_array_equal(array, np.asarray(want[name]), err_msg=name)
+
+
 def test_a_fairseq_checkpoint_is_read_and_converted_once(monkeypatch):
     path = os.path.join(FIXTURES, "image-cls", "checkpoint.pt")
     conversions = []
