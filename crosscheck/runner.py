@@ -16,26 +16,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from crosscheck.cases.base import Case
+from crosscheck.models import build_keras_model, build_torch_model
 from d2v_common.spec import weight_spec
 
 
 # ------------------------------------------------------------------------------ frameworks
-def _torch_model(case: Case, arrays):
-    import d2v_torch
-
-    model = d2v_torch.model_class(case.architecture)(case.config)
-    model.load_arrays(arrays)
-    return model.eval()
-
-
-def _tf_model(case: Case, arrays):
-    import d2v_tf
-
-    model = d2v_tf.model_class(case.architecture)(case.config)
-    model.load_arrays(arrays)
-    return model
-
-
 def to_numpy_outputs(out) -> dict:
     """A model output -> {field: array or list of arrays} (None fields dropped)."""
 
@@ -58,14 +43,14 @@ def torch_inputs(inputs: dict) -> dict:
 def run_torch(case: Case, arrays: dict, inputs: dict, model=None) -> dict:
     import torch
 
-    model = model or _torch_model(case, arrays)
+    model = model or build_torch_model(case, arrays)
     with torch.no_grad():
         out = model(**torch_inputs(inputs), **case.call_kwargs, return_dict=True)
     return to_numpy_outputs(out)
 
 
 def run_tf(case: Case, arrays: dict, inputs: dict, model=None) -> dict:
-    model = model or _tf_model(case, arrays)
+    model = model or build_keras_model(case, arrays)
     out = model(**inputs, **case.call_kwargs, return_dict=True, training=False)
     return to_numpy_outputs(out)
 
@@ -144,7 +129,7 @@ def round_trips(case: Case, arrays: dict, torch_model=None, tf_model=None) -> di
 
     pt_cls = d2v_torch.model_class(case.architecture)
     tf_cls = d2v_tf.model_class(case.architecture)
-    torch_model = torch_model or _torch_model(case, arrays)
+    torch_model = torch_model or build_torch_model(case, arrays)
     expected = torch_model.state_arrays()
     out = {}
     with warnings.catch_warnings(), tempfile.TemporaryDirectory() as tmp:
@@ -213,7 +198,7 @@ def check_case(case: Case, seed: int = 0, reference: str | None = None, with_rou
     inputs = case.make_inputs(np.random.default_rng(seed + 1))
     row = Row(case.name, case.architecture, [], float("nan"), {}, case.tolerance)
     try:
-        torch_model = _torch_model(case, arrays)
+        torch_model = build_torch_model(case, arrays)
         pt = run_torch(case, arrays, inputs, torch_model)
         tf = run_tf(case, arrays, inputs)
         diffs = max_abs_diff(pt, tf)

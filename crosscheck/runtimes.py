@@ -5,7 +5,7 @@ the case's model is built in the format's framework from the case's weights, exp
 temporary folder with the format's ``export``, run with the format's ``run`` on the case's
 inputs, and compared with that eager model's outputs on the exported fields (tolerance: the
 format's). A new format (the Keras ``saved-model`` and ``litert``) needs only a model builder
-for its framework in ``MODEL_BUILDERS`` (both frameworks are there already).
+for its framework in ``crosscheck.models.MODEL_BUILDERS`` (both frameworks are there already).
 """
 
 from __future__ import annotations
@@ -17,11 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from crosscheck.cases.base import Case
-from crosscheck.runner import _tf_model, _torch_model
+from crosscheck.models import MODEL_BUILDERS
 from d2v_common import export as common
-
-# framework -> builder(case, arrays) of the eager model the format exports
-MODEL_BUILDERS = {"torch": _torch_model, "keras": _tf_model}
 
 
 @dataclass

@@ -19,6 +19,8 @@ import importlib
 import json
 import os
 import re
+import threading
+import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -111,7 +113,9 @@ class LazyTensor:
 
 class _SafetensorsFile:
     """One safetensors file: validated by the safetensors library, then read tensor by tensor
-    with plain file reads (no memory map, so a load never holds the whole file)."""
+    with plain file reads (no memory map, so a load never holds the whole file). The file is
+    opened once: the handle that read the header reads the tensors, and is closed when the
+    last of its tensors is dropped."""
 
     def __init__(self, path: str):
         from safetensors import SafetensorError, safe_open
@@ -128,9 +132,10 @@ class _SafetensorsFile:
                     if int(np.prod(shape)) > MAX_TENSOR_ELEMENTS:
                         raise CheckpointError(f"tensor {name!r} has an absurd shape {shape}")
                     self.tensors[name] = LazyTensor(self, name, shape, code)
-            with open(path, "rb") as f:
-                header_size = int.from_bytes(f.read(8), "little")
-                header = json.loads(f.read(header_size))
+            file = open(path, "rb")
+            weakref.finalize(self, file.close)
+            header_size = int.from_bytes(file.read(8), "little")
+            header = json.loads(file.read(header_size))
         except SafetensorError as e:
             raise CheckpointError(f"{path} is not a valid safetensors file: {e}") from None
         except CheckpointError:
@@ -139,21 +144,37 @@ class _SafetensorsFile:
             raise CheckpointError(f"cannot read {path}: {e}") from None
         self.data_start = 8 + header_size
         self.offsets = {name: header[name]["data_offsets"] for name in self.tensors}
+        self._file, self._lock = file, threading.Lock()
 
     def load(self, tensor: LazyTensor) -> np.ndarray:
         start, end = self.offsets[tensor.name]
         stored = np.dtype("<u2") if tensor.dtype_code == "BF16" else tensor.dtype.newbyteorder("<")
         out = np.empty(tensor.shape, dtype=stored)
         try:
-            with open(self.path, "rb") as f:
-                f.seek(self.data_start + start)
-                if f.readinto(memoryview(out.reshape(-1).view(np.uint8))) != end - start:
-                    raise OSError("file ended early")
+            if self._read_at(memoryview(out.reshape(-1).view(np.uint8)), self.data_start + start) != end - start:
+                raise OSError("file ended early")
         except OSError as e:
             raise CheckpointError(f"cannot read tensor {tensor.name!r} from {self.path}: {e}") from None
         if tensor.dtype_code == "BF16":  # bfloat16 is the top half of a float32
             return (out.astype(np.uint32) << 16).view(np.float32)
         return out.astype(tensor.dtype, copy=False)
+
+
+    def _read_at(self, buffer: memoryview, offset: int) -> int:
+        """Fill ``buffer`` from ``offset`` of the one handle; returns the bytes read. Positional
+        reads (``os.preadv``) leave the handle's offset alone, so threads and forked processes
+        holding the same handle cannot move each other's reads."""
+        if hasattr(os, "preadv"):
+            done = 0
+            while done < len(buffer):
+                got = os.preadv(self._file.fileno(), [buffer[done:]], offset + done)
+                if got == 0:
+                    break
+                done += got
+            return done
+        with self._lock:  # no positional reads here: one reader at a time
+            self._file.seek(offset)
+            return self._file.readinto(buffer)
 
 
 def iter_safetensors(path: str):
@@ -324,8 +345,14 @@ def read_shapes(directory: str | os.PathLike, prefer: str | None = None) -> tupl
     data is read). Names and shapes are the file's own: canonical for safetensors and
     ``pytorch_model.bin``, HF's h5 names (``a/b/kernel:0``, Keras layout) for ``tf_model.h5``."""
     fmt, path = find_checkpoint(directory, prefer)
+    return fmt, read_file_shapes(fmt, path)
+
+
+def read_file_shapes(fmt: str, path: str) -> dict[str, tuple[int, ...]]:
+    """``{name: shape}`` of the weights at ``path`` (a file or shard index) in format ``fmt``,
+    from the headers only (names as in ``read_shapes``)."""
     if fmt == "safetensors":
-        return fmt, {name: t.shape for name, t in read_safetensors(path).items()}
+        return {name: t.shape for name, t in read_safetensors(path).items()}
     if fmt == "pt-bin":
         torch = import_torch()
         shapes: dict[str, tuple[int, ...]] = {}
@@ -337,19 +364,19 @@ def read_shapes(directory: str | os.PathLike, prefer: str | None = None) -> tupl
             if not isinstance(state, dict):
                 raise CheckpointError(f"{file} holds a {type(state).__name__}, not a state dict")
             shapes.update({k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)})
-        return fmt, shapes
+        return shapes
     if fmt != "tf-h5":  # a registered format without a header-only reader: read it, keep the shapes
         entry = checkpoint_format(fmt)
         if entry.needs_spec:
             raise ValueError(f"reading the shapes of {entry.file_name} needs the model's weight spec")
         arrays, _ = entry.read(path)
-        return fmt, {name: tuple(np.shape(array)) for name, array in arrays.items()}
+        return {name: tuple(np.shape(array)) for name, array in arrays.items()}
     shapes = {}
     with _open_h5(path) as f:
         for group, names in _h5_layer_groups(f, path):
             for full_name in names:
                 shapes["/".join(full_name.split("/")[1:])] = tuple(_h5_dataset(group, full_name, path).shape)
-    return fmt, shapes
+    return shapes
 
 
 # ------------------------------------------------------------------------------- writing
@@ -722,6 +749,21 @@ def write_checkpoint(
     write_files_transactionally(plan)
     _remove_stale_weights(directory, keep=written)
     return [target for target, _ in plan]
+
+
+def write_pretrained(
+    directory: str | os.PathLike,
+    arrays: dict[str, np.ndarray],
+    spec: WeightSpec,
+    config,
+    formats: list[str],
+) -> list[str]:
+    """Write a model folder: the weights in each format and ``config.json`` (its
+    ``architectures`` set to the spec's), staged so that an interrupted save leaves the
+    previous checkpoint intact (config renamed in last)."""
+    config.architectures = [spec.architecture]
+    config_bytes = config.to_json_string().encode("utf-8")
+    return write_checkpoint(directory, arrays, spec, formats, extra_files={CONFIG_NAME: config_bytes})
 
 
 def _remove_stale_weights(directory: str, keep: set[str]) -> None:

@@ -58,7 +58,7 @@ ACTIVATIONS = (
 PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
 
 
-class _Field:
+class Field:
     """A config field: its default and the JSON types it accepts (used to reject bad files)."""
 
     def __init__(self, default: Any, kind: str):
@@ -109,31 +109,31 @@ def _check_kind(cls_name: str, key: str, kind: str, value: Any) -> Any:
 
 # Generic HF config keys and HF's defaults for them. HF writes one of these only when its value
 # differs from this default (or from the family default, for the token ids).
-COMMON_FIELDS: dict[str, _Field] = {
-    "return_dict": _Field(True, "bool"),
-    "output_hidden_states": _Field(False, "bool"),
-    "output_attentions": _Field(False, "bool"),
-    "torchscript": _Field(False, "bool"),
-    "dtype": _Field(None, "str?"),
-    "pruned_heads": _Field({}, "any"),
-    "tie_word_embeddings": _Field(True, "bool"),
-    "chunk_size_feed_forward": _Field(0, "int"),
-    "is_encoder_decoder": _Field(False, "bool"),
-    "is_decoder": _Field(False, "bool"),
-    "cross_attention_hidden_size": _Field(None, "int?"),
-    "add_cross_attention": _Field(False, "bool"),
-    "tie_encoder_decoder": _Field(False, "bool"),
-    "architectures": _Field(None, "any"),
-    "finetuning_task": _Field(None, "str?"),
-    "task_specific_params": _Field(None, "any"),
-    "problem_type": _Field(None, "str?"),
-    "tokenizer_class": _Field(None, "str?"),
-    "prefix": _Field(None, "str?"),
-    "bos_token_id": _Field(None, "int?"),
-    "pad_token_id": _Field(None, "int?"),
-    "eos_token_id": _Field(None, "any"),
-    "sep_token_id": _Field(None, "int?"),
-    "decoder_start_token_id": _Field(None, "int?"),
+COMMON_FIELDS: dict[str, Field] = {
+    "return_dict": Field(True, "bool"),
+    "output_hidden_states": Field(False, "bool"),
+    "output_attentions": Field(False, "bool"),
+    "torchscript": Field(False, "bool"),
+    "dtype": Field(None, "str?"),
+    "pruned_heads": Field({}, "any"),
+    "tie_word_embeddings": Field(True, "bool"),
+    "chunk_size_feed_forward": Field(0, "int"),
+    "is_encoder_decoder": Field(False, "bool"),
+    "is_decoder": Field(False, "bool"),
+    "cross_attention_hidden_size": Field(None, "int?"),
+    "add_cross_attention": Field(False, "bool"),
+    "tie_encoder_decoder": Field(False, "bool"),
+    "architectures": Field(None, "any"),
+    "finetuning_task": Field(None, "str?"),
+    "task_specific_params": Field(None, "any"),
+    "problem_type": Field(None, "str?"),
+    "tokenizer_class": Field(None, "str?"),
+    "prefix": Field(None, "str?"),
+    "bos_token_id": Field(None, "int?"),
+    "pad_token_id": Field(None, "int?"),
+    "eos_token_id": Field(None, "any"),
+    "sep_token_id": Field(None, "int?"),
+    "decoder_start_token_id": Field(None, "int?"),
 }
 
 _LABEL_KEYS = ("id2label", "label2id", "num_labels")
@@ -173,7 +173,7 @@ class Data2VecConfigBase:
     and ``LIMITS`` (the largest value of each size field, per value for list fields)."""
 
     model_type: str = ""
-    FIELDS: dict[str, _Field] = {}
+    FIELDS: dict[str, Field] = {}
     LIMITS: dict[str, int] = {
         "hidden_size": 32768,
         "num_hidden_layers": 512,
@@ -372,11 +372,7 @@ class Data2VecConfigBase:
         """Load from a checkpoint directory, a ``config.json`` path or a Hugging Face Hub id
         (``revision``, ``cache_dir``, ``local_files_only``, ``token``, ``force_download`` as in
         HF); other kwargs override keys."""
-        path = resolve_pretrained(path, [CONFIG_NAME], **pop_hub_options(kwargs))
-        file = os.path.join(path, CONFIG_NAME) if os.path.isdir(path) else path
-        if not os.path.isfile(file):
-            raise FileNotFoundError(f"no {CONFIG_NAME} at {path}")
-        config = cls.from_json_file(file)
+        config = cls.from_json_file(config_json_path(path, pop_hub_options(kwargs)))
         if kwargs:
             config = cls.from_dict(config.to_dict(), **kwargs)
         return config
@@ -394,11 +390,11 @@ class Data2VecConfigBase:
 
 # The encoder sizes every family shares, with HF's defaults (a base-size model).
 _ENCODER_SIZE_FIELDS = {
-        "hidden_size": _Field(768, "int"),
-        "num_hidden_layers": _Field(12, "int"),
-        "num_attention_heads": _Field(12, "int"),
-        "intermediate_size": _Field(3072, "int"),
-        "hidden_act": _Field("gelu", "str"),
+        "hidden_size": Field(768, "int"),
+        "num_hidden_layers": Field(12, "int"),
+        "num_attention_heads": Field(12, "int"),
+        "intermediate_size": Field(3072, "int"),
+        "hidden_act": Field("gelu", "str"),
 }
 
 
@@ -413,20 +409,20 @@ class Data2VecTextConfig(Data2VecConfigBase):
         "type_vocab_size": 1024,
     }
     FIELDS = {
-        "vocab_size": _Field(30522, "int"),
+        "vocab_size": Field(30522, "int"),
         **_ENCODER_SIZE_FIELDS,
-        "hidden_dropout_prob": _Field(0.1, "float"),
-        "attention_probs_dropout_prob": _Field(0.1, "float"),
-        "max_position_embeddings": _Field(512, "int"),
-        "type_vocab_size": _Field(2, "int"),
-        "initializer_range": _Field(0.02, "float"),
-        "layer_norm_eps": _Field(1e-12, "float"),
-        "pad_token_id": _Field(1, "int?"),
-        "bos_token_id": _Field(0, "int?"),
-        "eos_token_id": _Field(2, "any"),
-        "position_embedding_type": _Field("absolute", "str"),
-        "use_cache": _Field(True, "bool"),
-        "classifier_dropout": _Field(None, "float?"),
+        "hidden_dropout_prob": Field(0.1, "float"),
+        "attention_probs_dropout_prob": Field(0.1, "float"),
+        "max_position_embeddings": Field(512, "int"),
+        "type_vocab_size": Field(2, "int"),
+        "initializer_range": Field(0.02, "float"),
+        "layer_norm_eps": Field(1e-12, "float"),
+        "pad_token_id": Field(1, "int?"),
+        "bos_token_id": Field(0, "int?"),
+        "eos_token_id": Field(2, "any"),
+        "position_embedding_type": Field("absolute", "str"),
+        "use_cache": Field(True, "bool"),
+        "classifier_dropout": Field(None, "float?"),
     }
     POSITION_EMBEDDING_TYPES = ("absolute", "relative_key", "relative_key_query")
 
@@ -485,48 +481,48 @@ class Data2VecAudioConfig(Data2VecConfigBase):
         "adapter_stride": 4096,
     }
     FIELDS = {
-        "vocab_size": _Field(32, "int"),
+        "vocab_size": Field(32, "int"),
         **_ENCODER_SIZE_FIELDS,
-        "hidden_dropout": _Field(0.1, "float"),
-        "activation_dropout": _Field(0.1, "float"),
-        "attention_dropout": _Field(0.1, "float"),
-        "feat_proj_dropout": _Field(0.0, "float"),
-        "final_dropout": _Field(0.1, "float"),
-        "layerdrop": _Field(0.1, "float"),
-        "initializer_range": _Field(0.02, "float"),
-        "layer_norm_eps": _Field(1e-5, "float"),
-        "feat_extract_activation": _Field("gelu", "str"),
-        "conv_dim": _Field([512, 512, 512, 512, 512, 512, 512], "ints"),
-        "conv_stride": _Field([5, 2, 2, 2, 2, 2, 2], "ints"),
-        "conv_kernel": _Field([10, 3, 3, 3, 3, 2, 2], "ints"),
-        "conv_bias": _Field(False, "bool"),
-        "num_conv_pos_embedding_groups": _Field(16, "int"),
-        "conv_pos_kernel_size": _Field(19, "int"),
-        "num_conv_pos_embeddings": _Field(5, "int"),
-        "mask_time_prob": _Field(0.05, "float"),
-        "mask_time_length": _Field(10, "int"),
-        "mask_time_min_masks": _Field(2, "int"),
-        "mask_feature_prob": _Field(0.0, "float"),
-        "mask_feature_length": _Field(10, "int"),
-        "mask_feature_min_masks": _Field(0, "int"),
-        "ctc_loss_reduction": _Field("sum", "str"),
-        "ctc_zero_infinity": _Field(False, "bool"),
-        "use_weighted_layer_sum": _Field(False, "bool"),
-        "classifier_proj_size": _Field(256, "int"),
-        "tdnn_dim": _Field([512, 512, 512, 512, 1500], "ints"),
-        "tdnn_kernel": _Field([5, 3, 3, 1, 1], "ints"),
-        "tdnn_dilation": _Field([1, 2, 3, 1, 1], "ints"),
-        "xvector_output_dim": _Field(512, "int"),
-        "pad_token_id": _Field(0, "int?"),
-        "bos_token_id": _Field(1, "int?"),
-        "eos_token_id": _Field(2, "any"),
-        "add_adapter": _Field(False, "bool"),
-        "adapter_kernel_size": _Field(3, "int"),
-        "adapter_stride": _Field(2, "int"),
-        "num_adapter_layers": _Field(3, "int"),
-        "output_hidden_size": _Field(None, "int?"),
+        "hidden_dropout": Field(0.1, "float"),
+        "activation_dropout": Field(0.1, "float"),
+        "attention_dropout": Field(0.1, "float"),
+        "feat_proj_dropout": Field(0.0, "float"),
+        "final_dropout": Field(0.1, "float"),
+        "layerdrop": Field(0.1, "float"),
+        "initializer_range": Field(0.02, "float"),
+        "layer_norm_eps": Field(1e-5, "float"),
+        "feat_extract_activation": Field("gelu", "str"),
+        "conv_dim": Field([512, 512, 512, 512, 512, 512, 512], "ints"),
+        "conv_stride": Field([5, 2, 2, 2, 2, 2, 2], "ints"),
+        "conv_kernel": Field([10, 3, 3, 3, 3, 2, 2], "ints"),
+        "conv_bias": Field(False, "bool"),
+        "num_conv_pos_embedding_groups": Field(16, "int"),
+        "conv_pos_kernel_size": Field(19, "int"),
+        "num_conv_pos_embeddings": Field(5, "int"),
+        "mask_time_prob": Field(0.05, "float"),
+        "mask_time_length": Field(10, "int"),
+        "mask_time_min_masks": Field(2, "int"),
+        "mask_feature_prob": Field(0.0, "float"),
+        "mask_feature_length": Field(10, "int"),
+        "mask_feature_min_masks": Field(0, "int"),
+        "ctc_loss_reduction": Field("sum", "str"),
+        "ctc_zero_infinity": Field(False, "bool"),
+        "use_weighted_layer_sum": Field(False, "bool"),
+        "classifier_proj_size": Field(256, "int"),
+        "tdnn_dim": Field([512, 512, 512, 512, 1500], "ints"),
+        "tdnn_kernel": Field([5, 3, 3, 1, 1], "ints"),
+        "tdnn_dilation": Field([1, 2, 3, 1, 1], "ints"),
+        "xvector_output_dim": Field(512, "int"),
+        "pad_token_id": Field(0, "int?"),
+        "bos_token_id": Field(1, "int?"),
+        "eos_token_id": Field(2, "any"),
+        "add_adapter": Field(False, "bool"),
+        "adapter_kernel_size": Field(3, "int"),
+        "adapter_stride": Field(2, "int"),
+        "num_adapter_layers": Field(3, "int"),
+        "output_hidden_size": Field(None, "int?"),
         # Derived by HF from conv_dim; kept so HF's files round-trip unchanged.
-        "num_feat_extract_layers": _Field(None, "int?"),
+        "num_feat_extract_layers": Field(None, "int?"),
     }
     CTC_REDUCTIONS = ("sum", "mean")
 
@@ -620,28 +616,28 @@ class Data2VecVisionConfig(Data2VecConfigBase):
     }
     FIELDS = {
         **_ENCODER_SIZE_FIELDS,
-        "hidden_dropout_prob": _Field(0.0, "float"),
-        "attention_probs_dropout_prob": _Field(0.0, "float"),
-        "initializer_range": _Field(0.02, "float"),
-        "layer_norm_eps": _Field(1e-12, "float"),
-        "image_size": _Field(224, "int|ints"),
-        "patch_size": _Field(16, "int|ints"),
-        "num_channels": _Field(3, "int"),
-        "use_mask_token": _Field(False, "bool"),
-        "use_absolute_position_embeddings": _Field(False, "bool"),
-        "use_relative_position_bias": _Field(False, "bool"),
-        "use_shared_relative_position_bias": _Field(False, "bool"),
-        "layer_scale_init_value": _Field(0.1, "float"),
-        "drop_path_rate": _Field(0.1, "float"),
-        "use_mean_pooling": _Field(True, "bool"),
-        "out_indices": _Field([3, 5, 7, 11], "ints"),
-        "pool_scales": _Field([1, 2, 3, 6], "ints"),
-        "use_auxiliary_head": _Field(True, "bool"),
-        "auxiliary_loss_weight": _Field(0.4, "float"),
-        "auxiliary_channels": _Field(256, "int"),
-        "auxiliary_num_convs": _Field(1, "int"),
-        "auxiliary_concat_input": _Field(False, "bool"),
-        "semantic_loss_ignore_index": _Field(255, "int"),
+        "hidden_dropout_prob": Field(0.0, "float"),
+        "attention_probs_dropout_prob": Field(0.0, "float"),
+        "initializer_range": Field(0.02, "float"),
+        "layer_norm_eps": Field(1e-12, "float"),
+        "image_size": Field(224, "int|ints"),
+        "patch_size": Field(16, "int|ints"),
+        "num_channels": Field(3, "int"),
+        "use_mask_token": Field(False, "bool"),
+        "use_absolute_position_embeddings": Field(False, "bool"),
+        "use_relative_position_bias": Field(False, "bool"),
+        "use_shared_relative_position_bias": Field(False, "bool"),
+        "layer_scale_init_value": Field(0.1, "float"),
+        "drop_path_rate": Field(0.1, "float"),
+        "use_mean_pooling": Field(True, "bool"),
+        "out_indices": Field([3, 5, 7, 11], "ints"),
+        "pool_scales": Field([1, 2, 3, 6], "ints"),
+        "use_auxiliary_head": Field(True, "bool"),
+        "auxiliary_loss_weight": Field(0.4, "float"),
+        "auxiliary_channels": Field(256, "int"),
+        "auxiliary_num_convs": Field(1, "int"),
+        "auxiliary_concat_input": Field(False, "bool"),
+        "semantic_loss_ignore_index": Field(255, "int"),
     }
 
     def validate(self) -> None:
@@ -740,8 +736,23 @@ def config_from_dict(config_dict: dict[str, Any]) -> Data2VecConfigBase:
 def load_config(path: str | os.PathLike, **hub_options: Any) -> Data2VecConfigBase:
     """Load any of the three configs from a directory, a ``config.json`` path or a hub id
     (``hub_options``: ``revision``, ``cache_dir``, ``local_files_only``, ``token``, ``force_download``)."""
+    return config_from_dict(read_json_object(config_json_path(path, hub_options)))
+
+
+def config_json_path(path: str | os.PathLike, hub_options: dict[str, Any]) -> str:
+    """The ``config.json`` of a folder or hub id, or ``path`` itself when it names a JSON file.
+
+    Raises:
+        FileNotFoundError / OSError: no such path or hub id, a broken symbolic link, a folder
+            without ``config.json``, or a file that is no JSON config (a weight file: pass its folder).
+    """
     path = resolve_pretrained(path, [CONFIG_NAME], **hub_options)
-    file = os.path.join(path, CONFIG_NAME) if os.path.isdir(path) else path
-    if not os.path.isfile(file):
-        raise FileNotFoundError(f"no {CONFIG_NAME} at {path}")
-    return config_from_dict(read_json_object(file))
+    if os.path.isdir(path):
+        file = os.path.join(path, CONFIG_NAME)
+        if not os.path.isfile(file):
+            raise FileNotFoundError(f"no {CONFIG_NAME} at {path}")
+        return file
+    if not path.endswith(".json"):
+        raise OSError(f"{path!r} is not a {CONFIG_NAME} file (a weight file?): pass the checkpoint folder that "
+                      f"holds {CONFIG_NAME}, or the {CONFIG_NAME} itself")
+    return path

@@ -7,7 +7,8 @@
 
 SRC is a directory or a Hugging Face Hub id (``facebook/data2vec-audio-base-960h``): a hub id
 fetches ``config.json``, one weight format and the repository's other non-weight files
-(tokenizer, processor config) through ``huggingface_hub`` (``d2v_common.hub``). With
+(tokenizer, processor config) through ``huggingface_hub``; the source is opened and its config
+read by the loading path every ``from_pretrained`` takes (``d2v_common.pretrained``). With
 ``--from fairseq``, SRC is an original fairseq data2vec 2.0 checkpoint (``d2v_common.fairseq``).
 
 This is the model-free path through the loading machinery: ``config.json`` + the architecture
@@ -33,7 +34,6 @@ import argparse
 import contextlib
 import importlib
 import os
-import secrets
 import shutil
 import sys
 from dataclasses import dataclass, field
@@ -41,11 +41,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from d2v_common import checkpoint
-from d2v_common.configs import CONFIG_NAME, Data2VecConfigBase, load_config
-from d2v_common.hub import resolve_model
-from d2v_common.io_utils import EXIT_ERROR, EXIT_MISMATCH, EXIT_OK, fsync_dir, written_summary
+from d2v_common.configs import CONFIG_NAME, Data2VecConfigBase
+from d2v_common.io_utils import (
+    EXIT_ERROR, EXIT_MISMATCH, EXIT_OK, copy_file, fresh_sibling, fsync_dir, install, same_or_nested, written_summary,
+)
 from d2v_common.loading import ConfigCheckpointMismatch, LoadReport, match_checkpoint
-from d2v_common.pretrained import check_checkpoint_fits
+from d2v_common.pretrained import LoadOptions, OpenRequest, WeightFiles, load_pretrained, open_checkpoint
 from d2v_common.spec import ARCHITECTURES, canonical_architecture, weight_spec
 from d2v_common.spec.core import WeightSpec
 
@@ -178,13 +179,14 @@ def _candidate_specs(config: Data2VecConfigBase, arch: str) -> list[WeightSpec]:
     return specs
 
 
-def _read_source(fmt: checkpoint.CheckpointFormat, path: str, spec: WeightSpec, progress: _Progress):
-    """``(arrays, unexpected names)`` read into memory file by file, ticking ``progress``."""
+def _read_source(weights: WeightFiles, spec: WeightSpec, progress: _Progress):
+    """``(arrays, unexpected names)`` read into memory file by file, ticking ``progress``
+    (a file whose header the config check read is not opened again)."""
     arrays: dict[str, np.ndarray] = {}
     unexpected: list[str] = []
-    for file in checkpoint.weight_files(path):
+    for file in weights.files():
         progress.phase(f"reading {os.path.basename(file)}")
-        part, extra = fmt.read(file, spec if fmt.needs_spec else None)
+        part, extra = weights.read_file(file, spec)
         clash = sorted(set(part) & set(arrays))
         if clash:
             raise checkpoint.CheckpointError(f"tensor {clash[0]!r} appears in more than one shard")
@@ -240,7 +242,7 @@ def _is_weight_file(name: str) -> bool:
     return name.startswith(("pytorch_model", "tf_model", "flax_model")) and name.endswith((".bin", ".h5"))
 
 
-def _companion_files(src: str) -> tuple[list[str], list[str]]:
+def companion_files(src: str) -> tuple[list[str], list[str]]:
     """``(files to copy, entries skipped)``: config, tokenizer and processor files go along."""
     copy, skipped = [], []
     for name in sorted(os.listdir(src)):
@@ -252,53 +254,9 @@ def _companion_files(src: str) -> tuple[list[str], list[str]]:
     return copy, skipped
 
 
-def _hub_companions(available: set[str]) -> list[str]:
+def hub_companions(available: set[str]) -> list[str]:
     """The non-weight files of a hub repository that d2v-convert takes along (configs, tokenizer, card)."""
     return sorted(n for n in available if not _is_weight_file(n) and not n.startswith("."))
-
-
-def _same_or_nested(a: str, b: str) -> bool:
-    a, b = os.path.realpath(a), os.path.realpath(b)
-    return a == b or a.startswith(b + os.sep) or b.startswith(a + os.sep)
-
-
-def _fresh_sibling(dst: str, tag: str) -> str:
-    """A new, empty directory ``DST.<tag>-XXXXXXXX`` beside ``dst`` (created with the umask)."""
-    parent, base = os.path.split(dst)
-    while True:
-        path = os.path.join(parent, f"{base}.{tag}-{secrets.token_hex(4)}")
-        try:
-            os.mkdir(path)
-            return path
-        except FileExistsError:
-            continue
-
-
-def _copy_file(src: str, dst: str) -> None:
-    shutil.copyfile(src, dst)  # follows symlinks (HF cache snapshots are links into blobs)
-    with open(dst, "rb+") as f:
-        os.fsync(f.fileno())
-
-
-def _install(tmp: str, dst: str, overwrite: bool) -> None:
-    """Move the finished ``tmp`` to ``dst``; an old ``dst`` is moved aside first, removed last."""
-    if not os.path.lexists(dst):
-        os.rename(tmp, dst)
-        return
-    if not overwrite:
-        raise ConversionError(f"destination {dst} already exists; pass --overwrite to replace it")
-    old = _fresh_sibling(dst, "old")
-    os.rmdir(old)  # only its unique name is needed
-    os.rename(dst, old)
-    try:
-        os.rename(tmp, dst)
-    except BaseException:
-        os.rename(old, dst)
-        raise
-    if os.path.isdir(old) and not os.path.islink(old):
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.unlink(old)
 
 
 # ------------------------------------------------------------------------------ the conversion
@@ -337,43 +295,46 @@ def convert(
     if source_format is not None and source_format not in FORMATS:
         raise ConversionError(f"unknown source format {source_format!r}; use one of {', '.join(FORMATS)}")
     dst = os.path.abspath(os.fspath(dst))
-    _refuse_fairseq_source(src)
+    _refuse_fairseq_source(src)  # recognised from its pickle keys, before anything is read
+    options = LoadOptions(checkpoint_format=source_format, hub=hub_options)
     try:  # a hub id: config, one weight format and the companion files, fetched into the hub cache
-        src, source_format = resolve_model(src, source_format, extra=_hub_companions, **hub_options)
+        opened = open_checkpoint(src, options, OpenRequest(extra=hub_companions))
     except (OSError, ImportError, ValueError) as e:
         raise ConversionError(str(e)) from None
-    if not os.path.isdir(src):
+    if opened.kind not in ("folder", "hub"):
         raise ConversionError(f"source {src} is not a directory; SRC is a checkpoint folder (config.json + weights) "
                               "or a Hugging Face Hub id")
+    src = opened.folder
     if os.path.lexists(dst):
         if not overwrite:
             raise ConversionError(f"destination {dst} already exists; pass --overwrite to replace it")
         if not os.path.isdir(dst) or os.path.islink(dst):
             raise ConversionError(f"destination {dst} exists and is not a directory; refusing to replace it")
-    if _same_or_nested(src, dst):
+    if same_or_nested(src, dst):
         raise ConversionError(f"source {src} and destination {dst} must be separate directories")
 
     try:
-        config = load_config(src)
+        config = load_pretrained(opened, options).config
     except (OSError, ValueError, TypeError) as e:
         raise ConversionError(f"cannot read {os.path.join(src, CONFIG_NAME)}: {e}") from None
     arch = resolve_architecture(config, architecture)
 
     try:
-        fmt, path = checkpoint.find_checkpoint(src, source_format)
+        weights = opened.weights
     except (OSError, ValueError) as e:
         raise ConversionError(str(e)) from None
+    fmt, path = weights.fmt.name, weights.path
     if source_format is not None and fmt != source_format:
         raise ConversionError(f"no {source_format} weights in {src} (found {os.path.basename(path)})")
     try:  # from the header alone, before any spec list is built (ConfigCheckpointMismatch goes through)
-        check_checkpoint_fits(src, config, prefer=fmt)
+        opened.check_fits(config)
     except ConfigCheckpointMismatch:
         raise
     except (OSError, ValueError) as e:
         raise ConversionError(str(e)) from None
     specs = _candidate_specs(config, arch)
     try:
-        sizes = sum(os.path.getsize(f) for f in checkpoint.weight_files(path))
+        sizes = sum(os.path.getsize(f) for f in weights.files())
     except OSError as e:
         raise ConversionError(f"cannot read {path}: {e}") from None
     show = progress if progress is not None else sizes > PROGRESS_THRESHOLD_BYTES
@@ -384,16 +345,15 @@ def convert(
         # Reading an h5 file goes through a spec: the largest candidate claims every entry.
         reader_spec = max(specs, key=len)
         try:
-            source_format_entry = checkpoint.checkpoint_format(fmt)
-            arrays, unexpected = _read_source(source_format_entry, path, reader_spec, bar)
-            if source_format_entry.conversion_notes is not None:
-                notes += source_format_entry.conversion_notes(path, reader_spec)
+            arrays, unexpected = _read_source(weights, reader_spec, bar)
+            if weights.fmt.conversion_notes is not None:
+                notes += weights.fmt.conversion_notes(path, reader_spec)
         except (OSError, ValueError) as e:  # CheckpointError is a ValueError
             raise ConversionError(str(e)) from None
         except Exception as e:  # noqa: BLE001 - h5py / torch on a damaged file: still a clean error
             raise ConversionError(f"cannot read {path}: {type(e).__name__}: {e}") from None
 
-        source = f"{src} ({fmt})"
+        source = opened.source
         attempts = [_match(arrays, unexpected, s, source) for s in specs]
         chosen = next((a for a in attempts if not a[2]), attempts[0])
         out, report, problems, match_notes = chosen
@@ -402,7 +362,7 @@ def convert(
         notes += match_notes
         spec = specs[attempts.index(chosen)]
 
-        copy, skipped = _companion_files(src)
+        copy, skipped = companion_files(src)
         if skipped:
             notes.append(f"note: not copied (not plain files): {', '.join(skipped)}")
         out_bytes = sum(a.nbytes for a in out.values())
@@ -411,18 +371,20 @@ def convert(
         parent = os.path.dirname(dst)
         try:
             os.makedirs(parent, exist_ok=True)
-            tmp = _fresh_sibling(dst, "tmp")
+            tmp = fresh_sibling(dst, "tmp")
             bar.phase(f"writing {to}")
             written = checkpoint.write_checkpoint(tmp, out, spec, [to])
             bar.advance(out_bytes)
             for name in copy:
-                _copy_file(os.path.join(src, name), os.path.join(tmp, name))
+                copy_file(os.path.join(src, name), os.path.join(tmp, name))
             fsync_dir(tmp)
-            _install(tmp, dst, overwrite)
+            install(tmp, dst, overwrite)
             tmp = None
             fsync_dir(parent)
         except ConversionError:
             raise
+        except FileExistsError as e:  # DST appeared meanwhile, and --overwrite was not given
+            raise ConversionError(str(e)) from None
         except Exception as e:  # noqa: BLE001 - h5py, torch and the OS raise many types; all mean "not written"
             raise ConversionError(f"writing {dst} failed ({type(e).__name__}: {e}); nothing was written") from None
     finally:

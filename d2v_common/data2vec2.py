@@ -20,36 +20,36 @@ from __future__ import annotations
 import math
 import numpy as np
 
-from d2v_common.configs import ACTIVATIONS, CONFIG_CLASSES, Data2VecConfigBase, _Field
+from d2v_common.configs import ACTIVATIONS, CONFIG_CLASSES, Data2VecConfigBase, Field
 
 # ------------------------------------------------------------------------------- configs
 
 # Fields every data2vec 2.0 config has (the shared transformer and its ALiBi options).
 _COMMON = {
-    "hidden_size": _Field(768, "int"),
-    "num_hidden_layers": _Field(12, "int"),
-    "num_attention_heads": _Field(12, "int"),
-    "intermediate_size": _Field(3072, "int"),
-    "hidden_act": _Field("gelu", "str"),
-    "layer_norm_eps": _Field(1e-5, "float"),
+    "hidden_size": Field(768, "int"),
+    "num_hidden_layers": Field(12, "int"),
+    "num_attention_heads": Field(12, "int"),
+    "intermediate_size": Field(3072, "int"),
+    "hidden_act": Field("gelu", "str"),
+    "layer_norm_eps": Field(1e-5, "float"),
     # LayerNorms of the blocks and context encoder have weight and bias (fairseq norm_affine)
-    "layer_norm_affine": _Field(True, "bool"),
+    "layer_norm_affine": Field(True, "bool"),
     # pre-LN blocks plus a final LayerNorm (fairseq layer_norm_first; released models: False)
-    "layer_norm_first": _Field(False, "bool"),
-    "num_prenet_layers": _Field(0, "int"),
-    "num_extra_tokens": _Field(0, "int"),
-    "hidden_dropout": _Field(0.0, "float"),
-    "attention_dropout": _Field(0.0, "float"),
-    "activation_dropout": _Field(0.0, "float"),
-    "post_mlp_dropout": _Field(0.0, "float"),
-    "initializer_range": _Field(0.02, "float"),
-    "use_alibi": _Field(False, "bool"),
-    "alibi_scale": _Field(1.0, "float"),
-    "alibi_scale_per_head": _Field(False, "bool"),
-    "alibi_scale_per_layer": _Field(False, "bool"),
-    "learned_alibi_scale": _Field(False, "bool"),
+    "layer_norm_first": Field(False, "bool"),
+    "num_prenet_layers": Field(0, "int"),
+    "num_extra_tokens": Field(0, "int"),
+    "hidden_dropout": Field(0.0, "float"),
+    "attention_dropout": Field(0.0, "float"),
+    "activation_dropout": Field(0.0, "float"),
+    "post_mlp_dropout": Field(0.0, "float"),
+    "initializer_range": Field(0.02, "float"),
+    "use_alibi": Field(False, "bool"),
+    "alibi_scale": Field(1.0, "float"),
+    "alibi_scale_per_head": Field(False, "bool"),
+    "alibi_scale_per_layer": Field(False, "bool"),
+    "learned_alibi_scale": Field(False, "bool"),
     # heads that receive the ALiBi bias (the first ones); None = all heads
-    "num_alibi_heads": _Field(None, "int?"),
+    "num_alibi_heads": Field(None, "int?"),
 }
 
 POOLING_MODES = ("mean", "cls", "lin_softmax")
@@ -114,18 +114,18 @@ class Data2Vec2VisionConfig(Data2Vec2ConfigBase):
     keeps_extra_tokens = True
     FIELDS = {
         **_COMMON,
-        "layer_norm_eps": _Field(1e-6, "float"),
-        "num_extra_tokens": _Field(1, "int"),
-        "image_size": _Field(224, "int"),
-        "patch_size": _Field(16, "int"),
-        "num_channels": _Field(3, "int"),
-        "patch_embed_dim": _Field(None, "int?"),
-        "use_fixed_positions": _Field(True, "bool"),
-        "alibi_dims": _Field(2, "int"),
-        "alibi_distance": _Field("manhattan", "str"),
-        "pooling_mode": _Field("mean", "str"),
-        "use_fc_norm": _Field(True, "bool"),
-        "fc_norm_eps": _Field(1e-6, "float"),
+        "layer_norm_eps": Field(1e-6, "float"),
+        "num_extra_tokens": Field(1, "int"),
+        "image_size": Field(224, "int"),
+        "patch_size": Field(16, "int"),
+        "num_channels": Field(3, "int"),
+        "patch_embed_dim": Field(None, "int?"),
+        "use_fixed_positions": Field(True, "bool"),
+        "alibi_dims": Field(2, "int"),
+        "alibi_distance": Field("manhattan", "str"),
+        "pooling_mode": Field("mean", "str"),
+        "use_fc_norm": Field(True, "bool"),
+        "fc_norm_eps": Field(1e-6, "float"),
     }
 
     def validate(self) -> None:
@@ -178,25 +178,25 @@ class Data2Vec2AudioConfig(Data2Vec2ConfigBase):
     model_type = "data2vec2-audio"
     FIELDS = {
         **_COMMON,
-        "conv_dim": _Field([512] * 7, "ints"),
-        "conv_kernel": _Field([10, 3, 3, 3, 3, 2, 2], "ints"),
-        "conv_stride": _Field([5, 2, 2, 2, 2, 2, 2], "ints"),
-        "conv_bias": _Field(False, "bool"),
-        "feat_extract_norm": _Field("layer", "str"),
-        "feat_extract_activation": _Field("gelu", "str"),
-        "num_conv_pos_embeddings": _Field(5, "int"),
-        "conv_pos_kernel_size": _Field(19, "int"),
-        "num_conv_pos_embedding_groups": _Field(16, "int"),
-        "conv_pos_pre_layer_norm": _Field(False, "bool"),
-        "vocab_size": _Field(32, "int"),
-        "pad_token_id": _Field(0, "int?"),
-        "final_dropout": _Field(0.0, "float"),
+        "conv_dim": Field([512] * 7, "ints"),
+        "conv_kernel": Field([10, 3, 3, 3, 3, 2, 2], "ints"),
+        "conv_stride": Field([5, 2, 2, 2, 2, 2, 2], "ints"),
+        "conv_bias": Field(False, "bool"),
+        "feat_extract_norm": Field("layer", "str"),
+        "feat_extract_activation": Field("gelu", "str"),
+        "num_conv_pos_embeddings": Field(5, "int"),
+        "conv_pos_kernel_size": Field(19, "int"),
+        "num_conv_pos_embedding_groups": Field(16, "int"),
+        "conv_pos_pre_layer_norm": Field(False, "bool"),
+        "vocab_size": Field(32, "int"),
+        "pad_token_id": Field(0, "int?"),
+        "final_dropout": Field(0.0, "float"),
         # fairseq Wav2VecCtc: added to ("add") or replacing ("set") the blank logit (index 0)
-        "blank_weight": _Field(0.0, "float"),
-        "blank_mode": _Field("add", "str"),
-        "ctc_loss_reduction": _Field("sum", "str"),
-        "ctc_zero_infinity": _Field(False, "bool"),
-        "classifier_proj_size": _Field(256, "int"),
+        "blank_weight": Field(0.0, "float"),
+        "blank_mode": Field("add", "str"),
+        "ctc_loss_reduction": Field("sum", "str"),
+        "ctc_zero_infinity": Field(False, "bool"),
+        "classifier_proj_size": Field(256, "int"),
     }
     # The 1.0 feature-encoder layers this family reuses read these.
     add_adapter = False
@@ -257,18 +257,18 @@ class Data2Vec2TextConfig(Data2Vec2ConfigBase):
     model_type = "data2vec2-text"
     FIELDS = {
         **_COMMON,
-        "vocab_size": _Field(50265, "int"),
-        "max_position_embeddings": _Field(512, "int"),
-        "pad_token_id": _Field(1, "int"),
-        "bos_token_id": _Field(0, "int?"),
-        "eos_token_id": _Field(2, "any"),
-        "use_position_embeddings": _Field(True, "bool"),
-        "use_learned_position_embeddings": _Field(True, "bool"),
-        "scale_embedding": _Field(False, "bool"),
-        "use_embedding_layer_norm": _Field(True, "bool"),
-        "classifier_activation": _Field("tanh", "str"),
-        "classifier_hidden_size": _Field(None, "int?"),
-        "classifier_dropout": _Field(0.0, "float"),
+        "vocab_size": Field(50265, "int"),
+        "max_position_embeddings": Field(512, "int"),
+        "pad_token_id": Field(1, "int"),
+        "bos_token_id": Field(0, "int?"),
+        "eos_token_id": Field(2, "any"),
+        "use_position_embeddings": Field(True, "bool"),
+        "use_learned_position_embeddings": Field(True, "bool"),
+        "scale_embedding": Field(False, "bool"),
+        "use_embedding_layer_norm": Field(True, "bool"),
+        "classifier_activation": Field("tanh", "str"),
+        "classifier_hidden_size": Field(None, "int?"),
+        "classifier_dropout": Field(0.0, "float"),
     }
 
     def validate(self) -> None:

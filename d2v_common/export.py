@@ -51,19 +51,12 @@ from typing import Any
 
 import numpy as np
 
-from d2v_common.configs import CONFIG_NAME, Data2VecConfigBase, load_config
-from d2v_common.convert import (
-    ConversionError,
-    _companion_files,
-    _copy_file,
-    _fresh_sibling,
-    _hub_companions,
-    _install,
-    _same_or_nested,
-    resolve_architecture,
+from d2v_common.configs import CONFIG_NAME, Data2VecConfigBase
+from d2v_common.convert import ConversionError, companion_files, hub_companions, resolve_architecture
+from d2v_common.io_utils import (
+    EXIT_ERROR, EXIT_MISMATCH, EXIT_OK, copy_file, fresh_sibling, fsync_dir, install, same_or_nested, written_summary,
 )
-from d2v_common.hub import resolve_model
-from d2v_common.io_utils import EXIT_ERROR, EXIT_MISMATCH, EXIT_OK, fsync_dir, written_summary
+from d2v_common.pretrained import OpenRequest, load_pretrained, open_checkpoint
 from d2v_common.registry import EXPORTABLE_ARCHITECTURES
 from d2v_common.spec import ARCHITECTURES, family_of
 
@@ -457,15 +450,16 @@ def _read_source(src: str, options: ExportOptions) -> tuple[str, Data2VecConfigB
     """``(local folder, config, architecture)``; a hub id is fetched (config, one weight format,
     tokenizer / processor files) into the hub cache first, as ``d2v-convert`` does."""
     try:
-        src, _ = resolve_model(src, None, extra=_hub_companions)
+        opened = open_checkpoint(src, request=OpenRequest(extra=hub_companions))
     except (OSError, ImportError, ValueError) as e:
         raise ExportError(str(e)) from None
-    if not os.path.isdir(src):
+    if opened.kind not in ("folder", "hub"):
         raise ExportError(f"SRC {src} is not a directory (a checkpoint folder with {CONFIG_NAME} and weights)")
-    if not os.path.isfile(os.path.join(src, CONFIG_NAME)):
+    src = opened.folder
+    if opened.config_file is None:
         raise ExportError(f"SRC {src} has no {CONFIG_NAME}; is it a checkpoint folder?")
     try:
-        config = load_config(src)
+        config = load_pretrained(opened).config
         arch = resolve_architecture(config, options.architecture)
     except (ConversionError, ValueError, TypeError, OSError) as e:
         raise ExportError(str(e)) from None
@@ -504,7 +498,7 @@ def export_checkpoint(
     if os.path.lexists(dst) and not overwrite:
         raise ExportError(f"destination {dst} already exists; pass --overwrite to replace it")
     src, config, arch = _read_source(src, options)
-    if _same_or_nested(src, dst):
+    if same_or_nested(src, dst):
         raise ExportError(f"source {src} and destination {dst} must be separate folders")
     fmt = get_export_format(format)
     check_options(fmt, options)
@@ -512,13 +506,13 @@ def export_checkpoint(
     batch, length = validation_shape(config, arch, options)
     check_inputs = sample_inputs(config, arch, batch, length, seed=1)
     framework = get_framework(fmt.framework)
-    copy, _ = _companion_files(src)
+    copy, _ = companion_files(src)
 
     tmp = None
     try:
         model = framework.load_model(src, arch, options)
         os.makedirs(os.path.dirname(dst), exist_ok=True)
-        tmp = _fresh_sibling(dst, "tmp")
+        tmp = fresh_sibling(dst, "tmp")
         if stream is not None:
             print(f"exporting {arch} from {src} to {format} ...", file=stream, flush=True)
         try:
@@ -532,11 +526,11 @@ def export_checkpoint(
             expected = framework.run_eager(model, check_inputs, arch, config)
             diffs = validate(fmt, artifact, expected, check_inputs, options.resolved_dtype, stream)
         for name in copy:
-            _copy_file(os.path.join(src, name), os.path.join(tmp, name))
+            copy_file(os.path.join(src, name), os.path.join(tmp, name))
         fsync_dir(tmp)
         try:
-            _install(tmp, dst, overwrite)
-        except ConversionError as e:
+            install(tmp, dst, overwrite)
+        except FileExistsError as e:
             raise ExportError(str(e)) from None
         tmp = None
         fsync_dir(os.path.dirname(dst))

@@ -860,8 +860,8 @@ def convert_fairseq_to_folder(
     """
     import shutil
 
-    from d2v_common.convert import _fresh_sibling, _install
-    from d2v_common.pretrained import save_arrays_for
+    from d2v_common.io_utils import fresh_sibling, install
+    from d2v_common.checkpoint import write_pretrained
     from d2v_common.spec import weight_spec
 
     dst = os.path.abspath(os.fspath(dst))
@@ -869,12 +869,12 @@ def convert_fairseq_to_folder(
         raise FileExistsError(f"destination {dst} already exists; pass overwrite=True (--overwrite) to replace it")
     config, architecture, arrays, report = convert_fairseq(src, head=head, dictionary=dictionary)
     os.makedirs(os.path.dirname(dst), exist_ok=True)
-    tmp = _fresh_sibling(dst, "tmp")
+    tmp = fresh_sibling(dst, "tmp")
     try:
-        save_arrays_for(tmp, arrays, weight_spec(config, architecture), config, list(formats))
+        write_pretrained(tmp, arrays, weight_spec(config, architecture), config, list(formats))
         if dictionary is not None:
             write_dictionary_files(tmp, dictionary, architecture)
-        _install(tmp, dst, overwrite)
+        install(tmp, dst, overwrite)
         tmp = None
     finally:
         if tmp is not None:

@@ -7,19 +7,20 @@ network and cache work is ``huggingface_hub``'s (``list_repo_files``, ``hf_hub_d
 ``snapshot_download``), so its cache layout (``HF_HUB_CACHE`` / ``HF_HOME``), ``HF_HUB_OFFLINE``,
 saved tokens and progress bars apply, and a cache filled by transformers is reused as it is.
 
-Only the files a load needs are fetched: a model takes ``config.json`` and ONE weight format
-(safetensors > ``pytorch_model.bin`` > ``tf_model.h5``, with its shard index and shards);
-``pytorch_model.bin`` is passed over when torch is not installed. ``huggingface_hub`` is the
-optional ``hub`` extra (``pip install 'd2v[hub]'``).
+This module only fetches: the caller says which files it needs (``select``), and which files a
+fetched one brings along (``follow``: a shard index its shards). Which weight format a model
+load takes is the loader's choice (``d2v_common.pretrained``'s hub source, through the
+checkpoint format registry). ``huggingface_hub`` is the optional ``hub`` extra
+(``pip install 'd2v[hub]'``).
 """
 
 from __future__ import annotations
 
+import errno
 import importlib
 import importlib.util
 import os
-import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 # HF's own keyword names, accepted by every from_pretrained.
@@ -28,6 +29,8 @@ HUB_EXTRA_HINT = "pip install 'd2v[hub]'"
 TORCH_EXTRA_HINT = "pip install 'd2v[torch]' torch==2.13.0"
 
 Selector = Callable[[set[str]], Sequence[str]]
+# (file name, its local path) -> more files it needs (a shard index: its shards)
+Follower = Callable[[str, str], Sequence[str]]
 
 
 class HubFileMissing(FileNotFoundError):
@@ -44,11 +47,34 @@ def is_local(path_or_id: str | os.PathLike) -> bool:
     """Whether ``path_or_id`` names something on disk, or can only be meant as a path (absolute,
     ``./``, ``~``, more than one ``/``): such names are never looked up on the Hub."""
     path = os.fspath(path_or_id)
-    if os.path.exists(path):
+    if os.path.lexists(path):  # a broken or looping symbolic link is still a local name
         return True
     if os.path.isabs(path) or path.startswith((".", "~")) or os.sep != "/" and os.sep in path:
         return True
     return path.count("/") > 1 or path.endswith("/") or not path
+
+
+def check_local_path(path: str | os.PathLike) -> None:
+    """Raise the error that says what is wrong with a local ``path`` that cannot be read:
+    nothing is there, or it is a symbolic link that loops or points nowhere.
+
+    Raises:
+        FileNotFoundError: nothing exists at ``path``.
+        OSError: ``path`` is a symbolic link that loops or whose target is missing.
+    """
+    path = os.fspath(path)
+    if os.path.islink(path) and not os.path.exists(path):
+        try:
+            os.stat(path)
+        except OSError as err:
+            why = "loops" if err.errno == errno.ELOOP else "points to nothing"
+        else:  # pragma: no cover - exists() said otherwise
+            why = "cannot be followed"
+        raise OSError(f"{path!r} is a symbolic link that {why} (-> {os.readlink(path)!r}); point it at the "
+                      "checkpoint folder, or pass that folder itself")
+    if not os.path.lexists(path):
+        raise FileNotFoundError(f"{path!r} is not a directory or file here: no such folder or hub id (a Hugging "
+                                "Face Hub id is 'org/name'); check the path")
 
 
 def _hub():
@@ -69,80 +95,6 @@ def torch_available() -> bool:
 
 
 # ------------------------------------------------------------------------ what to fetch
-def select_weights(
-    available: Iterable[str], *, prefer: str | None = None, torch_available: bool = True
-) -> tuple[str, str] | None:
-    """``(format, file name)`` of the weights to load from a set of file names, or None.
-
-    The checkpoint format registry's choice (``checkpoint.select_weights``: registration order,
-    safetensors > ``pytorch_model.bin`` > ``tf_model.h5``, each single file before its shard
-    index), ``prefer`` first; formats that need torch are passed over without it.
-    """
-    from d2v_common import checkpoint
-
-    chosen = checkpoint.select_weights(available, prefer=prefer, torch_available=torch_available)
-    return None if chosen is None else (chosen[0].name, chosen[1])
-
-
-class ModelFiles:
-    """A selector for a model load: ``config.json`` and the chosen weights (shards follow from
-    the index once it is fetched); ``format`` says afterwards which format was chosen."""
-
-    def __init__(
-        self,
-        prefer: str | None = None,
-        with_config: bool = True,
-        torch_ok: bool | None = None,
-        extra: Selector | None = None,
-    ):
-        self.prefer, self.with_config, self.torch_ok, self.extra = prefer, with_config, torch_ok, extra
-        self.format: str | None = None
-
-    def __call__(self, available: set[str]) -> list[str]:
-        from d2v_common import checkpoint
-        from d2v_common.configs import CONFIG_NAME
-
-        has_torch = torch_available() if self.torch_ok is None else self.torch_ok
-        chosen = select_weights(available, prefer=self.prefer, torch_available=has_torch)
-        if chosen is None:
-            needs_torch = {
-                name for fmt in checkpoint.CHECKPOINT_FORMATS.values() if fmt.needs_torch for name in fmt.file_names
-            } & available
-            if needs_torch and not has_torch:
-                raise HubFileMissing(
-                    f"only {sorted(needs_torch)[0]} is there, and reading it needs torch (not installed): "
-                    f"{TORCH_EXTRA_HINT}, or load a copy converted with d2v-convert --to safetensors"
-                )
-            raise HubFileMissing(f"no weights: looked for {', '.join(checkpoint.registered_weight_files())}")
-        self.format = chosen[0]
-        extra = list(self.extra(available)) if self.extra is not None else []
-        return ([CONFIG_NAME] if self.with_config else []) + [chosen[1]] + extra
-
-
-def resolve_model(
-    path_or_id: str | os.PathLike,
-    checkpoint_format: str | None = None,
-    *,
-    with_config: bool = True,
-    extra: Selector | None = None,
-    **hub_options: Any,
-) -> tuple[str, str | None]:
-    """``(local path, checkpoint format)`` for a model's ``from_pretrained``.
-
-    A local path comes back unchanged with ``checkpoint_format``; a hub id is fetched as
-    ``ModelFiles`` picks (``config.json`` unless ``with_config=False``, one weight format) and
-    the chosen format comes back, so that the load reads exactly the fetched file even when the
-    cached snapshot holds others. ``extra`` picks more files to fetch (d2v-convert takes the
-    tokenizer and processor files along). ``hub_options`` are ``resolve_pretrained``'s keywords.
-
-    Examples:
-        >>> folder, fmt = resolve_model("facebook/data2vec-vision-base-ft1k")  # fmt: "pt-bin"
-    """
-    selector = ModelFiles(checkpoint_format, with_config, extra=extra)
-    folder = resolve_pretrained(path_or_id, selector, **hub_options)
-    return folder, selector.format or checkpoint_format
-
-
 def files(*required: str, optional: Sequence[str] = ()) -> Selector:
     """A selector for fixed file names: ``required`` must be there, ``optional`` are taken if there."""
 
@@ -160,6 +112,7 @@ def resolve_pretrained(
     path_or_id: str | os.PathLike,
     select: Selector | Sequence[str],
     *,
+    follow: Follower | None = None,
     revision: str | None = None,
     cache_dir: str | os.PathLike | None = None,
     local_files_only: bool = False,
@@ -172,8 +125,9 @@ def resolve_pretrained(
     Args:
         path_or_id: a local file or directory, or a hub repository id (``"org/name"``).
         select: the file names to fetch, or a function from the set of file names the
-            repository holds (offline: the cached ones) to the names to fetch. A fetched shard
-            index (``*.index.json``) brings its shards along.
+            repository holds (offline: the cached ones) to the names to fetch.
+        follow: ``(name, local path) -> more names``, called for each fetched file: what it
+            brings along (the loader passes one that reads a shard index for its shards).
         revision: branch, tag or commit hash (default ``"main"``).
         cache_dir: the hub cache (default ``HF_HUB_CACHE``).
         local_files_only: use the cache only (as ``HF_HUB_OFFLINE=1`` does).
@@ -184,6 +138,8 @@ def resolve_pretrained(
         The path: ``path_or_id`` unchanged when local, else ``<cache>/models--org--name/snapshots/<commit>``.
 
     Raises:
+        FileNotFoundError / OSError: a local path with nothing there, or a broken symbolic link
+            (``check_local_path``).
         ImportError: a hub id, and huggingface_hub is not installed.
         OSError: the repository, revision or a needed file cannot be found or fetched; the
             message names the id, the revision, what was looked for and how to fix it.
@@ -193,6 +149,8 @@ def resolve_pretrained(
     """
     path = os.fspath(path_or_id)
     if is_local(path):
+        if not os.path.exists(path):
+            check_local_path(path)
         return path
     hub = _hub()
     selector = select if callable(select) else files(*select)
@@ -227,10 +185,8 @@ def resolve_pretrained(
             folder = here
         elif here != folder:  # a push landed between two downloads
             raise OSError(f"{where} changed while downloading; try again, or pin revision=<commit hash>")
-        if name.endswith(".index.json"):
-            from d2v_common import checkpoint
-
-            wanted += [os.path.basename(shard) for shard in checkpoint.read_index(local)]
+        if follow is not None:
+            wanted += list(follow(name, local))
     if folder is None:
         raise ValueError("resolve_pretrained: the selector chose no files")
     return folder
@@ -309,12 +265,11 @@ def _hub_error(err: BaseException, repo_id: str, where: str, looked_for: str) ->
 
 __all__ = [
     "HUB_OPTIONS",
+    "HubFileMissing",
+    "check_local_path",
     "files",
     "is_local",
-    "ModelFiles",
-    "resolve_model",
     "pop_hub_options",
     "resolve_pretrained",
-    "select_weights",
     "torch_available",
 ]

@@ -1,10 +1,16 @@
-"""Atomic file writes: a reader sees the old file or the complete new one, never a torn one."""
+"""Atomic file writes: a reader sees the old file or the complete new one, never a torn one.
+
+Also the folder staging that the tools writing a whole folder share (d2v-convert, d2v-export,
+the fairseq converter, Keras' SavedModel writer): ``fresh_sibling`` makes the staging folder
+beside the destination, ``install`` renames the finished one into place.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -138,6 +144,59 @@ def _commit(staged: list[tuple[str, str]]) -> None:
         fsync_dir(directory)
 
 
+# ------------------------------------------------------------------------------ staged folders
+def fresh_sibling(dst: str, tag: str) -> str:
+    """A new, empty directory ``DST.<tag>-XXXXXXXX`` beside ``dst`` (created with the umask)."""
+    parent, base = os.path.split(dst)
+    while True:
+        path = os.path.join(parent, f"{base}.{tag}-{secrets.token_hex(4)}")
+        try:
+            os.mkdir(path)
+            return path
+        except FileExistsError:
+            continue
+
+
+def copy_file(src: str, dst: str) -> None:
+    """Copy ``src`` to ``dst`` and fsync it; symlinks are followed (HF cache snapshots are
+    links into blobs)."""
+    shutil.copyfile(src, dst)
+    with open(dst, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def install(tmp: str, dst: str, overwrite: bool) -> None:
+    """Move the finished folder ``tmp`` to ``dst``; an old ``dst`` is moved aside first and
+    removed last, so ``dst`` is never missing or half-written.
+
+    Raises:
+        FileExistsError: ``dst`` exists and ``overwrite`` is False.
+    """
+    if not os.path.lexists(dst):
+        os.rename(tmp, dst)
+        return
+    if not overwrite:
+        raise FileExistsError(f"destination {dst} already exists; pass --overwrite to replace it")
+    old = fresh_sibling(dst, "old")
+    os.rmdir(old)  # only its unique name is needed
+    os.rename(dst, old)
+    try:
+        os.rename(tmp, dst)
+    except BaseException:
+        os.rename(old, dst)
+        raise
+    if os.path.isdir(old) and not os.path.islink(old):
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.unlink(old)
+
+
+def same_or_nested(a: str, b: str) -> bool:
+    """Whether the folders ``a`` and ``b`` are the same or one lies inside the other."""
+    a, b = os.path.realpath(a), os.path.realpath(b)
+    return a == b or a.startswith(b + os.sep) or b.startswith(a + os.sep)
+
+
 def read_json_object(path: str | os.PathLike) -> dict:
     """The JSON object in ``path``; ``ValueError`` naming the file when it is not one."""
     with open(path, encoding="utf-8") as f:
@@ -145,6 +204,8 @@ def read_json_object(path: str | os.PathLike) -> dict:
             data = json.load(f)
         except json.JSONDecodeError as e:
             raise ValueError(f"{os.fspath(path)} is not valid JSON: {e}") from None
+        except UnicodeDecodeError:
+            raise ValueError(f"{os.fspath(path)} is not a JSON text file (binary data: a weight file?)") from None
     if not isinstance(data, dict):
         raise ValueError(f"{os.fspath(path)} must hold a JSON object, got {type(data).__name__}")
     return data

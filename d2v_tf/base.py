@@ -14,17 +14,16 @@ from keras import ops
 from d2v_common import layouts
 from d2v_common.checkpoint import formats_from_flags
 from d2v_common.configs import CONFIG_CLASSES, Data2VecConfigBase
-from d2v_common.hub import pop_hub_options, resolve_model
+from d2v_common.hub import pop_hub_options
 from d2v_common.modeling import (
     architecture_of, check_config_class, check_names_match_spec, check_no_missing, snake_case,
 )
 from d2v_common.outputs import finish
 from d2v_common.registry import ModelRegistry
 from d2v_common.pretrained import (
-    load_config_for,
+    LoadOptions,
     building_nested,
-    check_checkpoint_fits,
-    load_arrays_for,
+    load_pretrained,
     save_arrays_for,
     skip_initialisation,
     weights_come_later,
@@ -186,31 +185,24 @@ class TFData2VecPreTrainedModel(backend.ModelSteps, keras.Model):
         **config_overrides: Any,
     ):
         """Load ``model.safetensors``, ``pytorch_model.bin`` or HF's ``tf_model.h5`` (first
-        found, in that order) from a directory or a Hugging Face Hub id (``d2v_common.hub``: a local
-        directory wins; ``revision``, ``cache_dir``, ``local_files_only``, ``token``,
-        ``force_download`` as in HF). Other keyword arguments override config fields, as in HF."""
-        hub = pop_hub_options(config_overrides)  # revision, cache_dir, local_files_only, token, force_download
-        path, checkpoint_format = resolve_model(
-            pretrained_model_name_or_path, checkpoint_format, with_config=config is None, **hub
-        )
-        if config is None:
-            config = load_config_for(cls.config_class, path, **config_overrides)  # fairseq .pt too
-        elif config_overrides:
-            config = config.copy(**config_overrides)
-        # an edited config.json fails here, from the file's header, before anything is allocated
-        check_checkpoint_fits(path, config, prefer=checkpoint_format, ignore_mismatched_sizes=ignore_mismatched_sizes)
-        with weights_come_later():
-            model = cls(config)
-        arrays, report = load_arrays_for(
-            path,
-            model.spec,
-            prefer=checkpoint_format,
-            ignore_mismatched_sizes=ignore_mismatched_sizes,
-            check_finite=check_finite,
-            seed=int(np.random.randint(0, 2**31 - 1)),
-        )
-        model.load_arrays(arrays)
-        del arrays
+        found, in that order) from a directory, a single weight file with ``config.json`` beside
+        it, a fairseq data2vec 2.0 ``checkpoint.pt`` or a Hugging Face Hub id (a local path wins;
+        ``revision``, ``cache_dir``, ``local_files_only``, ``token``, ``force_download`` as in HF),
+        through ``d2v_common.pretrained.load_pretrained``. Other keyword arguments override config
+        fields, as in HF."""
+        options = LoadOptions(checkpoint_format, ignore_mismatched_sizes, check_finite,
+                              pop_hub_options(config_overrides))  # revision, cache_dir, ...
+
+        def build(config: Data2VecConfigBase):
+            with weights_come_later():
+                return cls(config)
+
+        loaded = load_pretrained(pretrained_model_name_or_path, options, config_class=cls.config_class, config=config,
+                                 config_overrides=config_overrides, build=build,
+                                 seed=lambda: int(np.random.randint(0, 2**31 - 1)))
+        model, report = loaded.model, loaded.report
+        model.load_arrays(loaded.arrays)  # tensor by tensor: lazily read checkpoints never sit in memory whole
+        del loaded
         model.load_report = report
         return (model, report) if output_loading_info else model
 

@@ -115,15 +115,15 @@ def write_saved_model(model, path: str | os.PathLike, verbose: bool = False, sig
     """Write a SavedModel directory at ``path`` whose ``serving_default`` is the model's
     (``signature``: see ``input_signature``'s ``override``). All or nothing: it is written
     beside ``path`` and renamed into place (replacing an earlier export) once complete."""
-    from d2v_common.convert import _fresh_sibling, _install
+    from d2v_common.io_utils import fresh_sibling, install
 
     path = os.path.abspath(os.fspath(path))
     archive = _export_archive(model, signature)  # traces: a model that cannot trace writes nothing
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    staging = _fresh_sibling(path, "tmp")
+    staging = fresh_sibling(path, "tmp")
     try:
         archive.write_out(staging, verbose=verbose)
-        _install(staging, path, overwrite=True)
+        install(staging, path, overwrite=True)
         staging = None
     finally:
         if staging is not None:
@@ -258,10 +258,17 @@ def _export_litert(model, staging_dir: str, sample: dict[str, np.ndarray], optio
 
 # ------------------------------------------------------------------------------ framework hooks
 def load_model(src: str, architecture: str, options):
-    """``from_pretrained`` of the d2v Keras class (float32: the formats take no ``--dtype``)."""
-    import d2v_tf
+    """``from_pretrained`` of the d2v Keras class (float32: the formats take no ``--dtype``).
 
-    return getattr(d2v_tf, "TF" + architecture).from_pretrained(src)
+    The class is found in Keras' serialisation registry, where every d2v model registers itself
+    (``TFData2VecPreTrainedModel.__init_subclass__``); importing ``d2v_tf`` here would close an
+    import cycle (``d2v_tf.base`` imports this module for ``model.export``)."""
+    import keras
+
+    cls = keras.saving.get_registered_object(f"d2v>TF{architecture}")
+    if cls is None:
+        raise ValueError(f"no d2v Keras class implements {architecture!r}")
+    return cls.from_pretrained(src)
 
 
 def run_eager(model, inputs: dict[str, np.ndarray], architecture: str | None = None, config=None):

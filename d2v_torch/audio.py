@@ -26,7 +26,7 @@ from d2v_common.outputs import (
     finish,
 )
 from d2v_common.pretrained import build_nested
-from d2v_torch.base import Data2VecPreTrainedModel, _torch_seed
+from d2v_torch.base import Data2VecPreTrainedModel, torch_seed
 from d2v_torch.layers import (
     Activation, Linear, attention, checkpointed, conv1d_time_major, cross_entropy, is_tracing, padding_bias,
     split_heads,
@@ -430,12 +430,12 @@ class Data2VecAudioModel(Data2VecAudioPreTrainedModel):
             A.check_mask_time_indices(tuple(mask_time_indices.shape), (batch, frames), has_embed)
             x = torch.where(mask_time_indices.bool()[..., None], self.masked_spec_embed.to(x.dtype), x)
         elif self.config.mask_time_prob > 0 and self.training:
-            rng = np.random.default_rng(_torch_seed())
+            rng = np.random.default_rng(torch_seed())
             lengths = None if frame_mask is None else _numpy(frame_mask.sum(-1))
             mask = torch.from_numpy(A.random_time_mask(self.config, batch, frames, lengths, rng)).to(x.device)
             x = torch.where(mask[..., None], self.masked_spec_embed.to(x.dtype), x)
         if self.config.mask_feature_prob > 0 and self.training:
-            rng = np.random.default_rng(_torch_seed())
+            rng = np.random.default_rng(torch_seed())
             mask = torch.from_numpy(A.random_feature_mask(self.config, batch, rng)).to(x.device)
             x = x.masked_fill(mask[:, None, :], 0.0)
         return x

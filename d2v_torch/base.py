@@ -12,18 +12,12 @@ from torch import nn
 from d2v_common import outputs as _outputs
 from d2v_common.checkpoint import formats_from_flags
 from d2v_common.configs import Data2VecConfigBase
-from d2v_common.hub import pop_hub_options, resolve_model
+from d2v_common.hub import pop_hub_options
 from d2v_common.input_types import check_input_type
 from d2v_common.modeling import architecture_of, check_config_class, check_names_match_spec, check_no_missing
 from d2v_common.outputs import finish
+from d2v_common.pretrained import LoadOptions, building_nested, load_pretrained, save_arrays_for
 from d2v_common.registry import ModelRegistry
-from d2v_common.pretrained import (
-    building_nested,
-    check_checkpoint_fits,
-    load_arrays_for,
-    load_config_for,
-    save_arrays_for,
-)
 from d2v_common.spec import WeightSpec, weight_spec
 from d2v_torch.layers import checkpoint_options
 
@@ -86,7 +80,7 @@ def _resolve_auto_dtype(value: torch.dtype | str | None, config: Data2VecConfigB
     return _as_torch_dtype(config.dtype) if config.dtype not in (None, "auto") else None
 
 
-def _torch_seed() -> int:
+def torch_seed() -> int:
     """A seed drawn from torch's RNG, so ``torch.manual_seed`` makes fresh models reproducible."""
     return int(torch.randint(0, 2**31 - 1, ()).item())
 
@@ -127,7 +121,7 @@ class Data2VecPreTrainedModel(nn.Module):
         check_names_match_spec(type(self).__name__, set(self.state_dict().keys()), set(self.spec.names()))
         if any(p.is_meta for p in self.parameters()):
             return  # built for from_pretrained: weights come from the checkpoint
-        self.load_arrays(self.spec.init_arrays(_torch_seed()))
+        self.load_arrays(self.spec.init_arrays(torch_seed()))
 
     def tie_weights(self) -> None:
         """Re-share tied tensors (the LM decoder and the word embeddings); heads override."""
@@ -175,35 +169,26 @@ class Data2VecPreTrainedModel(nn.Module):
         **config_overrides: Any,
     ):
         """Load ``model.safetensors``, ``pytorch_model.bin`` or ``tf_model.h5`` (first found, in
-        that order) from a directory or a Hugging Face Hub id (``d2v_common.hub``: a local directory
-        wins; ``revision``, ``cache_dir``, ``local_files_only``, ``token``, ``force_download`` as in
-        HF). ``dtype`` (or its older name ``torch_dtype``): the dtype to cast to, as in HF
-        (``torch.bfloat16``, ``"bfloat16"``, ``"auto"``). Other keyword arguments override config
-        fields, as in HF."""
+        that order) from a directory, a single weight file with ``config.json`` beside it, a
+        fairseq data2vec 2.0 ``checkpoint.pt`` or a Hugging Face Hub id (a local path wins;
+        ``revision``, ``cache_dir``, ``local_files_only``, ``token``, ``force_download`` as in HF),
+        through ``d2v_common.pretrained.load_pretrained``. Other keyword arguments override config
+        fields, as in HF. ``dtype`` (or its older name ``torch_dtype``): the dtype to cast to, as in HF
+        (``torch.bfloat16``, ``"bfloat16"``, ``"auto"``)."""
         torch_dtype = torch_dtype_argument(config_overrides.pop("dtype", None), torch_dtype)  # HF 4.57's name
-        hub = pop_hub_options(config_overrides)  # revision, cache_dir, local_files_only, token, force_download
-        path, checkpoint_format = resolve_model(
-            pretrained_model_name_or_path, checkpoint_format, with_config=config is None, **hub
-        )
-        if config is None:
-            config = load_config_for(cls.config_class, path, **config_overrides)  # fairseq .pt too
-        elif config_overrides:
-            config = config.copy(**config_overrides)
-        # an edited config.json fails here, from the file's header, before anything is allocated
-        check_checkpoint_fits(path, config, prefer=checkpoint_format, ignore_mismatched_sizes=ignore_mismatched_sizes)
-        with torch.device("meta"):  # no memory, no random init: the checkpoint fills it
-            model = cls(config)
-        arrays, report = load_arrays_for(
-            path,
-            model.spec,
-            prefer=checkpoint_format,
-            ignore_mismatched_sizes=ignore_mismatched_sizes,
-            check_finite=check_finite,
-            seed=_torch_seed(),
-        )
-        model.load_arrays(arrays, assign=True)
-        del arrays
-        torch_dtype = _resolve_auto_dtype(torch_dtype, config)
+        options = LoadOptions(checkpoint_format, ignore_mismatched_sizes, check_finite,
+                              pop_hub_options(config_overrides))  # revision, cache_dir, ...
+
+        def build(config: Data2VecConfigBase):
+            with torch.device("meta"):  # no memory, no random init: the checkpoint fills it
+                return cls(config)
+
+        loaded = load_pretrained(pretrained_model_name_or_path, options, config_class=cls.config_class, config=config,
+                                 config_overrides=config_overrides, build=build, seed=torch_seed)
+        model, report = loaded.model, loaded.report
+        model.load_arrays(loaded.arrays, assign=True)
+        del loaded  # the arrays: the model holds the weights now
+        torch_dtype = _resolve_auto_dtype(torch_dtype, model.config)
         if torch_dtype is not None:
             model.to(torch_dtype)
         model.eval()

@@ -36,7 +36,7 @@ from d2v_common.outputs import (
 )
 from d2v_common.pretrained import build_nested
 from d2v_common.spec import weight_spec
-from d2v_torch.base import Data2VecPreTrainedModel, _torch_seed
+from d2v_torch.base import Data2VecPreTrainedModel, torch_seed
 from d2v_torch.layers import DenseActivation, DenseDropout
 from d2v_torch.layers import (
     Activation, Linear, attention, checkpointed, classification_loss, cross_entropy, expand_head_mask, split_heads,
@@ -452,7 +452,7 @@ class Data2VecTextPreTrainedModel(Data2VecPreTrainedModel):
         self.config.vocab_size = new_config.vocab_size
         new_spec = self._make_spec()
         changed = [p.name for p in new_spec.stored() if p.shape != old_spec[p.name].shape]
-        fresh = new_spec.init_arrays(_torch_seed(), names=changed)
+        fresh = new_spec.init_arrays(torch_seed(), names=changed)
         for name in changed:
             keep = min(arrays[name].shape[0], n)
             fresh[name][:keep] = arrays[name][:keep]
