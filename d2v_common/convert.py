@@ -296,14 +296,17 @@ def convert(
         raise ConversionError(f"unknown source format {source_format!r}; use one of {', '.join(FORMATS)}")
     dst = os.path.abspath(os.fspath(dst))
     _refuse_fairseq_source(src)  # recognised from its pickle keys, before anything is read
+    not_a_folder = ConversionError(f"source {src} is not a directory; SRC is a checkpoint folder (config.json + "
+                                   "weights) or a Hugging Face Hub id")
+    if os.path.isfile(src):  # a lone file is no source here: it is not opened (nor unpickled) at all
+        raise not_a_folder
     options = LoadOptions(checkpoint_format=source_format, hub=hub_options)
     try:  # a hub id: config, one weight format and the companion files, fetched into the hub cache
         opened = open_checkpoint(src, options, OpenRequest(extra=hub_companions))
     except (OSError, ImportError, ValueError) as e:
         raise ConversionError(str(e)) from None
     if opened.kind not in ("folder", "hub"):
-        raise ConversionError(f"source {src} is not a directory; SRC is a checkpoint folder (config.json + weights) "
-                              "or a Hugging Face Hub id")
+        raise not_a_folder
     src = opened.folder
     if os.path.lexists(dst):
         if not overwrite:
