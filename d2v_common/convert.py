@@ -30,7 +30,6 @@ Exit codes: 0 done, 1 the checkpoint does not match the spec, 2 usage or IO erro
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
 import os
 import secrets
@@ -43,7 +42,7 @@ import numpy as np
 from d2v_common import checkpoint
 from d2v_common.configs import CONFIG_NAME, Data2VecConfigBase, load_config
 from d2v_common.hub import resolve_model
-from d2v_common.io_utils import EXIT_ERROR, EXIT_MISMATCH, EXIT_OK, fsync_dir, written_summary
+from d2v_common.io_utils import EXIT_ERROR, EXIT_MISMATCH, EXIT_OK, fsync_dir, run_as_script, written_summary
 from d2v_common.loading import ConfigCheckpointMismatch, LoadReport, match_checkpoint
 from d2v_common.pretrained import check_checkpoint_fits
 from d2v_common.spec import ARCHITECTURES, canonical_architecture, weight_spec
@@ -514,5 +513,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    with contextlib.suppress(BrokenPipeError):
-        sys.exit(main())
+    run_as_script("d2v_common.convert")  # the canonical module, not this __main__ copy (see run_as_script)

@@ -40,7 +40,6 @@ Exit codes of the CLI: 0 done, 1 the artifact disagrees with the eager model (no
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
 import os
 import shutil
@@ -63,7 +62,7 @@ from d2v_common.convert import (
     resolve_architecture,
 )
 from d2v_common.hub import resolve_model
-from d2v_common.io_utils import EXIT_ERROR, EXIT_MISMATCH, EXIT_OK, fsync_dir, written_summary
+from d2v_common.io_utils import EXIT_ERROR, EXIT_MISMATCH, EXIT_OK, fsync_dir, run_as_script, written_summary
 from d2v_common.spec import ARCHITECTURES, family_of
 
 
@@ -591,5 +590,4 @@ def main(argv: list[str] | None = None, framework: str | None = None) -> int:
 
 
 if __name__ == "__main__":
-    with contextlib.suppress(BrokenPipeError):
-        sys.exit(main())
+    run_as_script("d2v_common.export")  # the canonical module, not this __main__ copy (see run_as_script)

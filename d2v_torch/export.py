@@ -23,7 +23,6 @@ the two PyTorch formats and the PyTorch loader.
 from __future__ import annotations
 
 import os
-import sys
 import warnings
 from typing import Any
 
@@ -227,4 +226,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from d2v_common.io_utils import run_as_script
+
+    run_as_script("d2v_torch.export")  # the canonical module, not this __main__ copy (see run_as_script)
