@@ -123,6 +123,16 @@ def export_program(model: nn.Module, sample: dict[str, np.ndarray], as_dict: boo
     tensors = to_tensors(sample)
     kwargs = {n: tensors[n] for n in module.names}  # by name: the program is called by HF's names
     shapes = dynamic_shapes(model.config, model.architecture)
+    program = _export(module, kwargs, shapes)
+    # A program keeps each parameter's requires_grad (it shares them with ``model``): frozen
+    # copies make a loaded ``model.pt2`` give plain outputs (``.numpy()`` without ``.detach()``).
+    for name, value in program.state_dict.items():
+        if isinstance(value, nn.Parameter) and value.requires_grad:
+            program.state_dict[name] = nn.Parameter(value.detach(), requires_grad=False)
+    return program
+
+
+def _export(module: nn.Module, kwargs: dict[str, torch.Tensor], shapes: dict):
     with torch.no_grad():
         try:
             return torch.export.export(module, (), kwargs, dynamic_shapes=shapes, strict=False)

@@ -92,3 +92,25 @@ def test_python_m_d2v_common_export_finds_the_keras_formats(tiny_text_checkpoint
     assert proc.returncode == 2
     assert "not available" not in proc.stderr
     assert "batch_size must be a positive integer" in proc.stderr
+
+
+# ------------------------------------------------------------------------------ item 7: .pt2 outputs
+def test_pt2_outputs_need_no_detach(tiny_text_checkpoint, tmp_path):
+    import torch
+
+    from d2v_common.export import export_checkpoint
+    from d2v_torch import Data2VecTextModel
+
+    export_checkpoint(tiny_text_checkpoint, tmp_path / "pt2", "torch-export")
+    program = torch.export.load(str(tmp_path / "pt2" / "model.pt2")).module()
+    ids = torch.tensor([[0, 5, 6, 2]])
+    out = program(input_ids=ids, attention_mask=torch.ones_like(ids))  # no torch.no_grad(), as in serving.md
+    assert not out["last_hidden_state"].requires_grad
+    assert out["last_hidden_state"].numpy().shape[:2] == (1, 4)
+    # the model exported from Python keeps its trainable weights
+    model = Data2VecTextModel.from_pretrained(tiny_text_checkpoint)
+    from d2v_torch.export import export_program
+
+    sample = {"input_ids": np.tile(ids.numpy(), (2, 1)), "attention_mask": np.ones((2, 4), dtype=np.int64)}
+    export_program(model, sample)
+    assert all(p.requires_grad for p in model.parameters())
