@@ -114,3 +114,45 @@ def test_pt2_outputs_need_no_detach(tiny_text_checkpoint, tmp_path):
     sample = {"input_ids": np.tile(ids.numpy(), (2, 1)), "attention_mask": np.ones((2, 4), dtype=np.int64)}
     export_program(model, sample)
     assert all(p.requires_grad for p in model.parameters())
+
+
+# ------------------------------------------------------------------------------ item 10: NaN in configs
+def _float_fields():
+    import d2v_common.data2vec2  # noqa: F401 - registers the data2vec 2.0 configs
+    from d2v_common.configs import CONFIG_CLASSES
+
+    for cls in CONFIG_CLASSES.values():
+        for key, field in cls.FIELDS.items():
+            if field.kind.rstrip("?") in ("float", "floats"):
+                yield cls, key, field.kind.rstrip("?") == "floats"
+
+
+FLOAT_FIELDS = list(_float_fields())
+
+
+def test_float_fields_cover_every_config_class():
+    from d2v_common.configs import CONFIG_CLASSES
+
+    assert {cls for cls, _, _ in FLOAT_FIELDS} == set(CONFIG_CLASSES.values())
+    assert len(CONFIG_CLASSES) == 6
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")], ids=["nan", "inf", "-inf"])
+@pytest.mark.parametrize(("cls", "key", "is_list"), FLOAT_FIELDS,
+                         ids=[f"{cls.__name__}.{key}" for cls, key, _ in FLOAT_FIELDS])
+def test_every_float_field_rejects_nan_and_infinity(cls, key, is_list, bad):
+    with pytest.raises(ValueError, match=rf"{cls.__name__}\.{key} must be a finite number"):
+        cls(**{key: [bad] if is_list else bad})
+
+
+def test_nan_in_config_json_is_refused_when_loading(tmp_path):
+    from d2v_common.configs import Data2VecTextConfig, load_config
+
+    (tmp_path / "config.json").write_text('{"model_type": "data2vec-text", "layer_norm_eps": NaN}')
+    with pytest.raises(ValueError, match="layer_norm_eps must be a finite number"):
+        load_config(tmp_path)
+    Data2VecTextConfig().save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="layer_norm_eps must be a finite number"):
+        Data2VecTextConfig.from_pretrained(tmp_path, layer_norm_eps=float("nan"))
+    with pytest.raises(ValueError, match="initializer_range must be a finite number"):
+        Data2VecTextConfig.from_pretrained(tmp_path, initializer_range=float("nan"))
