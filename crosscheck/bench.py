@@ -43,6 +43,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 import numpy as np  # noqa: E402
 
 from crosscheck.cases import tiny  # noqa: E402
+from d2v_common.io_utils import non_negative_int, positive_int  # noqa: E402
 
 # ------------------------------------------------------------------------------ workloads
 
@@ -912,14 +913,14 @@ def main(argv=None) -> int:
     parser.add_argument("--rows", help=f"comma-separated, from {', '.join(ROWS)} (default: all)")
     parser.add_argument("--quick", action="store_true",
                         help=f"{', '.join(QUICK_WORKLOADS)} only, 3 repeats, one load run per loader")
-    parser.add_argument("--repeats", type=int, help="timed calls per row (default 5, --quick 3)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed calls per row first (default 1)")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads for both frameworks")
+    parser.add_argument("--repeats", type=positive_int, help="timed calls per row (default 5, --quick 3)")
+    parser.add_argument("--warmup", type=positive_int, default=1, help="untimed calls per row first (default 1)")
+    parser.add_argument("--threads", type=positive_int, default=os.cpu_count() or 1, help="threads for both frameworks")
     parser.add_argument("--size", choices=["base", "tiny"], default="base", help="model size (tiny: smoke runs)")
     parser.add_argument("--no-hf", action="store_true", help="leave out transformers' rows")
     parser.add_argument("--no-load", action="store_true", help="skip the from_pretrained measurements")
-    parser.add_argument("--load-runs", type=int, help="fresh processes per loader (default 3, --quick 1)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--load-runs", type=positive_int, help="fresh processes per loader (default 3, --quick 1)")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="weight and input seed (default 0)")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON ('-': print JSON only)")
     parser.add_argument("--plot", metavar="FILE.png", help="draw the speed-ups (needs matplotlib)")
     parser.add_argument("--peak-only", action="store_true", help="measure the machine's GEMM peak and stop")
@@ -951,8 +952,6 @@ def main(argv=None) -> int:
     if args.no_hf:
         keys = [k for k in keys if not k.startswith("hf-")]
     repeats = args.repeats or (3 if args.quick else 5)
-    if repeats < 1 or args.warmup < 1 or args.threads < 1:
-        parser.error("--repeats, --warmup and --threads must be at least 1")
     quiet = args.json == "-"
 
     import warnings

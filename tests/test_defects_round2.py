@@ -156,3 +156,25 @@ def test_nan_in_config_json_is_refused_when_loading(tmp_path):
         Data2VecTextConfig.from_pretrained(tmp_path, layer_norm_eps=float("nan"))
     with pytest.raises(ValueError, match="initializer_range must be a finite number"):
         Data2VecTextConfig.from_pretrained(tmp_path, initializer_range=float("nan"))
+
+
+# ------------------------------------------------------------------------------ item 12: small ones
+# (bench: an unknown workload makes the old code stop right after parsing instead of benchmarking)
+@pytest.mark.parametrize(("module", "args"), [
+    ("crosscheck.__main__", ["--seed", "-1"]),
+    ("crosscheck.bench", ["--seed", "-1", "--workloads", "none-such"]),
+    ("crosscheck.bench", ["--warmup", "0", "--workloads", "none-such"]),
+    ("crosscheck.bench", ["--repeats", "0", "--workloads", "none-such"]),
+    ("crosscheck.bench", ["--threads", "0", "--workloads", "none-such"]),
+    ("crosscheck.bench", ["--load-runs", "0", "--workloads", "none-such"]),
+])
+def test_crosscheck_int_options_are_argparse_errors(module, args, capsys):
+    import importlib
+
+    main = importlib.import_module(module).main
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {args[0]}" in err
+    assert "a non-negative integer" in err or "a positive integer" in err
