@@ -43,6 +43,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 import numpy as np  # noqa: E402
 
 from crosscheck.cases import tiny  # noqa: E402
+from crosscheck.flops import model_flops  # noqa: E402
 from d2v_common.io_utils import non_negative_int, positive_int  # noqa: E402
 
 # ------------------------------------------------------------------------------ workloads
@@ -501,7 +502,7 @@ def run_workload(workload: Workload, size: str, keys: list[str], repeats: int, w
     """Time every row of ``workload`` (the Keras JAX row in its own process); with ``peak`` (from
     ``measure_gemm_peak``) each row also says what fraction of the machine's GEMM peak its FLOPs
     ran at."""
-    gflop = workload_gflop(workload, size, seed) if peak else None
+    gflop = workload_gflop(workload, size) if peak else None
     runs, skipped = build_rows(workload, size, [k for k in keys if k != JAX_ROW], seed)
     rows = time_rows(runs, repeats, warmup, skipped)
     if JAX_ROW in keys:
@@ -543,24 +544,9 @@ def measure_gemm_peak(n: int = 2048, repeats: int = 5) -> dict:
     return out
 
 
-def workload_gflop(workload: Workload, size: str, seed: int = 0) -> float | None:
-    """FLOPs of one d2v torch float32 call (matmuls, convolutions, attention), in GFLOP."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    import d2v_torch
-    from d2v_common.spec import weight_spec
-
-    config = workload.config(size)
-    model = d2v_torch.model_class(workload.architecture)(config).eval()
-    model.load_arrays(weight_spec(config, workload.architecture).random_arrays(seed))
-    inputs = {k: torch.from_numpy(v) for k, v in workload.inputs(config, size, seed + 1).items()}
-    counter = FlopCounterMode(display=False)
-    # output_attentions takes the explicit-matmul attention: the same FLOPs as the fused CPU
-    # kernel, which the counter does not see.
-    with torch.no_grad(), counter:
-        model(**inputs, output_attentions=True)
-    return counter.get_total_flops() / 1e9
+def workload_gflop(workload: Workload, size: str) -> float:
+    """Model FLOPs of one call of ``workload`` (``crosscheck.flops``: counted from the config), in GFLOP."""
+    return model_flops(workload.config(size), workload.architecture, workload.batch, workload.size_for(size)) / 1e9
 
 
 def _peak_fraction(key: str, median_s: float, gflop: float | None, peak: dict | None) -> float | None:
