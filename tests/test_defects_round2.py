@@ -42,6 +42,7 @@ def test_every_documented_module_entry_point_is_tested_here():
     assert _documented_modules() <= set(MODULE_ENTRY_POINTS)
 
 
+@pytest.mark.slow  # a fresh interpreter per entry point
 @pytest.mark.parametrize("module", MODULE_ENTRY_POINTS)
 def test_module_entry_point_starts(module):
     proc = _run(["-m", module, "--help"])
@@ -49,6 +50,7 @@ def test_module_entry_point_starts(module):
     assert "usage:" in proc.stdout
 
 
+@pytest.mark.slow  # a fresh interpreter per entry point
 @pytest.mark.parametrize("script", sorted(CONSOLE_SCRIPTS))
 def test_console_script_starts(script):
     module, function = CONSOLE_SCRIPTS[script].split(":")
@@ -58,6 +60,7 @@ def test_console_script_starts(script):
     assert "usage:" in proc.stdout
 
 
+@pytest.mark.slow  # a fresh interpreter per entry point
 @pytest.mark.parametrize("example", EXAMPLES)
 def test_example_script_starts(example):
     proc = _run([str(ROOT / "examples" / example), "--help"])
@@ -77,6 +80,7 @@ def tiny_text_checkpoint(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow  # a fresh interpreter per entry point
 def test_python_m_d2v_common_export_writes_onnx(tiny_text_checkpoint, tmp_path):
     """Run as ``__main__`` the module used to be a second copy whose format registry stayed empty."""
     dst = tmp_path / "onnx"
@@ -85,6 +89,7 @@ def test_python_m_d2v_common_export_writes_onnx(tiny_text_checkpoint, tmp_path):
     assert (dst / "model.onnx").is_file()
 
 
+@pytest.mark.slow  # a fresh interpreter per entry point
 def test_python_m_d2v_common_export_finds_the_keras_formats(tiny_text_checkpoint, tmp_path):
     # a bad --batch-size is rejected after the format is looked up: the error shows it was found
     proc = _run(["-m", "d2v_common.export", str(tiny_text_checkpoint), str(tmp_path / "sm"), "--format",
