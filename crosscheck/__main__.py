@@ -16,6 +16,8 @@ import warnings
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
+from d2v_common.io_utils import non_negative_int  # noqa: E402
+
 
 def _format_table(rows, reference: bool, runtimes=()) -> str:
     head = ["case", "class", "outputs", "max abs diff", "tol", "PT>TF>PT", "PT>h5>PT"]
@@ -83,7 +85,7 @@ def main(argv=None) -> int:
     parser.add_argument("--case", action="append",
                         help="run only these cases: a case name or class name (see --list), or part of one")
     parser.add_argument("--list", action="store_true", help="list the cases (name and class) and exit")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="weight and input seed (default 0)")
     parser.add_argument("--reference", choices=["hf"], help="also compare d2v torch with transformers' PyTorch classes")
     parser.add_argument("--no-round-trips", action="store_true", help="skip the save/load round trips")
     parser.add_argument("--runtimes", metavar="NAMES",

@@ -43,6 +43,8 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 import numpy as np  # noqa: E402
 
 from crosscheck.cases import tiny  # noqa: E402
+from crosscheck.flops import model_flops  # noqa: E402
+from d2v_common.io_utils import non_negative_int, positive_int  # noqa: E402
 from d2v_common.registry import architecture_info  # noqa: E402
 
 # ------------------------------------------------------------------------------ workloads
@@ -504,7 +506,7 @@ def run_workload(workload: Workload, size: str, keys: list[str], repeats: int, w
     """Time every row of ``workload`` (the Keras JAX row in its own process); with ``peak`` (from
     ``measure_gemm_peak``) each row also says what fraction of the machine's GEMM peak its FLOPs
     ran at."""
-    gflop = workload_gflop(workload, size, seed) if peak else None
+    gflop = workload_gflop(workload, size) if peak else None
     runs, skipped = build_rows(workload, size, [k for k in keys if k != JAX_ROW], seed)
     rows = time_rows(runs, repeats, warmup, skipped)
     if JAX_ROW in keys:
@@ -546,24 +548,9 @@ def measure_gemm_peak(n: int = 2048, repeats: int = 5) -> dict:
     return out
 
 
-def workload_gflop(workload: Workload, size: str, seed: int = 0) -> float | None:
-    """FLOPs of one d2v torch float32 call (matmuls, convolutions, attention), in GFLOP."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    import d2v_torch
-    from d2v_common.spec import weight_spec
-
-    config = workload.config(size)
-    model = d2v_torch.model_class(workload.architecture)(config).eval()
-    model.load_arrays(weight_spec(config, workload.architecture).random_arrays(seed))
-    inputs = {k: torch.from_numpy(v) for k, v in workload.inputs(config, size, seed + 1).items()}
-    counter = FlopCounterMode(display=False)
-    # output_attentions takes the explicit-matmul attention: the same FLOPs as the fused CPU
-    # kernel, which the counter does not see.
-    with torch.no_grad(), counter:
-        model(**inputs, output_attentions=True)
-    return counter.get_total_flops() / 1e9
+def workload_gflop(workload: Workload, size: str) -> float:
+    """Model FLOPs of one call of ``workload`` (``crosscheck.flops``: counted from the config), in GFLOP."""
+    return model_flops(workload.config(size), workload.architecture, workload.batch, workload.size_for(size)) / 1e9
 
 
 def _peak_fraction(key: str, median_s: float, gflop: float | None, peak: dict | None) -> float | None:
@@ -917,14 +904,14 @@ def main(argv=None) -> int:
     parser.add_argument("--rows", help=f"comma-separated, from {', '.join(ROWS)} (default: all)")
     parser.add_argument("--quick", action="store_true",
                         help=f"{', '.join(QUICK_WORKLOADS)} only, 3 repeats, one load run per loader")
-    parser.add_argument("--repeats", type=int, help="timed calls per row (default 5, --quick 3)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed calls per row first (default 1)")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads for both frameworks")
+    parser.add_argument("--repeats", type=positive_int, help="timed calls per row (default 5, --quick 3)")
+    parser.add_argument("--warmup", type=positive_int, default=1, help="untimed calls per row first (default 1)")
+    parser.add_argument("--threads", type=positive_int, default=os.cpu_count() or 1, help="threads for both frameworks")
     parser.add_argument("--size", choices=["base", "tiny"], default="base", help="model size (tiny: smoke runs)")
     parser.add_argument("--no-hf", action="store_true", help="leave out transformers' rows")
     parser.add_argument("--no-load", action="store_true", help="skip the from_pretrained measurements")
-    parser.add_argument("--load-runs", type=int, help="fresh processes per loader (default 3, --quick 1)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--load-runs", type=positive_int, help="fresh processes per loader (default 3, --quick 1)")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="weight and input seed (default 0)")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON ('-': print JSON only)")
     parser.add_argument("--plot", metavar="FILE.png", help="draw the speed-ups (needs matplotlib)")
     parser.add_argument("--peak-only", action="store_true", help="measure the machine's GEMM peak and stop")
@@ -956,8 +943,6 @@ def main(argv=None) -> int:
     if args.no_hf:
         keys = [k for k in keys if not k.startswith("hf-")]
     repeats = args.repeats or (3 if args.quick else 5)
-    if repeats < 1 or args.warmup < 1 or args.threads < 1:
-        parser.error("--repeats, --warmup and --threads must be at least 1")
     quiet = args.json == "-"
 
     import warnings

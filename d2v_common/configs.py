@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import textwrap
 import warnings
@@ -70,6 +71,13 @@ def _type_error(cls_name: str, key: str, kind: str, value: Any) -> TypeError:
     return TypeError(f"{cls_name}.{key} must be {kind.replace('?', ' or null')}, got {value!r}")
 
 
+def _check_finite(cls_name: str, key: str, values) -> None:
+    """NaN or infinity in a float field (a ``NaN`` in config.json) would make every output NaN."""
+    bad = [v for v in values if isinstance(v, float) and not math.isfinite(v)]
+    if bad:
+        raise ValueError(f"{cls_name}.{key} must be a finite number, got {bad[0]!r}")
+
+
 def _check_kind(cls_name: str, key: str, kind: str, value: Any) -> Any:
     """Validate ``value`` against ``kind``; returns the value normalised (tuples -> lists)."""
     if kind == "any":
@@ -90,6 +98,7 @@ def _check_kind(cls_name: str, key: str, kind: str, value: Any) -> Any:
     if base == "int" and is_int(value):
         return value
     if base == "float" and is_float(value):
+        _check_finite(cls_name, key, [value])
         return value
     if base == "bool" and isinstance(value, bool):
         return value
@@ -98,6 +107,8 @@ def _check_kind(cls_name: str, key: str, kind: str, value: Any) -> Any:
     if base in ("ints", "floats") and isinstance(value, (list, tuple)):
         check = is_int if base == "ints" else is_float
         if all(check(v) for v in value):
+            if base == "floats":
+                _check_finite(cls_name, key, value)
             return list(value)
     if base == "int|ints":
         if is_int(value):

@@ -31,7 +31,6 @@ Exit codes: 0 done, 1 the checkpoint does not match the spec, 2 usage or IO erro
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
 import os
 import shutil
@@ -43,7 +42,8 @@ import numpy as np
 from d2v_common import checkpoint
 from d2v_common.configs import CONFIG_NAME, Data2VecConfigBase
 from d2v_common.io_utils import (
-    EXIT_ERROR, EXIT_MISMATCH, EXIT_OK, copy_file, fresh_sibling, fsync_dir, install, same_or_nested, written_summary,
+    EXIT_ERROR, EXIT_MISMATCH, EXIT_OK, copy_file, fresh_sibling, fsync_dir, install, run_as_script, same_or_nested,
+    written_summary,
 )
 from d2v_common.loading import ConfigCheckpointMismatch, LoadReport, match_checkpoint
 from d2v_common.pretrained import LoadOptions, OpenRequest, WeightFiles, load_pretrained, open_checkpoint
@@ -497,5 +497,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    with contextlib.suppress(BrokenPipeError):
-        sys.exit(main())
+    run_as_script("d2v_common.convert")  # the canonical module, not this __main__ copy (see run_as_script)

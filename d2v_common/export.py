@@ -40,7 +40,6 @@ Exit codes of the CLI: 0 done, 1 the artifact disagrees with the eager model (no
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
 import os
 import shutil
@@ -54,7 +53,8 @@ import numpy as np
 from d2v_common.configs import CONFIG_NAME, Data2VecConfigBase
 from d2v_common.convert import ConversionError, companion_files, hub_companions, resolve_architecture
 from d2v_common.io_utils import (
-    EXIT_ERROR, EXIT_MISMATCH, EXIT_OK, copy_file, fresh_sibling, fsync_dir, install, same_or_nested, written_summary,
+    EXIT_ERROR, EXIT_MISMATCH, EXIT_OK, copy_file, fresh_sibling, fsync_dir, install, run_as_script, same_or_nested,
+    written_summary,
 )
 from d2v_common.pretrained import OpenRequest, load_pretrained, open_checkpoint
 from d2v_common.registry import EXPORTABLE_ARCHITECTURES
@@ -587,5 +587,4 @@ def main(argv: list[str] | None = None, framework: str | None = None) -> int:
 
 
 if __name__ == "__main__":
-    with contextlib.suppress(BrokenPipeError):
-        sys.exit(main())
+    run_as_script("d2v_common.export")  # the canonical module, not this __main__ copy (see run_as_script)

@@ -216,6 +216,42 @@ def read_json_object(path: str | os.PathLike) -> dict:
 EXIT_OK, EXIT_MISMATCH, EXIT_ERROR = 0, 1, 2
 
 
+def _int_at_least(minimum: int, what: str):
+    def parse(text: str) -> int:
+        import argparse
+
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
+        return value
+
+    parse.__name__ = what.replace(" ", "_")  # argparse names the type in "invalid ... value"
+    return parse
+
+
+# argparse ``type=`` for integer options: seeds and counts that may be 0, and counts that may not.
+non_negative_int = _int_at_least(0, "a non-negative integer")
+positive_int = _int_at_least(1, "a positive integer")
+
+
+def run_as_script(module_name: str) -> None:
+    """Exit with the status of ``module_name.main()``, taken from the module's canonical import.
+
+    ``python -m pkg.mod`` runs the file as a second module named ``__main__``; registries filled
+    at import time by other modules (the export formats d2v_torch.export and d2v_tf.export
+    register) live in the canonical ``pkg.mod``, so the script must run that copy's ``main``.
+    """
+    import importlib
+    import sys
+
+    main = importlib.import_module(module_name).main
+    with contextlib.suppress(BrokenPipeError):
+        sys.exit(main())
+
+
 def written_summary(destination: str, what: str, files) -> str:
     """The closing line of a tool that wrote a folder: where, what, and which files."""
     return f"wrote {destination} ({what}): " + ", ".join(os.path.basename(f) for f in files)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import sys
 import tempfile
 
 import numpy as np
@@ -296,4 +295,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from d2v_common.io_utils import run_as_script
+
+    run_as_script("d2v_tf.export")  # the canonical module, not this __main__ copy (see run_as_script)

@@ -23,7 +23,6 @@ the two PyTorch formats and the PyTorch loader.
 from __future__ import annotations
 
 import os
-import sys
 import warnings
 from typing import Any
 
@@ -124,6 +123,16 @@ def export_program(model: nn.Module, sample: dict[str, np.ndarray], as_dict: boo
     tensors = to_tensors(sample)
     kwargs = {n: tensors[n] for n in module.names}  # by name: the program is called by HF's names
     shapes = dynamic_shapes(model.config, model.architecture)
+    program = _export(module, kwargs, shapes)
+    # A program keeps each parameter's requires_grad (it shares them with ``model``): frozen
+    # copies make a loaded ``model.pt2`` give plain outputs (``.numpy()`` without ``.detach()``).
+    for name, value in program.state_dict.items():
+        if isinstance(value, nn.Parameter) and value.requires_grad:
+            program.state_dict[name] = nn.Parameter(value.detach(), requires_grad=False)
+    return program
+
+
+def _export(module: nn.Module, kwargs: dict[str, torch.Tensor], shapes: dict):
     with torch.no_grad():
         try:
             return torch.export.export(module, (), kwargs, dynamic_shapes=shapes, strict=False)
@@ -227,4 +236,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from d2v_common.io_utils import run_as_script
+
+    run_as_script("d2v_torch.export")  # the canonical module, not this __main__ copy (see run_as_script)

@@ -64,6 +64,42 @@ def test_workload_flops_count_every_matmul():
     assert bench.workload_gflop(workload, "tiny") * 1e9 == per_layer * layers + pooler
 
 
+def test_workload_flops_include_the_onednn_linears():
+    """Issue 26 item 9: at base size the Linear layers run on oneDNN, which
+    ``torch.utils.flop_counter`` does not see; the count is the model's, by hand: 12 layers of
+    2 x (4 h^2 + 2 h i) per token plus 4 n h per token for the attention products, and the pooler."""
+    workload = bench.WORKLOADS["text-b8x128"]
+    b, n, h, i, layers = 8, 128, 768, 3072, 12
+    per_layer = 2 * (4 * h * h + 2 * h * i) * b * n + 4 * b * n * n * h
+    assert bench.workload_gflop(workload, "base") * 1e9 == per_layer * layers + 2 * h * h * b  # about 180 GFLOP
+
+
+def test_vision_flops_by_hand():
+    """Patch embedding conv, 12 layers on 197 tokens, the classifier."""
+    workload = bench.WORKLOADS["vision-cls-b8x224"]
+    b, h, i, tokens = 8, 768, 3072, 14 * 14 + 1
+    patch = 2 * b * 196 * h * 3 * 16 * 16
+    per_layer = 2 * (4 * h * h + 2 * h * i) * b * tokens + 4 * b * tokens * tokens * h
+    assert bench.workload_gflop(workload, "base") * 1e9 == patch + 12 * per_layer + 2 * b * h * 1000
+
+
+@pytest.mark.parametrize("name", list(bench.WORKLOADS))
+def test_workload_flops_match_the_flop_counter_with_every_kernel_visible(name, monkeypatch):
+    """With d2v's oneDNN linears off, ``torch.utils.flop_counter`` sees every matmul and conv
+    (attention through its explicit-matmul path): it agrees with the analytic count exactly."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    monkeypatch.setattr(layers, "ONEDNN_LINEAR", False)
+    workload = bench.WORKLOADS[name]
+    config = workload.config("tiny")
+    model = d2v_torch.model_class(workload.architecture)(config).eval()
+    inputs = {k: torch.from_numpy(v) for k, v in workload.inputs(config, "tiny").items()}
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(**inputs, output_attentions=True)
+    assert bench.workload_gflop(workload, "tiny") * 1e9 == counter.get_total_flops()
+
+
 def test_bench_cli_rejects_unknown_names():
     with pytest.raises(SystemExit):
         bench.main(["--workloads", "nope", "--no-load"])

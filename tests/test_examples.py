@@ -2,6 +2,7 @@
 
 import importlib.util
 import pathlib
+import re
 
 import pytest
 
@@ -20,6 +21,11 @@ def _load(name):
 def test_keras_segmentation_example_beats_chance():
     result = _load("finetune_keras_segmentation").main(["--quick"])
     assert result["pixel_accuracy"] > result["majority_baseline"] + 0.05
+    # docs/training.md quotes this run's figures (seed 0): they must be what it prints
+    doc = (EXAMPLES.parent / "docs" / "training.md").read_text()
+    quoted = re.search(r"With `--quick` it reaches pixel accuracy ([\d.]+)\s+and mean IoU ([\d.]+)", doc)
+    assert quoted, "docs/training.md no longer quotes the --quick figures"
+    assert (f"{result['pixel_accuracy']:.3f}", f"{result['mean_iou']:.3f}") == quoted.groups()
 
 
 @pytest.mark.parametrize("seed", [0])
