@@ -1,0 +1,508 @@
+"""data2vec 2.0 pretraining: the framework-neutral parts (numpy only).
+
+Upstream is fairseq's ``Data2VecMultiModel`` (examples/data2vec/models/data2vec2.py at commit
+3d262bb). One training step:
+
+* the student's modality front end ("local encoder") embeds the input once; the sequence is
+  repeated ``clone_batch`` times (rows ``i*c .. i*c+c-1`` are sample i's clones), each copy gets
+  its own mask, and the masked positions are *removed* before the transformer;
+* a light conv decoder (2-D for images, 1-D for audio and text) gets the encoder output with
+  zeros in the masked slots and predicts, at every position, the teacher's target;
+* the EMA teacher runs once per sample on the unmasked input; the targets are the average of
+  its top ``average_top_k_layers`` block FFN outputs, each instance- / batch- / layer-normalised
+  as configured, then the average layer- / instance-normalised as configured;
+* the loss: per masked position, L2 (``loss_beta == 0``) or smooth-L1 summed over features times
+  ``loss_scale`` (None: 1/sqrt(D)), plus, with ``cls_loss``, the CLS token regressing the mean
+  target; ``total`` = sum of every loss / number of masked positions (fairseq's normalisation).
+
+What lives here: ``Data2Vec2PretrainingConfig`` (from a fairseq checkpoint's ``cfg.model``),
+the decoder's weight names, which encoder weights the EMA teacher holds, reading a fairseq
+pretraining checkpoint into canonical arrays (with the fairseq name of every tensor), the EMA
+decay schedule and the input checks and their error texts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from d2v_common import fairseq
+from d2v_common.outputs import ModelOutput
+from d2v_common.pretraining import ema_decay_at
+from d2v_common.spec.data2vec2 import FAMILIES
+
+MODALITIES = {"IMAGE": "vision", "AUDIO": "audio", "TEXT": "text"}
+PRETRAINING_FILE = "d2v_pretraining.json"  # beside config.json in a saved pretraining folder
+
+# Architecture of each modality's pretraining class and of the backbone it trains.
+ARCHITECTURES = {
+    "vision": ("Data2Vec2VisionForPreTraining", "Data2Vec2VisionModel"),
+    "audio": ("Data2Vec2AudioForPreTraining", "Data2Vec2AudioModel"),
+    "text": ("Data2Vec2TextForPreTraining", "Data2Vec2TextModel"),
+}
+# Prefix of the student's tensors in a pretraining model's arrays (the backbone's weight prefix).
+STUDENT_PREFIX = {m: FAMILIES[m + "2"].BASE_PREFIX for m in ARCHITECTURES}
+
+
+class Data2Vec2PreTrainingOutput(ModelOutput):
+    """``loss`` (fairseq's ``total``: every loss summed / ``sample_size``); ``losses`` (name ->
+    summed loss: ``<MODALITY>_regression``, ``cls``); ``sample_size`` (masked positions, all
+    clones); ``mask`` (batch * clone_batch, T) bool; ``prediction`` (the decoder's output,
+    batch * clone_batch, T, D); ``target`` (the teacher's targets, batch, T, D)."""
+
+    fields = ("loss", "losses", "sample_size", "mask", "prediction", "target")
+
+
+@dataclass
+class Data2Vec2PretrainingConfig:
+    """The fairseq ``data2vec_multi`` options one pretraining step depends on (names as upstream).
+
+    Targets: ``average_top_k_layers``, ``end_of_block_targets`` (block outputs instead of FFN
+    outputs), ``instance_norm_target_layer`` / ``batch_norm_target_layer`` /
+    ``layer_norm_target_layer`` (per layer), ``layer_norm_targets`` / ``instance_norm_targets``
+    (on the average). Loss: ``loss_beta``, ``loss_scale``, ``d2v_loss`` (weight of the
+    regression), ``cls_loss`` (weight of the CLS regression; needs extra tokens). Teacher:
+    ``ema_decay`` -> ``ema_end_decay`` linearly over ``ema_anneal_end_step`` updates,
+    ``ema_encoder_only`` (the teacher is the main blocks only; the student's context encoder
+    feeds it), ``ema_local_encoder`` (the teacher has its own front end). Masking (the modality's
+    options): ``mask_prob``, ``mask_length``, ``mask_prob_adjust``, ``inverse_mask``,
+    ``keep_masked_pct``, ``mask_noise_std``, ``encoder_zero_mask``, ``mask_dropout``,
+    ``add_masks``. Decoder: ``decoder_*``, ``projection_*``, ``add_positions_*``.
+
+    Examples:
+        >>> Data2Vec2PretrainingConfig(modality="audio").tau(0)
+        0.999
+    """
+
+    modality: str
+    clone_batch: int = 1
+    average_top_k_layers: int = 8
+    end_of_block_targets: bool = False
+    instance_norm_target_layer: bool = False
+    batch_norm_target_layer: bool = False
+    layer_norm_target_layer: bool = False
+    layer_norm_targets: bool = False
+    instance_norm_targets: bool = False
+    loss_beta: float = 0.0
+    loss_scale: float | None = None
+    d2v_loss: float = 1.0
+    cls_loss: float = 0.0
+    ema_decay: float = 0.999
+    ema_end_decay: float = 0.9999
+    ema_anneal_end_step: int = 0
+    ema_encoder_only: bool = True
+    ema_local_encoder: bool = False
+    mask_prob: float = 0.7
+    mask_prob_min: float | None = None
+    mask_length: int = 5
+    mask_prob_adjust: float = 0.0
+    inverse_mask: bool = False
+    keep_masked_pct: float = 0.0
+    mask_noise_std: float = 0.01
+    encoder_zero_mask: bool = True
+    mask_dropout: float = 0.0
+    add_masks: bool = False
+    decoder_dim: int = 384
+    decoder_groups: int = 16
+    decoder_kernel: int = 5
+    decoder_layers: int = 5
+    decoder_input_dropout: float = 0.1
+    decoder_residual: bool = True
+    projection_layers: int = 1
+    projection_ratio: float = 2.0
+    add_positions_masked: bool = False
+    add_positions_all: bool = False
+    seed: int = 1
+
+    def __post_init__(self):
+        if self.modality not in ARCHITECTURES:
+            raise ValueError(f"modality must be one of {sorted(ARCHITECTURES)}, got {self.modality!r}")
+        if int(self.clone_batch) < 1:
+            raise ValueError(f"clone_batch must be at least 1, got {self.clone_batch}")
+        if int(self.average_top_k_layers) < 1:
+            raise ValueError(f"average_top_k_layers must be at least 1, got {self.average_top_k_layers}")
+        for name in ("ema_decay", "ema_end_decay"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.loss_beta < 0:
+            raise ValueError(f"loss_beta must be >= 0 (0 means L2), got {self.loss_beta}")
+        if self.loss_scale is not None and self.loss_scale <= 0:
+            raise ValueError(f"loss_scale must be positive (or None for 1/sqrt(hidden)), got {self.loss_scale}")
+        if not 0.0 <= self.keep_masked_pct < 1.0:
+            raise ValueError(f"keep_masked_pct must be in [0, 1), got {self.keep_masked_pct}")
+        if self.decoder_layers < 1 or self.decoder_dim < 1 or self.projection_layers < 1:
+            raise ValueError("decoder_layers, decoder_dim and projection_layers must be at least 1")
+        if self.decoder_dim % self.decoder_groups:
+            raise ValueError(f"decoder_dim {self.decoder_dim} must be divisible by decoder_groups {self.decoder_groups}")
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_fairseq(cls, model_cfg: dict, modality: str) -> "Data2Vec2PretrainingConfig":
+        """From a fairseq checkpoint's ``cfg['model']`` (``data2vec_multi``) for ``modality``
+        (``IMAGE``, ``AUDIO`` or ``TEXT``)."""
+        modality = modality.upper().replace("MODALITY.", "")
+        sub = {"IMAGE": "image", "AUDIO": "audio", "TEXT": "text"}[modality]
+        mod = (model_cfg.get("modalities") or {}).get(sub) or {}
+        dec = mod.get("decoder")
+        unsupported = []
+        if not isinstance(dec, dict):
+            unsupported.append("a modality without decoder (modalities.%s.decoder is None)" % sub)
+            dec = {}
+        if model_cfg.get("shared_decoder"):
+            unsupported.append("shared_decoder")
+        for key in ("recon_loss", "mask_channel_prob", "prenet_layerdrop", "layerdrop"):
+            value = model_cfg.get(key, mod.get(key))
+            if value:
+                unsupported.append(f"{key}={value}")
+        if mod.get("transformer_decoder"):
+            unsupported.append("transformer_decoder=True")
+        if mod.get("remove_masks"):
+            unsupported.append("remove_masks=True")
+        if float(mod.get("local_grad_mult", 1.0) or 0.0) != 1.0:
+            unsupported.append(f"local_grad_mult={mod.get('local_grad_mult')}")
+        if unsupported:
+            raise fairseq.FairseqCheckpointError(
+                "data2vec 2.0 pretraining options d2v does not implement: " + ", ".join(unsupported)
+            )
+
+        def get(d, key, default):
+            value = d.get(key, default)
+            return default if value is None else value
+
+        return cls(
+            modality=MODALITIES[modality],
+            clone_batch=int(get(model_cfg, "clone_batch", 1)),
+            average_top_k_layers=int(get(model_cfg, "average_top_k_layers", 8)),
+            end_of_block_targets=bool(get(model_cfg, "end_of_block_targets", False)),
+            instance_norm_target_layer=bool(get(model_cfg, "instance_norm_target_layer", False)),
+            batch_norm_target_layer=bool(get(model_cfg, "batch_norm_target_layer", False)),
+            layer_norm_target_layer=bool(get(model_cfg, "layer_norm_target_layer", False)),
+            layer_norm_targets=bool(get(model_cfg, "layer_norm_targets", False)),
+            instance_norm_targets=bool(get(model_cfg, "instance_norm_targets", False)),
+            loss_beta=float(get(model_cfg, "loss_beta", 0.0)),
+            loss_scale=None if model_cfg.get("loss_scale") is None else float(model_cfg["loss_scale"]),
+            d2v_loss=float(get(model_cfg, "d2v_loss", 1.0)),
+            cls_loss=float(get(model_cfg, "cls_loss", 0.0)),
+            ema_decay=float(get(model_cfg, "ema_decay", 0.999)),
+            ema_end_decay=float(get(model_cfg, "ema_end_decay", 0.9999)),
+            ema_anneal_end_step=int(get(model_cfg, "ema_anneal_end_step", 0)),
+            ema_encoder_only=bool(get(model_cfg, "ema_encoder_only", True)),
+            ema_local_encoder=bool(get(mod, "ema_local_encoder", False)),
+            mask_prob=float(get(mod, "mask_prob", 0.7)),
+            mask_prob_min=None if mod.get("mask_prob_min") is None else float(mod["mask_prob_min"]),
+            mask_length=int(get(mod, "mask_length", 5)),
+            mask_prob_adjust=float(get(mod, "mask_prob_adjust", 0.0)),
+            inverse_mask=bool(get(mod, "inverse_mask", False)),
+            keep_masked_pct=float(get(mod, "keep_masked_pct", 0.0)),
+            mask_noise_std=float(get(mod, "mask_noise_std", 0.01)),
+            encoder_zero_mask=bool(get(mod, "encoder_zero_mask", True)),
+            mask_dropout=float(get(mod, "mask_dropout", 0.0)),
+            add_masks=bool(get(mod, "add_masks", False)),
+            decoder_dim=int(get(dec, "decoder_dim", 384)),
+            decoder_groups=int(get(dec, "decoder_groups", 16)),
+            decoder_kernel=int(get(dec, "decoder_kernel", 5)),
+            decoder_layers=int(get(dec, "decoder_layers", 5)),
+            decoder_input_dropout=float(get(dec, "input_dropout", 0.1)),
+            decoder_residual=bool(get(dec, "decoder_residual", True)),
+            projection_layers=int(get(dec, "projection_layers", 1)),
+            projection_ratio=float(get(dec, "projection_ratio", 2.0)),
+            add_positions_masked=bool(get(dec, "add_positions_masked", False)),
+            add_positions_all=bool(get(dec, "add_positions_all", False)),
+            seed=int(get(model_cfg, "seed", 1)),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "Data2Vec2PretrainingConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown data2vec 2.0 pretraining option(s) {unknown}")
+        return cls(**values)
+
+    # ------------------------------------------------------------------- formulas
+    def tau(self, step: int) -> float:
+        """EMA decay of the teacher update after optimizer update ``step`` (fairseq's
+        ``set_num_updates``: annealed linearly, then ``ema_end_decay``; constant when equal)."""
+        if self.ema_decay == self.ema_end_decay:
+            return float(self.ema_decay)
+        return ema_decay_at(step, self.ema_decay, self.ema_end_decay, self.ema_anneal_end_step)
+
+    def loss_scale_for(self, hidden: int) -> float:
+        return 1.0 / float(np.sqrt(hidden)) if self.loss_scale is None else float(self.loss_scale)
+
+    def projection_dims(self, hidden: int) -> list[tuple[int, int]]:
+        """(in, out) of the decoder's projection Linears (Decoder1d: ratio-widened first, GELUs
+        between; Decoder2d: one Linear)."""
+        if self.modality == "vision":
+            return [(self.decoder_dim, hidden)]
+        dims, cur = [], self.decoder_dim
+        for i in range(self.projection_layers - 1):
+            nxt = int(cur * self.projection_ratio) if i == 0 else cur
+            dims.append((cur, nxt))
+            cur = nxt
+        return dims + [(cur, hidden)]
+
+
+# ---------------------------------------------------------------------------- weights
+
+
+def decoder_shapes(pcfg: Data2Vec2PretrainingConfig, hidden: int) -> dict[str, tuple[int, ...]]:
+    """Canonical decoder names (``decoder.layers.{i}.conv.*``, ``decoder.projection.{j}.*``) and shapes."""
+    k, g = pcfg.decoder_kernel, pcfg.decoder_groups
+    out: dict[str, tuple[int, ...]] = {}
+    for i in range(pcfg.decoder_layers):
+        cin = hidden if i == 0 else pcfg.decoder_dim
+        kernel = (k, k) if pcfg.modality == "vision" else (k,)
+        out[f"decoder.layers.{i}.conv.weight"] = (pcfg.decoder_dim, cin // g, *kernel)
+        out[f"decoder.layers.{i}.conv.bias"] = (pcfg.decoder_dim,)
+    for j, (cin, cout) in enumerate(pcfg.projection_dims(hidden)):
+        out[f"decoder.projection.{j}.weight"] = (cout, cin)
+        out[f"decoder.projection.{j}.bias"] = (cout,)
+    return out
+
+
+def decoder_fairseq_name(name: str, pcfg: Data2Vec2PretrainingConfig, hidden: int) -> str:
+    """fairseq name (inside the modality encoder) of a canonical decoder tensor."""
+    parts = name.split(".")
+    if parts[1] == "layers":  # decoder.layers.i.conv.leaf -> decoder.blocks.i.0.leaf
+        return f"decoder.blocks.{parts[2]}.0.{parts[4]}"
+    j, leaf = int(parts[2]), parts[3]
+    if len(pcfg.projection_dims(hidden)) == 1:
+        return f"decoder.proj.{leaf}"
+    return f"decoder.proj.{2 * j}.{leaf}"  # Sequential(Linear, GELU, Linear, ...)
+
+
+# Student tensors that belong to the modality's front end ("local encoder" upstream): the teacher
+# has its own copy only with ema_local_encoder.
+_LOCAL_PREFIXES = {
+    "vision": ("embeddings.patch_embeddings.",),
+    "audio": ("feature_extractor.", "feature_projection."),
+    "text": ("embeddings.",),
+}
+
+
+def teacher_names(student_names, pcfg: Data2Vec2PretrainingConfig) -> list[str]:
+    """The student tensors the EMA teacher holds a copy of (upstream ``make_target_model``):
+    the main blocks only with ``ema_encoder_only``; else everything but the decoder and, without
+    ``ema_local_encoder``, the front end."""
+    out = []
+    for name in student_names:
+        if pcfg.ema_encoder_only:
+            if name.startswith("encoder.layers."):
+                out.append(name)
+        elif pcfg.ema_local_encoder or not name.startswith(_LOCAL_PREFIXES[pcfg.modality]):
+            out.append(name)
+    return out
+
+
+def is_local_name(name: str, modality: str) -> bool:
+    return name.startswith(_LOCAL_PREFIXES[modality])
+
+
+# --------------------------------------------------------------------------- fairseq IO
+
+
+@dataclass
+class FairseqPretraining:
+    """A fairseq data2vec 2.0 pretraining checkpoint in canonical form.
+
+    ``arrays``: ``<student prefix>.<name>`` (the encoder, names as ``Data2Vec2*Model``, prefix
+    ``STUDENT_PREFIX``), ``decoder.*``, ``teacher.<name>``; ``fairseq_names``: the checkpoint key of each (teacher keys written
+    ``_ema.<key>``); ``num_updates``: the trainer's update count.
+    """
+
+    config: Any
+    pretraining_config: Data2Vec2PretrainingConfig
+    arrays: dict[str, np.ndarray]
+    fairseq_names: dict[str, str]
+    num_updates: int
+    report: Any
+
+
+def _not_pretraining(file: str, kind: str) -> fairseq.FairseqCheckpointError:
+    return fairseq.FairseqCheckpointError(
+        f"{file}: a fairseq data2vec 2.0 {kind} checkpoint, which has no decoder and no EMA teacher; the "
+        "Data2Vec2*ForPreTraining classes need a pretraining (data2vec_multi) checkpoint. Load this one with "
+        "the Data2Vec2* model classes instead."
+    )
+
+
+def read_fairseq_pretraining(path: str | os.PathLike) -> FairseqPretraining:
+    """Student, decoder and EMA teacher of a fairseq ``data2vec_multi`` checkpoint.
+
+    The encoder goes through ``d2v_common.fairseq.convert_fairseq`` (config, names, checks);
+    the decoder and the teacher (``_ema``, which upstream stores as a plain dict) are read here.
+
+    Raises:
+        FairseqCheckpointError: not a pretraining checkpoint (a fine-tuned one has neither
+            decoder nor teacher), no ``_ema``, or tensors that do not fit the config.
+    """
+    file = fairseq.fairseq_checkpoint_file(path) or os.fspath(path)
+    config, _arch, encoder, report = fairseq.convert_fairseq(file)
+    if report.kind != "pretraining":
+        raise _not_pretraining(file, report.kind)
+    ckpt = fairseq.read_fairseq_checkpoint(file)
+    model_cfg = ckpt["cfg"]["model"]
+    state = ckpt["model"]
+    modality = {"Data2Vec2VisionConfig": "IMAGE", "Data2Vec2AudioConfig": "AUDIO", "Data2Vec2TextConfig": "TEXT"}[
+        type(config).__name__
+    ]
+    pcfg = Data2Vec2PretrainingConfig.from_fairseq(model_cfg, modality)
+    pre_ln = bool(getattr(config, "conv_pos_pre_layer_norm", False))
+    student = STUDENT_PREFIX[pcfg.modality] + "."
+    arrays: dict[str, np.ndarray] = {}
+    names: dict[str, str] = {}
+    for key in state:
+        if key == "_ema":
+            continue
+        canonical = fairseq.canonical_name(key, modality, pre_ln)
+        if canonical in encoder:
+            arrays[student + canonical] = encoder[canonical]
+            names[student + canonical] = key
+    missing = sorted(set(encoder) - {k[len(student):] for k in arrays})
+    if missing:  # convert_fairseq reshapes nothing but alibi_scale; every tensor has its key
+        raise fairseq.FairseqCheckpointError(f"{file}: encoder tensors without a fairseq key: {missing[:8]}")
+
+    hidden = config.hidden_size
+    mod_prefix = f"modality_encoders.{modality}."
+    for name, shape in decoder_shapes(pcfg, hidden).items():
+        key = mod_prefix + decoder_fairseq_name(name, pcfg, hidden)
+        if key not in state:
+            raise fairseq.FairseqCheckpointError(
+                f"{file}: no decoder tensor {key}: a pretraining class needs the checkpoint's decoder "
+                "(fine-tuned checkpoints have none)"
+            )
+        arrays[name] = fairseq.tensor_to_numpy(state[key])
+        names[name] = key
+        if tuple(arrays[name].shape) != shape:
+            raise fairseq.FairseqCheckpointError(
+                f"{file}: decoder tensor {key} has shape {tuple(arrays[name].shape)}, the config gives {shape}"
+            )
+    extra_decoder = sorted(k for k in state if k.startswith(mod_prefix + "decoder.") and k not in names.values())
+    if extra_decoder:
+        raise fairseq.FairseqCheckpointError(f"{file}: decoder tensors the config does not explain: {extra_decoder}")
+
+    ema = state.get("_ema")
+    if not isinstance(ema, dict) or not ema:
+        raise fairseq.FairseqCheckpointError(
+            f"{file}: no EMA teacher ('_ema' in the model state); was it saved with skip_ema or ema_decay=1?"
+        )
+    expected = set(teacher_names(list(encoder), pcfg))
+    got = set()
+    for key, value in ema.items():
+        full = f"blocks.{key}" if pcfg.ema_encoder_only else key
+        canonical = fairseq.canonical_name(full, modality, pre_ln)
+        if canonical is None or canonical not in expected:
+            raise fairseq.FairseqCheckpointError(f"{file}: EMA teacher tensor _ema.{key} has no place in the teacher")
+        array = fairseq.tensor_to_numpy(value)
+        if canonical == "encoder.alibi_scale" and array.ndim == 4:
+            array = array[None]  # as convert_fairseq: upstream's upgrade step
+        if array.shape != encoder[canonical].shape:
+            raise fairseq.FairseqCheckpointError(
+                f"{file}: _ema.{key} has shape {array.shape}, the student's {encoder[canonical].shape}"
+            )
+        arrays[f"teacher.{canonical}"] = array
+        names[f"teacher.{canonical}"] = f"_ema.{key}"
+        got.add(canonical)
+    if got != expected:
+        raise fairseq.FairseqCheckpointError(
+            f"{file}: the EMA teacher lacks {sorted(expected - got)[:8]} (ema_encoder_only="
+            f"{pcfg.ema_encoder_only}, ema_local_encoder={pcfg.ema_local_encoder})"
+        )
+    history = ckpt.get("optimizer_history") or [{}]
+    num_updates = int(history[-1].get("num_updates", 0) or 0)
+    return FairseqPretraining(config, pcfg, arrays, names, num_updates, report)
+
+
+# ------------------------------------------------------------------------ saved folders
+
+
+def pretraining_json(pcfg: Data2Vec2PretrainingConfig, architecture: str, num_updates: int) -> bytes:
+    body = {"architecture": architecture, "num_updates": int(num_updates), "pretraining": pcfg.to_dict()}
+    return (json.dumps(body, indent=2, sort_keys=True) + "\n").encode("utf-8")
+
+
+def read_pretraining_json(directory: str | os.PathLike, architecture: str) -> tuple[Data2Vec2PretrainingConfig, int]:
+    path = os.path.join(os.fspath(directory), PRETRAINING_FILE)
+    if not os.path.isfile(path):
+        raise OSError(
+            f"{directory} has no {PRETRAINING_FILE}: it is not a saved data2vec 2.0 pretraining model (no decoder, "
+            "no EMA teacher). Load a fairseq pretraining checkpoint.pt, or a folder written by "
+            f"{architecture}.save_pretrained."
+        )
+    with open(path, encoding="utf-8") as f:
+        body = json.load(f)
+    if body.get("architecture") != architecture:
+        raise ValueError(f"{path} is for {body.get('architecture')!r}, not {architecture}")
+    return Data2Vec2PretrainingConfig.from_dict(body["pretraining"]), int(body.get("num_updates", 0))
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def check_precomputed_mask(shape: tuple, dtype: str, batch: int, clone_batch: int, length: int) -> None:
+    """A given mask: bool, (batch * clone_batch, length), every row masking as many positions."""
+    if "bool" not in dtype:
+        raise TypeError(f"precomputed_mask must be a bool tensor (True = masked), got {dtype}")
+    if len(shape) != 2 or shape[1] != length:
+        raise ValueError(f"precomputed_mask must have shape (batch * clone_batch, {length}), got {tuple(shape)}")
+    rows = shape[0]
+    if rows % clone_batch:
+        raise ValueError(
+            f"precomputed_mask has {rows} rows, which clone_batch={clone_batch} does not divide: it needs "
+            f"batch x clone_batch rows (sample i's clones at rows i*{clone_batch} .. i*{clone_batch}+{clone_batch - 1})"
+        )
+    if rows != batch * clone_batch:
+        raise ValueError(
+            f"precomputed_mask has {rows} rows; the batch of {batch} needs batch x clone_batch = "
+            f"{batch} x {clone_batch} = {batch * clone_batch} rows"
+        )
+
+
+def check_mask_counts(mask: np.ndarray) -> None:
+    """Upstream removes the masked positions and stacks the rest: every row must mask the same
+    number of positions, at least one and not all."""
+    counts = np.asarray(mask).sum(axis=1)
+    if counts.size and (counts != counts[0]).any():
+        raise ValueError(
+            f"every row of precomputed_mask must mask the same number of positions (the masked ones are removed "
+            f"and the rest stacked); got {sorted(set(counts.tolist()))}"
+        )
+    if counts.size and (counts[0] == 0 or counts[0] == mask.shape[1]):
+        raise ValueError(f"precomputed_mask masks {counts[0]} of {mask.shape[1]} positions per row: need 1 .. T-1")
+
+
+def keep_count(length: int, masked: int, keep_masked_pct: float) -> int:
+    """Positions the student keeps: the unmasked ones plus ``keep_masked_pct`` of the masked."""
+    keep = length - masked
+    if keep_masked_pct > 0:
+        keep += round((length - keep) * keep_masked_pct)
+    return int(keep)
+
+
+__all__ = [
+    "ARCHITECTURES",
+    "PRETRAINING_FILE",
+    "Data2Vec2PreTrainingOutput",
+    "Data2Vec2PretrainingConfig",
+    "STUDENT_PREFIX",
+    "FairseqPretraining",
+    "check_mask_counts",
+    "check_precomputed_mask",
+    "decoder_fairseq_name",
+    "decoder_shapes",
+    "is_local_name",
+    "keep_count",
+    "pretraining_json",
+    "read_fairseq_pretraining",
+    "read_pretraining_json",
+    "teacher_names",
+]
