@@ -1,0 +1,299 @@
+"""data2vec 2.0 pretraining in PyTorch against upstream fairseq's training step.
+
+tests/fixtures/data2vec2-pretraining holds, per modality, a fairseq ``data2vec_multi`` trainer
+checkpoint (student, decoder, a teacher that differs from the student), the inputs with the mask
+upstream used, and upstream's losses, targets and every parameter's gradient (cases.json).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from d2v_common import data2vec2_pretraining as P
+from d2v_common.fairseq import FairseqCheckpointError, read_fairseq_checkpoint
+from d2v_torch import (
+    PRETRAINING_CLASSES,
+    Data2Vec2AudioForPreTraining,
+    Data2Vec2AudioModel,
+    Data2Vec2TextForPreTraining,
+    Data2Vec2TextModel,
+    Data2Vec2VisionForPreTraining,
+    Data2Vec2VisionModel,
+)
+from tests.fixture_paths import DATA2VEC2_DIR, DATA2VEC2_PRETRAINING_DIR
+
+with open(os.path.join(DATA2VEC2_PRETRAINING_DIR, "cases.json")) as f:
+    CASES = {case["case"]: case for case in json.load(f)["cases"]}
+CLASSES = {"IMAGE": Data2Vec2VisionForPreTraining, "AUDIO": Data2Vec2AudioForPreTraining,
+           "TEXT": Data2Vec2TextForPreTraining}
+MODELS = {"IMAGE": Data2Vec2VisionModel, "AUDIO": Data2Vec2AudioModel, "TEXT": Data2Vec2TextModel}
+
+
+def _case(name):
+    case = CASES[name]
+    folder = os.path.join(DATA2VEC2_PRETRAINING_DIR, name)
+    inputs = dict(np.load(os.path.join(folder, "inputs.npz")))
+    outputs = dict(np.load(os.path.join(folder, "outputs.npz")))
+    return case, os.path.join(folder, "checkpoint.pt"), inputs, outputs
+
+
+def _model_inputs(inputs) -> list:
+    """The call's positional inputs: the source, then (audio, text) the keep-mask."""
+    args = [torch.from_numpy(inputs["source"])]
+    if "padding_mask" in inputs:
+        args.append(torch.from_numpy(~inputs["padding_mask"]))
+    return args
+
+
+def _step(model, inputs, mask=None):
+    mask = inputs["mask"] if mask is None else mask
+    return model(*_model_inputs(inputs), precomputed_mask=torch.from_numpy(mask))
+
+
+@pytest.fixture(scope="module", params=sorted(CASES))
+def loaded(request):
+    case, ckpt, inputs, outputs = _case(request.param)
+    model = CLASSES[case["modality"]].from_pretrained(ckpt, seed=0)
+    model.train()  # upstream's step ran in training mode (every dropout 0)
+    out = _step(model, inputs)
+    out.loss.backward()
+    return case, ckpt, inputs, outputs, model, out
+
+
+# ------------------------------------------------------------------------- the step
+
+
+def test_loss_equals_fairseq_total(loaded):
+    case, _, _, outputs, _, out = loaded
+    total = float(outputs["total"])
+    assert abs(float(out.loss.detach()) - total) <= 1e-5 * abs(total)
+    assert int(out.sample_size) == int(outputs["sample_size"]) == case["sample_size"]
+
+
+def test_each_loss_sum_equals_fairseq(loaded):
+    case, _, _, outputs, _, out = loaded
+    names = {k[len("loss/"):] for k in outputs if k.startswith("loss/")}
+    assert set(out.losses) == names == set(case["losses"])
+    for name in names:
+        want = float(outputs[f"loss/{name}"])
+        assert abs(float(out.losses[name].detach()) - want) <= 1e-5 * abs(want), name
+
+
+def test_teacher_targets_equal_fairseq(loaded):
+    _, _, _, outputs, _, out = loaded
+    want = outputs["targets"]
+    assert out.target.shape == want.shape
+    np.testing.assert_allclose(out.target.numpy(), want, rtol=0, atol=1e-5 * np.abs(want).max())
+
+
+def test_every_fairseq_gradient_equals_ours(loaded):
+    """Each ``grad/<fairseq name>`` vs the gradient of the same tensor here, within 1e-4 of its
+    largest value; and nothing upstream leaves without a gradient gets one here."""
+    case, ckpt, _, outputs, model, _ = loaded
+    names = {v: k for k, v in P.read_fairseq_pretraining(ckpt).fairseq_names.items()}
+    params = dict(model.named_parameters())
+    grads = {k[len("grad/"):]: v for k, v in outputs.items() if k.startswith("grad/")}
+    assert len(grads) == case["n_grads"]
+    for fairseq_name, want in grads.items():
+        mine = params[names[fairseq_name]].grad
+        assert mine is not None, fairseq_name
+        scale = np.abs(want).max()
+        np.testing.assert_allclose(mine.numpy(), want, rtol=0, atol=1e-4 * scale, err_msg=fairseq_name)
+    ours = {name for name, p in params.items() if p.grad is not None and p.grad.abs().max() > 0}
+    assert ours <= {names[n] for n in grads}
+
+
+# ------------------------------------------------------------------- checkpoint reading
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_from_pretrained_keeps_decoder_and_teacher(name):
+    case, ckpt, _, _ = _case(name)
+    model = CLASSES[case["modality"]].from_pretrained(ckpt)
+    state = read_fairseq_checkpoint(ckpt)["model"]
+    source = P.read_fairseq_pretraining(ckpt)
+    arrays = model.pretraining_arrays()
+    assert set(arrays) == set(source.fairseq_names)
+    for canonical, key in source.fairseq_names.items():
+        value = state["_ema"][key[len("_ema."):]] if key.startswith("_ema.") else state[key]
+        want = value.detach().numpy()
+        assert np.array_equal(arrays[canonical].reshape(want.shape), want), canonical
+    teacher = [k for k in arrays if k.startswith("teacher.")]
+    assert len(teacher) == len(state["_ema"])
+    assert any(k.startswith("decoder.") for k in arrays)
+    # the teacher differs from the student, as in the fixture
+    prefix = model.base_model_prefix + "."
+    assert any(not np.array_equal(arrays[k], arrays[prefix + k[len("teacher."):]]) for k in teacher)
+    # the pretraining options come from the checkpoint's config
+    cfg = case["model_cfg"]
+    pcfg = model.pretraining_config
+    assert (pcfg.clone_batch, pcfg.cls_loss, pcfg.ema_encoder_only, pcfg.loss_scale) == (
+        cfg["clone_batch"], cfg["cls_loss"], cfg["ema_encoder_only"], cfg["loss_scale"])
+
+
+def test_pretraining_classes_are_registered():
+    assert {"Data2Vec2VisionForPreTraining", "Data2Vec2AudioForPreTraining",
+            "Data2Vec2TextForPreTraining"} <= set(PRETRAINING_CLASSES)
+    assert "precomputed_mask" in Data2Vec2AudioForPreTraining.forward.__doc__
+
+
+# ----------------------------------------------------------------------------- EMA
+
+
+@pytest.mark.parametrize("name", ["pretrain-image", "pretrain-text"])
+def test_teacher_after_n_updates_equals_the_formula(name):
+    """tau anneals linearly from ema_decay to ema_end_decay over ema_anneal_end_step updates; the
+    teacher's tensors follow t <- tau t + (1 - tau) s (frozen ones copied); nothing else moves."""
+    case, ckpt, _, _ = _case(name)
+    model = CLASSES[case["modality"]].from_pretrained(ckpt)
+    cfg = case["model_cfg"]
+    prefix = model.base_model_prefix + "."
+    before = model.pretraining_arrays()
+    teacher = {k[len("teacher."):]: v.astype(np.float64) for k, v in before.items() if k.startswith("teacher.")}
+    rng = np.random.default_rng(0)
+    params = dict(model.student.named_parameters())
+    steps = [1, 2, 3, 50, 100, 150]
+    for step in steps:
+        with torch.no_grad():  # an optimizer step moves the trainable student tensors
+            for p in params.values():
+                if p.requires_grad:
+                    p.add_(torch.from_numpy(rng.normal(0, 0.1, p.shape).astype(np.float32)))
+        tau = model.ema_update(step)
+        start, end, anneal = cfg["ema_decay"], cfg["ema_end_decay"], cfg["ema_anneal_end_step"]
+        want_tau = end if step >= anneal else start + (end - start) * step / anneal
+        assert tau == pytest.approx(want_tau, rel=0, abs=1e-12)
+        for key in teacher:
+            s = params[key].detach().numpy().astype(np.float64)
+            teacher[key] = s if not params[key].requires_grad else tau * teacher[key] + (1 - tau) * s
+    after = model.pretraining_arrays()
+    assert model.num_updates == steps[-1]
+    for key, want in teacher.items():
+        np.testing.assert_allclose(after["teacher." + key], want, rtol=1e-6, atol=1e-7, err_msg=key)
+    for key in before:  # the decoder is untouched by the EMA
+        if key.startswith("decoder."):
+            assert np.array_equal(after[key], before[key])
+    if cfg["ema_encoder_only"]:
+        assert all(k.startswith("encoder.layers.") for k in teacher)
+    else:  # frozen tensors (the fixed positions) are copied, not averaged
+        assert "embeddings.position_embeddings" in teacher
+    assert set(teacher) <= {k[len(prefix):] for k in before if k.startswith(prefix)}
+
+
+def test_ema_update_defaults_to_the_next_step():
+    _, ckpt, _, _ = _case("pretrain-audio")
+    model = Data2Vec2AudioForPreTraining.from_pretrained(ckpt)
+    assert model.num_updates == 0
+    assert model.ema_update() == pytest.approx(0.999 + (0.99999 - 0.999) / 100)
+    assert model.num_updates == 1
+
+
+# -------------------------------------------------------------------------- bad input
+
+
+@pytest.fixture(scope="module")
+def audio():
+    _, ckpt, inputs, _ = _case("pretrain-audio")
+    return Data2Vec2AudioForPreTraining.from_pretrained(ckpt), inputs
+
+
+def test_mask_with_the_wrong_row_count_is_refused(audio):
+    model, inputs = audio
+    with pytest.raises(ValueError, match=r"batch x clone_batch = 2 x 2 = 4 rows"):
+        _step(model, inputs, inputs["mask"][:2])
+
+
+def test_mask_rows_that_clone_batch_does_not_divide_are_refused(audio):
+    model, inputs = audio
+    with pytest.raises(ValueError, match="clone_batch=2 does not divide"):
+        _step(model, inputs, inputs["mask"][:3])
+
+
+def test_mask_of_the_wrong_dtype_is_refused(audio):
+    model, inputs = audio
+    with pytest.raises(TypeError, match="must be a bool tensor"):
+        _step(model, inputs, inputs["mask"].astype(np.float32))
+    with pytest.raises(ValueError, match=r"shape \(batch \* clone_batch, 79\)"):
+        _step(model, inputs, inputs["mask"][:, :-1])
+
+
+def test_mask_rows_of_unequal_counts_are_refused(audio):
+    model, inputs = audio
+    mask = inputs["mask"].copy()
+    mask[0, np.flatnonzero(~mask[0])[0]] = True
+    with pytest.raises(ValueError, match="same number of positions"):
+        _step(model, inputs, mask)
+
+
+def test_missing_mask_is_a_clear_error(audio):
+    model, inputs = audio
+    with pytest.raises(ValueError, match="precomputed_mask is required"):
+        model(*_model_inputs(inputs))
+
+
+def test_fine_tuned_checkpoint_is_refused():
+    ckpt = os.path.join(DATA2VEC2_DIR, "image-cls", "checkpoint.pt")
+    with pytest.raises(FairseqCheckpointError, match="no decoder and no EMA teacher"):
+        Data2Vec2VisionForPreTraining.from_pretrained(ckpt)
+
+
+def test_checkpoint_of_another_modality_is_refused():
+    _, ckpt, _, _ = _case("pretrain-text")
+    with pytest.raises(TypeError, match="not a Data2Vec2AudioConfig one"):
+        Data2Vec2AudioForPreTraining.from_pretrained(ckpt)
+
+
+def test_plain_model_folder_is_refused(tmp_path):
+    _, ckpt, _, _ = _case("pretrain-text")
+    Data2Vec2TextForPreTraining.from_pretrained(ckpt).save_student(tmp_path)
+    with pytest.raises(OSError, match="not a saved data2vec 2.0 pretraining model"):
+        Data2Vec2TextForPreTraining.from_pretrained(tmp_path)
+
+
+def test_cls_loss_needs_an_extra_token():
+    _, ckpt, _, _ = _case("pretrain-audio")
+    config = Data2Vec2AudioForPreTraining.from_pretrained(ckpt).config
+    with pytest.raises(ValueError, match="num_extra_tokens"):
+        Data2Vec2AudioForPreTraining(config, {"cls_loss": 0.01})
+
+
+# ---------------------------------------------------------------------------- saving
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_save_pretrained_round_trip_is_bit_exact(name, tmp_path):
+    case, ckpt, inputs, outputs = _case(name)
+    cls = CLASSES[case["modality"]]
+    model = cls.from_pretrained(ckpt)
+    model.ema_update(7)
+    model.save_pretrained(tmp_path)
+    again = cls.from_pretrained(tmp_path)
+    a, b = model.pretraining_arrays(), again.pretraining_arrays()
+    assert set(a) == set(b)
+    for key in a:
+        assert a[key].dtype == b[key].dtype and np.array_equal(a[key], b[key]), key
+    assert again.num_updates == 7 and again.pretraining_config == model.pretraining_config
+    model.train(), again.train()
+    assert float(_step(again, inputs).loss.detach()) == float(_step(model, inputs).loss.detach())
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_save_student_loads_in_the_model_class(name, tmp_path):
+    """The student alone is a Data2Vec2*Model checkpoint: equal outputs to the pretraining
+    encoder's, and equal weights to what the model class reads from the fairseq file itself."""
+    case, ckpt, inputs, _ = _case(name)
+    model = CLASSES[case["modality"]].from_pretrained(ckpt)
+    model.save_student(tmp_path)
+    encoder = MODELS[case["modality"]].from_pretrained(tmp_path)
+    direct = MODELS[case["modality"]].from_pretrained(ckpt)
+    args = _model_inputs(inputs)
+    model.eval()
+    with torch.no_grad():
+        want = model.student(*args).last_hidden_state
+        assert torch.equal(encoder(*args).last_hidden_state, want)
+    got, ref = encoder.state_arrays(), direct.state_arrays()
+    assert set(got) == set(ref) and all(np.array_equal(got[k], ref[k]) for k in got)
