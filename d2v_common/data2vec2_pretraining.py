@@ -445,6 +445,119 @@ def read_pretraining_json(directory: str | os.PathLike, architecture: str) -> tu
     return Data2Vec2PretrainingConfig.from_dict(body["pretraining"]), int(body.get("num_updates", 0))
 
 
+# ------------------------------------------------------------------------------ masks
+# numpy ports of upstream's samplers (fairseq/data/data_utils.py compute_block_mask_2d and
+# compute_mask_indices, data2vec2 random_masking), drawing from one seeded Generator instead of
+# torch's / numpy's global state: the same distributions, not the same draws.
+
+
+def _rng(rng) -> np.random.Generator:
+    return rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+
+
+def block_mask_2d(batch: int, length: int, mask_prob: float, mask_length: int, mask_prob_adjust: float = 0.0,
+                  inverse_mask: bool = False, mask_dropout: float = 0.0, rng=None) -> np.ndarray:
+    """Images: (batch, length) bool over a square patch grid. ``int(L * (p + adjust) / m^2 *
+    (1 + dropout))`` block centres per row (with repeats), each a ``mask_length`` square clamped
+    to the grid; then positions are randomly unmasked / masked until every row has exactly
+    ``int(L * p)``; with ``inverse_mask`` p is ``1 - mask_prob`` and the result is inverted
+    (the blocks are what the student *sees*)."""
+    rng = _rng(rng)
+    side = int(length**0.5)
+    if side * side != length or mask_length < 2:
+        raise ValueError(f"block masks need a square grid and mask_length >= 2, got {length} patches, {mask_length}")
+    p = 1 - mask_prob if inverse_mask else mask_prob
+    centres = int(length * ((p + mask_prob_adjust) / mask_length**2) * (1 + mask_dropout))
+    mask = np.zeros((batch, side, side), dtype=bool)
+    offsets = np.arange(mask_length) - mask_length // 2
+    for b in range(batch):
+        flat = rng.integers(0, length, size=centres)
+        rows, cols = np.divmod(flat, side)
+        r = np.clip(rows[:, None, None] + offsets[None, :, None], 0, side - 1)
+        c = np.clip(cols[:, None, None] + offsets[None, None, :], 0, side - 1)
+        mask[b, np.broadcast_to(r, (centres, mask_length, mask_length)),
+             np.broadcast_to(c, (centres, mask_length, mask_length))] = True
+    mask = mask.reshape(batch, length)
+    target = int(length * p)
+    for row in mask:
+        n = int(row.sum())
+        if n > target:
+            row[rng.choice(np.flatnonzero(row), n - target, replace=False)] = False
+        elif n < target:
+            row[rng.choice(np.flatnonzero(~row), target - n, replace=False)] = True
+    return ~mask if inverse_mask else mask
+
+
+def span_mask(batch: int, length: int, mask_prob: float, mask_length: int, padding=None, mask_dropout: float = 0.0,
+              add_masks: bool = False, rng=None) -> np.ndarray:
+    """Audio / text spans (upstream ``compute_mask_indices``, static lengths, ``min_masks=1``,
+    ``require_same_masks``): per row of ``sz`` valid positions, ``max(1, int(p * sz / m + u))``
+    span starts drawn without replacement from ``sz - m`` (fewer when they would not fit), the
+    spans cut at ``sz``; then every row reduced to the smallest count (``add_masks``: raised to
+    the largest), then ``mask_dropout`` of each row's masked positions unmasked."""
+    rng = _rng(rng)
+    pad = np.zeros((batch, length), dtype=bool) if padding is None else np.asarray(padding, dtype=bool)
+    spans = []
+    for i in range(batch):
+        sz = int(length - pad[i].sum())
+        num = max(1, int(mask_prob * sz / float(mask_length) + rng.random()))
+        min_len = mask_length
+        if sz - min_len <= num:
+            min_len = sz - num - 1
+        if sz - min_len < num or sz - min_len <= 0:
+            raise ValueError(f"row {i} has {sz} valid positions: too few to draw {num} spans of {mask_length}")
+        starts = rng.choice(sz - min_len, num, replace=False)
+        idx = (starts[:, None] + np.arange(mask_length)[None, :]).reshape(-1)
+        idx = np.unique(idx[idx < sz])
+        if len(idx) >= sz:
+            raise ValueError(f"row {i}: the spans cover all {sz} valid positions; lower mask_prob or mask_length")
+        spans.append(idx)
+    target = (max if add_masks else min)(len(m) for m in spans)
+    mask = np.zeros((batch, length), dtype=bool)
+    for i, idx in enumerate(spans):
+        if len(idx) > target:
+            idx = rng.choice(idx, target, replace=False)
+        mask[i, idx] = True
+        if len(idx) < target:
+            mask[i, rng.choice(np.flatnonzero(~mask[i]), target - len(idx), replace=False)] = True
+        if mask_dropout > 0:
+            masked = np.flatnonzero(mask[i])
+            holes = int(np.rint(len(masked) * mask_dropout))
+            mask[i, rng.choice(masked, holes, replace=False)] = False
+    return mask
+
+
+def random_mask(batch: int, length: int, mask_prob: float, rng=None) -> np.ndarray:
+    """``mask_length == 1`` (upstream ``random_masking``): every row masks ``L - int(L * (1 - p))``
+    positions chosen uniformly (padding included, as upstream)."""
+    rng = _rng(rng)
+    keep = int(length * (1 - mask_prob))
+    order = np.argsort(rng.random((batch, length)), axis=1)
+    mask = np.ones((batch, length), dtype=bool)
+    np.put_along_axis(mask, order[:, :keep], False, axis=1)
+    return mask
+
+
+def sample_mask(pcfg: Data2Vec2PretrainingConfig, rows: int, length: int, padding=None, rng=None) -> np.ndarray:
+    """The mask upstream draws when none is given, for ``rows`` (= batch * clone_batch) rows:
+    ``padding`` (rows, length) bool True = padded (audio, text). Images with ``mask_length > 1``
+    get block masks, ``mask_length == 1`` random masks, the rest spans (``inverse_mask``:
+    spans of what is kept)."""
+    rng = _rng(rng)
+    p = pcfg.mask_prob
+    if pcfg.mask_prob_min is not None and 0 <= pcfg.mask_prob_min < p:
+        p = float(rng.uniform(pcfg.mask_prob_min, p))
+    if pcfg.mask_length == 1:
+        return random_mask(rows, length, p, rng)
+    if pcfg.modality == "vision":
+        return block_mask_2d(rows, length, p, pcfg.mask_length, pcfg.mask_prob_adjust, pcfg.inverse_mask,
+                             pcfg.mask_dropout, rng)
+    if pcfg.inverse_mask:
+        p = 1 - p
+    mask = span_mask(rows, length, p, pcfg.mask_length, padding, pcfg.mask_dropout, pcfg.add_masks, rng)
+    return ~mask if pcfg.inverse_mask else mask
+
+
 # ----------------------------------------------------------------------------- checks
 
 
@@ -495,6 +608,7 @@ __all__ = [
     "Data2Vec2PretrainingConfig",
     "STUDENT_PREFIX",
     "FairseqPretraining",
+    "block_mask_2d",
     "check_mask_counts",
     "check_precomputed_mask",
     "decoder_fairseq_name",
@@ -502,6 +616,9 @@ __all__ = [
     "is_local_name",
     "keep_count",
     "pretraining_json",
+    "random_mask",
+    "sample_mask",
+    "span_mask",
     "read_fairseq_pretraining",
     "read_pretraining_json",
     "teacher_names",

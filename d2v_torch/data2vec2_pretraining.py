@@ -274,13 +274,12 @@ class _Data2Vec2ForPreTraining(nn.Module):
         return sequence_alibi(self.config, length, device) if self.config.use_alibi else None
 
     # ------------------------------------------------------------------- the step
-    def _mask(self, precomputed_mask, batch: int, length: int, device) -> torch.Tensor:
+    def _mask(self, precomputed_mask, batch: int, length: int, keep, device) -> torch.Tensor:
         c = self.pretraining_config.clone_batch
-        if precomputed_mask is None:
-            raise ValueError(
-                "precomputed_mask is required: d2v does not sample data2vec 2.0 masks yet; give a (batch * "
-                f"clone_batch, {length}) bool mask, True = masked"
-            )
+        if precomputed_mask is None:  # drawn as upstream does, from the model's seeded Generator
+            padding = None if keep is None else (~keep).repeat_interleave(c, 0).cpu().numpy()
+            mask = P.sample_mask(self.pretraining_config, batch * c, length, padding, self.rng)
+            return torch.from_numpy(mask).to(device)
         mask = torch.as_tensor(precomputed_mask)
         P.check_precomputed_mask(tuple(mask.shape), str(mask.dtype), batch, c, length)
         P.check_mask_counts(mask.detach().cpu().numpy())
@@ -292,7 +291,7 @@ class _Data2Vec2ForPreTraining(nn.Module):
         student = self.student
         local = self._local(student, inputs)
         b, t, d = local.shape
-        mask = self._mask(precomputed_mask, b, t, local.device)
+        mask = self._mask(precomputed_mask, b, t, keep, local.device)
         alibi = self._alibi(t, local.device)
 
         # ---- student: clones, masked positions removed

@@ -229,10 +229,10 @@ def test_mask_rows_of_unequal_counts_are_refused(audio):
         _step(model, inputs, mask)
 
 
-def test_missing_mask_is_a_clear_error(audio):
+def test_rows_masking_everything_or_nothing_are_refused(audio):
     model, inputs = audio
-    with pytest.raises(ValueError, match="precomputed_mask is required"):
-        model(*_model_inputs(inputs))
+    with pytest.raises(ValueError, match="need 1 .. T-1"):
+        _step(model, inputs, np.zeros_like(inputs["mask"]))
 
 
 def test_fine_tuned_checkpoint_is_refused():
@@ -297,3 +297,65 @@ def test_save_student_loads_in_the_model_class(name, tmp_path):
         assert torch.equal(encoder(*args).last_hidden_state, want)
     got, ref = encoder.state_arrays(), direct.state_arrays()
     assert set(got) == set(ref) and all(np.array_equal(got[k], ref[k]) for k in got)
+
+
+# ------------------------------------------------------------------------ own masks
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_masks_are_drawn_when_none_is_given(name):
+    """Without precomputed_mask the model draws upstream's kind of mask from its seeded
+    Generator: same seed, same mask and loss; the counts upstream's samplers give."""
+    case, ckpt, inputs, _ = _case(name)
+    cls = CLASSES[case["modality"]]
+    a, b, other = (cls.from_pretrained(ckpt, seed=s) for s in (5, 5, 6))
+    args = _model_inputs(inputs)
+    out_a, out_b, out_o = a(*args), b(*args), other(*args)
+    assert torch.equal(out_a.mask, out_b.mask) and float(out_a.loss.detach()) == float(out_b.loss.detach())
+    assert not torch.equal(out_a.mask, out_o.mask)
+    assert np.isfinite(float(out_a.loss.detach()))
+    mask = out_a.mask.numpy()
+    rows, length = inputs["mask"].shape
+    assert mask.shape == (rows, length)
+    counts = mask.sum(1)
+    assert (counts == counts[0]).all()
+    mod = case["model_cfg"]["modalities"][{"IMAGE": "image", "AUDIO": "audio", "TEXT": "text"}[case["modality"]]]
+    if case["modality"] == "IMAGE":  # inverse block mask: int(L * (1 - p)) patches kept
+        assert counts[0] == length - int(length * (1 - mod["mask_prob"]))
+    if case["modality"] == "TEXT":  # mask_length 1: random_masking
+        assert counts[0] == length - int(length * (1 - mod["mask_prob"]))
+    if case["modality"] == "AUDIO":  # spans stay inside the valid frames
+        frames = a.student.frame_mask(args[1], length).repeat_interleave(2, 0).numpy()
+        assert not (mask & ~frames).any()
+
+
+def test_block_mask_statistics():
+    rng = np.random.default_rng(0)
+    mask = P.block_mask_2d(64, 196, 0.6, 3, rng=rng)
+    assert (mask.sum(1) == int(196 * 0.6)).all()
+    # blocks, not scattered patches: a masked patch's right neighbour is masked far more often than p
+    def right_neighbour_masked(m):
+        grid = m.reshape(64, 14, 14)
+        return (grid[:, :, :-1] & grid[:, :, 1:]).sum() / grid[:, :, :-1].sum()
+
+    scattered = P.random_mask(64, 196, 0.6, rng)  # as many masked patches, no blocks: about 0.6
+    assert right_neighbour_masked(mask) > right_neighbour_masked(scattered) + 0.08
+    inverse = P.block_mask_2d(64, 196, 0.8, 3, mask_prob_adjust=0.07, inverse_mask=True, rng=rng)
+    assert (inverse.sum(1) == 196 - int(196 * (1 - 0.8))).all()
+
+
+def test_span_mask_statistics():
+    rng = np.random.default_rng(0)
+    padding = np.zeros((32, 200), dtype=bool)
+    padding[::2, 150:] = True
+    mask = P.span_mask(32, 200, 0.5, 5, padding, rng=rng)
+    counts = mask.sum(1)
+    assert (counts == counts[0]).all() and not (mask & padding).any()
+    # about mask_prob of the shortest rows' frames (spans overlap, so fewer; the rows are cut to the smallest)
+    assert 0.25 * 150 < counts[0] <= 0.5 * 150 + 5
+    dropped = P.span_mask(32, 200, 0.5, 5, None, mask_dropout=0.2, rng=np.random.default_rng(1))
+    full = P.span_mask(32, 200, 0.5, 5, None, rng=np.random.default_rng(1))
+    assert (dropped.sum(1) == full.sum(1) - np.rint(full.sum(1) * 0.2)).all()
+    more = P.span_mask(32, 200, 0.5, 5, padding, add_masks=True, rng=rng).sum(1)
+    assert (more == more[0]).all() and more[0] >= counts[0]
+    assert (P.random_mask(8, 12, 0.48, rng).sum(1) == 6).all()
