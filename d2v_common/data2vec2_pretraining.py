@@ -325,6 +325,12 @@ class FairseqPretraining:
     fairseq_names: dict[str, str]
     num_updates: int
     report: Any
+    model_cfg: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def fairseq(self) -> dict:
+        """What writing the model back as a fairseq checkpoint needs (``write_fairseq_pretraining``)."""
+        return {"names": dict(self.fairseq_names), "model_cfg": self.model_cfg}
 
 
 def _not_pretraining(file: str, kind: str) -> fairseq.FairseqCheckpointError:
@@ -419,18 +425,65 @@ def read_fairseq_pretraining(path: str | os.PathLike) -> FairseqPretraining:
         )
     history = ckpt.get("optimizer_history") or [{}]
     num_updates = int(history[-1].get("num_updates", 0) or 0)
-    return FairseqPretraining(config, pcfg, arrays, names, num_updates, report)
+    plain_cfg = json.loads(json.dumps(model_cfg, default=str))  # enums as their names, as fairseq prints them
+    return FairseqPretraining(config, pcfg, arrays, names, num_updates, report, plain_cfg)
+
+
+def write_fairseq_pretraining(path: str | os.PathLike, arrays: dict[str, np.ndarray], fairseq: dict,
+                              num_updates: int = 0) -> str:
+    """A fairseq trainer ``checkpoint.pt`` (``cfg.model``, the student and decoder under their
+    fairseq keys, the teacher as the ``_ema`` dict) from canonical ``arrays``; ``fairseq`` holds
+    the names and model config read from the source checkpoint (``FairseqPretraining.fairseq``).
+    Written beside the target first, then renamed: a failed write leaves nothing behind."""
+    from d2v_common.checkpoint import import_torch
+
+    torch = import_torch()
+    names = fairseq["names"]
+    missing = sorted(set(arrays) - set(names))
+    if missing:
+        raise ValueError(f"no fairseq name for {missing[:8]}: was the model read from a fairseq checkpoint?")
+    state, ema = {}, {}
+    for name, key in names.items():
+        tensor = torch.from_numpy(np.require(arrays[name], requirements="C")).clone()
+        if key.startswith("_ema."):
+            ema[key[len("_ema."):]] = tensor
+        else:
+            state[key] = tensor
+    state["_ema"] = ema
+    ckpt = {
+        "args": None,
+        "cfg": {"model": fairseq["model_cfg"]},
+        "model": state,
+        "criterion": None,
+        "optimizer_history": [{"criterion_name": "ModelCriterion", "num_updates": int(num_updates)}],
+        "task_state": {},
+        "extra_state": {},
+    }
+    path = os.fspath(path)
+    tmp = path + ".tmp"
+    try:
+        torch.save(ckpt, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
 
 
 # ------------------------------------------------------------------------ saved folders
 
 
-def pretraining_json(pcfg: Data2Vec2PretrainingConfig, architecture: str, num_updates: int) -> bytes:
+def pretraining_json(pcfg: Data2Vec2PretrainingConfig, architecture: str, num_updates: int,
+                     fairseq: dict | None = None) -> bytes:
+    """``d2v_pretraining.json``: the recipe, the update count and, for a model read from a
+    fairseq checkpoint, its tensor names and model config (so it can be written back)."""
     body = {"architecture": architecture, "num_updates": int(num_updates), "pretraining": pcfg.to_dict()}
+    if fairseq:
+        body["fairseq"] = fairseq
     return (json.dumps(body, indent=2, sort_keys=True) + "\n").encode("utf-8")
 
 
-def read_pretraining_json(directory: str | os.PathLike, architecture: str) -> tuple[Data2Vec2PretrainingConfig, int]:
+def read_pretraining_json(directory: str | os.PathLike, architecture: str) -> tuple[Data2Vec2PretrainingConfig, int, dict | None]:
     path = os.path.join(os.fspath(directory), PRETRAINING_FILE)
     if not os.path.isfile(path):
         raise OSError(
@@ -442,7 +495,7 @@ def read_pretraining_json(directory: str | os.PathLike, architecture: str) -> tu
         body = json.load(f)
     if body.get("architecture") != architecture:
         raise ValueError(f"{path} is for {body.get('architecture')!r}, not {architecture}")
-    return Data2Vec2PretrainingConfig.from_dict(body["pretraining"]), int(body.get("num_updates", 0))
+    return Data2Vec2PretrainingConfig.from_dict(body["pretraining"]), int(body.get("num_updates", 0)), body.get("fairseq")
 
 
 # ------------------------------------------------------------------------------ masks
@@ -622,4 +675,5 @@ __all__ = [
     "read_fairseq_pretraining",
     "read_pretraining_json",
     "teacher_names",
+    "write_fairseq_pretraining",
 ]

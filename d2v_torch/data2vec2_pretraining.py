@@ -160,7 +160,8 @@ def run_encoder(context, main, x, keep, alibi, end_of_block: bool = False):
 
 
 def make_targets(layers, pcfg: Data2Vec2PretrainingConfig) -> torch.Tensor:
-    """Average of the top-k teacher layers (B, T, D), normalised as configured (float32)."""
+    """Average of the top-k teacher layers (B, T, D; all of them when k exceeds the depth, as
+    upstream), normalised as configured (float32)."""
     top = list(layers)[-pcfg.average_top_k_layers:]
     if pcfg.instance_norm_target_layer or pcfg.batch_norm_target_layer:
         top = [t.transpose(1, 2) for t in top]
@@ -238,10 +239,6 @@ class _Data2Vec2ForPreTraining(nn.Module):
             raise ValueError(f"this is a {self.modality} model but the pretraining config is for {pcfg.modality}")
         if pcfg.cls_loss > 0 and config.num_extra_tokens == 0:
             raise ValueError("cls_loss > 0 regresses the last extra token: the config needs num_extra_tokens >= 1")
-        if pcfg.average_top_k_layers > config.num_hidden_layers:
-            raise ValueError(
-                f"average_top_k_layers={pcfg.average_top_k_layers} exceeds num_hidden_layers={config.num_hidden_layers}"
-            )
         self.config = config
         self.pretraining_config = pcfg
         setattr(self, self.base_model_prefix, self.backbone_class(config))
@@ -253,6 +250,7 @@ class _Data2Vec2ForPreTraining(nn.Module):
         self.teacher_names = P.teacher_names(list(self.student.state_dict()), pcfg)
         self.num_updates = 0
         self.last_tau: float | None = None
+        self.fairseq_source: dict | None = None  # names and cfg of the fairseq checkpoint read, if any
         seed = int(torch.randint(0, 2**31 - 1, ()).item()) if seed is None else seed
         self.rng = np.random.default_rng(seed)  # masks drawn when none is given
 
@@ -428,10 +426,22 @@ class _Data2Vec2ForPreTraining(nn.Module):
         and ``d2v_pretraining.json`` (the recipe, the update count); staged, config files last."""
         self.config.architectures = [self.architecture]
         extra = {
-            P.PRETRAINING_FILE: P.pretraining_json(self.pretraining_config, self.architecture, self.num_updates),
+            P.PRETRAINING_FILE: P.pretraining_json(self.pretraining_config, self.architecture, self.num_updates,
+                                                   self.fairseq_source),
             CONFIG_FILE: self.config.to_json_string().encode("utf-8"),
         }
         return write_checkpoint(save_directory, self.pretraining_arrays(), None, ("safetensors",), extra_files=extra)
+
+    def save_fairseq(self, path: str | os.PathLike) -> str:
+        """The model as a fairseq ``data2vec_multi`` trainer checkpoint (student, decoder, ``_ema``
+        teacher, the source's ``cfg.model``): for a model read from a fairseq checkpoint (or
+        from a folder saved from one), every tensor under its original key."""
+        if not self.fairseq_source:
+            raise ValueError(
+                f"{type(self).__name__}.save_fairseq needs the fairseq names and config of the checkpoint the model "
+                "came from; this model was not read from a fairseq checkpoint (use save_pretrained)"
+            )
+        return P.write_fairseq_pretraining(path, self.pretraining_arrays(), self.fairseq_source, self.num_updates)
 
     def save_student(self, save_directory: str | os.PathLike, **kwargs) -> list[str]:
         """The student encoder alone, as a ``Data2Vec2*Model`` checkpoint (what the 2.0 model
@@ -455,13 +465,15 @@ class _Data2Vec2ForPreTraining(nn.Module):
                 raise TypeError(f"{path} holds a {type(source.config).__name__} model, not a "
                                 f"{cls.config_class.__name__} one")
             config, pcfg, arrays, updates = source.config, source.pretraining_config, source.arrays, source.num_updates
+            origin = source.fairseq
         else:
-            pcfg, updates = P.read_pretraining_json(path, cls.architecture)
+            pcfg, updates, origin = P.read_pretraining_json(path, cls.architecture)
             config = cls.config_class.from_pretrained(path)
             arrays = {k: np.asarray(v) for k, v in read_safetensors(os.path.join(path, MODEL_FILE)).items()}
         model = cls(config, pcfg, seed=seed)
         model.load_pretraining_arrays(arrays)
         model.num_updates = updates
+        model.fairseq_source = origin
         return model
 
 
