@@ -247,12 +247,18 @@ class _Data2Vec2ForPreTraining(nn.Module):
         self.teacher = self.backbone_class(config)
         self.teacher.load_arrays(self.student.state_arrays())
         self.teacher.requires_grad_(False)
+        self.teacher.eval()
         self.teacher_names = P.teacher_names(list(self.student.state_dict()), pcfg)
         self.num_updates = 0
         self.last_tau: float | None = None
         self.fairseq_source: dict | None = None  # names and cfg of the fairseq checkpoint read, if any
         seed = int(torch.randint(0, 2**31 - 1, ()).item()) if seed is None else seed
         self.rng = np.random.default_rng(seed)  # masks drawn when none is given
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.teacher.eval()  # upstream runs the EMA teacher in eval mode (no dropout)
+        return self
 
     @property
     def student(self):
@@ -296,19 +302,17 @@ class _Data2Vec2ForPreTraining(nn.Module):
         x = self._positions(student, local).repeat_interleave(c, 0)
         keep_c = None if keep is None else keep.repeat_interleave(c, 0)
         maskf = mask.to(x.dtype)[..., None]
-        if self._has_pos_conv:  # upstream applies the mask only where the positional convs see it
-            if pcfg.encoder_zero_mask:
-                x = x * (1 - maskf)
-            else:
-                x = torch.where(mask[..., None], torch.randn_like(x) * pcfg.mask_noise_std, x)
-        x_pos = self._pos_conv(student, x)
         ids_shuffle = torch.argsort(mask.to(torch.uint8), dim=1, stable=True)
         ids_restore = torch.argsort(ids_shuffle, dim=1)
         kept = P.keep_count(t, int(mask[0].sum()), pcfg.keep_masked_pct)
         ids_keep = ids_shuffle[:, :kept]
-        xs = _gather_rows(x, ids_keep)
-        if x_pos is not None:
-            xs = xs + _gather_rows(x_pos, ids_keep)
+        xs = _gather_rows(x, ids_keep)  # before the mask is applied, as upstream's x_unmasked
+        if self._has_pos_conv:  # the positional convs see the masked sequence (zeros or noise)
+            if pcfg.encoder_zero_mask:
+                x = x * (1 - maskf)
+            else:
+                x = torch.where(mask[..., None], torch.randn_like(x) * pcfg.mask_noise_std, x)
+            xs = xs + _gather_rows(self._pos_conv(student, x), ids_keep)
         keep_s = None
         if keep_c is not None and not bool(keep_c.all()):
             keep_s = torch.gather(keep_c, 1, ids_keep)
@@ -317,10 +321,9 @@ class _Data2Vec2ForPreTraining(nn.Module):
         h, _ = run_encoder(student, student, xs, keep_s, alibi_s)
 
         # ---- decoder: encoder output back in place, masked slots zero (or noise)
-        dx = h
-        if pcfg.decoder_input_dropout > 0:
-            dx = F.dropout(dx, pcfg.decoder_input_dropout, training=self.training)
-        dx = dx[:, n:]
+        if pcfg.decoder_input_dropout > 0:  # upstream drops in place: the CLS loss sees it too
+            h = F.dropout(h, pcfg.decoder_input_dropout, training=self.training)
+        dx = h[:, n:]
         fill = dx.new_zeros(b * c, t - kept, d)
         if pcfg.mask_noise_std > 0:
             fill = fill.normal_(0, pcfg.mask_noise_std)

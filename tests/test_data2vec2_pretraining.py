@@ -7,6 +7,7 @@ upstream used, and upstream's losses, targets and every parameter's gradient (ca
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -392,3 +393,65 @@ def test_save_fairseq_needs_a_fairseq_origin(tmp_path):
     with pytest.raises(ValueError, match="not read from a fairseq checkpoint"):
         Data2Vec2TextForPreTraining(config, {"decoder_dim": 16, "decoder_groups": 1}).save_fairseq(tmp_path / "x.pt")
     assert not os.listdir(tmp_path)
+
+
+# ------------------------------------------------------------------------ other options
+
+
+def test_teacher_runs_in_eval_mode():
+    """Upstream sets the EMA teacher to eval mode for its pass, whatever the student's mode."""
+    _, ckpt, _, _ = _case("pretrain-image")
+    model = Data2Vec2VisionForPreTraining.from_pretrained(ckpt)
+    model.train()
+    assert model.student.training and not model.teacher.training
+    assert not any(m.training for m in model.teacher.modules())
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_duplicated_clones_give_the_single_clone_loss(name):
+    """clone_batch=2 with each sample's two masks equal is clone_batch=1 with that mask: the
+    regression sum doubles, as does the number of masked positions; the CLS loss, weighted by
+    that number as upstream, grows four times."""
+    case, ckpt, inputs, _ = _case(name)
+    cls = CLASSES[case["modality"]]
+    two = cls.from_pretrained(ckpt)
+    one = cls(two.config, dataclasses.replace(two.pretraining_config, clone_batch=1))
+    one.load_pretraining_arrays(two.pretraining_arrays())
+    single = inputs["mask"][::2]
+    out1 = _step(one.train(), inputs, single)
+    out2 = _step(two.train(), inputs, np.repeat(single, 2, axis=0))
+    assert int(out2.sample_size) == 2 * int(out1.sample_size)
+    for key in out1.losses:
+        factor = 4 if key == "cls" else 2
+        assert float(out2.losses[key].detach()) == pytest.approx(factor * float(out1.losses[key].detach()), rel=1e-5)
+    if "cls" not in out1.losses:
+        assert float(out2.loss.detach()) == pytest.approx(float(out1.loss.detach()), rel=1e-5)
+
+
+VARIANTS = [
+    {"clone_batch": 1}, {"clone_batch": 4}, {"cls_loss": 0.0}, {"loss_beta": 0.25}, {"loss_scale": 0.5},
+    {"instance_norm_target_layer": False, "layer_norm_target_layer": True},
+    {"instance_norm_target_layer": False, "batch_norm_target_layer": True},
+    {"layer_norm_targets": False, "instance_norm_targets": True}, {"end_of_block_targets": True},
+    {"ema_encoder_only": True}, {"ema_local_encoder": False}, {"keep_masked_pct": 0.25},
+    {"decoder_input_dropout": 0.5, "mask_noise_std": 0.01}, {"add_positions_all": True, "add_positions_masked": True},
+    {"average_top_k_layers": 1},
+]
+
+
+@pytest.mark.parametrize("change", VARIANTS, ids=lambda c: ",".join(c))
+def test_pretraining_options_run_and_train(change):
+    """Every option of the recipe runs a step with drawn masks, gives a finite loss and a gradient
+    to the student and decoder, none to the teacher."""
+    _, ckpt, inputs, _ = _case("pretrain-image")
+    base = Data2Vec2VisionForPreTraining.from_pretrained(ckpt)
+    model = Data2Vec2VisionForPreTraining(base.config, dataclasses.replace(base.pretraining_config, **change), seed=1)
+    model.train()
+    out = model(torch.from_numpy(inputs["source"]))
+    assert np.isfinite(float(out.loss.detach()))
+    assert out.mask.shape[0] == 2 * model.pretraining_config.clone_batch
+    out.loss.backward()
+    assert model.decoder.layers[0].conv.weight.grad is not None
+    assert model.student.encoder.layers[0].attention.qkv_proj.weight.grad is not None
+    assert all(p.grad is None for p in model.teacher.parameters())
+    assert ("cls" in out.losses) == (model.pretraining_config.cls_loss > 0)
