@@ -155,8 +155,7 @@ class Data2Vec2PretrainingConfig:
             dec = {}
         if model_cfg.get("shared_decoder"):
             unsupported.append("shared_decoder")
-        for key in ("recon_loss", "mask_channel_prob", "prenet_layerdrop", "layerdrop"):
-            value = model_cfg.get(key, mod.get(key))
+        for key, value in (("recon_loss", model_cfg.get("recon_loss")), ("mask_channel_prob", mod.get("mask_channel_prob"))):
             if value:
                 unsupported.append(f"{key}={value}")
         if mod.get("transformer_decoder"):
@@ -215,6 +214,23 @@ class Data2Vec2PretrainingConfig:
             add_positions_all=bool(get(dec, "add_positions_all", False)),
             seed=int(get(model_cfg, "seed", 1)),
         )
+
+    @staticmethod
+    def unapplied_fairseq_options(model_cfg: dict, modality: str) -> list[str]:
+        """Notes for the stochastic regularisers of a fairseq config that d2v's pretraining step
+        does not apply (layer drop, drop path, input dropouts): training differs from upstream there."""
+        sub = {"IMAGE": "image", "AUDIO": "audio", "TEXT": "text"}[modality.upper().replace("MODALITY.", "")]
+        mod = (model_cfg.get("modalities") or {}).get(sub) or {}
+        notes = []
+        for where, cfg, keys in (
+            ("model", model_cfg, ("layerdrop", "start_drop_path_rate", "end_drop_path_rate", "dropout_input")),
+            (f"model.modalities.{sub}", mod, ("prenet_layerdrop", "prenet_dropout", "start_drop_path_rate",
+                                              "end_drop_path_rate")),
+        ):
+            for key in keys:
+                if cfg.get(key):
+                    notes.append(f"note: {where}.{key}={cfg[key]} is not applied by d2v's pretraining step")
+        return notes
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -362,6 +378,7 @@ def read_fairseq_pretraining(path: str | os.PathLike) -> FairseqPretraining:
         type(config).__name__
     ]
     pcfg = Data2Vec2PretrainingConfig.from_fairseq(model_cfg, modality)
+    report.notes.extend(Data2Vec2PretrainingConfig.unapplied_fairseq_options(model_cfg, modality))
     pre_ln = bool(getattr(config, "conv_pos_pre_layer_norm", False))
     student = STUDENT_PREFIX[pcfg.modality] + "."
     arrays: dict[str, np.ndarray] = {}
