@@ -33,7 +33,6 @@ import numpy as np
 
 from d2v_common import fairseq
 from d2v_common.outputs import ModelOutput
-from d2v_common.pretraining import ema_decay_at
 from d2v_common.spec.data2vec2 import FAMILIES
 
 MODALITIES = {"IMAGE": "vision", "AUDIO": "audio", "TEXT": "text"}
@@ -75,8 +74,8 @@ class Data2Vec2PretrainingConfig:
     ``add_masks``. Decoder: ``decoder_*``, ``projection_*``, ``add_positions_*``.
 
     Examples:
-        >>> Data2Vec2PretrainingConfig(modality="audio").tau(0)
-        0.999
+        >>> Data2Vec2PretrainingConfig(modality="audio", ema_anneal_end_step=100).tau(100)
+        0.9999
     """
 
     modality: str
@@ -247,9 +246,12 @@ class Data2Vec2PretrainingConfig:
     def tau(self, step: int) -> float:
         """EMA decay of the teacher update after optimizer update ``step`` (fairseq's
         ``set_num_updates``: annealed linearly, then ``ema_end_decay``; constant when equal)."""
-        if self.ema_decay == self.ema_end_decay:
-            return float(self.ema_decay)
-        return ema_decay_at(step, self.ema_decay, self.ema_end_decay, self.ema_anneal_end_step)
+        start, end = float(self.ema_decay), float(self.ema_end_decay)
+        if start == end:
+            return start
+        if step >= self.ema_anneal_end_step:
+            return end
+        return end - (end - start) * (1 - step / self.ema_anneal_end_step)  # upstream's float expression
 
     def loss_scale_for(self, hidden: int) -> float:
         return 1.0 / float(np.sqrt(hidden)) if self.loss_scale is None else float(self.loss_scale)

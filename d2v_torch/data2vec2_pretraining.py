@@ -386,7 +386,8 @@ class _Data2Vec2ForPreTraining(nn.Module):
                 if not s.requires_grad:
                     t.copy_(s.detach())
                 else:
-                    t.mul_(tau).add_(s.detach().to(t.dtype), alpha=1 - tau)
+                    rate = 1 - tau  # upstream's EMAModule: mul_(1 - rate), add_(alpha=rate)
+                    t.mul_(1 - rate).add_(s.detach().to(t.dtype), alpha=rate)
         self.num_updates, self.last_tau = step, tau
         return tau
 
@@ -458,7 +459,8 @@ class _Data2Vec2ForPreTraining(nn.Module):
 
         Raises:
             FairseqCheckpointError (a ValueError): a fine-tuned fairseq checkpoint (no decoder,
-                no teacher) or one of another modality.
+                no teacher), or options d2v does not implement.
+            TypeError: a checkpoint of another modality.
             OSError: a folder without ``d2v_pretraining.json`` (a plain model checkpoint).
         """
         path = os.fspath(path)
@@ -468,15 +470,17 @@ class _Data2Vec2ForPreTraining(nn.Module):
                 raise TypeError(f"{path} holds a {type(source.config).__name__} model, not a "
                                 f"{cls.config_class.__name__} one")
             config, pcfg, arrays, updates = source.config, source.pretraining_config, source.arrays, source.num_updates
-            origin = source.fairseq
+            origin, report = source.fairseq, source.report
         else:
             pcfg, updates, origin = P.read_pretraining_json(path, cls.architecture)
+            report = None
             config = cls.config_class.from_pretrained(path)
             arrays = {k: np.asarray(v) for k, v in read_safetensors(os.path.join(path, MODEL_FILE)).items()}
         model = cls(config, pcfg, seed=seed)
         model.load_pretraining_arrays(arrays)
         model.num_updates = updates
         model.fairseq_source = origin
+        model.load_report = report  # fairseq's ConversionReport (notes on unapplied options), or None
         return model
 
 

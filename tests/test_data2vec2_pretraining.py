@@ -166,8 +166,8 @@ def test_teacher_after_n_updates_equals_the_formula(name):
                     p.add_(torch.from_numpy(rng.normal(0, 0.1, p.shape).astype(np.float32)))
         tau = model.ema_update(step)
         start, end, anneal = cfg["ema_decay"], cfg["ema_end_decay"], cfg["ema_anneal_end_step"]
-        want_tau = end if step >= anneal else start + (end - start) * step / anneal
-        assert tau == pytest.approx(want_tau, rel=0, abs=1e-12)
+        want_tau = end if step >= anneal else end - (end - start) * (1 - step / anneal)  # fairseq get_annealed_rate
+        assert tau == want_tau
         for key in teacher:
             s = params[key].detach().numpy().astype(np.float64)
             teacher[key] = s if not params[key].requires_grad else tau * teacher[key] + (1 - tau) * s
@@ -455,3 +455,33 @@ def test_pretraining_options_run_and_train(change):
     assert model.student.encoder.layers[0].attention.qkv_proj.weight.grad is not None
     assert all(p.grad is None for p in model.teacher.parameters())
     assert ("cls" in out.losses) == (model.pretraining_config.cls_loss > 0)
+
+
+def _edited_checkpoint(tmp_path, name, **changes):
+    """The fixture's checkpoint with ``cfg.model`` (``modalities.<m>.<key>`` for a dotted key) changed."""
+    _, ckpt, _, _ = _case(name)
+    state = read_fairseq_checkpoint(ckpt)
+    for key, value in changes.items():
+        target = state["cfg"]["model"]
+        *path, leaf = key.split("__")
+        for part in path:
+            target = target[part]
+        target[leaf] = value
+    out = tmp_path / "checkpoint.pt"
+    torch.save(state, out)
+    return out
+
+
+def test_unapplied_regularisers_are_noted(tmp_path):
+    ckpt = _edited_checkpoint(tmp_path, "pretrain-audio", layerdrop=0.05, modalities__audio__prenet_dropout=0.1)
+    model = Data2Vec2AudioForPreTraining.from_pretrained(ckpt)
+    notes = "\n".join(model.load_report.notes)
+    assert "model.layerdrop=0.05 is not applied" in notes
+    assert "model.modalities.audio.prenet_dropout=0.1 is not applied" in notes
+
+
+@pytest.mark.parametrize("change", [{"recon_loss": 1.0}, {"modalities__image__transformer_decoder": True}])
+def test_options_d2v_does_not_implement_are_refused(tmp_path, change):
+    ckpt = _edited_checkpoint(tmp_path, "pretrain-image", **change)
+    with pytest.raises(FairseqCheckpointError, match="options d2v does not implement"):
+        Data2Vec2VisionForPreTraining.from_pretrained(ckpt)
