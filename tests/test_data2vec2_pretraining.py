@@ -485,3 +485,18 @@ def test_options_d2v_does_not_implement_are_refused(tmp_path, change):
     ckpt = _edited_checkpoint(tmp_path, "pretrain-image", **change)
     with pytest.raises(FairseqCheckpointError, match="options d2v does not implement"):
         Data2Vec2VisionForPreTraining.from_pretrained(ckpt)
+
+
+def test_text_pad_rows_get_no_gradient():
+    """As fairseq's embeddings (padding_idx): the token and position rows of the pad id stay
+    fixed in training. (Regression: d2v's tables used to give them gradients.)"""
+    config = Data2Vec2TextModel.config_class(vocab_size=25, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                                             intermediate_size=64, max_position_embeddings=16)
+    model = Data2Vec2TextModel(config)
+    ids = torch.tensor([[0, 5, 2, 1, 1], [0, 7, 8, 2, 1]])
+    model(ids, attention_mask=torch.ones_like(ids)).last_hidden_state.square().sum().backward()
+    pad = config.pad_token_id
+    emb = model.embeddings
+    assert emb.word_embeddings.weight.grad[pad].abs().max() == 0
+    assert emb.word_embeddings.weight.grad[5].abs().max() > 0
+    assert emb.position_embeddings.weight.grad[pad].abs().max() == 0
