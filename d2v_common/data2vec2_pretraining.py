@@ -298,6 +298,80 @@ def decoder_fairseq_name(name: str, pcfg: Data2Vec2PretrainingConfig, hidden: in
     return f"decoder.proj.{2 * j}.{leaf}"  # Sequential(Linear, GELU, Linear, ...)
 
 
+_BLOCK_KEYS = {
+    "attention.qkv_proj": "attn.qkv", "attention.out_proj": "attn.proj", "layer_norm": "norm1",
+    "final_layer_norm": "norm2", "feed_forward.intermediate_dense": "mlp.fc1", "feed_forward.output_dense": "mlp.fc2",
+}
+
+
+def _block_key(rest: str) -> str:
+    module, leaf = rest.rsplit(".", 1)
+    return f"{_BLOCK_KEYS[module]}.{leaf}"
+
+
+def encoder_fairseq_key(name: str, config) -> str:
+    """The ``Data2VecMultiModel`` state key of a canonical encoder tensor (``Data2Vec2*Model``
+    names), the inverse of ``d2v_common.fairseq.canonical_name`` (checked against it)."""
+    modality = {"Data2Vec2VisionConfig": "IMAGE", "Data2Vec2AudioConfig": "AUDIO", "Data2Vec2TextConfig": "TEXT"}[
+        type(config).__name__
+    ]
+    m = f"modality_encoders.{modality}."
+    parts = name.split(".")
+    pre_ln = bool(getattr(config, "conv_pos_pre_layer_norm", False))
+    if name.startswith("encoder.layers."):
+        key = f"blocks.{parts[2]}.{_block_key('.'.join(parts[3:]))}"
+    elif name.startswith("encoder.prenet_layers."):
+        key = f"{m}context_encoder.blocks.{parts[2]}.{_block_key('.'.join(parts[3:]))}"
+    elif name.startswith("encoder.final_layer_norm."):
+        key = f"norm.{parts[-1]}"
+    elif name.startswith("encoder.layer_norm."):
+        key = f"{m}context_encoder.norm.{parts[-1]}"
+    elif name in ("encoder.extra_tokens", "encoder.alibi_scale"):
+        key = m + parts[1]
+    elif name.startswith("embeddings.patch_embeddings.projection."):
+        dense = getattr(config, "patch_embed_dim", None) not in (None, config.hidden_size)
+        key = f"{m}local_encoder.{'0.' if dense else ''}proj.{parts[-1]}"
+    elif name.startswith("embeddings.patch_embeddings.dense."):
+        key = f"{m}local_encoder.1.{parts[-1]}"
+    elif name == "embeddings.position_embeddings":
+        key = f"{m}fixed_positional_encoder.positions"
+    elif name.startswith("feature_extractor.conv_layers."):
+        if parts[3] == "conv":
+            key = f"{m}local_encoder.conv_layers.{parts[2]}.0.{parts[-1]}"
+        else:  # LayerNorm wrapped with its transposes ("layer_norm" mode), or the GroupNorm itself
+            inner = "1." if config.feat_extract_norm == "layer" else ""
+            key = f"{m}local_encoder.conv_layers.{parts[2]}.2.{inner}{parts[-1]}"
+    elif name.startswith("feature_projection."):
+        key = f"{m}project_features.{1 if parts[1] == 'layer_norm' else 2}.{parts[-1]}"
+    elif name.startswith("encoder.pos_conv_layer_norm."):
+        key = f"{m}relative_positional_encoder.0.{parts[-1]}"
+    elif name.startswith("encoder.pos_conv_embed.layers."):
+        key = f"{m}relative_positional_encoder.{'1.' if pre_ln else ''}{int(parts[3]) + 1}.0.{parts[-1]}"
+    elif name.startswith("embeddings."):
+        module = {"word_embeddings": "embed_tokens", "position_embeddings": "embed_positions",
+                  "layer_norm": "layernorm_embedding"}[parts[1]]
+        key = f"{m}local_encoder.{module}.{parts[-1]}"
+    else:
+        raise ValueError(f"no fairseq name for {name!r}")
+    if fairseq.canonical_name(key, modality, pre_ln) != name:  # one mapping, read both ways
+        raise ValueError(f"fairseq name {key!r} of {name!r} does not map back")
+    return key
+
+
+def fairseq_keys(student_names, pcfg: Data2Vec2PretrainingConfig, config) -> dict[str, str]:
+    """``{pretraining array name: fairseq key}`` for a model's tensors (student under its prefix,
+    ``decoder.*``, ``teacher.*`` as ``_ema.<key>``): how upstream names each, for any model."""
+    modality = {"vision": "IMAGE", "audio": "AUDIO", "text": "TEXT"}[pcfg.modality]
+    prefix = STUDENT_PREFIX[pcfg.modality] + "."
+    out = {prefix + n: encoder_fairseq_key(n, config) for n in student_names}
+    for name in decoder_shapes(pcfg, config.hidden_size):
+        out[name] = f"modality_encoders.{modality}." + decoder_fairseq_name(name, pcfg, config.hidden_size)
+    for name in teacher_names(student_names, pcfg):
+        key = encoder_fairseq_key(name, config)
+        out["teacher." + name] = "_ema." + (key[len("blocks."):] if pcfg.ema_encoder_only else key)
+    return out
+
+
 # Student tensors that belong to the modality's front end ("local encoder" upstream): the teacher
 # has its own copy only with ema_local_encoder.
 _LOCAL_PREFIXES = {
@@ -685,6 +759,8 @@ __all__ = [
     "check_precomputed_mask",
     "decoder_fairseq_name",
     "decoder_shapes",
+    "encoder_fairseq_key",
+    "fairseq_keys",
     "is_local_name",
     "keep_count",
     "pretraining_json",

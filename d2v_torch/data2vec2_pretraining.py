@@ -436,6 +436,11 @@ class _Data2Vec2ForPreTraining(nn.Module):
         }
         return write_checkpoint(save_directory, self.pretraining_arrays(), None, ("safetensors",), extra_files=extra)
 
+    def fairseq_names(self) -> dict[str, str]:
+        """``{parameter / array name: fairseq key}`` for every tensor (the teacher's as
+        ``_ema.<key>``): upstream's names, e.g. to compare gradients with a fairseq run."""
+        return P.fairseq_keys(list(self.student.state_dict()), self.pretraining_config, self.config)
+
     def save_fairseq(self, path: str | os.PathLike) -> str:
         """The model as a fairseq ``data2vec_multi`` trainer checkpoint (student, decoder, ``_ema``
         teacher, the source's ``cfg.model``): for a model read from a fairseq checkpoint (or

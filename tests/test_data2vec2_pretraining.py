@@ -500,3 +500,42 @@ def test_text_pad_rows_get_no_gradient():
     assert emb.word_embeddings.weight.grad[pad].abs().max() == 0
     assert emb.word_embeddings.weight.grad[5].abs().max() > 0
     assert emb.position_embeddings.weight.grad[pad].abs().max() == 0
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_fairseq_names_of_any_model_are_the_checkpoints(name):
+    """The names d2v gives upstream's tensors (``fairseq_names``, for any model) are the keys the
+    checkpoint uses, tensor for tensor."""
+    case, ckpt, _, _ = _case(name)
+    model = CLASSES[case["modality"]].from_pretrained(ckpt)
+    assert model.fairseq_names() == P.read_fairseq_pretraining(ckpt).fairseq_names
+
+
+@pytest.mark.parametrize("options", [
+    {"patch_embed_dim": 48, "num_prenet_layers": 0},
+    {"layer_norm_first": True},
+], ids=["patch-dense", "pre-ln"])
+def test_fairseq_names_map_back_for_other_layouts(options):
+    from d2v_common.data2vec2 import Data2Vec2VisionConfig
+
+    config = Data2Vec2VisionConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                                   image_size=32, patch_size=8, **options)
+    pcfg = P.Data2Vec2PretrainingConfig(modality="vision", decoder_dim=16, decoder_groups=4, ema_encoder_only=False)
+    model = Data2Vec2VisionForPreTraining(config, pcfg)
+    names = model.fairseq_names()
+    assert set(names) == set(model.pretraining_arrays()) and len(set(names.values())) == len(names)
+
+
+def test_fairseq_names_for_audio_layouts():
+    from d2v_common.data2vec2 import Data2Vec2AudioConfig
+
+    config = Data2Vec2AudioConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64,
+                                  conv_dim=[32, 32], conv_kernel=[10, 3], conv_stride=[5, 2], num_conv_pos_embeddings=2,
+                                  conv_pos_kernel_size=4, num_conv_pos_embedding_groups=4, conv_pos_pre_layer_norm=True,
+                                  feat_extract_norm="group")
+    pcfg = P.Data2Vec2PretrainingConfig(modality="audio", decoder_dim=16, decoder_groups=4)
+    names = Data2Vec2AudioForPreTraining(config, pcfg).fairseq_names()
+    assert names["data2vec2_audio.encoder.pos_conv_layer_norm.weight"] == \
+        "modality_encoders.AUDIO.relative_positional_encoder.0.weight"
+    assert names["data2vec2_audio.feature_extractor.conv_layers.0.layer_norm.bias"] == \
+        "modality_encoders.AUDIO.local_encoder.conv_layers.0.2.bias"
