@@ -203,6 +203,19 @@ ARCHITECTURES.update({
 })
 
 
+_PRETRAINING2_RETURNS = ("Data2Vec2PreTrainingOutput: ``loss`` () (every loss summed / masked positions, as fairseq); "
+                         "``losses`` name -> () summed loss; ``sample_size`` () masked positions; ``mask`` "
+                         "(batch * clone_batch, {t}) bool; ``prediction`` (batch * clone_batch, {t}, hidden); "
+                         "``target`` (batch, {t}, hidden) float32.")
+_PRECOMPUTED_MASK = ("(batch * clone_batch, {t}) bool: the positions to mask, True = masked, sample i's clones at "
+                     "rows i*c .. i*c+c-1; every row masks as many positions.")
+ARCHITECTURES.update({
+    name: {"precomputed_mask": _PRECOMPUTED_MASK.format(t=t), "returns": _PRETRAINING2_RETURNS.format(t=t)}
+    for name, t in (("Data2Vec2AudioForPreTraining", "frames"), ("Data2Vec2TextForPreTraining", "seq_len"),
+                    ("Data2Vec2VisionForPreTraining", "patches"))
+})
+
+
 def _family_inputs(architecture: str) -> dict[str, str]:
     return FAMILY_INPUTS[architecture_info(architecture).family.rstrip("2")]
 

@@ -395,6 +395,22 @@ def _rename(name: str, pos_conv_pre_ln: bool) -> str | None:
     return None
 
 
+def canonical_name(key: str, modality: str, pos_conv_pre_ln: bool = False) -> str | None:
+    """Canonical encoder name of a ``Data2VecMultiModel`` state key (``blocks.0.attn.qkv.weight``,
+    ``modality_encoders.IMAGE.extra_tokens`` ...), or None for a tensor outside the encoder."""
+    prefix = f"modality_encoders.{modality}."
+    if key.startswith(prefix):
+        key = "M." + key[len(prefix):]
+    elif key.startswith("modality_encoders."):
+        return None
+    return _rename(key, pos_conv_pre_ln)
+
+
+def tensor_to_numpy(value) -> np.ndarray:
+    """A checkpoint tensor as a float32 (floating) numpy array."""
+    return _to_numpy(value)
+
+
 @dataclass
 class ConversionReport:
     """What a conversion did: the checkpoint kind, tensors dropped, notes on ignored config keys."""

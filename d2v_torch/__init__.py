@@ -22,6 +22,11 @@ from d2v_torch.data2vec2 import (
     Data2Vec2VisionForImageClassification,
     Data2Vec2VisionModel,
 )
+from d2v_torch.data2vec2_pretraining import (
+    Data2Vec2AudioForPreTraining,
+    Data2Vec2TextForPreTraining,
+    Data2Vec2VisionForPreTraining,
+)
 from d2v_torch.pretraining import (
     Data2VecAudioForPreTraining,
     Data2VecTextForPreTraining,
@@ -68,6 +73,9 @@ def model_class(architecture: str):
 
 
 __all__ = [
+    "Data2Vec2AudioForPreTraining",
+    "Data2Vec2TextForPreTraining",
+    "Data2Vec2VisionForPreTraining",
     "Data2Vec2AudioConfig",
     "Data2Vec2AudioForCTC",
     "Data2Vec2AudioForSequenceClassification",

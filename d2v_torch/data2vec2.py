@@ -542,7 +542,8 @@ class Data2Vec2TextEmbeddings(nn.Module):
     def __init__(self, config: Data2Vec2TextConfig):
         super().__init__()
         self.config = config
-        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
+        # padding_idx as fairseq: the pad rows get no gradient
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
         self.position_embeddings = None
         table = None  # fairseq's sinusoidal table is computed, never stored
         if config.use_position_embeddings:
@@ -564,7 +565,7 @@ class Data2Vec2TextEmbeddings(nn.Module):
             not_pad = (input_ids != self.config.pad_token_id).long()
             positions = torch.cumsum(not_pad, dim=1) * not_pad + self.config.pad_token_id
             table = self.position_embeddings.weight if self.position_embeddings is not None else self.sinusoidal
-            x = x + F.embedding(positions, table)
+            x = x + F.embedding(positions, table, padding_idx=self.config.pad_token_id)
         return self.layer_norm(x) if self.layer_norm is not None else x
 
 

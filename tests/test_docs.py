@@ -95,8 +95,16 @@ def _image_file(directory: str) -> str:
     return path
 
 
+def _pretraining_checkpoint(directory: str) -> str:
+    """A fairseq data2vec 2.0 pretraining checkpoint: the audio fixture (read only)."""
+    from tests.fixture_paths import DATA2VEC2_PRETRAINING_DIR
+
+    return os.path.join(DATA2VEC2_PRETRAINING_DIR, "pretrain-audio", "checkpoint.pt")
+
+
 # placeholder in a doc block -> builder(directory) returning the path that replaces it
 PLACEHOLDERS = {
+    "path/to/data2vec2-pretraining.pt": _pretraining_checkpoint,
     "path/to/checkpoint": _vision_classifier,
     "path/to/data2vec-vision": _vision_with_processor,
     "path/to/data2vec-text": _text_with_tokenizer,
