@@ -160,7 +160,12 @@ class TFData2VecPreTrainedModel(backend.ModelSteps, keras.Model):
         for p in self.spec.stored():
             # one tensor at a time: lazily read checkpoints never sit in memory whole
             def value(p=p):
-                return layouts.keras_array(p, arrays[p.name]).astype(p.dtype, copy=False)
+                tensor, perm = arrays[p.name], layouts.leaf_rule(p).perm
+                if perm is None or hasattr(tensor, "read_keras_layout"):  # already in Keras layout
+                    return layouts.keras_array(p, tensor).astype(p.dtype, copy=False)
+                array = np.asarray(tensor).astype(p.dtype, copy=False)
+                layouts.check_shape(p, array.shape)
+                return backend.transpose_weight(array, perm)
 
             variable = variables[layouts.keras_name(p)]
             if pending is None or not pending.give(variable, value):
