@@ -156,6 +156,8 @@ TARGETS = {
     "keras_best_vs_hf_tf_eager": 1.5,
     "tf_load_seconds": 1.0,
     "tf_load_rss_x": 2.0,
+    "keras_load_vs_torch": 2.0,
+    "h5_load_rss_x_weights": 1.3,
     "ort_int8_vs_hf_fp32": 2.0,
     "ort_int8_err": 0.05,
     "ort_int8_argmax": 0.98,
@@ -739,7 +741,44 @@ def measure_loading(size: str, runs: int, threads: int, loaders=None, hf: bool =
     for name, hf_name in LOAD_COMPARISONS.items():
         if name in results and "seconds" in results.get(hf_name, {}) and "seconds" in results[name]:
             results[name]["vs_hf"] = results[hf_name]["seconds"] / results[name]["seconds"]
+    compare_loaders(results, weight_bytes(size))
     return results
+
+
+def weight_bytes(size: str) -> int:
+    """Bytes of the load checkpoint's tensors (what a loaded model holds)."""
+    from d2v_common.spec import weight_spec
+
+    workload = WORKLOADS["vision-cls-b8x224"]
+    spec = weight_spec(workload.config(size), workload.architecture)
+    return sum(int(np.prod(p.shape)) * np.dtype(p.dtype).itemsize for p in spec.stored())
+
+
+# Keras loaders timed against d2v torch loading the same folder in the same run
+KERAS_LOAD_COMPARISONS = {"d2v keras": "d2v torch", "d2v keras (h5)": "d2v torch"}
+
+
+def compare_loaders(results: dict, weights: int) -> None:
+    """Adds each loader's peak memory over its weights' bytes (``rss_x_weights``) and, for the
+    Keras loaders, their time over d2v torch's (``vs_d2v_torch``, medians; ``_min``: fastest runs)."""
+    for e in results.values():
+        if "peak_extra_mb" in e:
+            e["weights_mb"] = weights / 2**20
+            e["rss_x_weights"] = e["peak_extra_mb"] / e["weights_mb"]
+    for name, ref in KERAS_LOAD_COMPARISONS.items():
+        if "seconds" in results.get(name, {}) and "seconds" in results.get(ref, {}):
+            results[name]["vs_d2v_torch"] = results[name]["seconds"] / results[ref]["seconds"]
+            results[name]["vs_d2v_torch_min"] = results[name]["seconds_min"] / results[ref]["seconds_min"]
+
+
+def load_targets(loading: dict) -> list[tuple[str, float | None, float]]:
+    """(target, measured, limit) of the load rows, all lower-is-better."""
+    return [
+        ("d2v keras from_pretrained time / d2v torch's (same folder, same run)",
+         loading.get("d2v keras", {}).get("vs_d2v_torch"), TARGETS["keras_load_vs_torch"]),
+        ("d2v keras from_pretrained (h5) peak RSS / weight bytes",
+         loading.get("d2v keras (h5)", {}).get("rss_x_weights"), TARGETS["h5_load_rss_x_weights"]),
+    ]
 
 
 def checkpoint_file(fmt: str) -> str:
@@ -791,6 +830,8 @@ def targets(results: list[dict], loading: dict, int8_example: dict | None = None
     add("d2v keras from_pretrained seconds", k.get("seconds"), TARGETS["tf_load_seconds"], higher_is_better=False)
     add("d2v keras from_pretrained peak RSS / checkpoint", k.get("rss_x_checkpoint"), TARGETS["tf_load_rss_x"],
         higher_is_better=False)
+    for name, measured, limit in load_targets(loading):
+        add(name, measured, limit, higher_is_better=False)
     return out
 
 
@@ -841,6 +882,7 @@ def format_report(report: dict) -> str:
         parts.append(f"from_pretrained, base vision classification checkpoint ({mb:.0f} MB), fresh process each:")
         parts.append(_table(["loader", "reads", "seconds", "min-max s", "peak MB over imports", "x checkpoint",
                              "MB once weights used", "vs HF"], lines))
+        parts.append(load_comparison_text(report["loading"]))
     e = report.get("int8_example")
     if e:
         parts.append(f"trained example (examples/finetune_torch_text.py, {e['rows']} held-out rows): onnxruntime int8 "
@@ -853,6 +895,17 @@ def format_report(report: dict) -> str:
         lines.append([t["target"], f"{t['limit']:g}", measured, status, t["where"] or ""])
     parts.append(_table(["target", "limit", "measured", "status", "where"], lines))
     return "\n\n".join(parts)
+
+
+def load_comparison_text(loading: dict) -> str:
+    """The load rows of the targets: Keras over torch time, and peak memory over weight bytes."""
+    out = []
+    for name, e in loading.items():
+        if "rss_x_weights" in e:
+            torch_ratio = (f", time {e['vs_d2v_torch']:.2f}x d2v torch's (fastest runs {e['vs_d2v_torch_min']:.2f}x)"
+                           if "vs_d2v_torch" in e else "")
+            out.append(f"  {name}: peak {e['rss_x_weights']:.2f}x the weights ({e['weights_mb']:.0f} MB){torch_ratio}")
+    return "\n".join(["from_pretrained against the weights and d2v torch:"] + out)
 
 
 def plot(report: dict, path: str) -> None:
@@ -911,6 +964,8 @@ def main(argv=None) -> int:
     parser.add_argument("--no-hf", action="store_true", help="leave out transformers' rows")
     parser.add_argument("--no-load", action="store_true", help="skip the from_pretrained measurements")
     parser.add_argument("--load-runs", type=positive_int, help="fresh processes per loader (default 3, --quick 1)")
+    parser.add_argument("--load-only", action="store_true",
+                        help="measure the GEMM peak and the from_pretrained rows only (no inference workloads)")
     parser.add_argument("--seed", type=non_negative_int, default=0, help="weight and input seed (default 0)")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON ('-': print JSON only)")
     parser.add_argument("--plot", metavar="FILE.png", help="draw the speed-ups (needs matplotlib)")
@@ -937,6 +992,10 @@ def main(argv=None) -> int:
         print(json.dumps(_load_worker(*args.load_worker, threads=args.threads)))
         return 0
     names = args.workloads.split(",") if args.workloads else (QUICK_WORKLOADS if args.quick else list(WORKLOADS))
+    if args.load_only:
+        if args.no_load:
+            parser.error("--load-only and --no-load exclude each other")
+        names = []
     keys = args.rows.split(",") if args.rows else list(ROWS)
     for bad in [n for n in names if n not in WORKLOADS] + [k for k in keys if k not in ROWS]:
         parser.error(f"unknown workload or row {bad!r}")

@@ -278,16 +278,86 @@ def _h5_set_attr_strings(obj, key: str, values: list[str]) -> None:
         obj.attrs[f"{key}{i}"] = part
 
 
-def read_tf_h5(path: str, spec: WeightSpec) -> tuple[dict[str, np.ndarray], list[str]]:
-    """HF ``tf_model.h5`` -> canonical arrays; also returns the h5 names no spec entry claims.
+class LazyH5Tensor(LazyTensor):
+    """A dataset of an HF ``tf_model.h5``, read when first used (as ``LazyTensor``).
 
-    Only datasets inside the file are read: external links and external storage are refused.
+    ``shape`` and ``load()`` are canonical (PyTorch layout); ``read_keras_layout()`` reads the
+    dataset as stored (Keras layout), which the Keras loader assigns with no transpose to the
+    canonical layout and back (``layouts.keras_array``).
+    """
+
+    def __init__(self, source: "_H5File", name: str, stored_shape: tuple[int, ...], dtype, to_canonical):
+        self.source, self.name, self.stored_shape = source, name, stored_shape
+        self.to_canonical = to_canonical  # axis order from the stored layout to canonical, or None
+        self.shape = stored_shape if to_canonical is None else tuple(stored_shape[i] for i in to_canonical)
+        self.dtype = np.dtype(dtype).newbyteorder("=")
+        self.dtype_code = self.dtype.name
+
+    def read_keras_layout(self) -> np.ndarray:
+        return self.source.load(self)
+
+    def load(self) -> np.ndarray:
+        array = self.read_keras_layout()
+        return array if self.to_canonical is None else np.ascontiguousarray(np.transpose(array, self.to_canonical))
+
+    def __repr__(self) -> str:
+        return f"LazyH5Tensor({self.name!r}, shape={self.shape}, dtype={self.dtype})"
+
+
+class _H5File:
+    """One ``tf_model.h5`` read tensor by tensor. A plain contiguous dataset (what Keras and HF
+    write) is read straight from its byte range with ``os.pread`` on a descriptor held open
+    (so a file replaced after the walk is never mixed in); any other layout (chunked,
+    compressed) is read through h5py."""
+
+    def __init__(self, path: str):
+        self.path = path
+        try:
+            self.fd = os.open(path, os.O_RDONLY)
+        except OSError as e:
+            raise CheckpointError(f"cannot open {path}: {e}") from None
+        self.closer = weakref.finalize(self, os.close, self.fd)
+        self.places: dict[str, tuple[int | None, np.dtype]] = {}  # h5 path -> (byte offset, stored dtype)
+
+    def add(self, dataset, to_canonical) -> LazyH5Tensor:
+        plain = dataset.chunks is None and dataset.compression is None and not dataset.external
+        offset = dataset.id.get_offset() if plain and dataset.size else None
+        self.places[dataset.name] = (offset, dataset.dtype)
+        return LazyH5Tensor(self, dataset.name, tuple(int(d) for d in dataset.shape), dataset.dtype, to_canonical)
+
+    def load(self, tensor: LazyH5Tensor) -> np.ndarray:
+        offset, stored = self.places[tensor.name]
+        out = np.empty(tensor.stored_shape, dtype=stored)
+        try:
+            if offset is None:
+                with _open_h5(self.path) as f:
+                    out[...] = f[tensor.name][()]
+            else:
+                view, done = memoryview(out.reshape(-1).view(np.uint8)), 0
+                while done < len(view):
+                    n = os.preadv(self.fd, [view[done:]], offset + done)
+                    if n <= 0:
+                        raise OSError("file ended early")
+                    done += n
+        except (OSError, KeyError) as e:
+            raise CheckpointError(f"cannot read dataset {tensor.name!r} from {self.path}: {e}") from None
+        return out.astype(tensor.dtype, copy=False)
+
+
+def read_tf_h5(path: str, spec: WeightSpec) -> tuple[dict[str, LazyH5Tensor | np.ndarray], list[str]]:
+    """HF ``tf_model.h5`` -> canonical tensors, read lazily (``LazyH5Tensor``); also returns the
+    h5 names no spec entry claims.
+
+    One walk over the layer groups checks names and shapes; no tensor data is read until a
+    tensor is used, so a loader holds one tensor at a time. Only datasets inside the file are
+    read: external links and external storage are refused.
     """
     by_h5 = layouts.h5_names(spec)
     bn_counters = {layouts.h5_name(p, spec): p for p in spec.stored() if not layouts.leaf_rule(p).in_hf_h5}
-    arrays: dict[str, np.ndarray] = {}
+    arrays: dict[str, LazyH5Tensor | np.ndarray] = {}
     unexpected: list[str] = []
     with _open_h5(path) as f:
+        source = _H5File(path)
         for group, names in _h5_layer_groups(f, path):
             listed = [(n, True) for n in names]
             # d2v writes PyTorch-only buffers (BatchNorm counters) unlisted, so HF ignores them.
@@ -302,8 +372,11 @@ def read_tf_h5(path: str, spec: WeightSpec) -> tuple[dict[str, np.ndarray], list
                 dataset = _h5_dataset(group, full_name, path)
                 if int(np.prod(dataset.shape)) > MAX_TENSOR_ELEMENTS:
                     raise CheckpointError(f"{path}: dataset {short!r} has an absurd shape {dataset.shape}")
-                array = np.asarray(dataset[()])
-                arrays[p.name] = layouts.from_keras_array(p, array) if is_listed else array
+                to_canonical = layouts.leaf_rule(p).inverse_perm if is_listed else None
+                if to_canonical is not None and len(dataset.shape) != len(to_canonical):
+                    raise ValueError(f"{p.name}: Keras/h5 tensor has shape {tuple(dataset.shape)}, "
+                                     f"expected {layouts.keras_shape(p)}")
+                arrays[p.name] = source.add(dataset, to_canonical)
     # HF's own files lack PyTorch-only buffers (BatchNorm counters): they start from zero,
     # as HF's TF -> PT conversion leaves them.
     for p in bn_counters.values():
@@ -402,7 +475,7 @@ def _dump_tf_h5(path: str, arrays: dict[str, np.ndarray], spec: WeightSpec) -> N
         if p.name not in arrays:
             raise ValueError(f"cannot write tf_model.h5: tensor {p.name!r} is missing")
         rule = layouts.leaf_rule(p)
-        value = layouts.to_keras_array(p, np.asarray(arrays[p.name])) if rule.in_hf_h5 else np.asarray(arrays[p.name])
+        value = layouts.keras_array(p, arrays[p.name]) if rule.in_hf_h5 else np.asarray(arrays[p.name])
         entries.append((layouts.h5_name(p, spec), value, rule.in_hf_h5))
     with h5py.File(path, "w") as f:
         groups = layouts.h5_layer_names(spec)

@@ -82,6 +82,22 @@ def to_keras_array(p: ParamSpec, array: np.ndarray) -> np.ndarray:
     return array if perm is None else np.ascontiguousarray(np.transpose(array, perm))
 
 
+def keras_array(p: ParamSpec, value) -> np.ndarray:
+    """A canonical tensor (an array, or a checkpoint tensor read lazily) -> Keras layout.
+
+    A lazily read tensor whose file already stores the Keras layout (HF's ``tf_model.h5``)
+    offers ``read_keras_layout()``: it is read as stored, with no transpose to the canonical
+    layout and back (a transpose only moves values, so the result is the same bit for bit).
+    """
+    read_as_stored = getattr(value, "read_keras_layout", None)
+    if read_as_stored is None:
+        return to_keras_array(p, np.asarray(value))
+    array = read_as_stored()
+    if tuple(array.shape) != keras_shape(p):
+        raise ValueError(f"{p.name}: Keras/h5 tensor has shape {tuple(array.shape)}, expected {keras_shape(p)}")
+    return array
+
+
 def from_keras_array(p: ParamSpec, array: np.ndarray) -> np.ndarray:
     """Keras / h5 layout -> canonical array."""
     rule = leaf_rule(p)

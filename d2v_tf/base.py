@@ -30,6 +30,7 @@ from d2v_common.pretrained import (
 )
 from d2v_common.spec import WeightSpec, weight_spec
 from d2v_tf import backend
+from d2v_tf.layers import add_weight_maybe_deferred, deferred_variables, pending_variables
 
 
 def _public_attributes(layer: keras.layers.Layer):
@@ -141,6 +142,9 @@ class TFData2VecPreTrainedModel(backend.ModelSteps, keras.Model):
     def _keras_variables(self) -> dict[str, keras.Variable]:
         return named_variables(self)
 
+    def add_weight(self, *args, **kwargs):
+        return add_weight_maybe_deferred(super().add_weight, *args, **kwargs)
+
     def post_init(self) -> None:
         """Check the variables against the spec, then initialise them from it."""
         if building_nested():
@@ -149,6 +153,8 @@ class TFData2VecPreTrainedModel(backend.ModelSteps, keras.Model):
         check_names_match_spec(type(self).__name__, set(self._keras_variables()), expected)
         self.built = True
         name_sublayers(self)
+        # built for from_pretrained: the variables are created from the loaded values (load_arrays)
+        self._pending_variables = pending_variables()
         if not skip_initialisation():
             self.load_arrays(self.spec.init_arrays(int(np.random.randint(0, 2**31 - 1))))
 
@@ -156,11 +162,22 @@ class TFData2VecPreTrainedModel(backend.ModelSteps, keras.Model):
         """Assign canonical arrays (every stored spec name) through the layout rules."""
         variables = self._keras_variables()
         check_no_missing(type(self).__name__, [p.name for p in self.spec.stored() if p.name not in arrays])
+        pending, self._pending_variables = getattr(self, "_pending_variables", None), None
         for p in self.spec.stored():
             # one tensor at a time: lazily read checkpoints never sit in memory whole
-            value = layouts.to_keras_array(p, np.asarray(arrays[p.name]))
-            variables[layouts.keras_name(p)].assign(value.astype(p.dtype, copy=False))
-            del value
+            def value(p=p):
+                tensor, perm = arrays[p.name], layouts.leaf_rule(p).perm
+                if perm is None or hasattr(tensor, "read_keras_layout"):  # already in Keras layout
+                    return layouts.keras_array(p, tensor).astype(p.dtype, copy=False)
+                array = np.asarray(tensor).astype(p.dtype, copy=False)
+                layouts.check_shape(p, array.shape)
+                return backend.transpose_weight(array, perm)
+
+            variable = variables[layouts.keras_name(p)]
+            if pending is None or not pending.give(variable, value):
+                variable.assign(value())
+        if pending is not None:
+            pending.create()
 
     def state_arrays(self) -> dict[str, np.ndarray]:
         """Canonical numpy arrays of every tensor (tied copies included)."""
@@ -194,7 +211,7 @@ class TFData2VecPreTrainedModel(backend.ModelSteps, keras.Model):
                               pop_hub_options(config_overrides))  # revision, cache_dir, ...
 
         def build(config: Data2VecConfigBase):
-            with weights_come_later():
+            with weights_come_later(), deferred_variables():
                 return cls(config)
 
         loaded = load_pretrained(pretrained_model_name_or_path, options, config_class=cls.config_class, config=config,

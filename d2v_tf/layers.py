@@ -11,7 +11,9 @@ between Keras backends come from ``d2v_tf.backend``.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import threading
 
 import keras
 import numpy as np
@@ -23,6 +25,93 @@ from d2v_common.losses import infer_problem_type
 from d2v_common.modeling import TensorInfo, check_head_mask, dtype_name
 from d2v_tf import backend
 
+# ----------------------------------------------------------------- variables made from loaded values
+# ``from_pretrained`` builds the model inside ``deferred_variables()``: ``add_weight`` then only
+# declares each variable (Keras holds it uninitialised in a ``keras.StatelessScope``) and the
+# loader hands every variable its checkpoint tensor (``PendingVariables.create``), so each one is
+# created once, from its loaded value: no zeros or random draws that loading would overwrite,
+# and no second copy of the weights (a lazily read checkpoint is read one tensor at a time).
+_BUILD = threading.local()
+
+
+class PendingValue:
+    """The initializer of a variable declared under ``deferred_variables()``: it returns the
+    value the loader handed over (``source``, called once), or zeros if none came."""
+
+    def __init__(self, pending: "PendingVariables"):
+        self.pending, self.source = pending, None
+
+    def __call__(self, shape, dtype=None):
+        source, self.source = self.source, None
+        if source is not None:
+            try:
+                return source()
+            except Exception as e:  # noqa: BLE001 - Keras is creating every pending variable: finish, then raise
+                self.pending.errors.append(e)
+        return np.zeros(shape, dtype)
+
+
+class PendingVariables:
+    """The variables one ``deferred_variables()`` build declared, and their initializers."""
+
+    def __init__(self):
+        self.values: dict[int, PendingValue] = {}
+        self.errors: list[Exception] = []
+
+    def declare(self, add_weight, *args, **kwargs):
+        initializer = PendingValue(self)
+        variable = add_weight(*args, **{**kwargs, "initializer": initializer})
+        self.values[id(variable)] = initializer
+        return variable
+
+    def give(self, variable, source) -> bool:
+        """Hand ``variable`` its value (``source()`` -> array); False if it is not pending here."""
+        initializer = self.values.get(id(variable))
+        if initializer is None:
+            return False
+        initializer.source = source
+        return True
+
+    def create(self) -> None:
+        """Create every pending variable from its value (Keras initialises the variables declared
+        in a stateless scope when the next outermost one closes), one at a time."""
+        with keras.StatelessScope():
+            pass
+        self.values.clear()
+        if self.errors:
+            raise self.errors[0]
+
+
+@contextlib.contextmanager
+def deferred_variables():
+    """Build a model whose variables are created later from loaded values (see above); the
+    model takes the ``PendingVariables`` with ``pending_variables()`` in ``post_init``."""
+    scope = keras.StatelessScope(initialize_variables=False)
+    scope.__enter__()
+    if scope.original_scope is not None:  # inside a caller's stateless scope: build as usual
+        scope.__exit__(None, None, None)
+        yield None
+        return
+    previous = getattr(_BUILD, "pending", None)
+    _BUILD.pending = PendingVariables()
+    try:
+        yield _BUILD.pending
+    finally:
+        _BUILD.pending = previous
+        scope.__exit__(None, None, None)
+
+
+def pending_variables() -> PendingVariables | None:
+    """The ``PendingVariables`` of the ``deferred_variables()`` build in progress, if any."""
+    return getattr(_BUILD, "pending", None)
+
+
+def add_weight_maybe_deferred(add_weight, *args, **kwargs):
+    """``add_weight``, or only a declaration under ``deferred_variables()``."""
+    pending = pending_variables()
+    return add_weight(*args, **kwargs) if pending is None else pending.declare(add_weight, *args, **kwargs)
+
+
 # --------------------------------------------------------------------------- primitives
 
 
@@ -32,6 +121,9 @@ class Layer(keras.layers.Layer):
 
     def build(self, *args, **kwargs):
         self.built = True
+
+    def add_weight(self, *args, **kwargs):
+        return add_weight_maybe_deferred(super().add_weight, *args, **kwargs)
 
 
 class Linear(Layer):

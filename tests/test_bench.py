@@ -113,6 +113,32 @@ def test_load_measurement_in_a_fresh_process():
     assert entry["seconds"] > 0 and entry["peak_extra_mb"] >= 0 and entry["format"] == "safetensors"
 
 
+def test_load_rows_compare_keras_with_torch_and_peak_memory_with_the_weights():
+    row = dict(format="safetensors", checkpoint_mb=100.0, seconds_max=1.0, rss_x_checkpoint=1.0)
+    loading = {
+        "d2v torch": dict(row, seconds=0.2, seconds_min=0.1, peak_extra_mb=100.0, peak_extra_mb_after_use=100.0),
+        "d2v keras": dict(row, seconds=0.3, seconds_min=0.25, peak_extra_mb=110.0, peak_extra_mb_after_use=110.0),
+        "d2v keras (h5)": dict(row, format="tf-h5", seconds=0.5, seconds_min=0.3, peak_extra_mb=140.0,
+                               peak_extra_mb_after_use=140.0),
+    }
+    bench.compare_loaders(loading, 100 * 2**20)
+    h5 = loading["d2v keras (h5)"]
+    assert h5["rss_x_weights"] == pytest.approx(1.4) and h5["vs_d2v_torch"] == pytest.approx(2.5)
+    assert h5["vs_d2v_torch_min"] == pytest.approx(3.0) and "vs_d2v_torch" not in loading["d2v torch"]
+    targets = {t["target"]: t for t in bench.targets([], loading)}
+    time_row = targets["d2v keras from_pretrained time / d2v torch's (same folder, same run)"]
+    assert time_row["measured"] == pytest.approx(1.5) and time_row["met"] is True
+    memory_row = targets["d2v keras from_pretrained (h5) peak RSS / weight bytes"]
+    assert memory_row["measured"] == pytest.approx(1.4) and memory_row["met"] is False
+    report = {"threads": 1, "repeats": 1, "warmup": 1, "size": "tiny", "workloads": [], "loading": loading,
+              "targets": list(targets.values())}
+    assert "d2v keras (h5): peak 1.40x the weights (100 MB), time 2.50x d2v torch's" in bench.format_report(report)
+    # the weight bytes are those of the checkpoint the load rows write
+    workload = bench.WORKLOADS["vision-cls-b8x224"]
+    arrays = weight_spec(workload.config("tiny"), workload.architecture).random_arrays(0)
+    assert bench.weight_bytes("tiny") == sum(a.nbytes for a in arrays.values())
+
+
 # ------------------------------------------------------------------------- fast paths
 
 

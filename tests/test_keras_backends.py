@@ -24,6 +24,10 @@ from crosscheck.cases import all_cases
 from crosscheck.runner import check_case, max_abs_diff, run_torch, to_numpy_outputs
 from crosscheck.training import deterministic_config, step_parity
 from d2v_common.spec import weight_spec
+from tests.test_keras_loading import (  # noqa: F401 - from_pretrained's loading tests, on this backend too
+    test_a_failed_read_while_creating_variables_raises_and_leaves_keras_clean,
+    test_from_pretrained_creates_variables_from_the_checkpoint_only,
+)
 
 BACKEND = keras.backend.backend()
 CASES = all_cases("small")

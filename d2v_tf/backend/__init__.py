@@ -38,6 +38,7 @@ embedding_lookup = _impl.embedding_lookup
 conv1d = _impl.conv1d
 conv2d = _impl.conv2d
 matmul_transposed = _impl.matmul_transposed
+transpose_weight = _impl.transpose_weight
 numpy_call = _impl.numpy_call
 graph_assert = _impl.graph_assert
 shape_changing_cond = _impl.shape_changing_cond
@@ -69,5 +70,6 @@ __all__ = [
     "register_output_classes",
     "replica_context",
     "shape_changing_cond",
+    "transpose_weight",
     "update_variable",
 ]

@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import keras
+import numpy as np
 from keras import ops
+
+
+def transpose_weight(array, perm):
+    """A loaded weight in another axis order (canonical -> Keras layout), for a new variable."""
+    return np.ascontiguousarray(np.transpose(array, perm))
 
 
 def linear(x, kernel, bias):

@@ -18,6 +18,7 @@ from d2v_tf.backend.generic import (  # noqa: F401  (re-exported)
     embedding_lookup,
     linear,
     matmul_transposed,
+    transpose_weight,
     replica_context,
     stateless_values,
     update_variable,

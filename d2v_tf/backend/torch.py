@@ -18,6 +18,7 @@ from d2v_tf.backend.generic import (  # noqa: F401  (re-exported)
     embedding_lookup,
     linear,
     matmul_transposed,
+    transpose_weight,
     register_output_classes,
     replica_context,
     update_variable,
