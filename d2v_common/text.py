@@ -9,10 +9,10 @@ from __future__ import annotations
 import numpy as np
 
 from d2v_common.configs import Data2VecTextConfig
+from d2v_common.losses import IGNORE_INDEX, check_label_range
 from d2v_common.modeling import TensorInfo, is_integer_dtype
 
 RELATIVE_TYPES = ("relative_key", "relative_key_query")
-IGNORE_INDEX = -100
 
 
 def uses_relative_positions(config: Data2VecTextConfig) -> bool:
@@ -132,11 +132,7 @@ def check_labels(name: str, values: np.ndarray, num_classes: int, ignore_index: 
     """Class labels in [0, num_classes) or ``ignore_index``."""
     values = np.asarray(values)
     _check_integer_labels(name, str(values.dtype), values.dtype.kind in "iu")
-    bad = (values != ignore_index) & ((values < 0) | (values >= num_classes))
-    if bad.any():
-        raise ValueError(
-            f"{name} must be in [0, {num_classes}) or {ignore_index} to ignore, got {values[bad][:5].tolist()}"
-        )
+    check_label_range(name, values, num_classes, ignore_index)
 
 
 def _check_integer_labels(name: str, dtype: str, is_integer: bool) -> None:

@@ -7,7 +7,7 @@ import functools
 import numpy as np
 
 from d2v_common.configs import Data2VecVisionConfig
-from d2v_common.losses import check_classification_labels
+from d2v_common.losses import check_classification_labels, check_label_range
 from d2v_common.modeling import TensorInfo, is_integer_dtype
 
 
@@ -92,10 +92,7 @@ def check_image_class_labels(config: Data2VecVisionConfig, labels: TensorInfo, b
         raise ValueError(f"labels has batch size {shape[0]}, pixel_values has {batch}")
     check_classification_labels(config, tuple(shape), labels.dtype, batch)
     if labels.values is not None and is_integer_dtype(labels.dtype) and config.num_labels > 1:
-        values = labels.values
-        bad = (values != -100) & ((values < 0) | (values >= config.num_labels))
-        if bad.any():
-            raise ValueError(f"labels must be in [0, {config.num_labels}) (or -100 to ignore), got {values[bad][:5].tolist()}")
+        check_label_range("labels", labels.values, config.num_labels)
 
 
 def check_segmentation_labels(config: Data2VecVisionConfig, labels: TensorInfo, batch) -> None:
@@ -108,9 +105,4 @@ def check_segmentation_labels(config: Data2VecVisionConfig, labels: TensorInfo, 
     if not is_integer_dtype(labels.dtype):
         raise TypeError(f"segmentation labels must be integers, got {labels.dtype}")
     if labels.values is not None:
-        values, ignore = labels.values, config.semantic_loss_ignore_index
-        bad = (values != ignore) & ((values < 0) | (values >= config.num_labels))
-        if bad.any():
-            raise ValueError(
-                f"labels must be in [0, {config.num_labels}) or the ignore index {ignore}, got {values[bad][:5].tolist()}"
-            )
+        check_label_range("labels", labels.values, config.num_labels, config.semantic_loss_ignore_index)

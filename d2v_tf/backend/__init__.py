@@ -39,7 +39,9 @@ conv1d = _impl.conv1d
 conv2d = _impl.conv2d
 matmul_transposed = _impl.matmul_transposed
 numpy_call = _impl.numpy_call
-graph_assert = _impl.graph_assert
+value_check = _impl.value_check
+raise_failed_check = _impl.raise_failed_check
+raising_failed_checks = _impl.raising_failed_checks
 shape_changing_cond = _impl.shape_changing_cond
 replica_context = _impl.replica_context
 all_reduce_sum = _impl.all_reduce_sum
@@ -61,13 +63,15 @@ __all__ = [
     "conv2d",
     "cross_replica",
     "embedding_lookup",
-    "graph_assert",
     "is_concrete",
     "linear",
     "matmul_transposed",
     "numpy_call",
+    "raise_failed_check",
+    "raising_failed_checks",
     "register_output_classes",
     "replica_context",
     "shape_changing_cond",
     "update_variable",
+    "value_check",
 ]
