@@ -11,6 +11,7 @@ import warnings
 import numpy as np
 
 from d2v_common.configs import Data2VecAudioConfig
+from d2v_common.input_types import check_main_input
 from d2v_common.losses import check_label_range
 
 
@@ -77,13 +78,8 @@ def min_xvector_samples(config: Data2VecAudioConfig) -> int:
 
 def check_input_values(config: Data2VecAudioConfig, shape: tuple, dtype: str) -> int:
     """Validate a (batch, samples) waveform batch; returns the encoder's frame count."""
-    if len(shape) != 2:
-        raise ValueError(f"input_values must be 2-D (batch, samples), got shape {tuple(shape)}")
-    if not any(k in dtype for k in ("float", "half", "bfloat")):
-        raise TypeError(f"input_values must be floating point, got {dtype}")
+    check_main_input("input_values", shape, dtype, ("batch", "samples"))
     batch, samples = shape
-    if batch == 0:
-        raise ValueError("input_values is an empty batch")
     need = min_input_samples(config)
     if samples is not None and samples < need:
         raise ValueError(

@@ -7,6 +7,7 @@ import functools
 import numpy as np
 
 from d2v_common.configs import Data2VecVisionConfig
+from d2v_common.input_types import PIXEL_AXES, check_main_input
 from d2v_common.losses import check_classification_labels, check_label_range
 from d2v_common.modeling import TensorInfo, is_integer_dtype
 
@@ -45,13 +46,8 @@ def check_pixel_values(
     config: Data2VecVisionConfig, shape: tuple, dtype: str, interpolate_pos_encoding: bool
 ) -> tuple[int, int]:
     """Validate an NCHW batch; returns its patch grid."""
-    if len(shape) != 4:
-        raise ValueError(f"pixel_values must be 4-D (batch, channels, height, width), got shape {tuple(shape)}")
-    if not any(k in dtype for k in ("float", "half", "bfloat")):
-        raise TypeError(f"pixel_values must be floating point, got {dtype}")
+    check_main_input("pixel_values", shape, dtype, PIXEL_AXES)
     batch, channels, height, width = shape
-    if batch == 0:
-        raise ValueError("pixel_values is an empty batch")
     if channels != config.num_channels:
         raise ValueError(
             f"pixel_values has {channels} channels but the model expects num_channels={config.num_channels} "

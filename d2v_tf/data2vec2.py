@@ -281,7 +281,7 @@ class TFData2Vec2VisionModel(TFData2Vec2VisionPreTrainedModel):
             output_attentions, output_hidden_states, return_dict
         )
         pixel_values = ops.convert_to_tensor(pixel_values)
-        D.check_pixel_values(self.config, tuple(pixel_values.shape))
+        D.check_pixel_values(self.config, tuple(pixel_values.shape), pixel_values.dtype)
         x = self.embeddings(ops.transpose(pixel_values, (0, 2, 3, 1)))
         alibi = None if self._alibi is None else ops.convert_to_tensor(self._alibi)
         x, hidden, attentions = self.encoder(x, alibi=alibi, output_hidden_states=output_hidden_states,
