@@ -567,6 +567,22 @@ def _graph_assert(condition, message: str):
     backend.value_check(ops.logical_not(condition), ops.cast(condition, "int32"), lambda _: message, message)
 
 
+def check_ctc_labels_in_graph(config, labels, lengths) -> None:
+    """``A.check_ctc_labels`` for traced labels (a graph, XLA, ``jax.jit``): the ids and the row
+    lengths are checked inside the step (``backend.value_check``), as in the 1.0 and 2.0 heads."""
+    blank = A.ctc_blank(config)
+    too_big = ops.greater_equal(labels, config.vocab_size)
+    backend.value_check(too_big, labels, functools.partial(A.ctc_vocab_message, config),
+                        f"CTC labels must be < vocab_size ({config.vocab_size})")
+    _graph_assert(labels != blank, f"CTC labels contain the blank id {blank}; pad them with -100")
+    if not config.ctc_zero_infinity:
+        targets = ops.sum(ops.cast(labels >= 0, "int32"), axis=-1)
+        _graph_assert(
+            targets <= ops.cast(lengths, "int32"),
+            "CTC labels are longer than the output frames; use longer audio or set ctc_zero_infinity=True",
+        )
+
+
 class TFData2VecAudioForCTC(TFData2VecAudioPreTrainedModel):
     """Audio encoder + dropout + linear LM head, trained with CTC on character labels.
 
@@ -621,16 +637,7 @@ class TFData2VecAudioForCTC(TFData2VecAudioPreTrainedModel):
             A.check_ctc_frames(config, int(lengths_np.max()), int(frames))
             A.check_ctc_labels(config, np.asarray(labels), lengths_np)
         else:
-            too_big = ops.greater_equal(labels, config.vocab_size)
-            backend.value_check(too_big, labels, functools.partial(A.ctc_vocab_message, config),
-                                f"CTC labels must be < vocab_size ({config.vocab_size})")
-            _graph_assert(labels != blank, f"CTC labels contain the blank id {blank}; pad them with -100")
-            if not config.ctc_zero_infinity:
-                targets = ops.sum(ops.cast(labels >= 0, "int32"), axis=-1)
-                _graph_assert(
-                    targets <= ops.cast(lengths, "int32"),
-                    "CTC labels are longer than the output frames; use longer audio or set ctc_zero_infinity=True",
-                )
+            check_ctc_labels_in_graph(config, labels, lengths)
         return ctc_loss(
             outputs.logits, labels, lengths, blank, config.ctc_loss_reduction, config.ctc_zero_infinity
         )

@@ -27,7 +27,9 @@ from d2v_common.outputs import (
 )
 from d2v_common.pretrained import build_nested
 from d2v_common.spec.data2vec2 import has_context_norm
-from d2v_tf.audio import TFData2VecAudioConvLayer, TFData2VecAudioPositionalConvEmbedding, ctc_loss
+from d2v_tf.audio import (
+    TFData2VecAudioConvLayer, TFData2VecAudioPositionalConvEmbedding, check_ctc_labels_in_graph, ctc_loss,
+)
 from d2v_tf.base import TFData2VecPreTrainedModel, unpack_inputs
 from d2v_tf.layers import (
     Activation,
@@ -525,6 +527,8 @@ class TFData2Vec2AudioForCTC(TFData2Vec2AudioPreTrainedModel):
         lengths = outputs._input_lengths
         if is_eager(labels) and is_eager(lengths):
             A.check_ctc_labels(self.config, np.asarray(labels), np.asarray(lengths))
+        else:
+            check_ctc_labels_in_graph(self.config, labels, lengths)
         return ctc_loss(
             outputs.logits, labels, lengths, A.ctc_blank(self.config), self.config.ctc_loss_reduction,
             self.config.ctc_zero_infinity,
