@@ -226,12 +226,12 @@ def test_bad_ctc_labels_fail_inside_the_compiled_step():
 def test_out_of_range_class_labels_fail_in_the_compiled_step(name):
     """A class label past the classes gave NaN inside jax.jit: now evaluate and fit raise the
     PyTorch classes' ValueError (d2v_common.losses), and the model keeps its weights."""
-    from tests.test_label_checks import _bad, _inputs
+    from tests.test_label_checks import labelled_inputs, out_of_range_labels
 
     case = _case(name)
     model, _ = _keras_model(case)
-    x, labels = _inputs(name)
-    bad, message = _bad(name, labels, x)
+    x, labels = labelled_inputs(name)
+    bad, message = out_of_range_labels(name, labels, x)
     model.compile(optimizer=keras.optimizers.SGD(0.0))  # jit_compile="auto": jax.jit on JAX
     assert np.isfinite(model.evaluate(x, labels, batch_size=len(labels), verbose=0))
     weights = [keras.ops.convert_to_numpy(v) for v in model.trainable_variables]

@@ -4,7 +4,8 @@
    ``d2v_common.losses.label_range_message`` in PyTorch and in Keras on TensorFlow: eager,
    graph (``run_eagerly=False``) and XLA (``jit_compile=True``), where a gather past the classes
    used to clamp the label silently. (``tests/test_keras_backends.py`` runs the jax.jit and
-   PyTorch-backend half with this file's helpers; this file runs in the TensorFlow process.) Valid labels and ignore indices give the loss they gave before.
+   PyTorch-backend half with this file's helpers; this file runs in the TensorFlow process.)
+   Valid labels and ignore indices give the loss they gave before.
 5. Every registered class of data2vec 1.0 and 2.0, in both frameworks, refuses an empty batch
    with the same message (``d2v_common.input_types.check_main_input``), and every PyTorch class
    names a float64 input's dtype.
@@ -40,7 +41,7 @@ CLASS_LABEL_CASES = [
 KERAS_MODES = {"eager": {"run_eagerly": True}, "graph": {"jit_compile": False}, "xla": {"jit_compile": True}}
 
 
-def _inputs(name: str):
+def labelled_inputs(name: str):
     x = CASES[name].make_inputs(np.random.default_rng(0))
     return x, x.pop("labels")
 
@@ -60,7 +61,7 @@ def _classes(name: str, x: dict):
     return config.num_labels, -100
 
 
-def _bad(name: str, labels: np.ndarray, x: dict) -> tuple[np.ndarray, str]:
+def out_of_range_labels(name: str, labels: np.ndarray, x: dict) -> tuple[np.ndarray, str]:
     """The labels with their first entry one past the classes, and the message that names it.
     (A causal LM shifts its labels: the offending id goes to position 1, the first predicted.)"""
     n, ignore = _classes(name, x)
@@ -90,8 +91,8 @@ def _keras_model(name: str):
 
 @pytest.mark.parametrize("name", CLASS_LABEL_CASES)
 def test_torch_out_of_range_labels_raise_the_shared_message(name):
-    x, labels = _inputs(name)
-    bad, message = _bad(name, labels, x)
+    x, labels = labelled_inputs(name)
+    bad, message = out_of_range_labels(name, labels, x)
     model = _torch_model(name)
     with torch.no_grad():
         assert torch.isfinite(model(**torch_inputs(x), labels=torch.from_numpy(labels)).loss)
@@ -105,8 +106,8 @@ def test_torch_out_of_range_labels_raise_the_shared_message(name):
 def test_keras_out_of_range_labels_raise_the_shared_message_in_every_mode(name, mode):
     """evaluate (and fit, for one head per family) with one label past the classes: the same
     ValueError as PyTorch, also inside a TF graph and an XLA-compiled step."""
-    x, labels = _inputs(name)
-    bad, message = _bad(name, labels, x)
+    x, labels = labelled_inputs(name)
+    bad, message = out_of_range_labels(name, labels, x)
     model = _keras_model(name)
     model.compile(optimizer=keras.optimizers.SGD(0.0), **KERAS_MODES[mode])
     good_loss = model.evaluate(x, labels, batch_size=len(labels), verbose=0)
@@ -128,7 +129,7 @@ def test_keras_out_of_range_labels_raise_the_shared_message_in_every_mode(name, 
 def test_keras_ctc_labels_past_the_vocabulary_fail_under_xla(name):
     """The CTC check used a graph assert, which XLA drops (and the 2.0 head had none in a graph):
     now both heads raise the eager call's message from the XLA-compiled step."""
-    x, labels = _inputs(name)
+    x, labels = labelled_inputs(name)
     vocab = CASES[name].config.vocab_size
     bad = labels.copy()
     bad[0, 0] = vocab + 3
@@ -141,8 +142,8 @@ def test_keras_ctc_labels_past_the_vocabulary_fail_under_xla(name):
 
 
 def test_keras_make_fast_reports_out_of_range_labels_under_xla():
-    x, labels = _inputs("text-seqcls-relk")
-    bad, message = _bad("text-seqcls-relk", labels, x)
+    x, labels = labelled_inputs("text-seqcls-relk")
+    bad, message = out_of_range_labels("text-seqcls-relk", labels, x)
     fast = _keras_model("text-seqcls-relk").make_fast(jit_compile=True)
     assert np.isfinite(float(fast(x, labels=labels).loss))
     with pytest.raises(ValueError, match=re.escape(message)):
@@ -153,8 +154,8 @@ def test_keras_loss_in_a_users_tf_function_still_fails_in_the_graph():
     """Outside the steps d2v runs, a graph check fails inside the graph (as the CTC check did)."""
     import tensorflow as tf
 
-    x, labels = _inputs("text-seqcls-relk")
-    bad, _ = _bad("text-seqcls-relk", labels, x)
+    x, labels = labelled_inputs("text-seqcls-relk")
+    bad, _ = out_of_range_labels("text-seqcls-relk", labels, x)
     model = _keras_model("text-seqcls-relk")
     step = tf.function(lambda ids, mask, y: model(input_ids=ids, attention_mask=mask, labels=y).loss)
     assert np.isfinite(step(x["input_ids"], x["attention_mask"], labels).numpy())
@@ -166,7 +167,7 @@ def test_keras_loss_in_a_users_tf_function_still_fails_in_the_graph():
 def test_ignore_indices_stay_allowed(mode):
     """-100 (and segmentation's semantic_loss_ignore_index, 255) are not class ids but valid."""
     for name in ("text-tokcls-relk", "vision-seg-plain"):
-        x, labels = _inputs(name)
+        x, labels = labelled_inputs(name)
         ignore = _classes(name, x)[1]
         labels = labels.copy()
         labels.reshape(-1)[:3] = ignore
