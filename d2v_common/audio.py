@@ -11,6 +11,8 @@ import warnings
 import numpy as np
 
 from d2v_common.configs import Data2VecAudioConfig
+from d2v_common.input_types import check_main_input
+from d2v_common.losses import check_label_range
 
 
 # ------------------------------------------------------------------------------ lengths
@@ -76,13 +78,8 @@ def min_xvector_samples(config: Data2VecAudioConfig) -> int:
 
 def check_input_values(config: Data2VecAudioConfig, shape: tuple, dtype: str) -> int:
     """Validate a (batch, samples) waveform batch; returns the encoder's frame count."""
-    if len(shape) != 2:
-        raise ValueError(f"input_values must be 2-D (batch, samples), got shape {tuple(shape)}")
-    if not any(k in dtype for k in ("float", "half", "bfloat")):
-        raise TypeError(f"input_values must be floating point, got {dtype}")
+    check_main_input("input_values", shape, dtype, ("batch", "samples"))
     batch, samples = shape
-    if batch == 0:
-        raise ValueError("input_values is an empty batch")
     need = min_input_samples(config)
     if samples is not None and samples < need:
         raise ValueError(
@@ -158,9 +155,7 @@ def check_sequence_labels(labels: np.ndarray, batch: int, num_labels: int) -> No
         raise ValueError(f"labels must hold one class per batch row ({batch}), got shape {tuple(labels.shape)}")
     if labels.dtype.kind not in "iu":
         raise TypeError(f"labels must be integer class ids, got {labels.dtype}")
-    bad = (labels != -100) & ((labels < 0) | (labels >= num_labels))
-    if bad.any():
-        raise ValueError(f"labels must be in [0, {num_labels}) (or -100 to ignore), got {labels[bad][:5].tolist()}")
+    check_label_range("labels", labels, num_labels)
 
 
 def check_xvector_labels(labels: np.ndarray, batch: int, num_labels: int) -> None:
@@ -168,9 +163,7 @@ def check_xvector_labels(labels: np.ndarray, batch: int, num_labels: int) -> Non
         raise ValueError(f"labels must hold one speaker id per batch row ({batch}), got shape {tuple(labels.shape)}")
     if labels.dtype.kind not in "iu":
         raise TypeError(f"labels must be integer class ids, got {labels.dtype}")
-    bad = (labels < 0) | (labels >= num_labels)
-    if bad.any():
-        raise ValueError(f"labels must be in [0, {num_labels}), got {labels[bad][:5].tolist()}")
+    check_label_range("labels", labels, num_labels, ignore_index=None)  # AM-softmax has no ignore index
 
 
 def check_frame_labels(labels_shape: tuple, batch: int, frames: int, num_labels: int) -> None:
@@ -194,7 +187,7 @@ def check_ctc_labels(config: Data2VecAudioConfig, labels: np.ndarray, input_leng
     if labels.dtype.kind not in "iu":
         raise TypeError(f"CTC labels must be integer token ids, got {labels.dtype}")
     if labels.size and labels.max() >= config.vocab_size:
-        raise ValueError(f"Label values must be < vocab_size ({config.vocab_size}), got {int(labels.max())}")
+        raise ValueError(ctc_vocab_message(config, labels))
     blank = config.pad_token_id
     if blank is not None and (labels == blank).any():
         raise ValueError(
@@ -297,10 +290,15 @@ def warn_freeze_feature_extractor() -> None:
     warnings.warn("freeze_feature_extractor is deprecated; use freeze_feature_encoder", FutureWarning, stacklevel=3)
 
 
+def ctc_vocab_message(config: Data2VecAudioConfig, labels) -> str:
+    """CTC labels past the vocabulary (``labels``: all of them, or only the offending ones)."""
+    return f"Label values must be < vocab_size ({config.vocab_size}), got {int(np.max(labels))}"
+
+
 def check_ctc_label_range(config: Data2VecAudioConfig, labels: np.ndarray | None) -> None:
     """CTC labels index the vocabulary (checked when the values are known)."""
     if labels is not None and np.size(labels) and int(np.max(labels)) >= config.vocab_size:
-        raise ValueError(f"Label values must be < vocab_size ({config.vocab_size}), got {int(np.max(labels))}")
+        raise ValueError(ctc_vocab_message(config, labels))
 
 
 def check_ctc_frames(config: Data2VecAudioConfig, longest: int, frames: int) -> None:

@@ -21,6 +21,7 @@ import math
 import numpy as np
 
 from d2v_common.configs import ACTIVATIONS, CONFIG_CLASSES, Data2VecConfigBase, Field
+from d2v_common.input_types import PIXEL_AXES, check_main_input
 
 # ------------------------------------------------------------------------------- configs
 
@@ -398,10 +399,7 @@ def min_input_samples(config: Data2Vec2AudioConfig) -> int:
 
 
 def check_input_values(config: Data2Vec2AudioConfig, shape: tuple, dtype: str) -> None:
-    if len(shape) != 2:
-        raise ValueError(f"input_values must have shape (batch, samples), got {tuple(shape)}")
-    if "float" not in dtype:
-        raise TypeError(f"input_values must be a float tensor, got {dtype}")
+    check_main_input("input_values", shape, dtype, ("batch", "samples"))
     need = min_input_samples(config)
     if shape[1] is not None and shape[1] < need:  # None: a symbolic length inside a traced graph
         raise ValueError(f"input_values has {shape[1]} samples; the conv stack needs at least {need}")
@@ -419,7 +417,8 @@ def check_attention_mask(mask_shape: tuple, input_shape: tuple) -> None:
         )
 
 
-def check_pixel_values(config: Data2Vec2VisionConfig, shape: tuple) -> None:
+def check_pixel_values(config: Data2Vec2VisionConfig, shape: tuple, dtype=None) -> None:
+    check_main_input("pixel_values", shape, dtype, PIXEL_AXES)
     expected = (config.num_channels, config.image_size, config.image_size)
     if not _same_dims(tuple(shape), (None, *expected)):
         raise ValueError(
@@ -429,8 +428,7 @@ def check_pixel_values(config: Data2Vec2VisionConfig, shape: tuple) -> None:
 
 
 def check_input_ids(config: Data2Vec2TextConfig, ids: np.ndarray) -> None:
-    if ids.ndim != 2:
-        raise ValueError(f"input_ids must have shape (batch, tokens), got {ids.shape}")
+    check_main_input("input_ids", ids.shape, ids.dtype, ("batch", "sequence_length"), integer=True)
     if ids.size and (ids.min() < 0 or ids.max() >= config.vocab_size):
         raise ValueError(f"input_ids must be in [0, vocab_size={config.vocab_size}), got [{ids.min()}, {ids.max()}]")
     if config.use_position_embeddings and ids.shape[1] > config.max_position_embeddings:

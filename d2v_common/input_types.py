@@ -81,3 +81,40 @@ def check_input_dtype(name: str, dtype: Any, *, framework: str, integer: bool = 
             f"{name} is {dtype} but the model computes in {want}; convert it first, e.g. "
             + to_dtype.format(name=name, dtype=want)
         )
+
+
+# The axes of an image batch (NCHW), for ``check_main_input``.
+PIXEL_AXES = ("batch", "channels", "height", "width")
+
+
+def check_main_input(name: str, shape: tuple, dtype: Any, axes: tuple[str, ...], *, integer: bool = False) -> None:
+    """The one check of a model's main input (ids, waveforms, pixels) that every class of data2vec
+    1.0 and 2.0, in both frameworks, runs first: its rank, a non-empty batch, and integer ids or
+    floating values (the exact floating dtype is ``check_input_type``'s, where it matters).
+
+    Unknown (symbolic) sizes pass: a traced batch is checked when it runs.
+
+    Args:
+        name: the argument's name (``input_values`` ...).
+        shape: its static shape.
+        dtype: its dtype (any framework's spelling); None leaves it to the caller.
+        axes: the names of its axes, batch first (``("batch", "samples")``).
+        integer: the input holds ids rather than values.
+
+    Examples:
+
+    >>> check_main_input("input_values", (2, 400), "float32", ("batch", "samples"))
+    """
+    shape = tuple(shape)
+    if len(shape) != len(axes):
+        raise ValueError(f"{name} must be {len(axes)}-D ({', '.join(axes)}), got shape {shape}")
+    # no int(): a symbolic size (torch.export, torch.compile) must stay symbolic
+    if shape[0] is not None and shape[0] == 0:
+        raise ValueError(f"{name} is an empty batch (shape {shape}): give at least one example")
+    if dtype is None:
+        return
+    dtype = _bare(dtype)
+    if integer and (is_floating(dtype) or dtype == "bool"):
+        raise TypeError(f"{name} must be an integer tensor (int64 or int32 indices), got {dtype}")
+    if not integer and not is_floating(dtype):
+        raise TypeError(f"{name} must be floating point, got {dtype}")

@@ -9,10 +9,11 @@ from __future__ import annotations
 import numpy as np
 
 from d2v_common.configs import Data2VecTextConfig
+from d2v_common.input_types import check_main_input
+from d2v_common.losses import IGNORE_INDEX, check_label_range
 from d2v_common.modeling import TensorInfo, is_integer_dtype
 
 RELATIVE_TYPES = ("relative_key", "relative_key_query")
-IGNORE_INDEX = -100
 
 
 def uses_relative_positions(config: Data2VecTextConfig) -> bool:
@@ -76,8 +77,7 @@ def check_inputs(input_ids_shape, inputs_embeds_shape, hidden_size: int) -> tupl
     if input_ids_shape is None and inputs_embeds_shape is None:
         raise ValueError("pass input_ids or inputs_embeds")
     if input_ids_shape is not None:
-        if len(input_ids_shape) != 2:
-            raise ValueError(f"input_ids must have shape (batch, sequence_length), got {tuple(input_ids_shape)}")
+        check_main_input("input_ids", input_ids_shape, None, ("batch", "sequence_length"))
         _check_not_empty("input_ids", input_ids_shape)
         return input_ids_shape[0], input_ids_shape[1]
     if len(inputs_embeds_shape) != 3 or inputs_embeds_shape[-1] != hidden_size:
@@ -85,6 +85,7 @@ def check_inputs(input_ids_shape, inputs_embeds_shape, hidden_size: int) -> tupl
             f"inputs_embeds must have shape (batch, sequence_length, hidden_size={hidden_size}), "
             f"got {tuple(inputs_embeds_shape)}"
         )
+    check_main_input("inputs_embeds", inputs_embeds_shape, None, ("batch", "sequence_length", "hidden_size"))
     _check_not_empty("inputs_embeds", inputs_embeds_shape)
     return inputs_embeds_shape[0], inputs_embeds_shape[1]
 
@@ -92,8 +93,6 @@ def check_inputs(input_ids_shape, inputs_embeds_shape, hidden_size: int) -> tupl
 def _check_not_empty(name: str, shape) -> None:
     # Unknown (symbolic) sizes pass; zero sizes would only fail later, far from the cause.
     # no int(): a symbolic size (torch.export, torch.compile) must stay symbolic
-    if shape[0] is not None and shape[0] == 0:
-        raise ValueError(f"{name} is an empty batch (shape {tuple(shape)}): give at least one sequence")
     if shape[1] is not None and shape[1] == 0:
         raise ValueError(f"{name} has sequences of length 0 (shape {tuple(shape)}): give at least one token")
 
@@ -132,11 +131,7 @@ def check_labels(name: str, values: np.ndarray, num_classes: int, ignore_index: 
     """Class labels in [0, num_classes) or ``ignore_index``."""
     values = np.asarray(values)
     _check_integer_labels(name, str(values.dtype), values.dtype.kind in "iu")
-    bad = (values != ignore_index) & ((values < 0) | (values >= num_classes))
-    if bad.any():
-        raise ValueError(
-            f"{name} must be in [0, {num_classes}) or {ignore_index} to ignore, got {values[bad][:5].tolist()}"
-        )
+    check_label_range(name, values, num_classes, ignore_index)
 
 
 def _check_integer_labels(name: str, dtype: str, is_integer: bool) -> None:

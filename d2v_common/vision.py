@@ -7,7 +7,8 @@ import functools
 import numpy as np
 
 from d2v_common.configs import Data2VecVisionConfig
-from d2v_common.losses import check_classification_labels
+from d2v_common.input_types import PIXEL_AXES, check_main_input
+from d2v_common.losses import check_classification_labels, check_label_range
 from d2v_common.modeling import TensorInfo, is_integer_dtype
 
 
@@ -45,13 +46,8 @@ def check_pixel_values(
     config: Data2VecVisionConfig, shape: tuple, dtype: str, interpolate_pos_encoding: bool
 ) -> tuple[int, int]:
     """Validate an NCHW batch; returns its patch grid."""
-    if len(shape) != 4:
-        raise ValueError(f"pixel_values must be 4-D (batch, channels, height, width), got shape {tuple(shape)}")
-    if not any(k in dtype for k in ("float", "half", "bfloat")):
-        raise TypeError(f"pixel_values must be floating point, got {dtype}")
+    check_main_input("pixel_values", shape, dtype, PIXEL_AXES)
     batch, channels, height, width = shape
-    if batch == 0:
-        raise ValueError("pixel_values is an empty batch")
     if channels != config.num_channels:
         raise ValueError(
             f"pixel_values has {channels} channels but the model expects num_channels={config.num_channels} "
@@ -92,10 +88,7 @@ def check_image_class_labels(config: Data2VecVisionConfig, labels: TensorInfo, b
         raise ValueError(f"labels has batch size {shape[0]}, pixel_values has {batch}")
     check_classification_labels(config, tuple(shape), labels.dtype, batch)
     if labels.values is not None and is_integer_dtype(labels.dtype) and config.num_labels > 1:
-        values = labels.values
-        bad = (values != -100) & ((values < 0) | (values >= config.num_labels))
-        if bad.any():
-            raise ValueError(f"labels must be in [0, {config.num_labels}) (or -100 to ignore), got {values[bad][:5].tolist()}")
+        check_label_range("labels", labels.values, config.num_labels)
 
 
 def check_segmentation_labels(config: Data2VecVisionConfig, labels: TensorInfo, batch) -> None:
@@ -108,9 +101,4 @@ def check_segmentation_labels(config: Data2VecVisionConfig, labels: TensorInfo, 
     if not is_integer_dtype(labels.dtype):
         raise TypeError(f"segmentation labels must be integers, got {labels.dtype}")
     if labels.values is not None:
-        values, ignore = labels.values, config.semantic_loss_ignore_index
-        bad = (values != ignore) & ((values < 0) | (values >= config.num_labels))
-        if bad.any():
-            raise ValueError(
-                f"labels must be in [0, {config.num_labels}) or the ignore index {ignore}, got {values[bad][:5].tolist()}"
-            )
+        check_label_range("labels", labels.values, config.num_labels, config.semantic_loss_ignore_index)

@@ -7,6 +7,7 @@ checks that need the data's values run eagerly, and as graph assertions in ``fit
 
 from __future__ import annotations
 
+import functools
 
 import keras
 import numpy as np
@@ -28,8 +29,8 @@ from d2v_common.pretrained import build_nested
 from d2v_tf import backend
 from d2v_tf.base import TFData2VecPreTrainedModel, unpack_inputs
 from d2v_tf.layers import (
-    is_eager, tensor_info, Activation, Conv1d, Dropout, Layer, LayerNorm, Linear, attention, cross_entropy,
-    padding_bias, split_heads,
+    is_eager, tensor_info, Activation, Conv1d, Dropout, Layer, LayerNorm, Linear, attention, check_labels_in_range,
+    cross_entropy, padding_bias, split_heads,
 )
 
 
@@ -352,6 +353,7 @@ class TFAMSoftmaxLoss(Layer):
 
     def call(self, x, labels):
         labels = ops.cast(ops.reshape(labels, (-1,)), "int32")
+        check_labels_in_range(labels, self.num_labels, ignore_index=None)  # one_hot has no ignore index
         x = ops.cast(x, "float32")
         cos = ops.matmul(_normalize(x, 1), _normalize(ops.cast(self.weight, "float32"), 0))
         target = ops.one_hot(labels, self.num_labels) > 0.5
@@ -564,7 +566,23 @@ class TFData2VecAudioModel(TFData2VecAudioPreTrainedModel):
 
 def _graph_assert(condition, message: str):
     """A data-dependent check inside a traced graph (eager calls raise ValueError before this)."""
-    backend.graph_assert(condition, message)
+    backend.value_check(ops.logical_not(condition), ops.cast(condition, "int32"), lambda _: message, message)
+
+
+def check_ctc_labels_in_graph(config, labels, lengths) -> None:
+    """``A.check_ctc_labels`` for traced labels (a graph, XLA, ``jax.jit``): the ids and the row
+    lengths are checked inside the step (``backend.value_check``), as in the 1.0 and 2.0 heads."""
+    blank = A.ctc_blank(config)
+    too_big = ops.greater_equal(labels, config.vocab_size)
+    backend.value_check(too_big, labels, functools.partial(A.ctc_vocab_message, config),
+                        f"CTC labels must be < vocab_size ({config.vocab_size})")
+    _graph_assert(labels != blank, f"CTC labels contain the blank id {blank}; pad them with -100")
+    if not config.ctc_zero_infinity:
+        targets = ops.sum(ops.cast(labels >= 0, "int32"), axis=-1)
+        _graph_assert(
+            targets <= ops.cast(lengths, "int32"),
+            "CTC labels are longer than the output frames; use longer audio or set ctc_zero_infinity=True",
+        )
 
 
 class TFData2VecAudioForCTC(TFData2VecAudioPreTrainedModel):
@@ -621,14 +639,7 @@ class TFData2VecAudioForCTC(TFData2VecAudioPreTrainedModel):
             A.check_ctc_frames(config, int(lengths_np.max()), int(frames))
             A.check_ctc_labels(config, np.asarray(labels), lengths_np)
         else:
-            _graph_assert(labels < config.vocab_size, f"CTC labels must be < vocab_size ({config.vocab_size})")
-            _graph_assert(labels != blank, f"CTC labels contain the blank id {blank}; pad them with -100")
-            if not config.ctc_zero_infinity:
-                targets = ops.sum(ops.cast(labels >= 0, "int32"), axis=-1)
-                _graph_assert(
-                    targets <= ops.cast(lengths, "int32"),
-                    "CTC labels are longer than the output frames; use longer audio or set ctc_zero_infinity=True",
-                )
+            check_ctc_labels_in_graph(config, labels, lengths)
         return ctc_loss(
             outputs.logits, labels, lengths, blank, config.ctc_loss_reduction, config.ctc_zero_infinity
         )

@@ -321,6 +321,23 @@ class TFData2VecPreTrainedModel(backend.ModelSteps, keras.Model):
         out.pop("past_key_values", None)  # a decoding cache means nothing once batches are joined
         return out
 
+    # Keras' compiled steps report a failed value check (labels out of range ...) as the
+    # eager call's ValueError once the step returns (see backend.value_check).
+    def make_train_function(self, force=False):
+        super().make_train_function(force)
+        self.train_function = backend.raising_failed_checks(self.train_function, self)
+        return self.train_function
+
+    def make_test_function(self, force=False):
+        super().make_test_function(force)
+        self.test_function = backend.raising_failed_checks(self.test_function, self)
+        return self.test_function
+
+    def make_predict_function(self, force=False):
+        super().make_predict_function(force)
+        self.predict_function = backend.raising_failed_checks(self.predict_function, self)
+        return self.predict_function
+
     # ------------------------------------------------------------------ fast inference
     def make_fast(self, jit_compile: bool | None = None):
         """A compiled inference callable; the model itself is left as it is.
@@ -341,7 +358,7 @@ class TFData2VecPreTrainedModel(backend.ModelSteps, keras.Model):
         ``return_dict=False``. The first positional argument, if any, is the model's main input
         (or a dict of inputs, as for ``model(...)``).
         """
-        compiled = backend.compile_inference(self, jit_compile)
+        compiled = backend.raising_failed_checks(backend.compile_inference(self, jit_compile))
 
         def fast(*args, return_dict=None, **inputs):
             if len(args) > 1:

@@ -28,7 +28,9 @@ from d2v_common.outputs import (
 )
 from d2v_common.pretrained import build_nested
 from d2v_common.spec.data2vec2 import has_context_norm
-from d2v_tf.audio import TFData2VecAudioConvLayer, TFData2VecAudioPositionalConvEmbedding, ctc_loss
+from d2v_tf.audio import (
+    TFData2VecAudioConvLayer, TFData2VecAudioPositionalConvEmbedding, check_ctc_labels_in_graph, ctc_loss,
+)
 from d2v_tf.base import TFData2VecPreTrainedModel, unpack_inputs
 from d2v_tf.layers import (
     Activation,
@@ -283,7 +285,7 @@ class TFData2Vec2VisionModel(TFData2Vec2VisionPreTrainedModel):
             output_attentions, output_hidden_states, return_dict
         )
         pixel_values = ops.convert_to_tensor(pixel_values)
-        D.check_pixel_values(self.config, tuple(pixel_values.shape))
+        D.check_pixel_values(self.config, tuple(pixel_values.shape), pixel_values.dtype)
         x = self.embeddings(ops.transpose(pixel_values, (0, 2, 3, 1)))
         alibi = None if self._alibi is None else ops.convert_to_tensor(self._alibi)
         x, hidden, attentions = self.encoder(x, alibi=alibi, output_hidden_states=output_hidden_states,
@@ -534,6 +536,8 @@ class TFData2Vec2AudioForCTC(TFData2Vec2AudioPreTrainedModel):
         lengths = outputs._input_lengths
         if is_eager(labels) and is_eager(lengths):
             A.check_ctc_labels(self.config, np.asarray(labels), np.asarray(lengths))
+        else:
+            check_ctc_labels_in_graph(self.config, labels, lengths)
         return ctc_loss(
             outputs.logits, labels, lengths, A.ctc_blank(self.config), self.config.ctc_loss_reduction,
             self.config.ctc_zero_infinity,

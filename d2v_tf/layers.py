@@ -12,6 +12,7 @@ between Keras backends come from ``d2v_tf.backend``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import threading
 
@@ -21,7 +22,9 @@ from keras import ops
 
 from d2v_common.configs import ACTIVATIONS
 from d2v_common.interpolation import resize_matrices
-from d2v_common.losses import infer_problem_type
+from d2v_common.losses import (
+    IGNORE_INDEX, check_label_range, infer_problem_type, label_range_message, label_range_summary,
+)
 from d2v_common.modeling import TensorInfo, check_head_mask, dtype_name
 from d2v_tf import backend
 
@@ -480,16 +483,40 @@ def resize2d(x, size: tuple[int, int], mode: str = "bilinear"):
 # -------------------------------------------------------------------------------- losses
 
 
-def cross_entropy(logits, labels, ignore_index: int = -100):
-    """Mean cross-entropy (classes on the last axis) over labels != ignore_index, in float32.
+def check_labels_in_range(labels, num_classes: int, ignore_index: int | None = IGNORE_INDEX, name: str = "labels"):
+    """Class-id labels in [0, num_classes) or ``ignore_index``, else ``d2v_common``'s ValueError,
+    the same in every mode: eager values are checked in numpy; traced ones (a graph, XLA,
+    ``jax.jit``) by ``backend.value_check``, which raises it after the compiled step (a
+    gather past the classes would clamp on TF/XLA and give NaN on JAX: a silently wrong loss)."""
+    labels = ops.convert_to_tensor(labels)
+    if is_eager(labels):
+        check_label_range(name, ops.convert_to_numpy(labels), num_classes, ignore_index)
+        return
+    bad = ops.logical_or(ops.less(labels, 0), ops.greater_equal(labels, num_classes))
+    if ignore_index is not None:
+        bad = ops.logical_and(bad, ops.not_equal(labels, ignore_index))
+    backend.value_check(
+        bad, labels, functools.partial(label_range_message, name, num_classes, ignore_index),
+        label_range_summary(name, num_classes, ignore_index),
+    )
+
+
+def cross_entropy(logits, labels, ignore_index: int = IGNORE_INDEX):
+    """Mean cross-entropy (classes on the last axis) over labels != ignore_index, in float32;
+    labels outside the classes are refused (``check_labels_in_range``).
 
     Ignored positions are replaced by class 0 before the lookup, then masked out, so an ignore
     index such as 255 never indexes past the classes.
     """
+    num_classes = logits.shape[-1]
+    if isinstance(num_classes, int) and isinstance(ignore_index, int):  # else unknown until run
+        check_labels_in_range(labels, num_classes, ignore_index)
     logits = ops.cast(logits, "float32")
     labels = ops.cast(labels, "int32")
     valid = ops.not_equal(labels, ignore_index)
     safe = ops.where(valid, labels, ops.zeros_like(labels))
+    if isinstance(num_classes, int):  # never gather past the classes (the check above reports those)
+        safe = ops.clip(safe, 0, num_classes - 1)
     log_probs = ops.log_softmax(logits, axis=-1)
     picked = ops.take_along_axis(log_probs, ops.expand_dims(safe, -1), axis=-1)[..., 0]
     validf = ops.cast(valid, "float32")

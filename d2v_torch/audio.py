@@ -28,8 +28,8 @@ from d2v_common.outputs import (
 from d2v_common.pretrained import build_nested
 from d2v_torch.base import Data2VecPreTrainedModel, torch_seed
 from d2v_torch.layers import (
-    Activation, Linear, attention, checkpointed, conv1d_time_major, cross_entropy, is_tracing, padding_bias,
-    split_heads,
+    Activation, Linear, attention, check_labels_in_range, checkpointed, conv1d_time_major, cross_entropy, is_tracing,
+    padding_bias, split_heads,
 )
 
 # ------------------------------------------------------------------------- feature encoder
@@ -329,6 +329,7 @@ class AMSoftmaxLoss(nn.Module):
 
     def forward(self, x, labels):
         labels = labels.reshape(-1).long()
+        check_labels_in_range(labels, self.num_labels, ignore_index=None)  # one_hot has no ignore index
         cos = torch.mm(F.normalize(x, dim=1), F.normalize(self.weight, dim=0))
         target = F.one_hot(labels, self.num_labels).bool()
         logits = self.scale * torch.where(target, cos - self.margin, cos)

@@ -19,6 +19,7 @@ from d2v_common import audio as A
 from d2v_common import data2vec2 as D
 from d2v_common.data2vec2 import Data2Vec2AudioConfig, Data2Vec2TextConfig, Data2Vec2VisionConfig
 from d2v_common.docstrings import document_inputs
+from d2v_common.input_types import check_input_type
 from d2v_common.outputs import (
     BaseModelOutput,
     CausalLMOutput,
@@ -272,7 +273,8 @@ class Data2Vec2VisionModel(Data2Vec2VisionPreTrainedModel):
         output_attentions, output_hidden_states, return_dict = self._output_flags(
             output_attentions, output_hidden_states, return_dict
         )
-        D.check_pixel_values(self.config, tuple(pixel_values.shape))
+        self._check_value_input("pixel_values", pixel_values)
+        D.check_pixel_values(self.config, tuple(pixel_values.shape), pixel_values.dtype)
         x = self.embeddings(pixel_values)
         alibi = None if self._alibi is None else self._alibi.to(x.device)
         x, hidden, attentions = self.encoder(x, None, alibi, output_hidden_states, output_attentions)
@@ -443,6 +445,7 @@ class Data2Vec2AudioModel(Data2Vec2AudioPreTrainedModel):
         output_attentions, output_hidden_states, return_dict = self._output_flags(
             output_attentions, output_hidden_states, return_dict
         )
+        self._check_value_input("input_values", input_values)
         D.check_input_values(self.config, tuple(input_values.shape), str(input_values.dtype))
         features = self.feature_extractor(input_values).transpose(1, 2)
         keep = None
@@ -606,6 +609,7 @@ class Data2Vec2TextModel(Data2Vec2TextPreTrainedModel):
         output_attentions, output_hidden_states, return_dict = self._output_flags(
             output_attentions, output_hidden_states, return_dict
         )
+        check_input_type("input_ids", input_ids, framework="torch", tensor_types=torch.Tensor, integer=True)
         D.check_input_ids(self.config, _numpy(input_ids))
         if attention_mask is None:
             keep = input_ids != self.config.pad_token_id

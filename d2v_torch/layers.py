@@ -16,7 +16,7 @@ import torch.utils.checkpoint
 from torch import nn
 
 from d2v_common.configs import ACTIVATIONS
-from d2v_common.losses import infer_problem_type
+from d2v_common.losses import IGNORE_INDEX, check_label_range, infer_problem_type
 from d2v_common.modeling import TensorInfo, check_head_mask, dtype_name
 
 # ------------------------------------------------------------------ gradient checkpointing
@@ -388,8 +388,19 @@ class DropPath(nn.Module):
 # -------------------------------------------------------------------------------- losses
 
 
-def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
-    """Mean cross-entropy over labels != ignore_index, computed in float32."""
+def check_labels_in_range(labels: torch.Tensor, num_classes: int, ignore_index: int | None = IGNORE_INDEX,
+                          name: str = "labels") -> None:
+    """Class-id labels in [0, num_classes) or ``ignore_index``, else ``d2v_common``'s ValueError
+    (torch would fail with an index error, or a device-side assert on a GPU). Skipped under
+    tracing, where the values are unknown."""
+    if not is_tracing():
+        check_label_range(name, labels.detach().cpu().numpy(), num_classes, ignore_index)
+
+
+def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """Mean cross-entropy (classes on axis 1, as in torch) over labels != ignore_index, in
+    float32; labels outside the classes are refused (``check_labels_in_range``)."""
+    check_labels_in_range(labels, logits.shape[1] if logits.dim() > 1 else logits.shape[0], ignore_index)
     return F.cross_entropy(logits.float(), labels.long(), ignore_index=ignore_index)
 
 
@@ -407,5 +418,5 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor, config) -> t
             return F.mse_loss(logits32.squeeze(), labels.float().squeeze())
         return F.mse_loss(logits32, labels.float())
     if config.problem_type == "single_label_classification":
-        return F.cross_entropy(logits32.view(-1, config.num_labels), labels.view(-1).long())
+        return cross_entropy(logits32.view(-1, config.num_labels), labels.view(-1))
     return F.binary_cross_entropy_with_logits(logits32, labels.float())

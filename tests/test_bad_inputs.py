@@ -100,10 +100,9 @@ def _vision_inputs(size=(32, 32), channels: int = 3, batch: int = 2) -> dict:
     return {"pixel_values": rng.standard_normal((batch, channels, *size)).astype(np.float32)}
 
 
-# The range messages: text heads (d2v_common.text), audio and image classification, segmentation.
-TEXT_RANGE = r"labels must be in \[0, {n}\) or -100 to ignore, got \[{n}\]"
-CLASS_RANGE = r"labels must be in \[0, {n}\) \(or -100 to ignore\), got \[{n}\]"
-SEGMENTATION_RANGE = r"labels must be in \[0, {n}\) or the ignore index {ignore}, got \[{n}\]"
+# The one range message (d2v_common.losses.label_range_message) every class-label head gives.
+TEXT_RANGE = CLASS_RANGE = r"labels must be in \[0, {n}\) or -100 to ignore, got \[{n}\]"
+SEGMENTATION_RANGE = r"labels must be in \[0, {n}\) or {ignore} to ignore, got \[{n}\]"
 
 
 # (good labels, an offending value for index 0 of the flat labels, a value that fixes it, the

@@ -407,7 +407,7 @@ def _tiny(kind):
     [
         ("vision", {"pixel_values": np.zeros((1, 3, 24, 24), np.float32)}, ValueError, "image_size=16"),
         ("audio", {"input_values": np.zeros((1, 5), np.float32)}, ValueError, "needs at least 10"),
-        ("audio", {"input_values": np.zeros((1, 50), np.int64)}, TypeError, "float tensor"),
+        ("audio", {"input_values": np.zeros((1, 50), np.int64)}, TypeError, "input_values must be floating point"),
         ("audio", {"input_values": np.zeros((1, 50), np.float32), "attention_mask": np.ones((1, 40), np.int64)},
          ValueError, "attention_mask must have the shape"),
         ("text", {"input_ids": np.array([[0, 25, 2]])}, ValueError, "vocab_size=20"),

@@ -223,6 +223,32 @@ def test_bad_ctc_labels_fail_inside_the_compiled_step():
         model.fit(x, y, batch_size=len(y), epochs=1, verbose=0)
 
 
+@pytest.mark.parametrize("name", ["text-seqcls-relk", "text-tokcls-relk", "text-mc-abs", "audio-seq-plain",
+                                  "audio-xvector-plain", "vision-cls-plain", "vision-seg-plain",
+                                  "data2vec2-text-cls-learned", "data2vec2-audio-seq-alibi",
+                                  "data2vec2-vision-cls-plain"])
+def test_out_of_range_class_labels_fail_in_the_compiled_step(name):
+    """A class label past the classes gave NaN inside jax.jit: now evaluate and fit raise the
+    PyTorch classes' ValueError (d2v_common.losses), and the model keeps its weights."""
+    from tests.test_label_checks import labelled_inputs, out_of_range_labels
+
+    case = _case(name)
+    model, _ = _keras_model(case)
+    x, labels = labelled_inputs(name)
+    bad, message = out_of_range_labels(name, labels, x)
+    model.compile(optimizer=keras.optimizers.SGD(0.0))  # jit_compile="auto": jax.jit on JAX
+    assert np.isfinite(model.evaluate(x, labels, batch_size=len(labels), verbose=0))
+    weights = [keras.ops.convert_to_numpy(v) for v in model.trainable_variables]
+    for run in (model.evaluate, model.fit):
+        with pytest.raises(ValueError) as error:
+            run(x, bad, batch_size=len(labels), verbose=0)
+        assert str(error.value) == message, run
+    # the weights are back in the model (learning rate 0: unchanged), and valid labels run again
+    after = [keras.ops.convert_to_numpy(v) for v in model.trainable_variables]
+    assert all(np.array_equal(a, b) for a, b in zip(weights, after))
+    assert np.isfinite(model.evaluate(x, labels, batch_size=len(labels), verbose=0))
+
+
 _DATA_PARALLEL = """
 import json, os, warnings
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"

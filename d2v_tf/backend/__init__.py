@@ -40,7 +40,9 @@ conv2d = _impl.conv2d
 matmul_transposed = _impl.matmul_transposed
 transpose_weight = _impl.transpose_weight
 numpy_call = _impl.numpy_call
-graph_assert = _impl.graph_assert
+value_check = _impl.value_check
+raise_failed_check = _impl.raise_failed_check
+raising_failed_checks = _impl.raising_failed_checks
 shape_changing_cond = _impl.shape_changing_cond
 replica_context = _impl.replica_context
 all_reduce_sum = _impl.all_reduce_sum
@@ -62,14 +64,16 @@ __all__ = [
     "conv2d",
     "cross_replica",
     "embedding_lookup",
-    "graph_assert",
     "is_concrete",
     "linear",
     "matmul_transposed",
     "numpy_call",
+    "raise_failed_check",
+    "raising_failed_checks",
     "register_output_classes",
     "replica_context",
     "shape_changing_cond",
     "transpose_weight",
     "update_variable",
+    "value_check",
 ]

@@ -36,6 +36,47 @@ def matmul_transposed(a, b):
     return ops.matmul(a, ops.swapaxes(b, -1, -2))
 
 
+# ------------------------------------------------------------------ value checks in compiled steps
+
+
+class CompiledCalls:
+    """How many compiled calls that d2v runs and reports on (Keras' train / test / predict
+    functions, ``make_fast``) are under way. A value check traced inside one records its
+    failure, and the call raises it as a ValueError once it returns; a check traced anywhere
+    else (a user's own ``tf.function`` or ``jax.jit``) fails inside the graph instead."""
+
+    depth = 0
+
+
+def raising_failed_checks(fn, raise_failed_check):
+    """``fn`` run as a compiled call that d2v reports on: afterwards ``raise_failed_check()``
+    raises the first value check that failed in it. Wrapping twice changes nothing."""
+    if fn is None or getattr(fn, "raises_failed_checks", False):
+        return fn
+
+    def call(*args, **kwargs):
+        CompiledCalls.depth += 1
+        try:
+            out = fn(*args, **kwargs)
+        except Exception as error:
+            raise_failed_check(cause=error)  # the failed check, if any, explains the error
+            raise
+        finally:
+            CompiledCalls.depth -= 1
+        raise_failed_check()
+        return out
+
+    call.raises_failed_checks = True
+    return call
+
+
+def check_now(bad, values, describe):
+    """The eager form of ``value_check``: ValueError(describe(offending values)) at once."""
+    bad = np.asarray(ops.convert_to_numpy(bad))
+    if bad.any():
+        raise ValueError(describe(np.asarray(ops.convert_to_numpy(values))[bad]))
+
+
 def replica_context():
     # Multi-device runs on JAX shard global arrays (keras.distribution): every sum is global.
     return None

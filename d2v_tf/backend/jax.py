@@ -9,6 +9,8 @@ import jax.numpy as jnp
 import keras
 import numpy as np
 
+from d2v_tf.backend.generic import CompiledCalls
+from d2v_tf.backend.generic import raising_failed_checks as generic_raising_failed_checks
 from d2v_tf.backend.generic import (  # noqa: F401  (re-exported)
     all_reduce_sum,
     conv1d,
@@ -46,15 +48,86 @@ def numpy_call(fn, inputs, dtypes, shapes):
     return tuple(jax.pure_callback(host, specs, *[jnp.asarray(a) for a in inputs]))
 
 
-def graph_assert(condition, message: str):
-    """A data-dependent check inside ``jax.jit``: a host callback that raises ValueError(message)
-    when the condition fails (JAX re-raises it from the compiled call)."""
+# The first failed value check of the compiled calls d2v runs (see generic.CompiledCalls).
+_FAILED: list = []
+_TRACED_IN_COMPILED_CALLS = [False]
 
-    def check(ok):
-        if not np.all(ok):
+
+def value_check(bad, values, describe, summary: str):
+    """A data-dependent check inside ``jax.jit``: a host callback that sees the values. Traced
+    inside a compiled call d2v runs, it records ``describe(offending values)`` and the call
+    raises it as a ValueError once it returns; traced elsewhere (a user's ``jax.jit``), it
+    raises in the callback (JAX re-raises it from the compiled call)."""
+    deferred = CompiledCalls.depth > 0
+    _TRACED_IN_COMPILED_CALLS[0] |= deferred
+
+    def host(bad, values):
+        bad = np.asarray(bad)
+        if not bad.any():
+            return
+        message = describe(np.asarray(values)[bad])
+        if not deferred:
             raise ValueError(message)
+        if not _FAILED:
+            _FAILED.append(message)
 
-    jax.debug.callback(check, condition)
+    jax.debug.callback(host, bad, values)
+
+
+def raise_failed_check(cause: Exception | None = None):
+    """Raise the first failed check recorded by the compiled calls (waiting for their host
+    callbacks: JAX dispatches asynchronously)."""
+    if _TRACED_IN_COMPILED_CALLS[0]:
+        jax.effects_barrier()
+    if _FAILED:
+        message = _FAILED[0]
+        _FAILED.clear()
+        raise ValueError(message) from cause
+
+
+# What Keras' JAX steps carry in their state tuple (train, test, predict), by its length.
+_STEP_STATE = {
+    4: ("trainable_variables", "non_trainable_variables", "optimizer_variables", "metrics_variables"),
+    3: ("trainable_variables", "non_trainable_variables", "metrics_variables"),
+    2: ("trainable_variables", "non_trainable_variables"),
+}
+
+
+def raising_failed_checks(fn, model=None):
+    """``generic.raising_failed_checks``; for a Keras step of ``model`` it first puts the step's
+    state back into the variables (Keras' JAX loops hold them only in that state, so an error
+    raised in the loop would leave the model without weights)."""
+    if model is None or fn is None or getattr(fn, "raises_failed_checks", False):
+        return generic_raising_failed_checks(fn, raise_failed_check)
+
+    def restore(state):
+        if not isinstance(state, (tuple, list)) or len(state) not in _STEP_STATE:
+            return
+        if any(getattr(leaf, "is_deleted", lambda: False)() for leaf in jax.tree_util.tree_leaves(state)):
+            return  # donated to the compiled step
+        model._jax_state = dict(zip(_STEP_STATE[len(state)], state))
+        model._jax_state_synced = False
+        model.jax_state_sync()
+
+    def step(state, *args, **kwargs):
+        try:
+            out = fn(state, *args, **kwargs)
+        except Exception as error:
+            try:
+                raise_failed_check(cause=error)
+            except ValueError:
+                restore(state)
+                raise
+            restore(state)
+            raise
+        try:
+            raise_failed_check()
+        except ValueError:
+            restore(out[1])
+            raise
+        return out
+
+    return generic_raising_failed_checks(step, lambda cause=None: None)
 
 
 def shape_changing_cond(pred, true_fn, false_fn):

@@ -6,7 +6,9 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from d2v_common.losses import SHOWN_BAD_LABELS
 from d2v_tf.backend import generic
+from d2v_tf.backend.generic import CompiledCalls
 from d2v_tf.backend.generic import register_output_classes  # noqa: F401  (re-exported)
 
 # XLA cannot compile tf.numpy_function: steps with random numpy masks run as TF graphs.
@@ -96,9 +98,66 @@ def numpy_call(fn, inputs, dtypes, shapes):
     return tuple(outs)
 
 
-def graph_assert(condition, message: str):
-    """A data-dependent check inside a traced graph (eager calls raise ValueError before this)."""
-    tf.debugging.Assert(tf.reduce_all(condition), [message])
+# How many offending values a failed check keeps (as many as the messages show).
+_SHOWN = SHOWN_BAD_LABELS
+# describe() of every check traced inside a compiled call d2v runs; a failure records its index.
+_CHECKS: list = []
+# [check index + 1 (0: none failed), offending count, the first offending values]
+_failed = None
+
+
+def _failed_check_variable():
+    global _failed
+    if _failed is None:
+        with tf.init_scope():  # created eagerly, whatever graph is being traced
+            _failed = tf.Variable(
+                tf.zeros([2 + _SHOWN], tf.int64), trainable=False, name="d2v_failed_check",
+                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+            )
+    return _failed
+
+
+def value_check(bad, values, describe, summary: str):
+    """A data-dependent check inside a traced graph (eager calls check in numpy before this).
+
+    Inside a compiled call d2v runs (Keras' train / test / predict functions, ``make_fast``)
+    the step records the first failure (which check, its first offending values) in a variable
+    and the call raises ``ValueError(describe(values))`` once it returns: this works under XLA
+    too, which drops ``tf.debugging.Assert``. In any other graph it is a graph assert.
+    """
+    bad = tf.convert_to_tensor(bad)
+    if CompiledCalls.depth == 0:
+        tf.debugging.Assert(tf.logical_not(tf.reduce_any(bad)), [summary])
+        return
+    _CHECKS.append(describe)
+    check_id = len(_CHECKS)
+    # padded so that top_k always finds _SHOWN entries; earlier offending positions rank higher
+    flat_bad = tf.concat([tf.reshape(bad, [-1]), tf.zeros([_SHOWN], tf.bool)], 0)
+    flat = tf.concat([tf.cast(tf.reshape(values, [-1]), tf.int64), tf.zeros([_SHOWN], tf.int64)], 0)
+    n = tf.shape(flat_bad)[0]
+    rank = tf.where(flat_bad, -tf.range(n), -n)
+    first = tf.math.top_k(rank, k=_SHOWN).indices
+    count = tf.reduce_sum(tf.cast(flat_bad, tf.int64))
+    record = tf.concat([tf.constant([check_id], tf.int64), [count], tf.gather(flat, first)], 0)
+    variable = _failed_check_variable()
+    before = variable.read_value()
+    variable.assign(tf.where(tf.logical_or(before[0] != 0, count == 0), before, record))
+
+
+def raise_failed_check(cause: Exception | None = None):
+    """Raise the first failed check a compiled call recorded (and forget it)."""
+    if _failed is None:
+        return
+    record = _failed.numpy()
+    if record[0] == 0:
+        return
+    _failed.assign(tf.zeros_like(_failed))
+    shown = record[2:2 + min(int(record[1]), _SHOWN)]
+    raise ValueError(_CHECKS[int(record[0]) - 1](shown)) from cause
+
+
+def raising_failed_checks(fn, model=None):
+    return generic.raising_failed_checks(fn, raise_failed_check)
 
 
 def shape_changing_cond(pred, true_fn, false_fn):

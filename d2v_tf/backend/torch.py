@@ -12,6 +12,7 @@ from d2v_tf.backend import generic
 from d2v_tf.backend.generic import (  # noqa: F401  (re-exported)
     ModelSteps,
     all_reduce_sum,
+    check_now,
     conv1d,
     conv2d,
     cross_replica,
@@ -37,8 +38,17 @@ def numpy_call(fn, inputs, dtypes, shapes):
     return tuple(ops.convert_to_tensor(np.asarray(o, dtype=d)) for o, d in zip(outs, dtypes))
 
 
-def graph_assert(condition, message: str):
-    """Values are concrete on PyTorch: the checks before this point have run."""
+def value_check(bad, values, describe, summary: str):
+    """Values are concrete on PyTorch: the check runs at once."""
+    check_now(bad, values, describe)
+
+
+def raise_failed_check(cause: Exception | None = None):
+    """Nothing is deferred on PyTorch."""
+
+
+def raising_failed_checks(fn, model=None):
+    return fn
 
 
 def shape_changing_cond(pred, true_fn, false_fn):
