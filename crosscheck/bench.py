@@ -45,7 +45,7 @@ import numpy as np  # noqa: E402
 from crosscheck.cases import tiny  # noqa: E402
 from crosscheck.flops import model_flops  # noqa: E402
 from d2v_common.io_utils import non_negative_int, positive_int  # noqa: E402
-from d2v_common.registry import architecture_info  # noqa: E402
+from d2v_common.models.registry import architecture_info  # noqa: E402
 
 # ------------------------------------------------------------------------------ workloads
 
@@ -677,7 +677,7 @@ def _load_worker(loader: str, directory: str, threads: int) -> dict:
 def write_load_checkpoints(root: str, size: str, seed: int = 0) -> dict[str, str]:
     """A base classification checkpoint: model.safetensors + config.json, and HF's
     tf_model.h5 + config.json in a second directory (HF's TF loader prefers safetensors)."""
-    from d2v_common import checkpoint
+    from d2v_common.checkpoints import formats as checkpoint
     from d2v_common.spec import weight_spec
 
     workload = WORKLOADS["vision-cls-b8x224"]
@@ -782,7 +782,7 @@ def load_targets(loading: dict) -> list[tuple[str, float | None, float]]:
 
 
 def checkpoint_file(fmt: str) -> str:
-    from d2v_common.checkpoint import checkpoint_format
+    from d2v_common.checkpoints.formats import checkpoint_format
 
     return checkpoint_format(fmt).file_name
 

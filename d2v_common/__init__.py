@@ -8,7 +8,7 @@ from d2v_common.configs import (
     load_config,
 )
 from d2v_common.data2vec2 import Data2Vec2AudioConfig, Data2Vec2TextConfig, Data2Vec2VisionConfig
-from d2v_common.loading import LoadReport
+from d2v_common.loader.matching import LoadReport
 from d2v_common.spec import weight_spec
 
 __version__ = "0.1.0"

@@ -26,7 +26,7 @@ import textwrap
 import warnings
 from typing import Any
 
-from d2v_common.hub import pop_hub_options, resolve_pretrained
+from d2v_common.checkpoints.hub import pop_hub_options, resolve_pretrained
 from d2v_common.io_utils import atomic_write_bytes, read_json_object
 
 CONFIG_NAME = "config.json"

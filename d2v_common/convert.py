@@ -8,8 +8,8 @@
 SRC is a directory or a Hugging Face Hub id (``facebook/data2vec-audio-base-960h``): a hub id
 fetches ``config.json``, one weight format and the repository's other non-weight files
 (tokenizer, processor config) through ``huggingface_hub``; the source is opened and its config
-read by the loading path every ``from_pretrained`` takes (``d2v_common.pretrained``). With
-``--from fairseq``, SRC is an original fairseq data2vec 2.0 checkpoint (``d2v_common.fairseq``).
+read by the loading path every ``from_pretrained`` takes (``d2v_common.loader.pretrained``). With
+``--from fairseq``, SRC is an original fairseq data2vec 2.0 checkpoint (``d2v_common.checkpoints.fairseq``).
 
 This is the model-free path through the loading machinery: ``config.json`` + the architecture
 give the weight spec, the source file is read into canonical arrays, ``match_checkpoint``
@@ -39,18 +39,18 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from d2v_common import checkpoint
+from d2v_common.checkpoints import formats as checkpoint
 from d2v_common.configs import CONFIG_NAME, Data2VecConfigBase
 from d2v_common.io_utils import (
     EXIT_ERROR, EXIT_MISMATCH, EXIT_OK, copy_file, fresh_sibling, fsync_dir, install, run_as_script, same_or_nested,
     written_summary,
 )
-from d2v_common.loading import ConfigCheckpointMismatch, LoadReport, match_checkpoint
-from d2v_common.pretrained import LoadOptions, OpenRequest, WeightFiles, load_pretrained, open_checkpoint
+from d2v_common.loader.matching import ConfigCheckpointMismatch, LoadReport, match_checkpoint
+from d2v_common.loader.pretrained import LoadOptions, OpenRequest, WeightFiles, load_pretrained, open_checkpoint
 from d2v_common.spec import ARCHITECTURES, canonical_architecture, weight_spec
 from d2v_common.spec.core import WeightSpec
 
-# The registered checkpoint formats (d2v_common.checkpoint.CHECKPOINT_FORMATS); those that need
+# The registered checkpoint formats (d2v_common.checkpoints.formats.CHECKPOINT_FORMATS); those that need
 # no torch are listed first.
 FORMATS = tuple(f.name for f in sorted(checkpoint.CHECKPOINT_FORMATS.values(), key=lambda f: f.needs_torch))
 # Above this much weight data a progress bar is shown unless --quiet.
@@ -262,7 +262,7 @@ def hub_companions(available: set[str]) -> list[str]:
 # ------------------------------------------------------------------------------ the conversion
 def _refuse_fairseq_source(src) -> None:
     """A fairseq checkpoint needs --from fairseq: say so instead of "not a directory"."""
-    from d2v_common.fairseq import missing_from_fairseq_hint
+    from d2v_common.checkpoints.fairseq import missing_from_fairseq_hint
 
     hint = missing_from_fairseq_hint(src)
     if hint is not None:
@@ -283,7 +283,7 @@ def convert(
     """Convert the checkpoint directory (or Hugging Face Hub id) ``src`` into ``dst`` holding ``to`` weights.
 
     ``hub_options``: ``revision``, ``cache_dir``, ``local_files_only``, ``token``,
-    ``force_download`` for a hub id (``d2v_common.hub.resolve_pretrained``).
+    ``force_download`` for a hub id (``d2v_common.checkpoints.hub.resolve_pretrained``).
 
     ``progress``: True / False, or None for "on above 50 MB". Raises ``ConversionError`` (bad
     input or IO), ``loading.ConfigCheckpointMismatch`` (config.json does not fit the weights'
@@ -441,7 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _main_fairseq(args) -> int:
-    from d2v_common.fairseq import convert_fairseq_to_folder
+    from d2v_common.checkpoints.fairseq import convert_fairseq_to_folder
 
     try:
         report = convert_fairseq_to_folder(args.src, args.dst, head=args.head, dictionary=args.dictionary,

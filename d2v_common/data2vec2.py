@@ -21,7 +21,7 @@ import math
 import numpy as np
 
 from d2v_common.configs import ACTIVATIONS, CONFIG_CLASSES, Data2VecConfigBase, Field
-from d2v_common.input_types import PIXEL_AXES, check_main_input
+from d2v_common.models.input_types import PIXEL_AXES, check_main_input
 
 # ------------------------------------------------------------------------------- configs
 

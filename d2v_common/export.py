@@ -56,8 +56,8 @@ from d2v_common.io_utils import (
     EXIT_ERROR, EXIT_MISMATCH, EXIT_OK, copy_file, fresh_sibling, fsync_dir, install, run_as_script, same_or_nested,
     written_summary,
 )
-from d2v_common.pretrained import OpenRequest, load_pretrained, open_checkpoint
-from d2v_common.registry import EXPORTABLE_ARCHITECTURES
+from d2v_common.loader.pretrained import OpenRequest, load_pretrained, open_checkpoint
+from d2v_common.models.registry import EXPORTABLE_ARCHITECTURES
 from d2v_common.spec import ARCHITECTURES, family_of
 
 
@@ -242,7 +242,7 @@ OUTPUT_FIELDS = {
     "Data2VecVisionForImageClassification": ("logits",),
     "Data2VecVisionForSemanticSegmentation": ("logits",),
 }
-# Which classes export is decided once, in d2v_common.registry (EXPORTABLE_FAMILIES, re-exported
+# Which classes export is decided once, in d2v_common.models.registry (EXPORTABLE_FAMILIES, re-exported
 # here as EXPORTABLE_ARCHITECTURES); each needs its row above (tests/test_registry.py checks).
 DEFAULT_BATCH = 2
 DEFAULT_LENGTH = {"text": 16, "audio": 4000}
@@ -292,7 +292,7 @@ def length_range(config: Data2VecConfigBase, architecture: str) -> tuple[int, in
         return None
     if family == "audio":
         return _min_audio_samples(config, architecture == "Data2VecAudioForXVector"), 2**24
-    from d2v_common.text import max_input_length
+    from d2v_common.models.text import max_input_length
 
     return 2, max_input_length(config)
 
@@ -300,7 +300,7 @@ def length_range(config: Data2VecConfigBase, architecture: str) -> tuple[int, in
 def _min_audio_samples(config, tdnn: bool) -> int:
     """The fewest samples that leave at least 2 frames after every conv, adapter and (x-vector)
     TDNN stage: a traced size of 1 would be specialised (broadcasting), fixing the length."""
-    from d2v_common.audio import adapter_conv_length, feature_lengths, min_input_samples
+    from d2v_common.models.audio import adapter_conv_length, feature_lengths, min_input_samples
 
     def stages_ok(samples: int) -> bool:
         frames = feature_lengths(config, samples, add_adapter=False)

@@ -13,7 +13,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 from d2v_tf import backend  # noqa: E402  (raises ImportError for an unsupported backend)
 from d2v_common.configs import Data2VecAudioConfig, Data2VecTextConfig, Data2VecVisionConfig  # noqa: E402
 from d2v_common.data2vec2 import Data2Vec2AudioConfig, Data2Vec2TextConfig, Data2Vec2VisionConfig  # noqa: E402
-from d2v_common.modeling import model_class_for  # noqa: E402
+from d2v_common.models.checks import model_class_for  # noqa: E402
 from d2v_tf.audio import (  # noqa: E402
     TFData2VecAudioForAudioFrameClassification,
     TFData2VecAudioForCTC,
@@ -55,7 +55,7 @@ from d2v_tf.vision import (  # noqa: E402
     TFData2VecVisionPreTrainedModel,
 )
 
-# The classes register themselves (d2v_common.registry): MODEL_REGISTRY holds every class by
+# The classes register themselves (d2v_common.models.registry): MODEL_REGISTRY holds every class by
 # the HF architecture it implements (its ``architecture`` attribute, HF's PyTorch name).
 # MODEL_CLASSES: the checkpoint classes, how tools find the Keras class for a ``config.json`` or a
 # crosscheck case; PRETRAINING_CLASSES: the data2vec pretraining wrappers.

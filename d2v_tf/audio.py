@@ -13,10 +13,10 @@ import keras
 import numpy as np
 from keras import ops
 
-from d2v_common import audio as A
+from d2v_common.models import audio as A
 from d2v_common.configs import Data2VecAudioConfig
-from d2v_common.docstrings import document_inputs
-from d2v_common.outputs import (
+from d2v_common.models.docstrings import document_inputs
+from d2v_common.models.outputs import (
     EncoderRecord,
     CausalLMOutput,
     SequenceClassifierOutput,
@@ -25,7 +25,7 @@ from d2v_common.outputs import (
     XVectorOutput,
     finish,
 )
-from d2v_common.pretrained import build_nested
+from d2v_common.loader.pretrained import build_nested
 from d2v_tf import backend
 from d2v_tf.base import TFData2VecPreTrainedModel, unpack_inputs
 from d2v_tf.layers import (

@@ -11,16 +11,16 @@ import keras
 import numpy as np
 from keras import ops
 
-from d2v_common import layouts
-from d2v_common.checkpoint import formats_from_flags
+from d2v_common.spec import layouts
+from d2v_common.checkpoints.formats import formats_from_flags
 from d2v_common.configs import CONFIG_CLASSES, Data2VecConfigBase
-from d2v_common.hub import pop_hub_options
-from d2v_common.modeling import (
+from d2v_common.checkpoints.hub import pop_hub_options
+from d2v_common.models.checks import (
     architecture_of, check_config_class, check_names_match_spec, check_no_missing, snake_case,
 )
-from d2v_common.outputs import finish
-from d2v_common.registry import ModelRegistry
-from d2v_common.pretrained import (
+from d2v_common.models.outputs import finish
+from d2v_common.models.registry import ModelRegistry
+from d2v_common.loader.pretrained import (
     LoadOptions,
     building_nested,
     load_pretrained,
@@ -129,7 +129,7 @@ class TFData2VecPreTrainedModel(backend.ModelSteps, keras.Model):
         # every d2v model can be restored from a .keras file with safe_mode=True
         super().__init_subclass__(**kwargs)
         keras.saving.register_keras_serializable(package="d2v")(cls)
-        MODEL_REGISTRY.register(cls)  # a class that sets ``architecture`` (d2v_common.registry)
+        MODEL_REGISTRY.register(cls)  # a class that sets ``architecture`` (d2v_common.models.registry)
 
     def __init__(self, config: Data2VecConfigBase, **kwargs: Any):
         check_config_class(type(self).__name__, config, self.config_class)
@@ -205,7 +205,7 @@ class TFData2VecPreTrainedModel(backend.ModelSteps, keras.Model):
         found, in that order) from a directory, a single weight file with ``config.json`` beside
         it, a fairseq data2vec 2.0 ``checkpoint.pt`` or a Hugging Face Hub id (a local path wins;
         ``revision``, ``cache_dir``, ``local_files_only``, ``token``, ``force_download`` as in HF),
-        through ``d2v_common.pretrained.load_pretrained``. Other keyword arguments override config
+        through ``d2v_common.loader.pretrained.load_pretrained``. Other keyword arguments override config
         fields, as in HF."""
         options = LoadOptions(checkpoint_format, ignore_mismatched_sizes, check_finite,
                               pop_hub_options(config_overrides))  # revision, cache_dir, ...
@@ -237,7 +237,7 @@ class TFData2VecPreTrainedModel(backend.ModelSteps, keras.Model):
             save_directory: the directory to write (created if missing).
             safe_serialization: ``model.safetensors`` when True, else ``pytorch_model.bin``.
             tf_h5: also write HF's ``tf_model.h5`` (loadable by transformers' TF classes).
-            formats: names from ``d2v_common.checkpoint.CHECKPOINT_FORMATS`` (e.g.
+            formats: names from ``d2v_common.checkpoints.formats.CHECKPOINT_FORMATS`` (e.g.
                 ``["safetensors", "tf-h5"]``); when given, the two flags above are not used.
 
         Returns:

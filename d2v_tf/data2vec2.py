@@ -14,11 +14,11 @@ import keras
 import numpy as np
 from keras import ops
 
-from d2v_common import audio as A
+from d2v_common.models import audio as A
 from d2v_common import data2vec2 as D
 from d2v_common.data2vec2 import Data2Vec2AudioConfig, Data2Vec2TextConfig, Data2Vec2VisionConfig
-from d2v_common.docstrings import document_inputs
-from d2v_common.outputs import (
+from d2v_common.models.docstrings import document_inputs
+from d2v_common.models.outputs import (
     BaseModelOutput,
     CausalLMOutput,
     ImageClassifierOutput,
@@ -26,7 +26,7 @@ from d2v_common.outputs import (
     Wav2Vec2BaseModelOutput,
     finish,
 )
-from d2v_common.pretrained import build_nested
+from d2v_common.loader.pretrained import build_nested
 from d2v_common.spec.data2vec2 import has_context_norm
 from d2v_tf.audio import (
     TFData2VecAudioConvLayer, TFData2VecAudioPositionalConvEmbedding, check_ctc_labels_in_graph, ctc_loss,

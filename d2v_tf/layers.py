@@ -21,11 +21,11 @@ import numpy as np
 from keras import ops
 
 from d2v_common.configs import ACTIVATIONS
-from d2v_common.interpolation import resize_matrices
-from d2v_common.losses import (
+from d2v_common.models.interpolation import resize_matrices
+from d2v_common.models.losses import (
     IGNORE_INDEX, check_label_range, infer_problem_type, label_range_message, label_range_summary,
 )
-from d2v_common.modeling import TensorInfo, check_head_mask, dtype_name
+from d2v_common.models.checks import TensorInfo, check_head_mask, dtype_name
 from d2v_tf import backend
 
 # ----------------------------------------------------------------- variables made from loaded values
@@ -468,7 +468,7 @@ def expand_head_mask(head_mask, num_layers: int):
 
 def resize2d(x, size: tuple[int, int], mode: str = "bilinear"):
     """Resize NHWC maps like ``torch.nn.functional.interpolate`` (align_corners=False) or
-    ``adaptive_avg_pool2d`` (mode "adaptive_avg"), via ``d2v_common.interpolation``."""
+    ``adaptive_avg_pool2d`` (mode "adaptive_avg"), via ``d2v_common.models.interpolation``."""
     in_hw = (int(x.shape[1]), int(x.shape[2]))
     size = (int(size[0]), int(size[1]))
     if in_hw == size and mode != "bicubic":

@@ -1,7 +1,7 @@
 """data2vec self-supervised pretraining in Keras 3: student, EMA teacher, regression head.
 
 Twin of ``d2v_torch/pretraining.py``, section for section; the recipe is
-``d2v_common.pretraining``. Training is ``compile`` + ``fit`` on inputs alone (no labels)::
+``d2v_common.pretrain.data2vec1``. Training is ``compile`` + ``fit`` on inputs alone (no labels)::
 
     model = TFData2VecVisionForPreTraining(config)         # config.use_mask_token=True
     model.compile(optimizer=keras.optimizers.AdamW(1e-3))
@@ -29,11 +29,11 @@ import keras
 import numpy as np
 from keras import ops
 
-from d2v_common.audio import feature_lengths
+from d2v_common.models.audio import feature_lengths
 from d2v_common.configs import Data2VecAudioConfig, Data2VecTextConfig, Data2VecVisionConfig
-from d2v_common.docstrings import document_inputs
-from d2v_common.modeling import check_config_class
-from d2v_common.pretraining import (
+from d2v_common.models.docstrings import document_inputs
+from d2v_common.models.checks import check_config_class
+from d2v_common.pretrain.data2vec1 import (
     check_masked_tokens_given_together,
     pretraining_patch_grid,
     NORM_EPS,
@@ -155,7 +155,7 @@ class _TFData2VecForPreTraining(backend.PretrainingSteps, keras.Model):
     (masks, student and teacher passes), ending in ``self._finish``.
     """
 
-    # HF-style class name of a concrete wrapper (d2v_common.registry.PRETRAINING_ARCHITECTURES)
+    # HF-style class name of a concrete wrapper (d2v_common.models.registry.PRETRAINING_ARCHITECTURES)
     architecture = ""
     modality = ""
     base_model_prefix = ""

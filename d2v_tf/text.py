@@ -18,13 +18,13 @@ import keras
 import numpy as np
 from keras import ops
 
-from d2v_common import layouts
-from d2v_common import text as common
+from d2v_common.spec import layouts
+from d2v_common.models import text as common
 from d2v_common.configs import Data2VecTextConfig
-from d2v_common.docstrings import document_inputs
-from d2v_common.input_types import check_input_dtype
-from d2v_common.losses import check_classification_labels
-from d2v_common.outputs import (
+from d2v_common.models.docstrings import document_inputs
+from d2v_common.models.input_types import check_input_dtype
+from d2v_common.models.losses import check_classification_labels
+from d2v_common.models.outputs import (
     EncoderRecord,
     BaseModelOutputWithPoolingAndCrossAttentions,
     CausalLMOutputWithCrossAttentions,
@@ -35,7 +35,7 @@ from d2v_common.outputs import (
     TokenClassifierOutput,
     finish,
 )
-from d2v_common.pretrained import build_nested
+from d2v_common.loader.pretrained import build_nested
 from d2v_common.spec import weight_spec
 from d2v_tf import backend
 from d2v_tf.base import TFData2VecPreTrainedModel, count_not_equal, name_sublayers, unpack_inputs
@@ -208,7 +208,7 @@ class TFData2VecTextSelfAttention(Layer):
     def relative_scores(self, q, k):
         """(B, H, Lq, Lk) distance terms, already scaled like the dot products."""
         q_len, k_len = ops.shape(q)[2], ops.shape(k)[2]
-        # Same table as d2v_common.text.relative_distance_index, in ops for unknown lengths.
+        # Same table as d2v_common.models.text.relative_distance_index, in ops for unknown lengths.
         index = ops.arange(k_len - q_len, k_len)[:, None] - ops.arange(k_len)[None, :]
         index = index + (self.max_position_embeddings - 1)
         table = ops.cast(self.distance_embedding(index), q.dtype)  # (Lq, Lk, D)

@@ -10,18 +10,18 @@ import keras
 from keras import ops
 
 from d2v_common.configs import Data2VecVisionConfig
-from d2v_common.docstrings import document_inputs
-from d2v_common.interpolation import bicubic_matrix, bilinear_matrix
-from d2v_common.outputs import (
+from d2v_common.models.docstrings import document_inputs
+from d2v_common.models.interpolation import bicubic_matrix, bilinear_matrix
+from d2v_common.models.outputs import (
     EncoderRecord,
     Data2VecVisionModelOutputWithPooling,
     ImageClassifierOutput,
     SemanticSegmenterOutput,
     finish,
 )
-from d2v_common.pretrained import build_nested
+from d2v_common.loader.pretrained import build_nested
 from d2v_common.spec import weight_spec
-from d2v_common.vision import (
+from d2v_common.models.vision import (
     check_image_class_labels,
     check_masked_positions,
     check_pixel_values,

@@ -2,7 +2,7 @@
 
 from d2v_common.configs import Data2VecAudioConfig, Data2VecTextConfig, Data2VecVisionConfig
 from d2v_common.data2vec2 import Data2Vec2AudioConfig, Data2Vec2TextConfig, Data2Vec2VisionConfig
-from d2v_common.modeling import model_class_for
+from d2v_common.models.checks import model_class_for
 from d2v_torch.audio import (
     Data2VecAudioForAudioFrameClassification,
     Data2VecAudioForCTC,
@@ -49,7 +49,7 @@ from d2v_torch.vision import (
     Data2VecVisionPreTrainedModel,
 )
 
-# The classes register themselves (d2v_common.registry): MODEL_REGISTRY holds every class by
+# The classes register themselves (d2v_common.models.registry): MODEL_REGISTRY holds every class by
 # the HF architecture it implements (its ``architecture`` attribute, HF's PyTorch name).
 # MODEL_CLASSES: the checkpoint classes, how tools find the PyTorch class for a ``config.json`` or a
 # crosscheck case; PRETRAINING_CLASSES: the data2vec pretraining wrappers.

@@ -1,7 +1,7 @@
 """Data2Vec audio (wav2vec2-shaped) in PyTorch: small blocks first, the five models last.
 
 Module names equal HF's state-dict keys (checked against ``d2v_common.spec.audio`` at build
-time). Length formulas, input checks and SpecAugment masks live in ``d2v_common.audio`` so the
+time). Length formulas, input checks and SpecAugment masks live in ``d2v_common.models.audio`` so the
 Keras twin (``d2v_tf/audio.py``, kept section for section) shares them.
 """
 
@@ -13,10 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from d2v_common import audio as A
+from d2v_common.models import audio as A
 from d2v_common.configs import Data2VecAudioConfig
-from d2v_common.docstrings import document_inputs
-from d2v_common.outputs import (
+from d2v_common.models.docstrings import document_inputs
+from d2v_common.models.outputs import (
     EncoderRecord,
     CausalLMOutput,
     SequenceClassifierOutput,
@@ -25,7 +25,7 @@ from d2v_common.outputs import (
     XVectorOutput,
     finish,
 )
-from d2v_common.pretrained import build_nested
+from d2v_common.loader.pretrained import build_nested
 from d2v_torch.base import Data2VecPreTrainedModel, torch_seed
 from d2v_torch.layers import (
     Activation, Linear, attention, check_labels_in_range, checkpointed, conv1d_time_major, cross_entropy, is_tracing,

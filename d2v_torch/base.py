@@ -9,15 +9,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from d2v_common import outputs as _outputs
-from d2v_common.checkpoint import formats_from_flags
+from d2v_common.models import outputs as _outputs
+from d2v_common.checkpoints.formats import formats_from_flags
 from d2v_common.configs import Data2VecConfigBase
-from d2v_common.hub import pop_hub_options
-from d2v_common.input_types import check_input_type
-from d2v_common.modeling import architecture_of, check_config_class, check_names_match_spec, check_no_missing
-from d2v_common.outputs import finish
-from d2v_common.pretrained import LoadOptions, building_nested, load_pretrained, save_arrays_for
-from d2v_common.registry import ModelRegistry
+from d2v_common.checkpoints.hub import pop_hub_options
+from d2v_common.models.input_types import check_input_type
+from d2v_common.models.checks import architecture_of, check_config_class, check_names_match_spec, check_no_missing
+from d2v_common.models.outputs import finish
+from d2v_common.loader.pretrained import LoadOptions, building_nested, load_pretrained, save_arrays_for
+from d2v_common.models.registry import ModelRegistry
 from d2v_common.spec import WeightSpec, weight_spec
 from d2v_torch.layers import checkpoint_options
 
@@ -105,7 +105,7 @@ class Data2VecPreTrainedModel(nn.Module):
 
     def __init_subclass__(cls, **kwargs: Any):
         super().__init_subclass__(**kwargs)
-        MODEL_REGISTRY.register(cls)  # a class that sets ``architecture`` (d2v_common.registry)
+        MODEL_REGISTRY.register(cls)  # a class that sets ``architecture`` (d2v_common.models.registry)
 
     def __init__(self, config: Data2VecConfigBase):
         check_config_class(type(self).__name__, config, self.config_class)
@@ -172,7 +172,7 @@ class Data2VecPreTrainedModel(nn.Module):
         that order) from a directory, a single weight file with ``config.json`` beside it, a
         fairseq data2vec 2.0 ``checkpoint.pt`` or a Hugging Face Hub id (a local path wins;
         ``revision``, ``cache_dir``, ``local_files_only``, ``token``, ``force_download`` as in HF),
-        through ``d2v_common.pretrained.load_pretrained``. Other keyword arguments override config
+        through ``d2v_common.loader.pretrained.load_pretrained``. Other keyword arguments override config
         fields, as in HF. ``dtype`` (or its older name ``torch_dtype``): the dtype to cast to, as in HF
         (``torch.bfloat16``, ``"bfloat16"``, ``"auto"``)."""
         torch_dtype = torch_dtype_argument(config_overrides.pop("dtype", None), torch_dtype)  # HF 4.57's name
@@ -224,7 +224,7 @@ class Data2VecPreTrainedModel(nn.Module):
             save_directory: the directory to write (created if missing).
             safe_serialization: ``model.safetensors`` when True, else ``pytorch_model.bin``.
             tf_h5: also write HF's ``tf_model.h5`` (loadable by transformers' TF classes).
-            formats: names from ``d2v_common.checkpoint.CHECKPOINT_FORMATS`` (e.g.
+            formats: names from ``d2v_common.checkpoints.formats.CHECKPOINT_FORMATS`` (e.g.
                 ``["safetensors", "tf-h5"]``); when given, the two flags above are not used.
 
         Returns:

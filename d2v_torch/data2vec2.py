@@ -15,12 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from d2v_common import audio as A
+from d2v_common.models import audio as A
 from d2v_common import data2vec2 as D
 from d2v_common.data2vec2 import Data2Vec2AudioConfig, Data2Vec2TextConfig, Data2Vec2VisionConfig
-from d2v_common.docstrings import document_inputs
-from d2v_common.input_types import check_input_type
-from d2v_common.outputs import (
+from d2v_common.models.docstrings import document_inputs
+from d2v_common.models.input_types import check_input_type
+from d2v_common.models.outputs import (
     BaseModelOutput,
     CausalLMOutput,
     ImageClassifierOutput,
@@ -28,7 +28,7 @@ from d2v_common.outputs import (
     Wav2Vec2BaseModelOutput,
     finish,
 )
-from d2v_common.pretrained import build_nested
+from d2v_common.loader.pretrained import build_nested
 from d2v_common.spec.data2vec2 import has_context_norm
 from d2v_torch.audio import Data2VecAudioConvLayer, Data2VecAudioPositionalConvEmbedding
 from d2v_torch.base import Data2VecPreTrainedModel

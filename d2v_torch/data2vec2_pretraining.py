@@ -1,7 +1,7 @@
 """data2vec 2.0 pretraining in PyTorch: student, conv decoder, EMA teacher, multi-mask loss.
 
 The step is upstream fairseq's ``Data2VecMultiModel.forward`` (see
-``d2v_common.data2vec2_pretraining`` for the recipe, the config, the checkpoint reading and the
+``d2v_common.pretrain.data2vec2`` for the recipe, the config, the checkpoint reading and the
 checks): the student's front end runs once, its output is cloned ``clone_batch`` times, each
 clone loses its masked positions before the transformer, the decoder fills them back (zeros)
 and regresses the teacher's targets there. The encoder layers are the inference classes'
@@ -30,13 +30,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from d2v_common import data2vec2 as D
-from d2v_common import data2vec2_pretraining as P
-from d2v_common.checkpoint import read_safetensors, write_checkpoint
+from d2v_common.pretrain import data2vec2 as P
+from d2v_common.checkpoints.formats import read_safetensors, write_checkpoint
 from d2v_common.data2vec2 import Data2Vec2AudioConfig, Data2Vec2TextConfig, Data2Vec2VisionConfig
-from d2v_common.data2vec2_pretraining import Data2Vec2PreTrainingOutput, Data2Vec2PretrainingConfig
-from d2v_common.docstrings import document_inputs
-from d2v_common.fairseq import fairseq_checkpoint_file
-from d2v_common.modeling import check_config_class
+from d2v_common.pretrain.data2vec2 import Data2Vec2PreTrainingOutput, Data2Vec2PretrainingConfig
+from d2v_common.models.docstrings import document_inputs
+from d2v_common.checkpoints.fairseq import fairseq_checkpoint_file
+from d2v_common.models.checks import check_config_class
 from d2v_torch.base import MODEL_REGISTRY
 from d2v_torch.data2vec2 import (
     Data2Vec2AudioModel, Data2Vec2TextModel, Data2Vec2VisionModel, sequence_alibi,

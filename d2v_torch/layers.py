@@ -16,8 +16,8 @@ import torch.utils.checkpoint
 from torch import nn
 
 from d2v_common.configs import ACTIVATIONS
-from d2v_common.losses import IGNORE_INDEX, check_label_range, infer_problem_type
-from d2v_common.modeling import TensorInfo, check_head_mask, dtype_name
+from d2v_common.models.losses import IGNORE_INDEX, check_label_range, infer_problem_type
+from d2v_common.models.checks import TensorInfo, check_head_mask, dtype_name
 
 # ------------------------------------------------------------------ gradient checkpointing
 
@@ -407,7 +407,7 @@ def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int 
 def classification_loss(logits: torch.Tensor, labels: torch.Tensor, config) -> torch.Tensor:
     """HF's sequence/image classification loss: regression (MSE), single- or multi-label.
 
-    Like HF, a config without ``problem_type`` gets one on first use (``d2v_common.losses``
+    Like HF, a config without ``problem_type`` gets one on first use (``d2v_common.models.losses``
     holds the rule), and later calls keep it.
     """
     if config.problem_type is None:

@@ -2,7 +2,7 @@
 
 Twin of ``d2v_tf/pretraining.py``, section for section. The recipe (hyper-parameters, tau
 schedule, mask generators, the numpy definition of targets and loss) is
-``d2v_common.pretraining``.
+``d2v_common.pretrain.data2vec1``.
 
 A training loop::
 
@@ -31,11 +31,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from d2v_common.audio import feature_lengths
+from d2v_common.models.audio import feature_lengths
 from d2v_common.configs import Data2VecAudioConfig, Data2VecTextConfig, Data2VecVisionConfig
-from d2v_common.docstrings import document_inputs
-from d2v_common.modeling import check_config_class
-from d2v_common.pretraining import (
+from d2v_common.models.docstrings import document_inputs
+from d2v_common.models.checks import check_config_class
+from d2v_common.pretrain.data2vec1 import (
     check_masked_tokens_given_together,
     pretraining_patch_grid,
     NORM_EPS,
@@ -127,7 +127,7 @@ class _Data2VecForPreTraining(nn.Module):
     (masks, student and teacher passes), ending in ``self._finish``.
     """
 
-    # HF-style class name of a concrete wrapper (d2v_common.registry.PRETRAINING_ARCHITECTURES)
+    # HF-style class name of a concrete wrapper (d2v_common.models.registry.PRETRAINING_ARCHITECTURES)
     architecture = ""
     modality = ""
     base_model_prefix = ""
@@ -333,7 +333,7 @@ class Data2VecTextForPreTraining(_Data2VecForPreTraining):
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, masked_input_ids=None,
                 masked_positions=None, return_dict=None):
         """``masked_input_ids`` (the student's corrupted tokens) and ``masked_positions`` (bool,
-        the tokens in the loss) come together, or are drawn (``d2v_common.pretraining.bert_mask``)."""
+        the tokens in the loss) come together, or are drawn (``d2v_common.pretrain.data2vec1.bert_mask``)."""
         input_ids = torch.as_tensor(input_ids)
         check_masked_tokens_given_together(masked_input_ids, masked_positions)
         if masked_input_ids is None:

@@ -18,12 +18,12 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
 
-from d2v_common import text as common
+from d2v_common.models import text as common
 from d2v_common.configs import Data2VecTextConfig
-from d2v_common.docstrings import document_inputs
-from d2v_common.input_types import check_input_type
-from d2v_common.losses import check_classification_labels
-from d2v_common.outputs import (
+from d2v_common.models.docstrings import document_inputs
+from d2v_common.models.input_types import check_input_type
+from d2v_common.models.losses import check_classification_labels
+from d2v_common.models.outputs import (
     EncoderRecord,
     BaseModelOutputWithPoolingAndCrossAttentions,
     CausalLMOutputWithCrossAttentions,
@@ -34,7 +34,7 @@ from d2v_common.outputs import (
     TokenClassifierOutput,
     finish,
 )
-from d2v_common.pretrained import build_nested
+from d2v_common.loader.pretrained import build_nested
 from d2v_common.spec import weight_spec
 from d2v_torch.base import Data2VecPreTrainedModel, torch_seed
 from d2v_torch.layers import DenseActivation, DenseDropout

@@ -11,16 +11,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from d2v_common.configs import Data2VecVisionConfig
-from d2v_common.docstrings import document_inputs
+from d2v_common.models.docstrings import document_inputs
 from d2v_common.spec import weight_spec
-from d2v_common.outputs import (
+from d2v_common.models.outputs import (
     EncoderRecord,
     Data2VecVisionModelOutputWithPooling,
     ImageClassifierOutput,
     SemanticSegmenterOutput,
     finish,
 )
-from d2v_common.vision import (
+from d2v_common.models.vision import (
     check_image_class_labels,
     check_masked_positions,
     check_pixel_values,
@@ -29,7 +29,7 @@ from d2v_common.vision import (
     relative_position_index,
     stochastic_depth_rates,
 )
-from d2v_common.pretrained import build_nested
+from d2v_common.loader.pretrained import build_nested
 from d2v_torch.base import Data2VecPreTrainedModel
 from d2v_torch.layers import DenseActivation, DenseDropout
 from d2v_torch.layers import (

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from d2v_common.configs import Data2VecVisionConfig
-from d2v_common.pretraining import PretrainingConfig
+from d2v_common.pretrain.data2vec1 import PretrainingConfig
 from d2v_torch.pretraining import Data2VecVisionForPreTraining
 
 

@@ -62,7 +62,7 @@ def hf_tf_model(config, architecture: str, arrays: dict):
     """transformers' TF class, loaded from a tf_model.h5 that d2v writes from these weights."""
     import tempfile
 
-    from d2v_common import checkpoint
+    from d2v_common.checkpoints import formats as checkpoint
 
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint.write_checkpoint(tmp, arrays, weight_spec(config, architecture), ["tf-h5"])

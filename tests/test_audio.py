@@ -15,7 +15,7 @@ import d2v_torch
 from crosscheck.cases import all_cases
 from crosscheck.cases.audio import SMALL
 from crosscheck.runner import check_case, hf_model, torch_inputs
-from d2v_common import audio as A
+from d2v_common.models import audio as A
 from d2v_common.configs import Data2VecAudioConfig
 from d2v_common.spec import weight_spec
 from d2v_tf.audio import ctc_loss as tf_ctc_loss

@@ -25,7 +25,7 @@ from crosscheck.cases import text as text_cases
 from crosscheck.cases import vision as vision_cases
 from crosscheck.cases.base import Case
 from crosscheck.runner import hf_model, max_abs_diff, to_numpy_outputs, torch_inputs
-from d2v_common import audio as A
+from d2v_common.models import audio as A
 from d2v_common.configs import Data2VecAudioConfig, Data2VecTextConfig, Data2VecVisionConfig
 from d2v_common.spec import weight_spec
 
@@ -100,7 +100,7 @@ def _vision_inputs(size=(32, 32), channels: int = 3, batch: int = 2) -> dict:
     return {"pixel_values": rng.standard_normal((batch, channels, *size)).astype(np.float32)}
 
 
-# The one range message (d2v_common.losses.label_range_message) every class-label head gives.
+# The one range message (d2v_common.models.losses.label_range_message) every class-label head gives.
 TEXT_RANGE = CLASS_RANGE = r"labels must be in \[0, {n}\) or -100 to ignore, got \[{n}\]"
 SEGMENTATION_RANGE = r"labels must be in \[0, {n}\) or {ignore} to ignore, got \[{n}\]"
 

@@ -144,7 +144,7 @@ def test_import_d2v_common_needs_no_framework():
     import subprocess
 
     code = (
-        "import sys, d2v_common, d2v_common.checkpoint, d2v_common.layouts, d2v_common.loading\n"
+        "import sys, d2v_common, d2v_common.checkpoints.formats, d2v_common.spec.layouts, d2v_common.loader.matching\n"
         "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'tensorflow', 'keras', 'transformers')]\n"
         "assert not bad, bad"
     )

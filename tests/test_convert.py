@@ -14,7 +14,11 @@ import torch
 import transformers
 from safetensors.numpy import load_file, save_file
 
-from d2v_common import checkpoint, convert, layouts
+from d2v_common import convert
+
+from d2v_common.checkpoints import formats as checkpoint
+
+from d2v_common.spec import layouts
 from d2v_common.configs import Data2VecTextConfig, Data2VecVisionConfig
 from d2v_common.spec import HF_ARCHITECTURES as ARCHITECTURES  # HF-parity classes (no data2vec 2.0)
 from d2v_common.spec import weight_spec
@@ -410,7 +414,7 @@ def _fail_after(count, real):
 def test_failure_mid_write_leaves_nothing(tmp_path, capsys, monkeypatch):
     _d2v_checkpoint(tmp_path / "src")
     # Fail inside the h5 writer after some datasets are on disk (independent of how
-    # d2v_common.checkpoint splits its writers into functions).
+    # d2v_common.checkpoints.formats splits its writers into functions).
     monkeypatch.setattr(h5py.Group, "create_dataset", _fail_after(5, h5py.Group.create_dataset))
     assert run(tmp_path / "src", tmp_path / "dst", "--to", "tf-h5") == 2
     assert "No space left" in capsys.readouterr().err

@@ -17,7 +17,7 @@ from crosscheck.cases import all_cases
 from crosscheck.runner import check_case
 from d2v_common import data2vec2 as D
 from d2v_common.convert import main as convert_main
-from d2v_common.fairseq import FairseqCheckpointError, convert_fairseq, convert_fairseq_to_folder
+from d2v_common.checkpoints.fairseq import FairseqCheckpointError, convert_fairseq, convert_fairseq_to_folder
 from tests.fixture_paths import DATA2VEC2_DIR as FIXTURES
 
 CASES = [c["case"] for c in json.load(open(os.path.join(FIXTURES, "cases.json")))["cases"]]

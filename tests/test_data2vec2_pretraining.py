@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from d2v_common import data2vec2_pretraining as P
-from d2v_common.fairseq import FairseqCheckpointError, read_fairseq_checkpoint
+from d2v_common.pretrain import data2vec2 as P
+from d2v_common.checkpoints.fairseq import FairseqCheckpointError, read_fairseq_checkpoint
 from d2v_torch import (
     PRETRAINING_CLASSES,
     Data2Vec2AudioForPreTraining,

@@ -17,7 +17,7 @@ import d2v_tf
 import d2v_torch
 from d2v_common import convert
 from d2v_common.configs import Data2VecAudioConfig, Data2VecTextConfig, Data2VecVisionConfig
-from d2v_common.loading import ConfigCheckpointMismatch
+from d2v_common.loader.matching import ConfigCheckpointMismatch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VISION = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37, image_size=16,

@@ -21,8 +21,8 @@ import transformers
 
 import d2v_tf
 import d2v_torch
-from d2v_common import hub as d2v_hub
-from d2v_common.checkpoint import CheckpointError
+from d2v_common.checkpoints import hub as d2v_hub
+from d2v_common.checkpoints.formats import CheckpointError
 from d2v_common.configs import Data2VecAudioConfig, Data2VecTextConfig, Data2VecVisionConfig, load_config
 from d2v_common.convert import main as convert_main
 from d2v_common.processing import AudioFeatureExtractor, CTCTokenizer, ImageProcessor, TextTokenizer

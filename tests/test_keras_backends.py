@@ -229,7 +229,7 @@ def test_bad_ctc_labels_fail_inside_the_compiled_step():
                                   "data2vec2-vision-cls-plain"])
 def test_out_of_range_class_labels_fail_in_the_compiled_step(name):
     """A class label past the classes gave NaN inside jax.jit: now evaluate and fit raise the
-    PyTorch classes' ValueError (d2v_common.losses), and the model keeps its weights."""
+    PyTorch classes' ValueError (d2v_common.models.losses), and the model keeps its weights."""
     from tests.test_label_checks import labelled_inputs, out_of_range_labels
 
     case = _case(name)

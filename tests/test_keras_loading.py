@@ -13,7 +13,7 @@ import pytest
 
 import d2v_tf
 from crosscheck.cases import tiny
-from d2v_common import checkpoint
+from d2v_common.checkpoints import formats as checkpoint
 from d2v_common.configs import Data2VecVisionConfig
 from d2v_common.spec import WeightSpec, weight_spec
 

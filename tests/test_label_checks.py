@@ -1,13 +1,13 @@
 """Issue 26, items 1 and 5: bad labels and bad inputs get one clear error everywhere.
 
 1. Class labels outside ``[0, num_classes)`` (and not the ignore index) raise
-   ``d2v_common.losses.label_range_message`` in PyTorch and in Keras on TensorFlow: eager,
+   ``d2v_common.models.losses.label_range_message`` in PyTorch and in Keras on TensorFlow: eager,
    graph (``run_eagerly=False``) and XLA (``jit_compile=True``), where a gather past the classes
    used to clamp the label silently. (``tests/test_keras_backends.py`` runs the jax.jit and
    PyTorch-backend half with this file's helpers; this file runs in the TensorFlow process.)
    Valid labels and ignore indices give the loss they gave before.
 5. Every registered class of data2vec 1.0 and 2.0, in both frameworks, refuses an empty batch
-   with the same message (``d2v_common.input_types.check_main_input``), and every PyTorch class
+   with the same message (``d2v_common.models.input_types.check_main_input``), and every PyTorch class
    names a float64 input's dtype.
 """
 
@@ -26,7 +26,7 @@ import d2v_tf
 import d2v_torch
 from crosscheck.cases import all_cases
 from crosscheck.runner import torch_inputs
-from d2v_common.losses import label_range_message
+from d2v_common.models.losses import label_range_message
 from d2v_common.spec import weight_spec
 from d2v_tf.layers import cross_entropy as keras_cross_entropy
 

@@ -1,4 +1,4 @@
-"""The one loading path (``d2v_common.pretrained.load_pretrained``): each file is read once,
+"""The one loading path (``d2v_common.loader.pretrained.load_pretrained``): each file is read once,
 and a path that is not a checkpoint folder says what it is and what to pass instead."""
 
 from __future__ import annotations
@@ -12,7 +12,9 @@ import safetensors
 import torch
 
 import d2v_torch
-from d2v_common import checkpoint, fairseq, pretrained
+from d2v_common.checkpoints import formats as checkpoint
+from d2v_common.checkpoints import fairseq
+from d2v_common.loader import pretrained
 from d2v_common.configs import Data2VecVisionConfig
 from tests.hubcache import folder_files, make_hub_cache, serve_offline
 
@@ -227,26 +229,70 @@ def test_a_shard_passed_alone_says_to_pass_the_folder(checkpoint_dir, tmp_path):
         d2v_torch.Data2VecVisionModel.from_pretrained(tmp_path / "model-00001-of-00002.safetensors")
 
 
-# ------------------------------------------------------------------------ docs/extending.md
-def test_extending_md_cites_only_files_and_names_that_exist():
-    """Every file path docs/extending.md cites exists (``<family>``: some family), and every
-    code name it cites is defined or used in the packages or tests."""
+# ------------------------------------------------- docs/extending.md, docs/architecture.md
+PLACEHOLDERS = {"<family>": ("audio", "text", "vision"), "<backend>": ("tensorflow", "jax", "torch")}
+
+
+@pytest.mark.parametrize("page, least_paths, least_names", [("extending.md", 10, 30), ("architecture.md", 15, 8)])
+def test_docs_cite_only_files_and_names_that_exist(page, least_paths, least_names):
+    """Every file path the page cites (in backticks, or any ``pkg/.../file.py`` in its text and
+    pictures) exists (``<family>``, ``<backend>``: each of them), and every code name it cites in
+    backticks is defined or used in the packages or tests."""
+    import itertools
     import re
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    text = open(os.path.join(root, "docs", "extending.md"), encoding="utf-8").read()
+    text = open(os.path.join(root, "docs", page), encoding="utf-8").read()
     sources = ""
     for package in ("d2v_common", "d2v_torch", "d2v_tf", "crosscheck", "tests"):
         for folder, _, names in os.walk(os.path.join(root, package)):
             sources += "".join(open(os.path.join(folder, n), encoding="utf-8").read() for n in names if n.endswith(".py"))
     cited = re.findall(r"`([^`\n]+)`", text)
-    paths = [c for c in cited if re.fullmatch(r"[\w<>./-]+\.(py|md)", c)]
+    paths = {c for c in cited if re.fullmatch(r"[\w<>./-]+\.(py|md)", c)}
+    paths |= set(re.findall(r"\b(?:d2v_common|d2v_torch|d2v_tf|crosscheck|docs|tests)/[\w<>/]*\.(?:py|md)\b", text))
     names = {m.group(1) for c in cited if (m := re.fullmatch(r"([A-Za-z_][\w.]*)(\(.*\))?", c))}
-    assert len(paths) > 10 and len(names) > 30  # the scan found what the page cites
+    assert len(paths) > least_paths and len(names) > least_names  # the scan found what the page cites
     folders = ("", "d2v_common", "d2v_torch", "d2v_tf")  # a bare name ("layers.py"): in some package
-    missing_paths = [p for p in paths
-                     if not any(os.path.exists(os.path.join(root, d, p.replace("<family>", f)))
-                                for f in ("audio", "text", "vision") for d in folders)]
-    assert missing_paths == []
+
+    def exists(path):
+        keys = [k for k in PLACEHOLDERS if k in path]
+        for values in itertools.product(*(PLACEHOLDERS[k] for k in keys)):
+            filled = path
+            for key, value in zip(keys, values):
+                filled = filled.replace(key, value)
+            if not any(os.path.exists(os.path.join(root, d, filled)) for d in folders):
+                return False
+        return True
+
+    assert sorted(p for p in paths if not exists(p)) == []
     missing_names = sorted(n for n in names if not re.search(rf"\b{re.escape(n.split('.')[-1])}\b", sources))
     assert missing_names == []
+
+
+def test_architecture_md_data_flow_names_exist():
+    """The data-flow picture names functions as ``package.module.function`` under d2v_common:
+    each of them imports."""
+    import importlib
+    import re
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    text = open(os.path.join(root, "docs", "architecture.md"), encoding="utf-8").read()
+    dotted = set(re.findall(r"\b(?:loader|checkpoints|models|spec|pretrain|export|convert)\.[a-z_]+(?:\.[a-z_]+)?\b", text))
+    dotted -= {"convert.py", "export.py"}  # file names, not dotted paths
+    assert len(dotted) >= 8
+    missing = []
+    for name in sorted(dotted):
+        parts = name.split(".")
+        for cut in range(len(parts), 0, -1):
+            try:
+                target = importlib.import_module("d2v_common." + ".".join(parts[:cut]))
+            except ImportError:
+                continue
+            for attr in parts[cut:]:
+                target = getattr(target, attr, None)
+            break
+        else:
+            target = None
+        if target is None:
+            missing.append(name)
+    assert missing == []

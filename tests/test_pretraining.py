@@ -19,7 +19,7 @@ import d2v_tf
 import d2v_torch
 import keras
 from crosscheck.training import deterministic_config
-from d2v_common import pretraining as P
+from d2v_common.pretrain import data2vec1 as P
 from d2v_common.configs import Data2VecAudioConfig, Data2VecTextConfig, Data2VecVisionConfig
 from d2v_common.spec import ARCHITECTURES
 from d2v_tf import pretraining as KP
@@ -392,7 +392,7 @@ import numpy as np, torch, torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 import d2v_torch.pretraining as TP
 from d2v_common.configs import CONFIG_CLASSES
-from d2v_common.pretraining import PretrainingConfig
+from d2v_common.pretrain.data2vec1 import PretrainingConfig
 
 dist.init_process_group("gloo")
 rank, world = dist.get_rank(), dist.get_world_size()
@@ -472,7 +472,7 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 import numpy as np, keras
 import d2v_tf
 from d2v_common.configs import CONFIG_CLASSES
-from d2v_common.pretraining import PretrainingConfig
+from d2v_common.pretrain.data2vec1 import PretrainingConfig
 import d2v_tf.pretraining as KP
 
 job_dir = sys.argv[1]
@@ -544,7 +544,7 @@ import tensorflow as tf
 import numpy as np, keras
 import d2v_tf
 from d2v_common.configs import CONFIG_CLASSES
-from d2v_common.pretraining import PretrainingConfig
+from d2v_common.pretrain.data2vec1 import PretrainingConfig
 import d2v_tf.pretraining as KP
 
 spec = json.load(open(job_dir + "/job.json"))

@@ -25,8 +25,10 @@ from hypothesis import strategies as st
 from crosscheck.cases import audio as audio_cases
 from crosscheck.cases.base import SEGMENTATION_LOGITS_TOLERANCE, TOLERANCE, Case
 from crosscheck.runner import max_abs_diff, run_tf, run_torch
-from d2v_common import audio as A
-from d2v_common import checkpoint, convert, text as T
+from d2v_common.models import audio as A
+from d2v_common import convert
+from d2v_common.checkpoints import formats as checkpoint
+from d2v_common.models import text as T
 from d2v_common.configs import (
     ACTIVATIONS,
     PROBLEM_TYPES,

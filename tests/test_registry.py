@@ -1,4 +1,4 @@
-"""The model classes register themselves (d2v_common.registry): the public names, the class
+"""The model classes register themselves (d2v_common.models.registry): the public names, the class
 tables of both frameworks, export and crosscheck all follow the one registry."""
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ import d2v_torch
 from crosscheck import bench
 from crosscheck.cases import all_cases
 from d2v_common import export as common_export
-from d2v_common import docstrings as documentation
-from d2v_common import registry, spec
+from d2v_common.models import docstrings as documentation
+from d2v_common import spec
+from d2v_common.models import registry
 from d2v_tf.base import TFData2VecPreTrainedModel
 from d2v_torch.base import Data2VecPreTrainedModel
 

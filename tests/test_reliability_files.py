@@ -10,7 +10,8 @@ import torch
 
 import d2v_tf
 import d2v_torch
-from d2v_common import checkpoint, io_utils
+from d2v_common import io_utils
+from d2v_common.checkpoints import formats as checkpoint
 from d2v_common.configs import Data2VecTextConfig, Data2VecVisionConfig
 from d2v_common.spec import weight_spec
 from crosscheck.cases import tiny

@@ -9,9 +9,11 @@ import pytest
 import torch
 import transformers
 
-from d2v_common import checkpoint, layouts
+from d2v_common.checkpoints import formats as checkpoint
+
+from d2v_common.spec import layouts
 from d2v_common.configs import Data2VecAudioConfig, Data2VecTextConfig, Data2VecVisionConfig
-from d2v_common.loading import match_checkpoint
+from d2v_common.loader.matching import match_checkpoint
 from d2v_common.spec import HF_ARCHITECTURES as ARCHITECTURES  # HF-parity classes (no data2vec 2.0)
 from d2v_common.spec import weight_spec
 from tests.oracle import d2v_config, random_hf_model, state_arrays

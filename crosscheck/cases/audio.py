@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from crosscheck.cases.base import Case
-from d2v_common.audio import feature_lengths
+from d2v_common.models.audio import feature_lengths
 from d2v_common.configs import Data2VecAudioConfig
 from crosscheck.cases import tiny
 

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from d2v_common.hub import HubFileMissing, pop_hub_options, resolve_pretrained
-from d2v_common.outputs import ModelOutput
+from d2v_common.checkpoints.hub import HubFileMissing, pop_hub_options, resolve_pretrained
+from d2v_common.models.outputs import ModelOutput
 from d2v_common.processing.base import (
     BatchFeature,
     as_numpy,

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from d2v_common.interpolation import bilinear_matrix
-from d2v_common.hub import pop_hub_options, resolve_pretrained
+from d2v_common.models.interpolation import bilinear_matrix
+from d2v_common.checkpoints.hub import pop_hub_options, resolve_pretrained
 from d2v_common.processing.base import (
     SavesPreprocessorConfig,
     BatchFeature,

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from d2v_common.hub import HubFileMissing, pop_hub_options, resolve_pretrained
+from d2v_common.checkpoints.hub import HubFileMissing, pop_hub_options, resolve_pretrained
 from d2v_common.processing.base import (
     BatchFeature,
     as_numpy,

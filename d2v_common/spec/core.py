@@ -5,7 +5,7 @@ A spec lists every tensor a model holds (parameters and persistent buffers) with
 * ``name``  - the canonical name, which is HF's PyTorch state-dict key;
 * ``shape`` - computed from the config;
 * ``kind``  - the layer type that owns it (``linear``, ``conv2d``, ``layer_norm`` ...), which
-  decides how the tensor is laid out in every other format (see ``d2v_common.layouts``);
+  decides how the tensor is laid out in every other format (see ``d2v_common.spec.layouts``);
 * ``leaf``  - the tensor's role in that layer (``weight``, ``bias``, ``running_mean`` ...);
 * ``init``  - how a freshly built model initialises it, shared by both frameworks.
 

@@ -1,7 +1,7 @@
 """Weight specs of the three data2vec 2.0 families.
 
 Canonical names (what ``model.safetensors`` holds; Keras variable paths and tf_model.h5 names
-follow from them by ``d2v_common.layouts``), with the fairseq module each one comes from:
+follow from them by ``d2v_common.spec.layouts``), with the fairseq module each one comes from:
 
 ===========================================  ===============================================
 ``encoder.extra_tokens``                     ``modality_encoders.X.extra_tokens`` (CLS ...)
@@ -19,7 +19,7 @@ Modality front ends: vision ``embeddings.patch_embeddings.projection`` (+ ``.den
 ``embeddings.position_embeddings``; audio ``feature_extractor`` / ``feature_projection`` /
 ``encoder.pos_conv_embed`` with 1.0's names; text ``embeddings.word_embeddings``,
 ``embeddings.position_embeddings``, ``embeddings.layer_norm``. The fairseq -> canonical table
-itself is in ``d2v_common.fairseq``.
+itself is in ``d2v_common.checkpoints.fairseq``.
 """
 
 from __future__ import annotations

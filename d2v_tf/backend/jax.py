@@ -172,7 +172,7 @@ _REGISTERED: set = set()
 def register_output_classes():
     """Make every d2v output class a JAX pytree, so outputs cross ``jax.jit`` / ``jax.grad``
     (Keras' JAX steps return ``y_pred`` through them)."""
-    from d2v_common.outputs import ModelOutput
+    from d2v_common.models.outputs import ModelOutput
 
     def subclasses(cls):
         for sub in cls.__subclasses__():

@@ -6,7 +6,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from d2v_common.losses import SHOWN_BAD_LABELS
+from d2v_common.models.losses import SHOWN_BAD_LABELS
 from d2v_tf.backend import generic
 from d2v_tf.backend.generic import CompiledCalls
 from d2v_tf.backend.generic import register_output_classes  # noqa: F401  (re-exported)

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import h5py
 import numpy as np
 
-from d2v_common import layouts
+from d2v_common.spec import layouts
 from d2v_common.configs import CONFIG_NAME
 from d2v_common.io_utils import atomic_write_with, write_files_transactionally
 from d2v_common.spec.core import WeightSpec

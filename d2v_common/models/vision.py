@@ -7,9 +7,9 @@ import functools
 import numpy as np
 
 from d2v_common.configs import Data2VecVisionConfig
-from d2v_common.input_types import PIXEL_AXES, check_main_input
-from d2v_common.losses import check_classification_labels, check_label_range
-from d2v_common.modeling import TensorInfo, is_integer_dtype
+from d2v_common.models.input_types import PIXEL_AXES, check_main_input
+from d2v_common.models.losses import check_classification_labels, check_label_range
+from d2v_common.models.checks import TensorInfo, is_integer_dtype
 
 
 @functools.lru_cache(maxsize=32)

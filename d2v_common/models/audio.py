@@ -11,8 +11,8 @@ import warnings
 import numpy as np
 
 from d2v_common.configs import Data2VecAudioConfig
-from d2v_common.input_types import check_main_input
-from d2v_common.losses import check_label_range
+from d2v_common.models.input_types import check_main_input
+from d2v_common.models.losses import check_label_range
 
 
 # ------------------------------------------------------------------------------ lengths

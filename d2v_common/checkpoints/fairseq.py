@@ -85,7 +85,7 @@ def read_fairseq_checkpoint(path: str | os.PathLike) -> dict:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no fairseq checkpoint file at {path!r}")
-    from d2v_common.checkpoint import import_torch
+    from d2v_common.checkpoints.formats import import_torch
 
     torch = import_torch()
     try:
@@ -166,7 +166,7 @@ def missing_from_fairseq_hint(src: str | os.PathLike) -> str | None:
     return (
         f"{os.fspath(src)} is an original fairseq checkpoint, not a d2v/HF checkpoint folder: add --from fairseq "
         f"(d2v-convert {os.fspath(src)} DST --from fairseq [--dict DICT] [--to FMT]; from Python: "
-        "d2v_common.fairseq.convert_fairseq_to_folder)"
+        "d2v_common.checkpoints.fairseq.convert_fairseq_to_folder)"
     )
 
 
@@ -877,7 +877,7 @@ def convert_fairseq_to_folder(
     import shutil
 
     from d2v_common.io_utils import fresh_sibling, install
-    from d2v_common.checkpoint import write_pretrained
+    from d2v_common.checkpoints.formats import write_pretrained
     from d2v_common.spec import weight_spec
 
     dst = os.path.abspath(os.fspath(dst))

@@ -32,7 +32,7 @@ PRETRAINING_ARCHITECTURES = {
     "Data2VecAudioForPreTraining": "audio",
     "Data2VecTextForPreTraining": "text",
     "Data2VecVisionForPreTraining": "vision",
-    # data2vec 2.0 (student, conv decoder, EMA teacher; d2v_common.data2vec2_pretraining)
+    # data2vec 2.0 (student, conv decoder, EMA teacher; d2v_common.pretrain.data2vec2)
     "Data2Vec2AudioForPreTraining": "audio2",
     "Data2Vec2TextForPreTraining": "text2",
     "Data2Vec2VisionForPreTraining": "vision2",
@@ -113,7 +113,7 @@ class ModelRegistry(Mapping):
         if info is None:
             raise TypeError(
                 f"{cls.__name__}.architecture = {name!r} is no architecture d2v knows; add its weight "
-                "spec to d2v_common/spec (or the name to d2v_common.registry.PRETRAINING_ARCHITECTURES)"
+                "spec to d2v_common/spec (or the name to d2v_common.models.registry.PRETRAINING_ARCHITECTURES)"
             )
         if cls.__name__ != self.class_prefix + name:
             raise TypeError(f"{cls.__name__} implements {name}: name it {self.class_prefix + name}")

@@ -31,8 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from d2v_common import fairseq
-from d2v_common.outputs import ModelOutput
+from d2v_common.checkpoints import fairseq
+from d2v_common.models.outputs import ModelOutput
 from d2v_common.spec.data2vec2 import FAMILIES
 
 MODALITIES = {"IMAGE": "vision", "AUDIO": "audio", "TEXT": "text"}
@@ -311,7 +311,7 @@ def _block_key(rest: str) -> str:
 
 def encoder_fairseq_key(name: str, config) -> str:
     """The ``Data2VecMultiModel`` state key of a canonical encoder tensor (``Data2Vec2*Model``
-    names), the inverse of ``d2v_common.fairseq.canonical_name`` (checked against it)."""
+    names), the inverse of ``d2v_common.checkpoints.fairseq.canonical_name`` (checked against it)."""
     modality = {"Data2Vec2VisionConfig": "IMAGE", "Data2Vec2AudioConfig": "AUDIO", "Data2Vec2TextConfig": "TEXT"}[
         type(config).__name__
     ]
@@ -436,7 +436,7 @@ def _not_pretraining(file: str, kind: str) -> fairseq.FairseqCheckpointError:
 def read_fairseq_pretraining(path: str | os.PathLike) -> FairseqPretraining:
     """Student, decoder and EMA teacher of a fairseq ``data2vec_multi`` checkpoint.
 
-    The encoder goes through ``d2v_common.fairseq.convert_fairseq`` (config, names, checks);
+    The encoder goes through ``d2v_common.checkpoints.fairseq.convert_fairseq`` (config, names, checks);
     the decoder and the teacher (``_ema``, which upstream stores as a plain dict) are read here.
 
     Raises:
@@ -528,7 +528,7 @@ def write_fairseq_pretraining(path: str | os.PathLike, arrays: dict[str, np.ndar
     fairseq keys, the teacher as the ``_ema`` dict) from canonical ``arrays``; ``fairseq`` holds
     the names and model config read from the source checkpoint (``FairseqPretraining.fairseq``).
     Written beside the target first, then renamed: a failed write leaves nothing behind."""
-    from d2v_common.checkpoint import import_torch
+    from d2v_common.checkpoints.formats import import_torch
 
     torch = import_torch()
     names = fairseq["names"]

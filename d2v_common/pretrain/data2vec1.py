@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from d2v_common.audio import compute_mask_indices
-from d2v_common.outputs import ModelOutput
+from d2v_common.models.audio import compute_mask_indices
+from d2v_common.models.outputs import ModelOutput
 
 MODALITIES = ("audio", "text", "vision")
 TARGET_LAYERS = ("ffn", "block")

@@ -29,11 +29,15 @@ from typing import Any
 
 import numpy as np
 
-from d2v_common import checkpoint, fairseq, hub
-from d2v_common.checkpoint import CheckpointFormat
+from d2v_common.checkpoints import formats as checkpoint
+
+from d2v_common.checkpoints import fairseq
+
+from d2v_common.checkpoints import hub
+from d2v_common.checkpoints.formats import CheckpointFormat
 from d2v_common.configs import CONFIG_NAME, Data2VecConfigBase, config_from_dict
 from d2v_common.io_utils import read_json_object
-from d2v_common.loading import LoadReport, check_config_fits, complete_arrays, match_checkpoint
+from d2v_common.loader.matching import LoadReport, check_config_fits, complete_arrays, match_checkpoint
 from d2v_common.spec.core import WeightSpec
 
 

@@ -9,7 +9,7 @@ saved tokens and progress bars apply, and a cache filled by transformers is reus
 
 This module only fetches: the caller says which files it needs (``select``), and which files a
 fetched one brings along (``follow``: a shard index its shards). Which weight format a model
-load takes is the loader's choice (``d2v_common.pretrained``'s hub source, through the
+load takes is the loader's choice (``d2v_common.loader.pretrained``'s hub source, through the
 checkpoint format registry). ``huggingface_hub`` is the optional ``hub`` extra
 (``pip install 'd2v[hub]'``).
 """

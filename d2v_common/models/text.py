@@ -9,9 +9,9 @@ from __future__ import annotations
 import numpy as np
 
 from d2v_common.configs import Data2VecTextConfig
-from d2v_common.input_types import check_main_input
-from d2v_common.losses import IGNORE_INDEX, check_label_range
-from d2v_common.modeling import TensorInfo, is_integer_dtype
+from d2v_common.models.input_types import check_main_input
+from d2v_common.models.losses import IGNORE_INDEX, check_label_range
+from d2v_common.models.checks import TensorInfo, is_integer_dtype
 
 RELATIVE_TYPES = ("relative_key", "relative_key_query")
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from d2v_common.modeling import snake_case
+from d2v_common.models.checks import snake_case
 from d2v_common.spec import FAMILIES
 from d2v_common.spec.core import ParamSpec, WeightSpec
 

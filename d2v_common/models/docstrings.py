@@ -9,7 +9,7 @@ input's shape and dtype. A parameter with no entry is listed bare, and
 ``tests/test_registry.py`` fails on it.
 
 Axis names: ``batch``; ``seq_len`` (tokens); ``samples`` (audio samples); ``frames`` (audio
-frames after the feature encoder, ``d2v_common.audio.feature_lengths``); ``H``, ``W`` (image
+frames after the feature encoder, ``d2v_common.models.audio.feature_lengths``); ``H``, ``W`` (image
 height and width); ``patches`` = (H / patch_size) * (W / patch_size); ``hidden`` =
 ``config.hidden_size``; ``heads``, ``layers`` = the config's attention heads and layers.
 """
@@ -20,7 +20,7 @@ import inspect
 import textwrap
 from collections.abc import Callable
 
-from d2v_common.registry import architecture_info
+from d2v_common.models.registry import architecture_info
 
 # ----------------------------------------------------------------------------- inputs
 SHARED = {

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from d2v_common import layouts
+from d2v_common.spec import layouts
 from d2v_common.spec import FAMILIES, family_of, weight_spec
 from d2v_common.spec.core import ParamSpec, WeightSpec
 
