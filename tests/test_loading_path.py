@@ -167,6 +167,10 @@ def test_a_saved_pretraining_folder_reads_each_file_once(pretraining_dir, monkey
     assert set(got) == set(want)
     for name, array in got.items():
         np.testing.assert_array_equal(array, np.asarray(want[name]), err_msg=name)
+    # its weight file, with config.json and d2v_pretraining.json beside it, names the same checkpoint
+    from_file = d2v_torch.Data2Vec2VisionForPreTraining.from_pretrained(pretraining_dir / "model.safetensors")
+    for name, array in from_file.pretraining_arrays().items():
+        np.testing.assert_array_equal(array, got[name], err_msg=name)
 
 
 def test_a_pretraining_model_loads_from_a_hub_id(pretraining_dir, tmp_path, monkeypatch):
