@@ -10,7 +10,7 @@ per-row ALiBi bias, FFN outputs collected for the targets).
 
 A training loop::
 
-    model = Data2Vec2AudioForPreTraining.from_pretrained("checkpoint.pt")   # fairseq, or a saved folder
+    model = Data2Vec2AudioForPreTraining.from_pretrained("checkpoint.pt")   # fairseq, a saved folder, a hub id
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     for batch in batches:
         out = model(batch["input_values"], batch["attention_mask"], precomputed_mask=batch["mask"])
@@ -31,19 +31,19 @@ from torch import nn
 
 from d2v_common import data2vec2 as D
 from d2v_common.pretrain import data2vec2 as P
-from d2v_common.checkpoints.formats import read_safetensors, write_checkpoint
+from d2v_common.checkpoints.formats import write_checkpoint
 from d2v_common.data2vec2 import Data2Vec2AudioConfig, Data2Vec2TextConfig, Data2Vec2VisionConfig
 from d2v_common.pretrain.data2vec2 import Data2Vec2PreTrainingOutput, Data2Vec2PretrainingConfig
 from d2v_common.models.docstrings import document_inputs
-from d2v_common.checkpoints.fairseq import fairseq_checkpoint_file
+from d2v_common.checkpoints.hub import pop_hub_options
 from d2v_common.models.checks import check_config_class
+from d2v_common.loader.pretrained import LoadOptions
 from d2v_torch.base import MODEL_REGISTRY
 from d2v_torch.data2vec2 import (
     Data2Vec2AudioModel, Data2Vec2TextModel, Data2Vec2VisionModel, sequence_alibi,
 )
 from d2v_torch.layers import padding_bias
 
-MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 
 # ----------------------------------------------------------------------------- decoder
@@ -458,34 +458,41 @@ class _Data2Vec2ForPreTraining(nn.Module):
         return self.student.save_pretrained(save_directory, **kwargs)
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, seed: int | None = None):
-        """A fairseq data2vec 2.0 pretraining ``checkpoint.pt`` (or a folder holding one), or a
-        folder written by ``save_pretrained``: student, decoder and EMA teacher as saved.
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike,
+        seed: int | None = None,
+        *,
+        ignore_mismatched_sizes: bool = False,
+        check_finite: bool = False,
+        checkpoint_format: str | None = None,
+        **hub_options,
+    ):
+        """A fairseq data2vec 2.0 pretraining ``checkpoint.pt`` (or a folder holding one), a
+        folder written by ``save_pretrained`` (or its ``model.safetensors``), or a Hugging Face
+        Hub id holding one (``revision``, ``cache_dir``, ``local_files_only``, ``token``,
+        ``force_download`` as in HF): student, decoder and EMA teacher as saved, read through
+        ``d2v_common.pretrain.data2vec2.load_pretraining``. ``seed``: the seed of the masks
+        drawn when none is given. ``model.load_report`` is the ``LoadReport`` (its ``notes``: a
+        fairseq config's options the step does not apply).
 
         Raises:
             FairseqCheckpointError (a ValueError): a fine-tuned fairseq checkpoint (no decoder,
                 no teacher), or options d2v does not implement.
-            TypeError: a checkpoint of another modality.
+            TypeError: a checkpoint of another modality, or an unknown keyword.
             OSError: a folder without ``d2v_pretraining.json`` (a plain model checkpoint).
         """
-        path = os.fspath(path)
-        if fairseq_checkpoint_file(path) is not None:  # the one place loading differs by source
-            source = P.read_fairseq_pretraining(path)
-            if not isinstance(source.config, cls.config_class):
-                raise TypeError(f"{path} holds a {type(source.config).__name__} model, not a "
-                                f"{cls.config_class.__name__} one")
-            config, pcfg, arrays, updates = source.config, source.pretraining_config, source.arrays, source.num_updates
-            origin, report = source.fairseq, source.report
-        else:
-            pcfg, updates, origin = P.read_pretraining_json(path, cls.architecture)
-            report = None
-            config = cls.config_class.from_pretrained(path)
-            arrays = {k: np.asarray(v) for k, v in read_safetensors(os.path.join(path, MODEL_FILE)).items()}
-        model = cls(config, pcfg, seed=seed)
-        model.load_pretraining_arrays(arrays)
-        model.num_updates = updates
-        model.fairseq_source = origin
-        model.load_report = report  # fairseq's ConversionReport (notes on unapplied options), or None
+        hub = pop_hub_options(hub_options)
+        if hub_options:
+            raise TypeError(f"{cls.__name__}.from_pretrained got unexpected keyword(s) {sorted(hub_options)}")
+        options = LoadOptions(checkpoint_format, ignore_mismatched_sizes, check_finite, hub)
+        loaded = P.load_pretraining(pretrained_model_name_or_path, options, architecture=cls.architecture,
+                                    config_class=cls.config_class, seed=seed)
+        model = cls(loaded.config, loaded.pretraining_config, seed=seed)
+        model.load_pretraining_arrays(loaded.arrays)
+        model.num_updates = loaded.num_updates
+        model.fairseq_source = loaded.fairseq
+        model.load_report = loaded.report
         return model
 
 

@@ -16,6 +16,7 @@ from d2v_common.checkpoints import formats as checkpoint
 from d2v_common.checkpoints import fairseq
 from d2v_common.loader import pretrained
 from d2v_common.configs import Data2VecVisionConfig
+from tests.fixture_paths import DATA2VEC2_PRETRAINING_DIR
 from tests.hubcache import folder_files, make_hub_cache, serve_offline
 
 FIXTURES = os.environ.get(
@@ -133,6 +134,63 @@ def test_a_fairseq_checkpoint_is_read_and_converted_once(monkeypatch):
     assert reads.of(path)[2] == 1  # one torch.load of the .pt
     assert reads.of(path)[0] <= 1  # and that is the only time the file is opened
     assert not hasattr(pretrained, "_FAIRSEQ_CACHE")  # nothing kept between calls
+
+
+# ------------------------------------------------------------------------ data2vec 2.0 pretraining classes
+PRETRAIN_IMAGE = os.path.join(DATA2VEC2_PRETRAINING_DIR, "pretrain-image", "checkpoint.pt")
+
+
+def test_a_fairseq_pretraining_checkpoint_is_unpickled_once(monkeypatch):
+    """Encoder, decoder and EMA teacher come from one read of the ``.pt``."""
+    reads = _Reads(monkeypatch)
+    model = d2v_torch.Data2Vec2VisionForPreTraining.from_pretrained(PRETRAIN_IMAGE)
+    assert reads.of(PRETRAIN_IMAGE)[2] == 1  # one torch.load
+    assert reads.of(PRETRAIN_IMAGE)[0] <= 1  # and that is the only time the file is opened
+    assert model.load_report.clean and model.load_report.source.endswith("(fairseq)")
+    assert any(name.startswith("teacher.") for name in model.pretraining_arrays())
+
+
+@pytest.fixture(scope="module")
+def pretraining_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("pretrain") / "saved"
+    d2v_torch.Data2Vec2VisionForPreTraining.from_pretrained(PRETRAIN_IMAGE).save_pretrained(folder)
+    return folder
+
+
+def test_a_saved_pretraining_folder_reads_each_file_once(pretraining_dir, monkeypatch):
+    reads = _Reads(monkeypatch)
+    model = d2v_torch.Data2Vec2VisionForPreTraining.from_pretrained(pretraining_dir)
+    assert model.load_report.clean and "(safetensors)" in model.load_report.source
+    assert reads.of(pretraining_dir / "model.safetensors") == (1, 1, 0)
+    assert reads.of(pretraining_dir / "config.json") == (1, 0, 0)
+    assert reads.of(pretraining_dir / "d2v_pretraining.json") == (1, 0, 0)
+    want = checkpoint.read_safetensors(str(pretraining_dir / "model.safetensors"))
+    got = model.pretraining_arrays()
+    assert set(got) == set(want)
+    for name, array in got.items():
+        np.testing.assert_array_equal(array, np.asarray(want[name]), err_msg=name)
+    # its weight file, with config.json and d2v_pretraining.json beside it, names the same checkpoint
+    from_file = d2v_torch.Data2Vec2VisionForPreTraining.from_pretrained(pretraining_dir / "model.safetensors")
+    for name, array in from_file.pretraining_arrays().items():
+        np.testing.assert_array_equal(array, got[name], err_msg=name)
+
+
+def test_a_pretraining_model_loads_from_a_hub_id(pretraining_dir, tmp_path, monkeypatch):
+    root = tmp_path / "hub"
+    make_hub_cache(root, "org/tiny-pretrain", folder_files(pretraining_dir))
+    serve_offline(monkeypatch, root)
+    model = d2v_torch.Data2Vec2VisionForPreTraining.from_pretrained("org/tiny-pretrain", cache_dir=root)
+    assert model.load_report.clean and model.fairseq_source is not None  # d2v_pretraining.json came along
+    local = d2v_torch.Data2Vec2VisionForPreTraining.from_pretrained(pretraining_dir)
+    for name, array in local.pretraining_arrays().items():
+        np.testing.assert_array_equal(model.pretraining_arrays()[name], array, err_msg=name)
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        d2v_torch.Data2Vec2VisionForPreTraining.from_pretrained("org/tiny-pretrain", cache_dir=root, revison="main")
+
+
+def test_a_model_load_keeps_no_unpickled_fairseq_checkpoint():
+    opened = pretrained.open_checkpoint(PRETRAIN_IMAGE)
+    assert opened.fairseq_checkpoint is None and opened.conversion_report.kind == "pretraining"
 
 
 def test_load_pretrained_returns_config_arrays_and_report(checkpoint_dir):

@@ -490,6 +490,7 @@ def convert_fairseq(
     *,
     head: str | None = None,
     dictionary: str | os.PathLike | None = None,
+    checkpoint: dict | None = None,
 ) -> tuple[Any, str, dict[str, np.ndarray], ConversionReport]:
     """``(config, architecture, canonical arrays, report)`` for a fairseq data2vec 2.0 checkpoint.
 
@@ -501,6 +502,8 @@ def convert_fairseq(
             model's ``dict.txt`` (``4 + lines + 1`` with ``<mask>`` = embedding rows) or a CTC
             model's letter dictionary ``dict.ltr.txt`` (``4 + lines`` = output rows; a
             ``<ctc_blank>`` symbol becomes the blank). Other models have no vocabulary: an error.
+        checkpoint: the checkpoint dict ``read_fairseq_checkpoint(path)`` returned already (a
+            caller that reads more of it, as the pretraining classes do, unpickles it once).
 
     Returns:
         The config, HF-style architecture name, ``{canonical name: float32 array}`` and a
@@ -510,7 +513,7 @@ def convert_fairseq(
         >>> config, arch, arrays, report = convert_fairseq("checkpoint.pt")  # doctest: +SKIP
     """
     file = fairseq_checkpoint_file(path) or os.fspath(path)
-    ckpt = read_fairseq_checkpoint(file)
+    ckpt = read_fairseq_checkpoint(file) if checkpoint is None else checkpoint
     model_cfg = _model_cfg(ckpt, file)
     name = str(model_cfg.get("_name"))
     if name not in KINDS:

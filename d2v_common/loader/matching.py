@@ -36,6 +36,8 @@ class LoadReport:
     newly_initialized: list[str] = field(default_factory=list)
     # Why matching stopped (a missing backbone tensor ...): a report with errors is never clean.
     errors: list[str] = field(default_factory=list)
+    # What converting the source noted (a fairseq checkpoint's options d2v does not apply).
+    notes: list[str] = field(default_factory=list)
 
     @property
     def clean(self) -> bool:
@@ -58,6 +60,7 @@ class LoadReport:
                 f"  shape mismatched (newly initialized) ({len(self.mismatched)}): "
                 + ", ".join(f"{n} checkpoint {a} vs model {b}" for n, a, b in self.mismatched)
             )
+        lines += [f"  {note}" for note in self.notes]
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
@@ -69,6 +72,7 @@ class LoadReport:
             "mismatched": [[n, list(a), list(b)] for n, a, b in self.mismatched],
             "newly_initialized": self.newly_initialized,
             "errors": self.errors,
+            "notes": self.notes,
         }
 
 

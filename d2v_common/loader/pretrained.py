@@ -134,6 +134,9 @@ class OpenedCheckpoint:
         missing_weights: the error to raise when weights are asked for and there are none.
         missing_config: the error to raise when the config is asked for and there is none.
         converted_format: the format a converted checkpoint is reported as.
+        conversion_report: the converter's report (fairseq: kind, dropped tensors, notes).
+        fairseq_checkpoint: the unpickled fairseq checkpoint, kept only when the request asked
+            (``OpenRequest.keep_fairseq_checkpoint``), so its other tensors need no second read.
     """
 
     def __init__(
@@ -147,9 +150,12 @@ class OpenedCheckpoint:
         missing_weights: Exception | None = None,
         missing_config: Exception | None = None,
         converted_format: str = "fairseq",
+        conversion_report: Any = None,
+        fairseq_checkpoint: dict | None = None,
     ):
         self.kind, self.location, self.folder = kind, location, folder
         self.converted_format = converted_format
+        self.conversion_report, self.fairseq_checkpoint = conversion_report, fairseq_checkpoint
         self.config_file, self.converted = config_file, converted
         self._weights, self._missing_weights, self._missing_config = weights, missing_weights, missing_config
 
@@ -224,11 +230,14 @@ class OpenedCheckpoint:
 # ------------------------------------------------------------------------- the source registry
 @dataclass(frozen=True)
 class OpenRequest:
-    """What the caller needs from a source: ``config.json`` (unless it brings a config) and
-    ``extra``: more files of a hub repository (``d2v-convert`` takes the tokenizer along)."""
+    """What the caller needs from a source: ``config.json`` (unless it brings a config),
+    ``extra``: more files of a hub repository (``d2v-convert`` takes the tokenizer along), and
+    ``keep_fairseq_checkpoint``: keep a fairseq checkpoint's unpickled dict on the opened
+    checkpoint (the pretraining classes read its decoder and EMA teacher from the same read)."""
 
     with_config: bool = True
     extra: hub.Selector | None = None
+    keep_fairseq_checkpoint: bool = False
 
 
 @dataclass(frozen=True)
@@ -292,9 +301,11 @@ def _locate_fairseq(name: str) -> str | None:
 
 
 def _open_fairseq(file: str, options: LoadOptions, request: OpenRequest) -> OpenedCheckpoint:
-    config, _, arrays, _ = fairseq.convert_fairseq(file)
+    raw = fairseq.read_fairseq_checkpoint(file)  # the one unpickling of the file
+    config, _, arrays, report = fairseq.convert_fairseq(file, checkpoint=raw)
     return OpenedCheckpoint("fairseq", file, os.path.dirname(file), converted=(config, arrays),
-                            converted_format=fairseq.FAIRSEQ_FORMAT)
+                            converted_format=fairseq.FAIRSEQ_FORMAT, conversion_report=report,
+                            fairseq_checkpoint=raw if request.keep_fairseq_checkpoint else None)
 
 
 # --- a single weight file (model.safetensors, pytorch_model.bin, tf_model.h5 or an index)

@@ -32,7 +32,11 @@ from typing import Any
 import numpy as np
 
 from d2v_common.checkpoints import fairseq
+from d2v_common.loader.matching import LoadReport
 from d2v_common.models.outputs import ModelOutput
+from d2v_common.loader.pretrained import LoadOptions, OpenRequest, open_checkpoint
+from d2v_common.spec import weight_spec
+from d2v_common.spec.core import ZEROS, ParamSpec, WeightSpec, normal
 from d2v_common.spec.data2vec2 import FAMILIES
 
 MODALITIES = {"IMAGE": "vision", "AUDIO": "audio", "TEXT": "text"}
@@ -444,10 +448,17 @@ def read_fairseq_pretraining(path: str | os.PathLike) -> FairseqPretraining:
             decoder nor teacher), no ``_ema``, or tensors that do not fit the config.
     """
     file = fairseq.fairseq_checkpoint_file(path) or os.fspath(path)
-    config, _arch, encoder, report = fairseq.convert_fairseq(file)
+    ckpt = fairseq.read_fairseq_checkpoint(file)  # unpickled once: the encoder, decoder and teacher all come from it
+    config, _arch, encoder, report = fairseq.convert_fairseq(file, checkpoint=ckpt)
+    return fairseq_pretraining_from(file, ckpt, config, encoder, report)
+
+
+def fairseq_pretraining_from(file: str, ckpt: dict, config, encoder: dict[str, np.ndarray],
+                             report: fairseq.ConversionReport) -> FairseqPretraining:
+    """``read_fairseq_pretraining`` on a checkpoint read and converted already: ``ckpt`` the
+    unpickled dict, ``config, encoder, report`` what ``convert_fairseq`` made of it."""
     if report.kind != "pretraining":
         raise _not_pretraining(file, report.kind)
-    ckpt = fairseq.read_fairseq_checkpoint(file)
     model_cfg = ckpt["cfg"]["model"]
     state = ckpt["model"]
     modality = {"Data2Vec2VisionConfig": "IMAGE", "Data2Vec2AudioConfig": "AUDIO", "Data2Vec2TextConfig": "TEXT"}[
@@ -589,6 +600,84 @@ def read_pretraining_json(directory: str | os.PathLike, architecture: str) -> tu
     if body.get("architecture") != architecture:
         raise ValueError(f"{path} is for {body.get('architecture')!r}, not {architecture}")
     return Data2Vec2PretrainingConfig.from_dict(body["pretraining"]), int(body.get("num_updates", 0)), body.get("fairseq")
+
+
+# ------------------------------------------------------------------------------ loading
+
+
+def pretraining_spec(config, pcfg: Data2Vec2PretrainingConfig, architecture: str) -> WeightSpec:
+    """Every tensor of a pretraining model: the student (under ``STUDENT_PREFIX``), ``decoder.*``
+    and ``teacher.*``. Every one is required (no base prefix: nothing counts as a fresh head)."""
+    student = weight_spec(config, ARCHITECTURES[pcfg.modality][1])
+    prefix = STUDENT_PREFIX[pcfg.modality] + "."
+    params = [dataclasses.replace(p, name=prefix + p.name) for p in student]
+    conv = "conv2d" if pcfg.modality == "vision" else "conv1d"
+    for name, shape in decoder_shapes(pcfg, config.hidden_size).items():
+        leaf = name.rsplit(".", 1)[1]
+        params.append(ParamSpec(name, shape, conv if ".conv." in name else "linear", leaf,
+                                normal(0.02) if leaf == "weight" else ZEROS))
+    params += [dataclasses.replace(student[n], name="teacher." + n) for n in teacher_names(student.names(), pcfg)]
+    return WeightSpec(architecture, student.family, "", params)
+
+
+@dataclass
+class LoadedPretraining:
+    """What ``load_pretraining`` returns: the backbone's ``config``, the ``pretraining_config``,
+    every array of ``pretraining_spec`` (student, decoder, teacher), the ``LoadReport``, the
+    trainer's ``num_updates`` and ``fairseq`` (the source's names and model config, or None)."""
+
+    config: Any
+    pretraining_config: Data2Vec2PretrainingConfig
+    arrays: dict
+    report: LoadReport
+    num_updates: int = 0
+    fairseq: dict | None = None
+
+
+def _companion_files(available: set[str]) -> list[str]:
+    """A hub repository's ``d2v_pretraining.json`` comes along with config and weights."""
+    return [PRETRAINING_FILE] if PRETRAINING_FILE in available else []
+
+
+def load_pretraining(name_or_path: str | os.PathLike, options: LoadOptions = LoadOptions(), *,
+                     architecture: str, config_class: type, seed: int | None = None) -> LoadedPretraining:
+    """A pretraining model's config, recipe and arrays from a fairseq ``data2vec_multi``
+    ``checkpoint.pt`` (or a folder holding one), a folder written by the pretraining class's
+    ``save_pretrained`` (or its ``model.safetensors``) or a hub id holding one, through
+    ``open_checkpoint``: the source resolved once, each file read once (a fairseq file
+    unpickled once: its encoder, decoder and EMA teacher come from the same read).
+
+    Args:
+        name_or_path: the checkpoint.
+        options: ``LoadOptions`` (format preference, strictness, hub keywords).
+        architecture: the pretraining class's name (checked against ``d2v_pretraining.json``).
+        config_class: its backbone's config class (a checkpoint of another modality is refused).
+        seed: seed of tensors re-initialised with ``ignore_mismatched_sizes``.
+
+    Raises:
+        FairseqCheckpointError (a ValueError): a fine-tuned fairseq checkpoint (no decoder, no
+            teacher), or options d2v does not implement.
+        TypeError: a checkpoint of another modality.
+        OSError: a folder without ``d2v_pretraining.json`` (a plain model checkpoint).
+    """
+    request = OpenRequest(extra=_companion_files, keep_fairseq_checkpoint=True)
+    opened = open_checkpoint(name_or_path, options, request)
+    if opened.fairseq_checkpoint is not None:
+        raw, opened.fairseq_checkpoint = opened.fairseq_checkpoint, None  # the arrays below own the tensors now
+        config = opened.read_config(config_class)  # another modality: a TypeError
+        source = fairseq_pretraining_from(opened.location, raw, config, opened.converted[1], opened.conversion_report)
+        del raw
+        opened.converted = (config, source.arrays)  # matched below like any checkpoint's arrays
+        pcfg, num_updates, origin, notes = (source.pretraining_config, source.num_updates, source.fairseq,
+                                            source.report.notes)
+    else:
+        pcfg, num_updates, origin = read_pretraining_json(opened.folder, architecture)
+        config = opened.read_config(config_class)
+        opened.check_fits(config, options.ignore_mismatched_sizes)
+        notes = []
+    arrays, report = opened.load_arrays(pretraining_spec(config, pcfg, architecture), options, seed)
+    report.notes.extend(notes)
+    return LoadedPretraining(config, pcfg, arrays, report, num_updates, origin)
 
 
 # ------------------------------------------------------------------------------ masks
@@ -754,6 +843,7 @@ __all__ = [
     "Data2Vec2PretrainingConfig",
     "STUDENT_PREFIX",
     "FairseqPretraining",
+    "LoadedPretraining",
     "block_mask_2d",
     "check_mask_counts",
     "check_precomputed_mask",
@@ -761,9 +851,12 @@ __all__ = [
     "decoder_shapes",
     "encoder_fairseq_key",
     "fairseq_keys",
+    "fairseq_pretraining_from",
     "is_local_name",
     "keep_count",
+    "load_pretraining",
     "pretraining_json",
+    "pretraining_spec",
     "random_mask",
     "sample_mask",
     "span_mask",
