@@ -385,7 +385,7 @@ class TFData2Vec2AudioFeatureEncoder(Layer):
         self.conv_layers = [layer(config, i) for i in range(len(config.conv_dim))]
 
     def call(self, input_values):
-        x = input_values[..., None]
+        x = ops.expand_dims(input_values, -1)  # not x[..., None]: LiteRT lacks that strided slice
         for layer in self.conv_layers:
             x = layer(x)
         return x
