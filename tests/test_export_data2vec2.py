@@ -147,3 +147,19 @@ def test_export_from_fairseq_errors_are_clear_and_write_nothing(tmp_path, capsys
     assert not os.path.exists(tmp_path / "out")
     code = common.main([str(bad), str(tmp_path / "out"), "--format", "onnx", "--dict", "dict.txt"])
     assert code == 2 and "--from fairseq" in capsys.readouterr().err
+
+
+def test_alibi_from_tensor_ops_is_bit_identical_to_the_shared_formula():
+    """The traceable ALiBi (built from the length with torch ops, so a symbolic length works)
+    keeps eager results bit-identical to d2v_common's numpy formula."""
+    from d2v_common import data2vec2 as D
+    from d2v_common.data2vec2 import Data2Vec2AudioConfig
+    from d2v_torch.data2vec2 import sequence_alibi
+
+    for heads in (4, 3, 12):
+        config = Data2Vec2AudioConfig(num_attention_heads=12, num_alibi_heads=heads, hidden_size=48,
+                                      num_conv_pos_embedding_groups=4)
+        for length in (1, 7, 300):
+            want = D.alibi_slopes(config.alibi_heads)[:, None, None] * D.alibi_distances_1d(length)[None]
+            got = sequence_alibi(config, length, "cpu").numpy()
+            assert got.dtype == want.dtype and np.array_equal(got, want), (heads, length)

@@ -251,6 +251,21 @@ def test_litert_int8_variant_reports_its_error(text_checkpoint, tmp_path):
     assert os.path.getsize(tmp_path / "int8.tflite") < os.path.getsize(tmp_path / "fp32.tflite")
 
 
+@pytest.mark.slow
+def test_litert_int8_of_a_data2vec2_class(tmp_path):
+    """The 1.0 classes' int8 option works for the 2.0 ones (ALiBi audio CTC here)."""
+    architecture = "Data2Vec2AudioForCTC"
+    model = d2v_tf.TFData2Vec2AudioForCTC(config_for(architecture))
+    model.export(tmp_path / "fp32.tflite", format="litert")
+    model.export(tmp_path / "int8.tflite", format="litert", quantize="dynamic-int8")
+    inputs = check_inputs(model.config, architecture)
+    fp32 = keras_export.run_litert(tmp_path / "fp32.tflite", inputs)["logits"]
+    int8 = keras_export.run_litert(tmp_path / "int8.tflite", inputs)["logits"]
+    relative = float(np.max(np.abs(int8 - fp32)) / np.max(np.abs(fp32)))
+    assert 0 < relative < 0.1
+    assert os.path.getsize(tmp_path / "int8.tflite") < os.path.getsize(tmp_path / "fp32.tflite")
+
+
 # ------------------------------------------------------------------------------ bad requests
 def test_unknown_format_is_a_clear_error(text_checkpoint, tmp_path, capsys):
     src, model = text_checkpoint
