@@ -567,7 +567,7 @@ class TFData2Vec2AudioForSequenceClassification(TFData2Vec2AudioPreTrainedModel)
         else:
             keep = ops.cast(self.frame_mask(ops.convert_to_tensor(attention_mask), ops.shape(x)[1]), x.dtype)
             count = ops.maximum(ops.sum(keep, axis=1, keepdims=True), 1.0)
-            pooled = ops.sum(x * keep[..., None], axis=1) / count
+            pooled = ops.sum(x * ops.expand_dims(keep, -1), axis=1) / count
         out = SequenceClassifierOutput(None, self.classifier(pooled), base.hidden_states, base.attentions)
         if labels is not None:
             out.loss = self.loss_from_outputs(out, labels)
