@@ -327,7 +327,7 @@ def _onnxruntime_rows(workload: Workload, config, arrays: dict, inputs: dict, ke
     try:
         fp32 = os.path.join(tmp, "model.onnx")
         sample = common.sample_inputs(config, workload.architecture, batch_size=2,
-                                      length=None if workload.modality == "vision" else 16)
+                                      length=16 if workload.modality == "text" else None)  # audio: its default
         torch_export.write_onnx(torch_export.export_program(model.eval(), sample), fp32)
         sessions = {}
         if "ort-fp32" in keys:
