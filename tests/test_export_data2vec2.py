@@ -52,7 +52,8 @@ RUNNER = textwrap.dedent(
             import tensorflow as tf
             fn = tf.saved_model.load(path).signatures["serving_default"]
             specs = fn.structured_input_signature[1]
-            out = {k: v.numpy() for k, v in fn(**{k: tf.constant(v, specs[k].dtype) for k, v in inputs.items()}).items()}
+            feed = {k: tf.constant(v, specs[k].dtype) for k, v in inputs.items()}
+            out = {k: v.numpy() for k, v in fn(**feed).items()}
         else:
             from ai_edge_litert.interpreter import Interpreter
             runner = Interpreter(model_path=path).get_signature_runner("serving_default")
