@@ -42,6 +42,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import numpy as np  # noqa: E402
 
+from crosscheck.cases import data2vec2 as d2v2_cases  # noqa: E402
 from crosscheck.cases import tiny  # noqa: E402
 from crosscheck.flops import model_flops  # noqa: E402
 from d2v_common.io_utils import non_negative_int, positive_int  # noqa: E402
@@ -59,6 +60,9 @@ TINY = {
     "audio": dict(tiny.AUDIO),
     "vision": {**{k: v for k, v in tiny.VISION.items() if k != "image_size"}, "use_relative_position_bias": True},
 }
+# data2vec 2.0 (families "audio2", "vision2"): the config defaults are the base size
+TINY_D2V2 = {"audio2": dict(d2v2_cases.AUDIO),
+             "vision2": {k: v for k, v in d2v2_cases.VISION.items() if k != "image_size"}}
 
 
 @dataclass(frozen=True)
@@ -74,13 +78,22 @@ class Workload:
     def family(self) -> str:
         return architecture_info(self.architecture).family
 
-    def config(self, size: str):
-        from d2v_common import configs
+    @property
+    def modality(self) -> str:
+        """text, audio or vision (data2vec 2.0 families end in 2)."""
+        return self.family.rstrip("2")
 
-        cls = getattr(configs, f"Data2Vec{self.family.capitalize()}Config")
-        base = {"text": TEXT_BASE, "audio": AUDIO_BASE, "vision": VISION_BASE}[self.family]
-        fields = {**base, **self.extra} if size == "base" else {**TINY[self.family], **self.extra}
-        if self.family == "vision":
+    def config(self, size: str):
+        from d2v_common import configs, data2vec2
+
+        if self.family.endswith("2"):
+            cls = getattr(data2vec2, f"Data2Vec2{self.modality.capitalize()}Config")
+            fields = dict(self.extra) if size == "base" else {**TINY_D2V2[self.family], **self.extra}
+        else:
+            cls = getattr(configs, f"Data2Vec{self.family.capitalize()}Config")
+            base = {"text": TEXT_BASE, "audio": AUDIO_BASE, "vision": VISION_BASE}[self.family]
+            fields = {**base, **self.extra} if size == "base" else {**TINY[self.family], **self.extra}
+        if self.modality == "vision":
             fields["image_size"] = self.size_for(size)
         return cls(**fields)
 
@@ -90,14 +103,14 @@ class Workload:
     def inputs(self, config, size: str, seed: int = 0) -> dict[str, np.ndarray]:
         rng = np.random.default_rng(seed)
         n, b = self.size_for(size), self.batch
-        if self.family == "text":
+        if self.modality == "text":
             ids = rng.integers(3, config.vocab_size, size=(b, n)).astype(np.int64)
             mask = np.ones((b, n), np.int64)
             if b > 1:  # one padded row, as in real batches
                 ids[-1, n // 2 :] = config.pad_token_id
                 mask[-1, n // 2 :] = 0
             return {"input_ids": ids, "attention_mask": mask}
-        if self.family == "audio":
+        if self.modality == "audio":
             return {"input_values": rng.standard_normal((b, n)).astype(np.float32)}
         return {"pixel_values": rng.standard_normal((b, config.num_channels, n, n)).astype(np.float32)}
 
@@ -118,6 +131,10 @@ WORKLOADS = {
                  dict(num_labels=1000), tiny_length=32),
         Workload("vision-seg-b2x512", "Data2VecVisionForSemanticSegmentation", 2, 512,
                  dict(num_labels=150, use_auxiliary_head=True), tiny_length=32),
+        # data2vec 2.0 base (no HF class: the d2v torch and onnxruntime rows)
+        Workload("audio2-ctc-b2x10s", "Data2Vec2AudioForCTC", 2, 160_000, tiny_length=4000),
+        Workload("vision2-cls-b8x224", "Data2Vec2VisionForImageClassification", 8, 224,
+                 dict(num_labels=1000), tiny_length=32),
     ]
 }
 QUICK_WORKLOADS = ["text-b8x128", "vision-cls-b8x224"]
@@ -304,14 +321,21 @@ def _onnxruntime_rows(workload: Workload, config, arrays: dict, inputs: dict, ke
 
     model = d2v_torch.model_class(workload.architecture)(config)
     model.load_arrays(arrays)
-    # token_type_ids (configs with several token types) are all zeros, as the torch rows get them
-    feeds = {n: inputs[n] if n in inputs else np.zeros_like(inputs["input_ids"])
-             for n in common.input_names(config, workload.architecture)}
+    # token_type_ids (configs with several token types) are all zeros, as the torch rows get them;
+    # a workload without attention_mask keeps every position
+    def feed(name: str) -> np.ndarray:
+        if name in inputs:
+            return inputs[name]
+        if name == "attention_mask":
+            return np.ones(next(iter(inputs.values())).shape[:2], np.int64)
+        return np.zeros_like(inputs["input_ids"])
+
+    feeds = {n: feed(n) for n in common.input_names(config, workload.architecture)}
     tmp = tempfile.mkdtemp(prefix="d2v-bench-onnx-")
     try:
         fp32 = os.path.join(tmp, "model.onnx")
         sample = common.sample_inputs(config, workload.architecture, batch_size=2,
-                                      length=None if workload.family == "vision" else 16)
+                                      length=16 if workload.modality == "text" else None)  # audio: its default
         torch_export.write_onnx(torch_export.export_program(model.eval(), sample), fp32)
         sessions = {}
         if "ort-fp32" in keys:

@@ -2,7 +2,7 @@
 
     d2v-export SRC DST --format {onnx,torch-export,saved-model,litert} [--architecture NAME]
                [--opset N] [--dtype {float32,bfloat16}] [--batch-size B] [--length L]
-               [--overwrite] [--quiet]
+               [--from fairseq [--dict DICT] [--head NAME]] [--overwrite] [--quiet]
 
 ``python -m d2v_torch.export`` and ``python -m d2v_tf.export`` run the same CLI restricted to
 their framework's formats.
@@ -241,6 +241,14 @@ OUTPUT_FIELDS = {
     "Data2VecVisionModel": ("last_hidden_state", "pooler_output"),
     "Data2VecVisionForImageClassification": ("logits",),
     "Data2VecVisionForSemanticSegmentation": ("logits",),
+    # data2vec 2.0 (HF has no such classes; the names follow the 1.0 ones)
+    "Data2Vec2VisionModel": ("last_hidden_state",),
+    "Data2Vec2VisionForImageClassification": ("logits",),
+    "Data2Vec2AudioModel": ("last_hidden_state", "extract_features"),
+    "Data2Vec2AudioForCTC": ("logits",),
+    "Data2Vec2AudioForSequenceClassification": ("logits",),
+    "Data2Vec2TextModel": ("last_hidden_state",),
+    "Data2Vec2TextForSequenceClassification": ("logits",),
 }
 # Which classes export is decided once, in d2v_common.models.registry (EXPORTABLE_FAMILIES, re-exported
 # here as EXPORTABLE_ARCHITECTURES); each needs its row above (tests/test_registry.py checks).
@@ -249,7 +257,9 @@ DEFAULT_LENGTH = {"text": 16, "audio": 4000}
 
 
 def family_of_architecture(architecture: str) -> str:
-    return ARCHITECTURES[architecture]
+    """The input modality (``text``, ``audio``, ``vision``): data2vec 2.0 families
+    (``text2`` ...) take the same inputs under the same names as their 1.0 counterparts."""
+    return ARCHITECTURES[architecture].rstrip("2")
 
 
 def check_architecture(architecture: str) -> None:
@@ -266,7 +276,8 @@ def input_names(config: Data2VecConfigBase, architecture: str) -> tuple[str, ...
     if family == "audio":
         return ("input_values", "attention_mask")
     names = ("input_ids", "attention_mask")
-    return names + ("token_type_ids",) if config.type_vocab_size > 1 else names
+    # data2vec 2.0 text has no token types at all
+    return names + ("token_type_ids",) if getattr(config, "type_vocab_size", 1) > 1 else names
 
 
 def output_fields(architecture: str) -> tuple[str, ...]:
@@ -292,6 +303,9 @@ def length_range(config: Data2VecConfigBase, architecture: str) -> tuple[int, in
         return None
     if family == "audio":
         return _min_audio_samples(config, architecture == "Data2VecAudioForXVector"), 2**24
+    if ARCHITECTURES[architecture] == "text2":
+        # fairseq positions run from pad + 1 to pad + T; without positions only memory limits T
+        return 2, config.max_position_embeddings if config.use_position_embeddings else 2**16
     from d2v_common.models.text import max_input_length
 
     return 2, max_input_length(config)
@@ -323,7 +337,7 @@ def _min_audio_samples(config, tdnn: bool) -> int:
 def eager_call_kwargs(config: Data2VecConfigBase, architecture: str) -> dict[str, Any]:
     """Keyword arguments for the eager call that the artifact bakes in (no cache, no extra outputs)."""
     kwargs: dict[str, Any] = {"output_attentions": False, "output_hidden_states": False, "return_dict": True}
-    if family_of_architecture(architecture) == "text" and config.is_decoder:
+    if family_of_architecture(architecture) == "text" and getattr(config, "is_decoder", False):
         kwargs["use_cache"] = False
     return kwargs
 
@@ -358,7 +372,8 @@ def sample_inputs(
     if family == "vision":
         if length is not None:
             raise ExportError("vision models take images of the config's image_size; --length is for text and audio")
-        h, w = config.image_size_hw
+        # data2vec 2.0 images are square (one int); 1.0 configs may give (height, width)
+        h, w = getattr(config, "image_size_hw", (config.image_size, config.image_size))
         return {"pixel_values": rng.standard_normal((batch, config.num_channels, h, w)).astype(np.float32)}
     low, high = length_range(config, architecture)
     n = length or min(DEFAULT_LENGTH[family], high)
@@ -471,24 +486,31 @@ def _read_source(src: str, options: ExportOptions) -> tuple[str, Data2VecConfigB
 
 def export_checkpoint(
     src: str | os.PathLike, dst: str | os.PathLike, format: str, options: ExportOptions | None = None, *,
-    overwrite: bool = False, stream=None,
+    overwrite: bool = False, stream=None, from_fairseq: bool = False, dictionary: str | None = None,
+    head: str | None = None,
 ) -> ExportResult:
     """Export the checkpoint folder ``src`` to a new folder ``dst`` in ``format``.
 
     Args:
-        src: checkpoint folder (``config.json`` + weights) or a Hugging Face Hub id.
+        src: checkpoint folder (``config.json`` + weights) or a Hugging Face Hub id; with
+            ``from_fairseq``, an original fairseq data2vec 2.0 ``checkpoint.pt``.
         dst: folder to create; it appears complete (artifact, ``config.json``, preprocessing
             files) or not at all.
         format: a name of ``format_names()``.
         options: ``ExportOptions``.
         overwrite: replace an existing ``dst``.
         stream: where progress and the validation table go (None: silent).
+        from_fairseq: convert ``src`` first (as ``d2v-convert --from fairseq``, into a
+            temporary folder that is removed afterwards).
+        dictionary, head: with ``from_fairseq``: the text model's ``dict.txt`` (copied to
+            ``dst``) and the classification head to keep (see ``d2v-convert``).
 
     Returns:
         ``ExportResult`` with the per-output differences measured at the validation shape.
 
     Examples:
         >>> export_checkpoint("ckpt", "ckpt-onnx", "onnx")  # doctest: +SKIP
+        >>> export_checkpoint("base_libri_960h.pt", "ctc-onnx", "onnx", from_fairseq=True)  # doctest: +SKIP
     """
     options = options or ExportOptions()
     src, dst = os.fspath(src), os.path.abspath(os.fspath(dst))
@@ -497,6 +519,10 @@ def export_checkpoint(
         raise ExportError(f"unknown export format {format!r}; choose one of {', '.join(FORMAT_FRAMEWORKS)}")
     if os.path.lexists(dst) and not overwrite:
         raise ExportError(f"destination {dst} already exists; pass --overwrite to replace it")
+    if from_fairseq:
+        return _export_fairseq(src, dst, format, options, overwrite, stream, dictionary, head)
+    if dictionary is not None or head is not None:
+        raise ExportError("dictionary (--dict) and head (--head) apply only to a fairseq checkpoint (--from fairseq)")
     src, config, arch = _read_source(src, options)
     if same_or_nested(src, dst):
         raise ExportError(f"source {src} and destination {dst} must be separate folders")
@@ -541,6 +567,23 @@ def export_checkpoint(
     return ExportResult(dst, format, arch, os.path.join(dst, fmt.artifact), diffs, files)
 
 
+def _export_fairseq(src, dst, format, options, overwrite, stream, dictionary, head) -> ExportResult:
+    """``--from fairseq``: convert into a temporary folder, export that, remove it."""
+    import tempfile
+
+    from d2v_common.checkpoints.fairseq import convert_fairseq_to_folder
+
+    with tempfile.TemporaryDirectory(prefix="d2v-export-fairseq-") as tmp:
+        folder = os.path.join(tmp, "converted")
+        try:
+            report = convert_fairseq_to_folder(src, folder, head=head, dictionary=dictionary)
+        except (ConversionError, ValueError, TypeError, OSError) as e:
+            raise ExportError(f"cannot convert the fairseq checkpoint {src}: {e}") from None
+        if stream is not None:
+            print(f"converted the fairseq checkpoint {src} ({report.architecture})", file=stream)
+        return export_checkpoint(folder, dst, format, options, overwrite=overwrite, stream=stream)
+
+
 # ------------------------------------------------------------------------------ command line
 def build_parser(formats: list[str], prog: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -550,9 +593,17 @@ def build_parser(formats: list[str], prog: str) -> argparse.ArgumentParser:
         epilog="exit status: 0 done, 1 the artifact disagrees with the eager model (nothing written), "
         "2 usage or IO error (nothing written)",
     )
-    parser.add_argument("src", metavar="SRC", help="checkpoint folder (config.json + weights) or a hub id")
+    parser.add_argument("src", metavar="SRC", help="checkpoint folder (config.json + weights) or a hub id; "
+                        "a fairseq checkpoint.pt with --from fairseq")
     parser.add_argument("dst", metavar="DST", help="new folder to create (artifact + config + preprocessing files)")
     parser.add_argument("--format", required=True, choices=formats, help="artifact kind")
+    parser.add_argument("--from", dest="source_format", choices=("fairseq",),
+                        help="fairseq: SRC is an original fairseq data2vec 2.0 checkpoint.pt, converted first "
+                        "(as d2v-convert --from fairseq)")
+    parser.add_argument("--dict", dest="dictionary", metavar="DICT",
+                        help="with --from fairseq: the text model's fairseq dict.txt (checked, copied along)")
+    parser.add_argument("--head", metavar="NAME",
+                        help="with --from fairseq: which classification head of a text classifier to keep")
     parser.add_argument("--architecture", metavar="NAME",
                         help="HF class name when config.json names none (e.g. Data2VecTextForSequenceClassification)")
     parser.add_argument("--opset", type=int, help="ONNX opset (onnx only; default: the exporter's)")
@@ -574,7 +625,9 @@ def main(argv: list[str] | None = None, framework: str | None = None) -> int:
                             validate=not args.no_validate)
     stream = None if args.quiet else sys.stdout
     try:
-        result = export_checkpoint(args.src, args.dst, args.format, options, overwrite=args.overwrite, stream=stream)
+        result = export_checkpoint(args.src, args.dst, args.format, options, overwrite=args.overwrite, stream=stream,
+                                   from_fairseq=args.source_format == "fairseq", dictionary=args.dictionary,
+                                   head=args.head)
     except ExportValidationError as e:
         print(f"{prog}: error: {e}; nothing written to {os.path.abspath(args.dst)}", file=sys.stderr)
         return EXIT_MISMATCH

@@ -390,7 +390,7 @@ class TFData2Vec2AudioFeatureEncoder(Layer):
         self.conv_layers = [layer(config, i) for i in range(len(config.conv_dim))]
 
     def call(self, input_values):
-        x = input_values[..., None]
+        x = ops.expand_dims(input_values, -1)  # not x[..., None]: LiteRT lacks that strided slice
         for layer in self.conv_layers:
             x = layer(x)
         return x
@@ -582,7 +582,7 @@ class TFData2Vec2AudioForSequenceClassification(TFData2Vec2AudioPreTrainedModel)
         else:
             keep = ops.cast(self.frame_mask(ops.convert_to_tensor(attention_mask), ops.shape(x)[1]), x.dtype)
             count = ops.maximum(ops.sum(keep, axis=1, keepdims=True), 1.0)
-            pooled = ops.sum(x * keep[..., None], axis=1) / count
+            pooled = ops.sum(x * ops.expand_dims(keep, -1), axis=1) / count
         out = SequenceClassifierOutput(None, self.classifier(pooled), base.hidden_states, base.attentions)
         if labels is not None:
             out.loss = self.loss_from_outputs(out, labels)

@@ -54,7 +54,8 @@ def input_signature(model, override=None) -> dict:
 
     config, architecture = model.config, model.architecture
     if architecture not in shared.EXPORTABLE_ARCHITECTURES:
-        raise ValueError(f"{type(model).__name__} has no serving signature (HF input/output names) yet; "
+        raise ValueError(f"{type(model).__name__} has no serving signature ({architecture} is not in "
+                         "d2v_common.export's table of input/output names); "
                          f"exportable: {', '.join('TF' + a for a in shared.EXPORTABLE_ARCHITECTURES)}")
     axes = shared.dynamic_axes(config, architecture)
     example = shared.sample_inputs(config, architecture, batch_size=1)

@@ -33,7 +33,7 @@ from d2v_common.spec.data2vec2 import has_context_norm
 from d2v_torch.audio import Data2VecAudioConvLayer, Data2VecAudioPositionalConvEmbedding
 from d2v_torch.base import Data2VecPreTrainedModel
 from d2v_torch.layers import (
-    Activation, Linear, attention, checkpointed, classification_loss, conv1d_time_major, padding_bias,
+    Activation, Linear, attention, checkpointed, classification_loss, conv1d_time_major, is_tracing, padding_bias,
 )
 
 # ------------------------------------------------------------------------------ encoder
@@ -158,7 +158,11 @@ class Data2Vec2Encoder(nn.Module):
                 keep = F.pad(keep, (n, 0), value=True)
             if alibi is not None:
                 alibi = F.pad(alibi, (n, 0, n, 0))
-        pad = None if keep is None or bool(keep.all()) else padding_bias(keep, x.dtype)
+        # eager: no bias when every position is kept (the fused attention path, as before);
+        # a traced graph cannot branch on the mask's values, so it always adds the bias (zeros
+        # where kept: the same scores)
+        everything_kept = keep is None or (not is_tracing() and bool(keep.all()))
+        pad = None if everything_kept else padding_bias(keep, x.dtype)
         biases = self._alibi_per_layer(alibi) if alibi is not None else None
         if self.layer_norm is not None:
             x = self.layer_norm(x)
@@ -386,11 +390,14 @@ class Data2Vec2AudioEncoder(Data2Vec2Encoder):
         return super().forward(x, keep, alibi, output_hidden_states, output_attentions)
 
 
-def sequence_alibi(config, length: int, device) -> torch.Tensor:
-    """(H_alibi, T, T) unscaled 1-D ALiBi bias."""
-    return torch.from_numpy(D.alibi_slopes(config.alibi_heads)[:, None, None] * D.alibi_distances_1d(length)[None]).to(
-        device
-    )
+def sequence_alibi(config, length, device) -> torch.Tensor:
+    """(H_alibi, T, T) unscaled 1-D ALiBi bias, built with tensor ops from the (possibly
+    symbolic, in a traced graph) length: float32 slopes times -|i - j|, the values
+    ``D.alibi_slopes`` x ``D.alibi_distances_1d`` give."""
+    pos = torch.arange(length, device=device)
+    distances = -(pos[None, :] - pos[:, None]).abs().to(torch.float32)
+    slopes = torch.from_numpy(D.alibi_slopes(config.alibi_heads)).to(device)
+    return slopes[:, None, None] * distances[None]
 
 
 class Data2Vec2AudioPreTrainedModel(Data2Vec2PreTrainedModel):
@@ -610,7 +617,10 @@ class Data2Vec2TextModel(Data2Vec2TextPreTrainedModel):
             output_attentions, output_hidden_states, return_dict
         )
         check_input_type("input_ids", input_ids, framework="torch", tensor_types=torch.Tensor, integer=True)
-        D.check_input_ids(self.config, _numpy(input_ids))
+        if not is_tracing():  # id ranges are values: a traced graph checks shapes only
+            D.check_input_ids(self.config, _numpy(input_ids))
+        elif input_ids.dim() != 2:
+            raise ValueError(f"input_ids must have shape (batch, tokens), got {tuple(input_ids.shape)}")
         if attention_mask is None:
             keep = input_ids != self.config.pad_token_id
         else:

@@ -100,6 +100,17 @@ def test_workload_flops_match_the_flop_counter_with_every_kernel_visible(name, m
     assert bench.workload_gflop(workload, "tiny") * 1e9 == counter.get_total_flops()
 
 
+@pytest.mark.slow
+def test_data2vec2_int8_rows_next_to_fp32():
+    """The data2vec 2.0 audio workload gets its onnxruntime fp32 and int8 rows (the ONNX trace
+    takes the default audio length), computing what d2v torch computes."""
+    result = bench.run_workload(bench.WORKLOADS["audio2-ctc-b2x10s"], "tiny", ["torch-fp32", "ort-fp32", "ort-int8"],
+                                repeats=1, warmup=1)
+    rows = result["rows"]
+    assert not result["skipped"] and set(rows) == {"torch-fp32", "ort-fp32", "ort-int8"}
+    assert rows["ort-fp32"]["rel_err"] <= 1e-5 and 0 < rows["ort-int8"]["rel_err_vs_fp32"] <= 0.1
+
+
 def test_bench_cli_rejects_unknown_names():
     with pytest.raises(SystemExit):
         bench.main(["--workloads", "nope", "--no-load"])

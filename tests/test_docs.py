@@ -200,3 +200,47 @@ def test_placeholders_in_use_all_have_builders():
         if runs:
             unknown |= {m for m in re.findall(r"path/to/[\w.-]+", code) if m not in PLACEHOLDERS}
     assert not unknown, f"add builders to PLACEHOLDERS for {sorted(unknown)}"
+
+
+# ----------------------------------------------------------------------------- "every class" claims
+def _registered_architectures() -> list[str]:
+    from d2v_common.spec import ARCHITECTURES
+
+    return sorted(ARCHITECTURES)
+
+
+def test_every_registered_class_is_exportable():
+    """docs/serving.md: every class (data2vec 1.0 and 2.0) exports to every format and every
+    Keras class has a serving signature. The export tests run over ``EXPORTABLE_ARCHITECTURES``
+    (tests/test_export_torch.py, tests/test_export_keras.py); this keeps that set equal to the
+    registered classes, so a new class cannot silently fall outside the claim."""
+    from d2v_common import export as common
+
+    assert sorted(common.EXPORTABLE_ARCHITECTURES) == _registered_architectures()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("architecture", _registered_architectures())
+def test_torch_export_works_on_every_registered_class_as_is(architecture):
+    """docs/serving.md: ``torch.export.export(model, args=(), kwargs=inputs)`` works on every d2v
+    PyTorch class as it is (tiny config, one layer, the export sample's inputs)."""
+    import torch
+
+    import d2v_torch
+    from crosscheck.cases import all_cases
+    from d2v_common import export as common
+
+    config = next(c.config for c in all_cases() if c.architecture == architecture)
+    if common.family_of_architecture(architecture) != "vision":  # vision heads may read several layers
+        config = config.copy(num_hidden_layers=1)
+    torch.manual_seed(0)
+    model = getattr(d2v_torch, architecture)(config).eval()
+    inputs = {k: torch.from_numpy(v) for k, v in common.sample_inputs(config, architecture).items()}
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.export.export(model, (), inputs, strict=False)
+        got, want = program.module()(**inputs), model(**inputs)
+    assert type(got) is type(want)
+    for field in common.output_fields(architecture):
+        if want.get(field) is not None:
+            torch.testing.assert_close(got[field], want[field], atol=1e-5, rtol=0)

@@ -1,4 +1,4 @@
-"""Serving from PyTorch: ONNX and torch.export artifacts of all 15 classes, run in their own
+"""Serving from PyTorch: ONNX and torch.export artifacts of every class (data2vec 1.0 and 2.0), run in their own
 runtimes (onnxruntime; torch.export.load in a process where d2v cannot be imported), the
 export CLI's errors and all-or-nothing DST, and torch.compile / jit.trace of the vision
 classes with relative position bias (issue 16, point 3).
@@ -22,10 +22,12 @@ import torch
 
 import d2v_torch
 from crosscheck.cases import audio as audio_cases
+from crosscheck.cases import data2vec2 as d2v2_cases
 from crosscheck.cases import text as text_cases
 from crosscheck.cases import vision as vision_cases
 from d2v_common import export as common
 from d2v_common.configs import Data2VecAudioConfig, Data2VecTextConfig, Data2VecVisionConfig
+from d2v_common.data2vec2 import Data2Vec2AudioConfig, Data2Vec2TextConfig, Data2Vec2VisionConfig
 from d2v_torch import export as torch_export
 
 TOLERANCE = 1e-4
@@ -50,6 +52,15 @@ CLASSES = [
      Data2VecVisionConfig(**vision_cases.SMALL, **vision_cases.VARIANTS["shared-cls"])),
     ("Data2VecVisionForSemanticSegmentation",
      Data2VecVisionConfig(**vision_cases.SMALL, **vision_cases.VARIANTS["aux-concat"])),
+    # data2vec 2.0: ALiBi (1-D over frames / tokens, 2-D over patches), GroupNorm extractor, extra tokens
+    ("Data2Vec2VisionModel", Data2Vec2VisionConfig(**{**d2v2_cases.VISION, **d2v2_cases.VISION_VARIANTS["alibi2d"]})),
+    ("Data2Vec2VisionForImageClassification",
+     Data2Vec2VisionConfig(**{**d2v2_cases.VISION, **d2v2_cases.VISION_VARIANTS["alibi1d-linsoftmax"]})),
+    ("Data2Vec2AudioModel", Data2Vec2AudioConfig(**{**d2v2_cases.AUDIO, **d2v2_cases.AUDIO_VARIANTS["groupnorm"]})),
+    ("Data2Vec2AudioForCTC", Data2Vec2AudioConfig(**{**d2v2_cases.AUDIO, **d2v2_cases.AUDIO_VARIANTS["alibi"]})),
+    ("Data2Vec2AudioForSequenceClassification", Data2Vec2AudioConfig(**d2v2_cases.AUDIO)),
+    ("Data2Vec2TextModel", Data2Vec2TextConfig(**{**d2v2_cases.TEXT, **d2v2_cases.TEXT_VARIANTS["sinusoidal"]})),
+    ("Data2Vec2TextForSequenceClassification", Data2Vec2TextConfig(**d2v2_cases.TEXT)),
 ]
 IDS = [arch for arch, _ in CLASSES]
 

@@ -42,7 +42,7 @@ KERAS_PENDING = ("Data2Vec2AudioForPreTraining", "Data2Vec2TextForPreTraining", 
 
 # Families whose checkpoint classes ``d2v-export`` serves (ONNX, torch.export, SavedModel,
 # LiteRT). data2vec 2.0 ("text2", "audio2", "vision2") is added by listing it here.
-EXPORTABLE_FAMILIES = ("text", "audio", "vision")
+EXPORTABLE_FAMILIES = ("text", "audio", "vision", "text2", "audio2", "vision2")
 
 
 @dataclass(frozen=True)
