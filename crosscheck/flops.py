@@ -16,6 +16,7 @@ Examples:
 from __future__ import annotations
 
 from d2v_common.configs import Data2VecAudioConfig, Data2VecTextConfig, Data2VecVisionConfig
+from d2v_common.data2vec2 import Data2Vec2AudioConfig, Data2Vec2TextConfig, Data2Vec2VisionConfig
 
 
 def linear(rows: int, fan_in: int, fan_out: int) -> int:
@@ -56,9 +57,9 @@ def audio_frames(config: Data2VecAudioConfig, samples: int) -> list[int]:
     return frames
 
 
-def _audio(config: Data2VecAudioConfig, architecture: str, batch: int, length: int) -> int:
-    if architecture != "Data2VecAudioModel" or config.add_adapter:
-        raise ValueError(f"no FLOP formula for {architecture}" + (" with an adapter" if config.add_adapter else ""))
+def audio_front_end(config, batch: int, length: int) -> tuple[int, int]:
+    """(FLOPs, frames) of the conv feature encoder, the feature projection and the positional
+    convs, the same in data2vec 1.0 and 2.0."""
     h = config.hidden_size
     frames = audio_frames(config, length)
     channels = [1, *config.conv_dim]
@@ -69,7 +70,14 @@ def _audio(config: Data2VecAudioConfig, architecture: str, batch: int, length: i
     k = config.conv_pos_kernel_size
     conv_positions = t + 2 * (k // 2) - k + 1  # "same" padding; an even kernel's extra frame is trimmed after
     flops += config.num_conv_pos_embeddings * conv(batch, conv_positions, h, h, k, config.num_conv_pos_embedding_groups)
-    return flops + encoder(batch, t, h, config.intermediate_size, config.num_hidden_layers)
+    return flops, t
+
+
+def _audio(config: Data2VecAudioConfig, architecture: str, batch: int, length: int) -> int:
+    if architecture != "Data2VecAudioModel" or config.add_adapter:
+        raise ValueError(f"no FLOP formula for {architecture}" + (" with an adapter" if config.add_adapter else ""))
+    flops, t = audio_front_end(config, batch, length)
+    return flops + encoder(batch, t, config.hidden_size, config.intermediate_size, config.num_hidden_layers)
 
 
 def _vision(config: Data2VecVisionConfig, architecture: str, batch: int, length: int) -> int:
@@ -108,14 +116,61 @@ def _vision(config: Data2VecVisionConfig, architecture: str, batch: int, length:
     return flops
 
 
-_FAMILIES = {Data2VecTextConfig: _text, Data2VecAudioConfig: _audio, Data2VecVisionConfig: _vision}
+# ------------------------------------------------------------------------------ data2vec 2.0
+def _data2vec2_encoder(config, batch: int, tokens: int) -> int:
+    """The extra tokens join the sequence; prenet and main blocks are alike."""
+    layers = config.num_prenet_layers + config.num_hidden_layers
+    return encoder(batch, config.num_extra_tokens + tokens, config.hidden_size, config.intermediate_size, layers)
+
+
+def _text2(config: Data2Vec2TextConfig, architecture: str, batch: int, length: int) -> int:
+    flops = _data2vec2_encoder(config, batch, length)  # embeddings: lookups
+    if architecture == "Data2Vec2TextModel":
+        return flops
+    if architecture == "Data2Vec2TextForSequenceClassification":  # dense + out_proj on the first token
+        return flops + linear(batch, config.hidden_size, config.classifier_width) + linear(
+            batch, config.classifier_width, config.num_labels)
+    raise ValueError(f"no FLOP formula for {architecture}")
+
+
+def _audio2(config: Data2Vec2AudioConfig, architecture: str, batch: int, length: int) -> int:
+    flops, t = audio_front_end(config, batch, length)
+    flops += _data2vec2_encoder(config, batch, t)
+    h = config.hidden_size
+    if architecture == "Data2Vec2AudioModel":
+        return flops
+    if architecture == "Data2Vec2AudioForCTC":
+        return flops + linear(batch * t, h, config.vocab_size)
+    if architecture == "Data2Vec2AudioForSequenceClassification":  # projector per frame, classifier on the mean
+        return flops + linear(batch * t, h, config.classifier_proj_size) + linear(
+            batch, config.classifier_proj_size, config.num_labels)
+    raise ValueError(f"no FLOP formula for {architecture}")
+
+
+def _vision2(config: Data2Vec2VisionConfig, architecture: str, batch: int, length: int) -> int:
+    h, p = config.hidden_size, config.patch_size
+    grid = length // p
+    width = config.patch_embed_dim or h
+    flops = conv(batch, grid * grid, config.num_channels, width, p * p)  # patch embedding
+    if width != h:
+        flops += linear(batch * grid * grid, width, h)
+    flops += _data2vec2_encoder(config, batch, grid * grid)
+    if architecture == "Data2Vec2VisionModel":
+        return flops
+    if architecture == "Data2Vec2VisionForImageClassification":
+        return flops + linear(batch, h, config.num_labels)
+    raise ValueError(f"no FLOP formula for {architecture}")
+
+
+_FAMILIES = {Data2VecTextConfig: _text, Data2VecAudioConfig: _audio, Data2VecVisionConfig: _vision,
+             Data2Vec2TextConfig: _text2, Data2Vec2AudioConfig: _audio2, Data2Vec2VisionConfig: _vision2}
 
 
 def model_flops(config, architecture: str, batch: int, length: int) -> int:
     """FLOPs of one forward call of ``architecture`` on a batch of ``batch`` inputs.
 
     Args:
-        config: a data2vec 1.0 config (text, audio or vision).
+        config: a data2vec 1.0 or 2.0 config (text, audio or vision).
         architecture: the class name (the base models, text sequence classification, vision
             image classification and semantic segmentation: the benchmark's workloads).
         batch: inputs per call.
