@@ -16,13 +16,9 @@ from d2v_common.checkpoints import formats as checkpoint
 from d2v_common.checkpoints import fairseq
 from d2v_common.loader import pretrained
 from d2v_common.configs import Data2VecVisionConfig
-from tests.fixture_paths import DATA2VEC2_PRETRAINING_DIR
+from tests.fixture_paths import DATA2VEC2_DIR, DATA2VEC2_PRETRAINING_DIR
 from tests.hubcache import folder_files, make_hub_cache, serve_offline
 
-FIXTURES = os.environ.get(
-    "D2V2_FIXTURES",
-    os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "fixtures", "data2vec2"),
-)
 
 
 def _tiny_config() -> Data2VecVisionConfig:
@@ -123,7 +119,7 @@ def test_the_weights_handle_reads_every_tensor_and_closes_after_the_load(checkpo
 
 
 def test_a_fairseq_checkpoint_is_read_and_converted_once(monkeypatch):
-    path = os.path.join(FIXTURES, "image-cls", "checkpoint.pt")
+    path = os.path.join(DATA2VEC2_DIR, "image-cls", "checkpoint.pt")
     conversions = []
     real_convert = fairseq.convert_fairseq
     monkeypatch.setattr(fairseq, "convert_fairseq", lambda *a, **k: conversions.append(a) or real_convert(*a, **k))
