@@ -284,12 +284,9 @@ class ConvTranspose2d(Layer):
         return y + self.bias
 
 
-class Dropout(Layer):
-    """Dropout drawn from the layer's own seed generator, active only with ``training=True``.
-
-    Args:
-        rate: the fraction of inputs zeroed in training.
-    """
+class _TrainingOnlyRandomLayer(Layer):
+    """The identity outside training or at rate 0; in training, ``_draw(x)`` draws from the
+    layer's own seed generator (made only for a rate above 0)."""
 
     def __init__(self, rate: float, **kwargs):
         super().__init__(**kwargs)
@@ -299,20 +296,34 @@ class Dropout(Layer):
     def call(self, x, training=False):
         if not training or self.rate == 0.0:
             return x
+        return self._draw(x)
+
+    def _draw(self, x):
+        raise NotImplementedError
+
+
+class Dropout(_TrainingOnlyRandomLayer):
+    """Dropout drawn from the layer's own seed generator, active only with ``training=True``.
+
+    Args:
+        rate: the fraction of inputs zeroed in training.
+    """
+
+    def _draw(self, x):
         return keras.random.dropout(x, self.rate, seed=self.seed_generator)
 
 
-class DropPath(Layer):
+class DropPath(_TrainingOnlyRandomLayer):
     """Stochastic depth: in training, drop a sample's residual branch with probability ``p``."""
 
     def __init__(self, p: float, **kwargs):
-        super().__init__(**kwargs)
-        self.p = p
-        self.seed_generator = keras.random.SeedGenerator() if p > 0 else None
+        super().__init__(p, **kwargs)
 
-    def call(self, x, training=False):
-        if not training or self.p == 0.0:
-            return x
+    @property
+    def p(self) -> float:
+        return self.rate
+
+    def _draw(self, x):
         keep = 1.0 - self.p
         shape = (ops.shape(x)[0],) + (1,) * (len(x.shape) - 1)
         mask = ops.floor(keep + keras.random.uniform(shape, dtype=x.dtype, seed=self.seed_generator))

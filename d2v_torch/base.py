@@ -296,3 +296,41 @@ class Data2VecPreTrainedModel(nn.Module):
     @property
     def _return_dict_default(self) -> bool:
         return self.config.use_return_dict
+
+
+class TeacherStudentPretrainingModule(nn.Module):
+    """Base of the data2vec 1.0 and 2.0 pretraining wrappers (``d2v_torch.pretraining``,
+    ``d2v_torch.data2vec2_pretraining``): a concrete wrapper (one that sets ``architecture``,
+    an HF-style name in d2v_common.models.registry.PRETRAINING_ARCHITECTURES) registers itself
+    beside the model classes; the student is the backbone under ``base_model_prefix`` and the
+    EMA ``teacher`` always runs in eval mode."""
+
+    architecture = ""
+    modality = ""
+    base_model_prefix = ""
+    backbone_class: type = nn.Module
+    config_class: type = object
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        MODEL_REGISTRY.register(cls)
+
+    def __init__(self, config):
+        check_config_class(type(self).__name__, config, self.config_class)
+        super().__init__()
+
+    @property
+    def student(self):
+        return getattr(self, self.base_model_prefix)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.teacher.eval()  # the teacher runs without dropout, as upstream's EMA teacher
+        return self
+
+    def _start_ema_count_and_mask_rng(self, seed: int | None) -> None:
+        """No EMA update done yet; ``rng`` draws the masks not given (from torch's RNG without
+        ``seed``, so ``torch.manual_seed`` makes runs reproducible)."""
+        self.num_updates = 0
+        self.last_tau: float | None = None
+        self.rng = np.random.default_rng(torch_seed() if seed is None else seed)

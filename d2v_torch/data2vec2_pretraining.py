@@ -36,9 +36,8 @@ from d2v_common.data2vec2 import Data2Vec2AudioConfig, Data2Vec2TextConfig, Data
 from d2v_common.pretrain.data2vec2 import Data2Vec2PreTrainingOutput, Data2Vec2PretrainingConfig
 from d2v_common.models.docstrings import document_inputs
 from d2v_common.checkpoints.hub import pop_hub_options
-from d2v_common.models.checks import check_config_class
 from d2v_common.loader.pretrained import LoadOptions
-from d2v_torch.base import MODEL_REGISTRY
+from d2v_torch.base import TeacherStudentPretrainingModule
 from d2v_torch.data2vec2 import (
     Data2Vec2AudioModel, Data2Vec2TextModel, Data2Vec2VisionModel, sequence_alibi,
 )
@@ -210,24 +209,13 @@ def _gather_alibi(alibi: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 # -------------------------------------------------------------------------------- base
 
 
-class _Data2Vec2ForPreTraining(nn.Module):
+class _Data2Vec2ForPreTraining(TeacherStudentPretrainingModule):
     """What the three modalities share. Subclasses give the front end (``_local``), what is
     added before the context encoder (``_positions``, ``_pos_conv``), the ALiBi base and
     ``forward`` (inputs -> ``self._step``)."""
 
-    architecture = ""
-    modality = ""
-    base_model_prefix = ""
-    backbone_class: type = nn.Module
-    config_class: type = object
-
-    def __init_subclass__(cls, **kwargs):
-        super().__init_subclass__(**kwargs)
-        MODEL_REGISTRY.register(cls)
-
     def __init__(self, config, pretraining_config=None, seed: int | None = None):
-        check_config_class(type(self).__name__, config, self.config_class)
-        super().__init__()
+        super().__init__(config)
         pcfg = pretraining_config
         if pcfg is None:
             pcfg = Data2Vec2PretrainingConfig(modality=self.modality)
@@ -249,20 +237,8 @@ class _Data2Vec2ForPreTraining(nn.Module):
         self.teacher.requires_grad_(False)
         self.teacher.eval()
         self.teacher_names = P.teacher_names(list(self.student.state_dict()), pcfg)
-        self.num_updates = 0
-        self.last_tau: float | None = None
         self.fairseq_source: dict | None = None  # names and cfg of the fairseq checkpoint read, if any
-        seed = int(torch.randint(0, 2**31 - 1, ()).item()) if seed is None else seed
-        self.rng = np.random.default_rng(seed)  # masks drawn when none is given
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self.teacher.eval()  # upstream runs the EMA teacher in eval mode (no dropout)
-        return self
-
-    @property
-    def student(self):
-        return getattr(self, self.base_model_prefix)
+        self._start_ema_count_and_mask_rng(seed)
 
     # ------------------------------------------------------------ modality hooks
     def _local(self, backbone, inputs) -> torch.Tensor:

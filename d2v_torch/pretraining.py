@@ -34,7 +34,6 @@ from torch import nn
 from d2v_common.models.audio import feature_lengths
 from d2v_common.configs import Data2VecAudioConfig, Data2VecTextConfig, Data2VecVisionConfig
 from d2v_common.models.docstrings import document_inputs
-from d2v_common.models.checks import check_config_class
 from d2v_common.pretrain.data2vec1 import (
     check_masked_tokens_given_together,
     pretraining_patch_grid,
@@ -51,7 +50,7 @@ from d2v_common.pretrain.data2vec1 import (
     span_mask,
 )
 from d2v_torch.audio import Data2VecAudioModel
-from d2v_torch.base import MODEL_REGISTRY
+from d2v_torch.base import TeacherStudentPretrainingModule
 from d2v_torch.text import Data2VecTextModel
 from d2v_torch.vision import Data2VecVisionModel
 
@@ -120,27 +119,16 @@ def masked_spread(values: torch.Tensor, mask: torch.Tensor, world: int) -> torch
 # ------------------------------------------------------------------------------ base
 
 
-class _Data2VecForPreTraining(nn.Module):
+class _Data2VecForPreTraining(TeacherStudentPretrainingModule):
     """What the three modalities share: the teacher, the EMA, the loss and the monitoring.
 
-    Subclasses set ``modality``, ``base_model_prefix``, ``backbone_class`` and write ``forward``
-    (masks, student and teacher passes), ending in ``self._finish``.
+    Subclasses set ``architecture``, ``modality``, ``base_model_prefix``, ``backbone_class``,
+    ``config_class`` and write ``forward`` (masks, student and teacher passes), ending in
+    ``self._finish``.
     """
 
-    # HF-style class name of a concrete wrapper (d2v_common.models.registry.PRETRAINING_ARCHITECTURES)
-    architecture = ""
-    modality = ""
-    base_model_prefix = ""
-    backbone_class: type = nn.Module
-    config_class: type = object
-
-    def __init_subclass__(cls, **kwargs):
-        super().__init_subclass__(**kwargs)
-        MODEL_REGISTRY.register(cls)  # the concrete wrappers, beside the model classes
-
     def __init__(self, config, pretraining_config=None, seed: int | None = None):
-        check_config_class(type(self).__name__, config, self.config_class)
-        super().__init__()
+        super().__init__(config)
         self.config = config
         self.pretraining_config = resolve(pretraining_config, self.modality)
         check_backbone_config(config, self.pretraining_config)
@@ -153,22 +141,10 @@ class _Data2VecForPreTraining(nn.Module):
         self.regression_head = nn.Linear(hidden, hidden)
         nn.init.normal_(self.regression_head.weight, std=config.initializer_range)
         nn.init.zeros_(self.regression_head.bias)
-        self.num_updates = 0
-        self.last_tau: float | None = None
-        seed = int(torch.randint(0, 2**31 - 1, ()).item()) if seed is None else seed
-        self.rng = np.random.default_rng(seed)  # the masks drawn when none are given
+        self._start_ema_count_and_mask_rng(seed)
 
     def _backbone(self):
         return self.backbone_class(self.config)
-
-    @property
-    def student(self):
-        return getattr(self, self.base_model_prefix)
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self.teacher.eval()  # the teacher always runs without dropout
-        return self
 
     # ------------------------------------------------------------------- teacher EMA
     @torch.no_grad()

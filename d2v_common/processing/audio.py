@@ -8,25 +8,20 @@ which the models trained without attention masks expect).
 
 from __future__ import annotations
 
-import os
 import warnings
 from typing import Any
 
 import numpy as np
 
-from d2v_common.checkpoints.hub import pop_hub_options, resolve_pretrained
 from d2v_common.processing.base import (
-    SavesPreprocessorConfig,
+    PreprocessorConfigFile,
     BatchFeature,
     as_numpy,
     check_return_tensors,
-    config_file,
     is_number,
-    read_json,
     stack_or_list,
 )
 
-CONFIG_NAME = "preprocessor_config.json"
 # Config types with the same semantics as this class; anything else needs another extractor.
 COMPATIBLE_TYPES = ("Wav2Vec2FeatureExtractor",)
 NORM_EPS = 1e-7
@@ -56,10 +51,11 @@ def _check_length(name: str, value: Any) -> None:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
-class AudioFeatureExtractor(SavesPreprocessorConfig):
+class AudioFeatureExtractor(PreprocessorConfigFile):
     """Raw mono waveforms -> ``input_values`` (+ ``attention_mask``), as HF's Wav2Vec2FeatureExtractor."""
 
     model_input_names = ("input_values", "attention_mask")
+    COMPATIBLE_TYPES = COMPATIBLE_TYPES
 
     def __init__(
         self,
@@ -86,21 +82,6 @@ class AudioFeatureExtractor(SavesPreprocessorConfig):
         self.extra = extra  # unknown config keys, written back by save_pretrained
 
     # ------------------------------------------------------------------ config files
-    @classmethod
-    def from_dict(cls, config: dict) -> "AudioFeatureExtractor":
-        config = dict(config)
-        kind = config.get("feature_extractor_type")
-        if kind is not None and kind not in COMPATIBLE_TYPES:
-            raise ValueError(f"{cls.__name__} reads {COMPATIBLE_TYPES} configs, not {kind!r}")
-        return cls(**config)
-
-    @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, **overrides: Any) -> "AudioFeatureExtractor":
-        """Read ``preprocessor_config.json`` from a directory (or that file itself) or a Hugging
-        Face Hub id (``revision``, ``cache_dir``, ``local_files_only``, ``token``, ``force_download``)."""
-        path = resolve_pretrained(path, [CONFIG_NAME], **pop_hub_options(overrides))
-        return cls.from_dict({**read_json(config_file(path, CONFIG_NAME)), **overrides})
-
     def to_dict(self) -> dict:
         return {
             **self.extra,

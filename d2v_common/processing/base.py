@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from d2v_common.checkpoints.hub import pop_hub_options, resolve_pretrained
 from d2v_common.io_utils import atomic_write_bytes, read_json_object
 
 RETURN_TENSORS = (None, "np", "pt", "tf")
@@ -126,10 +127,30 @@ def write_json(file: str, data: dict) -> None:
     atomic_write_bytes(file, text.encode("utf-8"))
 
 
-class SavesPreprocessorConfig:
-    """``save_pretrained`` and ``repr`` of a preprocessor: its ``to_dict()`` in ``CONFIG_NAME``."""
+class PreprocessorConfigFile:
+    """``from_pretrained``/``from_dict``, ``save_pretrained`` and ``repr`` of a preprocessor: its
+    ``to_dict()`` in ``CONFIG_NAME``. Subclasses set ``COMPATIBLE_TYPES`` (the HF class names
+    whose configs mean the same) and ``TYPE_KEYS`` (the config keys that name such a class)."""
 
     CONFIG_NAME = "preprocessor_config.json"
+    COMPATIBLE_TYPES: tuple[str, ...] = ()
+    TYPE_KEYS: tuple[str, ...] = ("feature_extractor_type",)
+
+    @classmethod
+    def from_dict(cls, config: dict):
+        config = dict(config)
+        for key in cls.TYPE_KEYS:
+            kind = config.get(key)
+            if kind is not None and kind not in cls.COMPATIBLE_TYPES:
+                raise ValueError(f"{cls.__name__} reads {cls.COMPATIBLE_TYPES} configs, not {kind!r}")
+        return cls(**config)
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, **overrides: Any):
+        """Read ``preprocessor_config.json`` from a directory (or that file itself) or a Hugging
+        Face Hub id (``revision``, ``cache_dir``, ``local_files_only``, ``token``, ``force_download``)."""
+        path = resolve_pretrained(path, [cls.CONFIG_NAME], **pop_hub_options(overrides))
+        return cls.from_dict({**read_json(config_file(path, cls.CONFIG_NAME)), **overrides})
 
     def to_dict(self) -> dict:
         raise NotImplementedError

@@ -10,7 +10,6 @@ label maps at any size, with the bilinear resize of ``torch.nn.functional.interp
 from __future__ import annotations
 
 import math
-import os
 import sys
 import warnings
 from typing import Any
@@ -18,19 +17,15 @@ from typing import Any
 import numpy as np
 
 from d2v_common.models.interpolation import bilinear_matrix
-from d2v_common.checkpoints.hub import pop_hub_options, resolve_pretrained
 from d2v_common.processing.base import (
-    SavesPreprocessorConfig,
+    PreprocessorConfigFile,
     BatchFeature,
     as_numpy,
     check_return_tensors,
-    config_file,
     optional_import,
-    read_json,
     stack_or_list,
 )
 
-CONFIG_NAME = "preprocessor_config.json"
 COMPATIBLE_TYPES = ("BeitImageProcessor", "BeitImageProcessorFast", "BeitFeatureExtractor")
 # Pillow's resampling filters by name; config files store the integer.
 RESAMPLE = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3, "box": 4, "hamming": 5}
@@ -190,10 +185,12 @@ def reduce_labels(label: np.ndarray) -> np.ndarray:
     return label
 
 
-class ImageProcessor(SavesPreprocessorConfig):
+class ImageProcessor(PreprocessorConfigFile):
     """Images (and segmentation maps) -> ``pixel_values`` (and ``labels``), as HF's BeitImageProcessor."""
 
     model_input_names = ("pixel_values",)
+    COMPATIBLE_TYPES = COMPATIBLE_TYPES
+    TYPE_KEYS = ("image_processor_type", "feature_extractor_type")
 
     def __init__(
         self,
@@ -228,22 +225,6 @@ class ImageProcessor(SavesPreprocessorConfig):
         self.extra = extra
 
     # ------------------------------------------------------------------ config files
-    @classmethod
-    def from_dict(cls, config: dict) -> "ImageProcessor":
-        config = dict(config)
-        for key in ("image_processor_type", "feature_extractor_type"):
-            kind = config.get(key)
-            if kind is not None and kind not in COMPATIBLE_TYPES:
-                raise ValueError(f"{cls.__name__} reads {COMPATIBLE_TYPES} configs, not {kind!r}")
-        return cls(**config)
-
-    @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, **overrides: Any) -> "ImageProcessor":
-        """Read ``preprocessor_config.json`` from a directory (or that file itself) or a Hugging
-        Face Hub id (``revision``, ``cache_dir``, ``local_files_only``, ``token``, ``force_download``)."""
-        path = resolve_pretrained(path, [CONFIG_NAME], **pop_hub_options(overrides))
-        return cls.from_dict({**read_json(config_file(path, CONFIG_NAME)), **overrides})
-
     def to_dict(self) -> dict:
         extra = {k: v for k, v in self.extra.items() if k != "feature_extractor_type"}
         return {
