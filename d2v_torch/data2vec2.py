@@ -149,8 +149,9 @@ class Data2Vec2Encoder(nn.Module):
             out.append(F.pad(bias, (0, 0, 0, 0, 0, pad_heads)) if pad_heads else bias)
         return out
 
-    def forward(self, x, keep=None, alibi=None, output_hidden_states: bool = False, output_attentions: bool = False):
-        """(output, main-layer hidden states or None, main-layer attention weights or None)."""
+    def prepend_extra_tokens(self, x, keep=None, alibi=None):
+        """The learned extra tokens (the image CLS) in front of ``x``; ``keep`` and the ALiBi
+        bias grow to cover them (always kept, no bias)."""
         n = self.config.num_extra_tokens
         if n:
             x = torch.cat([self.extra_tokens.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
@@ -158,6 +159,12 @@ class Data2Vec2Encoder(nn.Module):
                 keep = F.pad(keep, (n, 0), value=True)
             if alibi is not None:
                 alibi = F.pad(alibi, (n, 0, n, 0))
+        return x, keep, alibi
+
+    def forward(self, x, keep=None, alibi=None, output_hidden_states: bool = False, output_attentions: bool = False):
+        """(output, main-layer hidden states or None, main-layer attention weights or None)."""
+        n = self.config.num_extra_tokens
+        x, keep, alibi = self.prepend_extra_tokens(x, keep, alibi)
         # eager: no bias when every position is kept (the fused attention path, as before);
         # a traced graph cannot branch on the mask's values, so it always adds the bias (zeros
         # where kept: the same scores)
@@ -329,18 +336,13 @@ class Data2Vec2VisionForImageClassification(Data2Vec2VisionPreTrainedModel):
 # -------------------------------------------------------------------------------- audio
 
 
-class Data2Vec2AudioGroupNormConvLayer(nn.Module):
+class Data2Vec2AudioGroupNormConvLayer(Data2VecAudioConvLayer):
     """fairseq ``extractor_mode='default'``: conv -> GroupNorm(C, C) (first layer only) -> activation."""
 
     def __init__(self, config: Data2Vec2AudioConfig, layer_id: int):
-        super().__init__()
-        in_ch = config.conv_dim[layer_id - 1] if layer_id > 0 else 1
+        super().__init__(config, layer_id)
         out_ch = config.conv_dim[layer_id]
-        self.conv = nn.Conv1d(
-            in_ch, out_ch, config.conv_kernel[layer_id], stride=config.conv_stride[layer_id], bias=config.conv_bias
-        )
         self.layer_norm = nn.GroupNorm(out_ch, out_ch) if layer_id == 0 else None
-        self.activation = Activation(config.feat_extract_activation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = conv1d_time_major(self.conv, x)

@@ -135,13 +135,7 @@ def run_encoder(context, main, x, keep, alibi, end_of_block: bool = False):
     layers (and final LayerNorm) of ``main``'s: ``(output, [target tensor of each main layer])``.
     ``keep``: (B, T) bool or None; ``alibi``: unscaled (B, H_alibi, T, T) or None."""
     enc, top = context.encoder, main.encoder
-    n = context.config.num_extra_tokens
-    if n:
-        x = torch.cat([enc.extra_tokens.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
-        if keep is not None:
-            keep = F.pad(keep, (n, 0), value=True)
-        if alibi is not None:
-            alibi = F.pad(alibi, (n, 0, n, 0))
+    x, keep, alibi = enc.prepend_extra_tokens(x, keep, alibi)
     pad = None if keep is None else padding_bias(keep, x.dtype)
     layers = [*enc.prenet_layers, *top.layers]
     biases = _layer_biases(enc, alibi, len(layers), context.config.num_attention_heads)
