@@ -18,22 +18,14 @@ import pytest
 
 from d2v_common import export as common
 from tests.test_data2vec2 import CASES, FIXTURES
+from tests.d2v_free import D2V_BLOCKER
 
 FORMATS = ("onnx", "torch-export", "saved-model", "litert")
 ARTIFACTS = {"onnx": "model.onnx", "torch-export": "model.pt2", "saved-model": ".", "litert": "model.tflite"}
 
 # Runs every artifact with d2v unimportable (isolated interpreter, imports of d2v refused).
-RUNNER = textwrap.dedent(
+RUNNER = D2V_BLOCKER + textwrap.dedent(
     """
-    import importlib.abc, json, sys
-
-    class Blocked(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in ("d2v_common", "d2v_torch", "d2v_tf", "crosscheck"):
-                raise ImportError(f"{name} must not be needed to serve an exported model")
-
-    sys.meta_path.insert(0, Blocked())
-    import numpy as np
 
     for job in json.load(open(sys.argv[1])):
         inputs = dict(np.load(job["inputs"]))

@@ -18,6 +18,7 @@ import d2v_tf
 from crosscheck.cases import all_cases
 from d2v_common import export as shared
 from d2v_tf import export as keras_export
+from tests.d2v_free import D2V_BLOCKER
 
 ARCHITECTURES = shared.EXPORTABLE_ARCHITECTURES
 LITERT_ARCHITECTURES = (
@@ -34,17 +35,8 @@ CHECK_BATCH = 3
 CHECK_LENGTH = {"text": 11, "audio": 2345}
 
 # Runs in a fresh interpreter that cannot import d2v: only TensorFlow and LiteRT.
-RUNNER = textwrap.dedent(
+RUNNER = D2V_BLOCKER + textwrap.dedent(
     """
-    import importlib.abc, json, sys
-
-    class Blocked(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in ("d2v_common", "d2v_torch", "d2v_tf", "crosscheck"):
-                raise ImportError(f"{name} must not be needed to serve an exported model")
-
-    sys.meta_path.insert(0, Blocked())
-    import numpy as np
 
     report = {}
     for job in json.load(open(sys.argv[1])):
