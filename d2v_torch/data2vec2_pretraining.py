@@ -18,6 +18,11 @@ A training loop::
         model.ema_update()                          # teacher <- EMA of the student
     model.save_pretrained("run")                    # student, decoder and teacher
     model.save_student("encoder")                   # loads in Data2Vec2AudioModel
+
+Under ``DistributedDataParallel`` (``torchrun``) call ``model.ema_update()`` on the wrapped
+module after each optimizer step: every rank holds the same student, hence the same teacher.
+The loss divides by the masked positions of the global batch (all-reduced, as fairseq's
+trainer does), so the averaged gradient is the combined batch's.
 """
 
 from __future__ import annotations
