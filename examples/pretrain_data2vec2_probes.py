@@ -83,7 +83,7 @@ def run_vision(args) -> dict:
     train, test = perm[:1200], perm[1200:]
     config = Data2Vec2VisionConfig(image_size=16, patch_size=4, num_channels=1, hidden_size=64, num_hidden_layers=4,
                                    num_attention_heads=4, intermediate_size=128, num_extra_tokens=1)
-    steps = args.steps or 1500
+    steps = args.steps or 800
     pcfg = Data2Vec2PretrainingConfig(
         modality="vision", clone_batch=4, average_top_k_layers=2, instance_norm_target_layer=True,
         layer_norm_targets=True, cls_loss=0.01, ema_decay=0.99, ema_end_decay=0.999, ema_anneal_end_step=steps,
@@ -136,7 +136,7 @@ def run_audio(args) -> dict:
         conv_dim=[64] * 5, conv_kernel=[10, 3, 3, 3, 2], conv_stride=[5, 2, 2, 2, 2],  # 80x: 200 frames / s
         num_conv_pos_embeddings=2, conv_pos_kernel_size=9, num_conv_pos_embedding_groups=4,
     )
-    steps = args.steps or 1000
+    steps = args.steps or 300
     pcfg = Data2Vec2PretrainingConfig(
         modality="audio", clone_batch=4, average_top_k_layers=2, instance_norm_target_layer=True,
         ema_decay=0.99, ema_end_decay=0.999, ema_anneal_end_step=steps, mask_prob=0.5, mask_length=5,
@@ -188,12 +188,14 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--modality", choices=("vision", "audio"), required=True)
     parser.add_argument("--audio-dir", default="/tmp/pa/pytest_audioeval/samples/audio")
-    parser.add_argument("--steps", type=int, default=None, help="default: 1500 (vision), 1000 (audio)")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=None, help="default: 800 (vision), 300 (audio)")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: 32 (vision), 8 (audio)")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
+    if args.batch_size is None:
+        args.batch_size = 32 if args.modality == "vision" else 8
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     results = (run_vision if args.modality == "vision" else run_audio)(args)
