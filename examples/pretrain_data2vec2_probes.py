@@ -6,7 +6,7 @@
   ``pytest-audioeval`` wheel (``pip download --no-deps pytest-audioeval -d /tmp/pa`` and unzip;
   ``--audio-dir`` points at its ``samples/audio`` folder), a 4-layer speech model; the probes
   say which clip a 0.4 s chunk comes from (27 classes; alternate chunks train / test) and which
-  language a clip speaks (9 classes; each language's "pangrama" clip held out).
+  language a clip, or a chunk, speaks (9 classes; each language's "pangrama" clip held out).
 
 Both print the probe accuracy of the pretrained student and of the same model at its random
 initialisation (frozen features: every block's output mean-pooled, concatenated; a logistic
@@ -181,6 +181,9 @@ def run_audio(args) -> dict:
         per_clip = np.stack([f[clip_ids == i].mean(0) for i in range(len(clips))])
         results[f"language, {name}"] = probe_accuracy(per_clip[~held_out], lang[~held_out], per_clip[held_out],
                                                       lang[held_out])
+        chunk_lang, chunk_held = lang[clip_ids], held_out[clip_ids]  # the same split, chunk by chunk
+        results[f"chunk language, {name}"] = probe_accuracy(f[~chunk_held], chunk_lang[~chunk_held], f[chunk_held],
+                                                            chunk_lang[chunk_held])
     return results
 
 
