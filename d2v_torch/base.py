@@ -298,6 +298,19 @@ class Data2VecPreTrainedModel(nn.Module):
         return self.config.use_return_dict
 
 
+def world_size() -> int:
+    """Processes of the initialised ``torch.distributed`` group (1 without one)."""
+    dist = torch.distributed
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """A detached copy of ``t`` summed over every process of the group."""
+    t = t.detach().clone()
+    torch.distributed.all_reduce(t)
+    return t
+
+
 class TeacherStudentPretrainingModule(nn.Module):
     """Base of the data2vec 1.0 and 2.0 pretraining wrappers (``d2v_torch.pretraining``,
     ``d2v_torch.data2vec2_pretraining``): a concrete wrapper (one that sets ``architecture``,

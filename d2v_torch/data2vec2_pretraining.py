@@ -18,6 +18,11 @@ A training loop::
         model.ema_update()                          # teacher <- EMA of the student
     model.save_pretrained("run")                    # student, decoder and teacher
     model.save_student("encoder")                   # loads in Data2Vec2AudioModel
+
+Under ``DistributedDataParallel`` (``torchrun``) call ``model.ema_update()`` on the wrapped
+module after each optimizer step: every rank holds the same student, hence the same teacher.
+The loss divides by the masked positions of the global batch (all-reduced, as fairseq's
+trainer does), so the averaged gradient is the combined batch's.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from d2v_common.pretrain.data2vec2 import Data2Vec2PreTrainingOutput, Data2Vec2P
 from d2v_common.models.docstrings import document_inputs
 from d2v_common.checkpoints.hub import pop_hub_options
 from d2v_common.loader.pretrained import LoadOptions
-from d2v_torch.base import TeacherStudentPretrainingModule
+from d2v_torch.base import TeacherStudentPretrainingModule, all_reduce_sum, world_size
 from d2v_torch.data2vec2 import (
     Data2Vec2AudioModel, Data2Vec2TextModel, Data2Vec2VisionModel, sequence_alibi,
 )
@@ -319,18 +324,33 @@ class _Data2Vec2ForPreTraining(TeacherStudentPretrainingModule):
             _, layers = run_encoder(context, self.teacher, tx, keep, t_alibi, pcfg.end_of_block_targets)
             target = make_targets([y[:, n:] for y in layers], pcfg)
 
-        # ---- losses (fairseq's names), normalised by the masked positions
+        # ---- losses (fairseq's names), normalised by the masked positions of the global batch
         sample_size = mask.sum()
+        global_size, normaliser = self._global_sample_size(sample_size)
         losses = {}
         if pcfg.cls_loss > 0:
             cls_target = target.mean(dim=1).repeat_interleave(c, 0)
-            losses["cls"] = (regression_loss(h[:, n - 1], cls_target, pcfg) * (pcfg.cls_loss * sample_size)).sum()
+            losses["cls"] = (regression_loss(h[:, n - 1], cls_target, pcfg) * (pcfg.cls_loss * global_size)).sum()
         y = target.repeat_interleave(c, 0)[mask]
         regression = regression_loss(prediction[mask], y, pcfg) * pcfg.d2v_loss
         losses[f"{self._fairseq_modality}_regression"] = regression.sum()
-        loss = sum(losses.values()) / sample_size
+        loss = sum(losses.values()) / normaliser
         out = Data2Vec2PreTrainingOutput(loss, losses, sample_size, mask, prediction, target)
         return out if return_dict is not False else out.to_tuple()
+
+    def _global_sample_size(self, sample_size: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(masked positions of the global batch, the loss's divisor)``. One process: both are
+        ``sample_size``. Training under ``torch.distributed`` (DDP): the count all-reduced
+        (fairseq's trainer does the same with ``sample_size``) and, as the divisor, that count
+        over the world size, since DDP averages the ranks' gradients: the average is then the
+        gradient of the combined batch's loss. The CLS loss is weighted by the global count, so
+        N processes equal one process on the combined batch (fairseq weights it by each rank's
+        own count)."""
+        world = world_size() if self.training else 1
+        if world == 1:
+            return sample_size, sample_size
+        total = all_reduce_sum(sample_size)
+        return total, total / world
 
     @property
     def _has_pos_conv(self) -> bool:

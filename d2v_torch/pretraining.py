@@ -50,7 +50,7 @@ from d2v_common.pretrain.data2vec1 import (
     span_mask,
 )
 from d2v_torch.audio import Data2VecAudioModel
-from d2v_torch.base import TeacherStudentPretrainingModule
+from d2v_torch.base import TeacherStudentPretrainingModule, all_reduce_sum, world_size
 from d2v_torch.text import Data2VecTextModel
 from d2v_torch.vision import Data2VecVisionModel
 
@@ -91,17 +91,6 @@ def regression_loss(prediction: torch.Tensor, target: torch.Tensor, config) -> t
     return per.sum(-1) * config.scale(x.shape[-1])
 
 
-def _world_size() -> int:
-    dist = torch.distributed
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def _all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    t = t.detach().clone()
-    torch.distributed.all_reduce(t)
-    return t
-
-
 def masked_spread(values: torch.Tensor, mask: torch.Tensor, world: int) -> torch.Tensor:
     """Mean over features of the std over masked positions (of every rank), in float64."""
     with torch.no_grad():
@@ -109,7 +98,7 @@ def masked_spread(values: torch.Tensor, mask: torch.Tensor, world: int) -> torch
         m = mask.reshape(-1, 1).double()
         sums = torch.cat([m.sum(0), (v * m).sum(0), (v * v * m).sum(0)])
         if world > 1:
-            sums = _all_reduce_sum(sums)
+            sums = all_reduce_sum(sums)
         c = values.shape[-1]
         n, s, ss = sums[0], sums[1 : 1 + c], sums[1 + c :]
         var = (ss - s * s / n) / (n - 1)
@@ -172,10 +161,10 @@ class _Data2VecForPreTraining(TeacherStudentPretrainingModule):
         mask = mask.to(prediction.device).bool()
         per_position = regression_loss(prediction, target, self.pretraining_config)
         maskf = mask.to(per_position.dtype)
-        world = _world_size() if self.training else 1
+        world = world_size() if self.training else 1
         count = maskf.sum()
         if world > 1:  # DDP averages gradients: scale so that the average is the global mean
-            count = _all_reduce_sum(count) / world
+            count = all_reduce_sum(count) / world
         loss = (per_position * maskf).sum() / count
         target_var = masked_spread(target, mask, world)
         pred_var = masked_spread(prediction, mask, world)

@@ -1,6 +1,7 @@
 """The fine-tuning examples run (quick mode) and beat the majority-class baseline."""
 
 import importlib.util
+import os
 import pathlib
 import re
 
@@ -32,3 +33,48 @@ def test_keras_segmentation_example_beats_chance():
 def test_torch_text_example_beats_chance(seed):
     result = _load("finetune_torch_text").main(["--quick", "--seed", str(seed)])
     assert result["accuracy"] > result["majority_baseline"] + 0.1
+
+
+def test_continue_pretraining_data2vec2_example(tmp_path):
+    """Two steps per modality from tiny checkpoints (a fairseq .pt, a save_pretrained folder):
+    the saved student loads in the 2.0 model class and differs from the start; an empty folder
+    and a folder of another modality are refused with errors that say so."""
+    import wave
+
+    import numpy as np
+    from PIL import Image
+
+    from d2v_torch import Data2Vec2AudioForPreTraining, Data2Vec2AudioModel, Data2Vec2VisionModel
+    from tests.fixture_paths import DATA2VEC2_PRETRAINING_DIR
+
+    example = _load("continue_pretraining_data2vec2")
+    rng = np.random.default_rng(0)
+    images, waves, texts = (tmp_path / name for name in ("images", "waves", "texts"))
+    for folder in (images, waves, texts):
+        folder.mkdir()
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(images / f"{i}.png")
+        with wave.open(str(waves / f"{i}.wav"), "wb") as w:
+            w.setnchannels(1), w.setsampwidth(2), w.setframerate(16000)
+            w.writeframes(rng.normal(0, 3000, 2400 + 800 * i).astype(np.int16).tobytes())
+    (texts / "lines.txt").write_text("100 107 114 121\n\n128 100 5 107\n")
+    ckpt = {m: os.path.join(DATA2VEC2_PRETRAINING_DIR, f"pretrain-{m}", "checkpoint.pt") for m in ("image", "text")}
+    audio = tmp_path / "audio-pretraining"
+    Data2Vec2AudioForPreTraining.from_pretrained(
+        os.path.join(DATA2VEC2_PRETRAINING_DIR, "pretrain-audio", "checkpoint.pt")).save_pretrained(audio)
+    common = ["--steps", "2", "--batch-size", "2", "--lr", "1e-3", "--max-seconds", "0.15", "--min-seconds", "0.1"]
+    runs = {"image": [ckpt["image"], str(images)], "audio": [str(audio), str(waves)],
+            "text": [ckpt["text"], str(texts)]}  # text: the dict.txt beside the checkpoint
+    for name, (source, data) in runs.items():
+        result = example.main([source, data, "--output", str(tmp_path / f"out-{name}"), *common])
+        assert len(result["losses"]) == 2 and all(np.isfinite(result["losses"]))
+    student = Data2Vec2VisionModel.from_pretrained(tmp_path / "out-image")
+    start = Data2Vec2VisionModel.from_pretrained(ckpt["image"])
+    assert not np.array_equal(student.encoder.layers[0].attention.qkv_proj.weight.detach().numpy(),
+                              start.encoder.layers[0].attention.qkv_proj.weight.detach().numpy())
+    assert Data2Vec2AudioModel.from_pretrained(tmp_path / "out-audio").load_report.clean
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="holds no images"):
+        example.main([ckpt["image"], str(tmp_path / "empty"), "--output", str(tmp_path / "x")])
+    with pytest.raises(ValueError, match="is a vision model but .* holds 2 speech files"):
+        example.main([ckpt["image"], str(waves), "--output", str(tmp_path / "x")])

@@ -1,0 +1,211 @@
+"""data2vec 2.0 pretraining of tiny models on real data, then linear probes (figures in docs/data2vec2.md).
+
+* ``--modality vision``: scikit-learn's digits (8x8, upsampled to 16x16, 4x4 patches), a 4-layer
+  image model; the probe classifies the digit (1,200 train / 597 test images).
+* ``--modality audio``: the 27 real speech clips (9 languages, 16 kHz) shipped in the
+  ``pytest-audioeval`` wheel (``pip download --no-deps pytest-audioeval -d /tmp/pa`` and unzip;
+  ``--audio-dir`` points at its ``samples/audio`` folder), a 4-layer speech model; the probes
+  say which clip a 0.4 s chunk comes from (27 classes; alternate chunks train / test) and which
+  language a clip, or a chunk, speaks (9 classes; each language's "pangrama" clip held out).
+
+Both print the probe accuracy of the pretrained student and of the same model at its random
+initialisation (frozen features: every block's output mean-pooled, concatenated; a logistic
+regression on top). Needs the ``examples`` extra (scikit-learn) and, for audio, soundfile.
+
+    python examples/pretrain_data2vec2_probes.py --modality vision
+    python examples/pretrain_data2vec2_probes.py --modality audio --audio-dir /tmp/pa/pytest_audioeval/samples/audio
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import glob
+import math
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+from d2v_common.data2vec2 import Data2Vec2AudioConfig, Data2Vec2VisionConfig
+from d2v_common.pretrain.data2vec2 import Data2Vec2PretrainingConfig
+from d2v_torch import Data2Vec2AudioForPreTraining, Data2Vec2VisionForPreTraining
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from pretrain_vision_digits import load_digits_images, probe_accuracy, random_shift  # noqa: E402
+
+CHUNK = 6400  # 0.4 s at 16 kHz: the audio probe's unit
+
+
+def block_features(backbone, inputs, skip_tokens: int = 0, batch: int = 256) -> np.ndarray:
+    """Every block's output, mean-pooled over the sequence (extra tokens left out), concatenated."""
+    backbone.eval()
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(inputs), batch):
+            hidden = backbone(inputs[i : i + batch], output_hidden_states=True).hidden_states[1:]
+            out.append(torch.cat([h[:, skip_tokens:].mean(1) for h in hidden], dim=-1).numpy())
+    return np.concatenate(out)
+
+
+def pretrain(model, next_batch, steps: int, lr: float, log_every: int):
+    """AdamW, linear warm-up then cosine decay, EMA after each step."""
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.05,
+                            betas=(0.9, 0.98))
+    warmup = max(1, steps // 10)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))
+    )
+    model.train()
+    start, losses = time.time(), []
+    for step in range(steps):
+        out = model(*next_batch())
+        out.loss.backward()
+        opt.step()
+        opt.zero_grad()
+        sched.step()
+        model.ema_update()
+        losses.append(out.loss.item())
+        if (step + 1) % log_every == 0 or step + 1 == steps:
+            print(f"step {step + 1:5d}/{steps}  loss {np.mean(losses[-log_every:]):.4f}  tau {model.last_tau:.4f}"
+                  f"  ({time.time() - start:.0f}s)")
+    return time.time() - start
+
+
+# ------------------------------------------------------------------------------ vision
+
+
+def run_vision(args) -> dict:
+    images, labels = load_digits_images()
+    perm = np.random.default_rng(args.seed).permutation(len(images))
+    train, test = perm[:1200], perm[1200:]
+    config = Data2Vec2VisionConfig(image_size=16, patch_size=4, num_channels=1, hidden_size=64, num_hidden_layers=4,
+                                   num_attention_heads=4, intermediate_size=128, num_extra_tokens=1)
+    steps = args.steps or 800
+    pcfg = Data2Vec2PretrainingConfig(
+        modality="vision", clone_batch=4, average_top_k_layers=2, instance_norm_target_layer=True,
+        layer_norm_targets=True, cls_loss=0.01, ema_decay=0.99, ema_end_decay=0.999, ema_anneal_end_step=steps,
+        mask_prob=0.6, mask_length=2, inverse_mask=True, decoder_dim=64, decoder_groups=4, decoder_kernel=3,
+        decoder_layers=2, decoder_input_dropout=0.0,
+    )
+    model = Data2Vec2VisionForPreTraining(config, pcfg, seed=args.seed)
+    initial = copy.deepcopy(model.student)
+    generator = torch.Generator().manual_seed(args.seed)
+    x_train = images[train]
+
+    def next_batch():
+        idx = torch.randint(0, len(train), (args.batch_size,), generator=generator)
+        return [random_shift(x_train[idx], 2, generator)]
+
+    seconds = pretrain(model, next_batch, steps, args.lr, 100)
+    results = {"steps": steps, "seconds": seconds}
+    for name, backbone in (("random init", initial), ("pretrained", model.student)):
+        f = block_features(backbone, images, skip_tokens=1)
+        results[name] = probe_accuracy(f[train], labels[train], f[test], labels[test])
+    return results
+
+
+# ------------------------------------------------------------------------------- audio
+
+
+def load_clips(folder: str) -> list[tuple[str, str, np.ndarray]]:
+    import soundfile
+
+    clips = []
+    for path in sorted(glob.glob(os.path.join(folder, "*", "*.wav"))):
+        wave, rate = soundfile.read(path, dtype="float32")
+        if rate != 16000:
+            raise ValueError(f"{path}: {rate} Hz, expected 16000")
+        clips.append((os.path.basename(os.path.dirname(path)), os.path.splitext(os.path.basename(path))[0], wave))
+    if not clips:
+        raise FileNotFoundError(f"no <language>/<clip>.wav under {folder}: point --audio-dir at pytest_audioeval/"
+                                "samples/audio (pip download --no-deps pytest-audioeval, then unzip the wheel)")
+    return clips
+
+
+def normalise(x: np.ndarray) -> np.ndarray:
+    return ((x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-7)).astype(np.float32)
+
+
+def run_audio(args) -> dict:
+    clips = load_clips(args.audio_dir)
+    config = Data2Vec2AudioConfig(
+        hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=128,
+        conv_dim=[64] * 5, conv_kernel=[10, 3, 3, 3, 2], conv_stride=[5, 2, 2, 2, 2],  # 80x: 200 frames / s
+        num_conv_pos_embeddings=2, conv_pos_kernel_size=9, num_conv_pos_embedding_groups=4,
+    )
+    steps = args.steps or 300
+    pcfg = Data2Vec2PretrainingConfig(
+        modality="audio", clone_batch=4, average_top_k_layers=2, instance_norm_target_layer=True,
+        ema_decay=0.99, ema_end_decay=0.999, ema_anneal_end_step=steps, mask_prob=0.5, mask_length=5,
+        decoder_dim=64, decoder_groups=4, decoder_kernel=7, decoder_layers=2, decoder_input_dropout=0.0,
+    )
+    model = Data2Vec2AudioForPreTraining(config, pcfg, seed=args.seed)
+    initial = copy.deepcopy(model.student)
+    rng = np.random.default_rng(args.seed)
+    crop = 12800  # 0.8 s pretraining crops (the shortest clip is 0.96 s)
+
+    def next_batch():
+        batch = []
+        for i in rng.integers(0, len(clips), args.batch_size):
+            wave = clips[i][2]
+            start = int(rng.integers(0, len(wave) - crop + 1))
+            batch.append(wave[start : start + crop])
+        return [torch.from_numpy(normalise(np.stack(batch)))]
+
+    seconds = pretrain(model, next_batch, steps, args.lr, 100)
+    results = {"steps": steps, "seconds": seconds}
+
+    # chunk -> clip: non-overlapping 0.4 s chunks, alternate ones train / test
+    chunks, clip_ids = [], []
+    for i, (_, _, wave) in enumerate(clips):
+        for s in range(0, len(wave) - CHUNK + 1, CHUNK):
+            chunks.append(wave[s : s + CHUNK])
+            clip_ids.append(i)
+    chunks, clip_ids = torch.from_numpy(normalise(np.stack(chunks))), np.array(clip_ids)
+    order = np.zeros(len(clip_ids), int)
+    for i in range(len(clips)):
+        where = np.flatnonzero(clip_ids == i)
+        order[where] = np.arange(len(where))
+    train, test = order % 2 == 0, order % 2 == 1
+    # clip -> language: mean features of each clip's chunks; each language's "pangrama" clip is the test set
+    languages = sorted({c[0] for c in clips})
+    lang = np.array([languages.index(clips[i][0]) for i in range(len(clips))])
+    held_out = np.array([c[1] == "pangrama" for c in clips])
+    results["chunks"] = int(len(clip_ids))
+    for name, backbone in (("random init", initial), ("pretrained", model.student)):
+        f = block_features(backbone, chunks)
+        results[f"clip, {name}"] = probe_accuracy(f[train], clip_ids[train], f[test], clip_ids[test])
+        per_clip = np.stack([f[clip_ids == i].mean(0) for i in range(len(clips))])
+        results[f"language, {name}"] = probe_accuracy(per_clip[~held_out], lang[~held_out], per_clip[held_out],
+                                                      lang[held_out])
+        chunk_lang, chunk_held = lang[clip_ids], held_out[clip_ids]  # the same split, chunk by chunk
+        results[f"chunk language, {name}"] = probe_accuracy(f[~chunk_held], chunk_lang[~chunk_held], f[chunk_held],
+                                                            chunk_lang[chunk_held])
+    return results
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--modality", choices=("vision", "audio"), required=True)
+    parser.add_argument("--audio-dir", default="/tmp/pa/pytest_audioeval/samples/audio")
+    parser.add_argument("--steps", type=int, default=None, help="default: 800 (vision), 300 (audio)")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: 32 (vision), 8 (audio)")
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    if args.batch_size is None:
+        args.batch_size = 32 if args.modality == "vision" else 8
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    results = (run_vision if args.modality == "vision" else run_audio)(args)
+    for key, value in results.items():
+        print(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
