@@ -24,6 +24,7 @@ Training is ``compile`` + ``fit`` on inputs alone::
 
 from __future__ import annotations
 
+import json
 import os
 
 import keras
@@ -309,11 +310,11 @@ class _TFData2Vec2ForPreTraining(backend.PretrainingSteps, keras.Model):
         self.teacher = self.backbone_class(config, name="teacher")
         self.teacher.load_arrays(self.student.state_arrays())
         self.teacher.trainable = False
-        self.teacher_names = P.teacher_names(list(self.student.state_arrays()), pcfg)
+        self.teacher_names = tuple(P.teacher_names(list(self.student.state_arrays()), pcfg))
         self.num_updates = self.add_weight(shape=(), dtype="int64", initializer="zeros", trainable=False,
                                            name="num_updates")
         self.last_tau: float | None = None
-        self.fairseq_source: dict | None = None  # names and cfg of the fairseq checkpoint read, if any
+        self.fairseq_source = None  # names and cfg of the fairseq checkpoint read, if any
         self.rng = np.random.default_rng(np.random.randint(0, 2**31 - 1) if seed is None else seed)
         self.loss_tracker = keras.metrics.Mean(name="loss")
         # drawn masks come from numpy inside the step: XLA cannot compile that on TensorFlow
@@ -324,6 +325,17 @@ class _TFData2Vec2ForPreTraining(backend.PretrainingSteps, keras.Model):
     @property
     def student(self):
         return getattr(self, self.base_model_prefix)
+
+    @property
+    def fairseq_source(self) -> dict | None:
+        """The fairseq names and ``cfg.model`` of the checkpoint the model was read from, or None."""
+        return self._fairseq_source
+
+    @fairseq_source.setter
+    def fairseq_source(self, value: dict | None) -> None:
+        # Keras wraps dicts set on a model in tracking containers, which do not pickle (save_fairseq
+        # pickles it): keep a plain JSON copy (it is JSON already: names and the printed cfg)
+        object.__setattr__(self, "_fairseq_source", None if value is None else json.loads(json.dumps(value)))
 
     def get_config(self) -> dict:
         return {"name": self.name, "config": self.config.to_dict(), "pretraining_config": self.pretraining_config.to_dict()}
@@ -362,6 +374,9 @@ class _TFData2Vec2ForPreTraining(backend.PretrainingSteps, keras.Model):
                 ops.repeat(ops.cast(keep, "bool"), c, axis=0))
             return backend.numpy_call(make, [batch * c, padding], ["bool"], [(rows_static, length)])[0]
         mask = ops.convert_to_tensor(precomputed_mask)
+        if len(mask.shape) == 3 and mask.shape[1] == c:
+            # (batch, clone_batch, T): the layout fit needs (Keras splits every input by its first axis)
+            mask = ops.reshape(mask, (-1, mask.shape[2]))
         rows = mask.shape[0] if mask.shape[0] is not None else rows_static
         batch_static = None if rows_static is None else rows_static // c
         if rows is None or batch_static is None:  # a traced batch of unknown size: the rest is checked
