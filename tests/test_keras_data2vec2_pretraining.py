@@ -273,3 +273,22 @@ def test_fit_draws_masks_inside_the_compiled_step():
     model.compile(optimizer=keras.optimizers.SGD(0.01))
     history = model.fit(inputs["source"], batch_size=2, epochs=2, verbose=0).history
     assert np.isfinite(history["loss"]).all() and int(ops.convert_to_numpy(model.num_updates)) == 2
+
+
+def test_mixed_bfloat16_step_is_close_to_float32():
+    """Under keras' mixed_bfloat16 policy a step (the call, then a fit step) gives a finite
+    loss close to float32's (targets and losses are computed in float32)."""
+    _, ckpt, inputs, outputs = _case("pretrain-image")
+    batch = {**_model_inputs(inputs), "precomputed_mask": inputs["mask"]}
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        model = d2v_tf.TFData2Vec2VisionForPreTraining.from_pretrained(ckpt, seed=0)
+        assert model.decoder.layers[0].conv.compute_dtype == "bfloat16"
+        loss = float(ops.convert_to_numpy(model(batch, training=True).loss))
+        model.compile(optimizer=keras.optimizers.SGD(0.01))
+        fitted = model.fit(_fit_batch("pretrain-image"), batch_size=2, epochs=1, verbose=0).history["loss"][0]
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    total = float(outputs["total"])
+    assert np.isfinite(loss) and abs(loss - total) <= 0.05 * total, (loss, total)
+    assert np.isfinite(fitted) and abs(fitted - total) <= 0.05 * total, (fitted, total)
