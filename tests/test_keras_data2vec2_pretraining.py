@@ -292,3 +292,74 @@ def test_mixed_bfloat16_step_is_close_to_float32():
     total = float(outputs["total"])
     assert np.isfinite(loss) and abs(loss - total) <= 0.05 * total, (loss, total)
     assert np.isfinite(fitted) and abs(fitted - total) <= 0.05 * total, (fitted, total)
+
+
+# ------------------------------------------------------------------------ distributed
+
+_DISTRIBUTED = """
+import json, os, sys, warnings
+mode = sys.argv[1]
+if mode == "jax":
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+os.environ["KERAS_BACKEND"] = "jax" if mode == "jax" else "tensorflow"
+warnings.simplefilter("ignore")
+import numpy as np, keras
+if mode == "tf":
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import d2v_tf
+from tests.test_keras_data2vec2_pretraining import _case, _fit_batch
+
+_, ckpt, _, _ = _case("pretrain-audio")
+batch = _fit_batch("pretrain-audio")
+data = {k: np.concatenate([v, v[::-1]]) for k, v in batch.items()}  # two steps of two samples
+
+
+def train(distributed):
+    if mode == "tf":
+        strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]) if distributed else tf.distribute.get_strategy()
+        with strategy.scope():
+            model = d2v_tf.TFData2Vec2AudioForPreTraining.from_pretrained(ckpt, seed=0)
+            model.compile(optimizer=keras.optimizers.SGD(0.05))
+        replicas = strategy.num_replicas_in_sync
+    else:
+        import jax
+        keras.distribution.set_distribution(keras.distribution.DataParallel() if distributed else None)
+        model = d2v_tf.TFData2Vec2AudioForPreTraining.from_pretrained(ckpt, seed=0)
+        model.compile(optimizer=keras.optimizers.SGD(0.05))
+        replicas = len(jax.devices()) if distributed else 1
+    global start
+    start = model.pretraining_arrays()
+    loss = model.fit(data, batch_size=2, epochs=1, shuffle=False, verbose=0).history["loss"][0]
+    return loss, model.pretraining_arrays(), int(keras.ops.convert_to_numpy(model.num_updates)), replicas
+
+
+(l1, a1, n1, r1), (l2, a2, n2, r2) = train(False), train(True)
+print("RESULT " + json.dumps({
+    "replicas": [r1, r2], "updates": [n1, n2], "loss": [l1, l2],
+    "max_diff": max(float(np.abs(a1[k] - a2[k]).max()) for k in a1),
+    "moved": max(float(np.abs(a2[k] - start[k]).max()) for k in a2 if not k.startswith("teacher.")),
+    "teacher_moved": max(float(np.abs(a2[k] - start[k]).max()) for k in a2 if k.startswith("teacher.")),
+}))
+"""
+
+
+@pytest.mark.parametrize("mode", ["tf", "jax"])
+def test_two_devices_equal_one(mode, tmp_path):
+    """Two steps on two devices (TensorFlow MirroredStrategy on two logical CPUs; JAX
+    keras.distribution.DataParallel on two CPU devices) equal one device's two steps: the loss
+    is normalised by the global number of masked positions and the EMA runs in the step."""
+    import subprocess
+    import sys
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    (tmp_path / "run.py").write_text(_DISTRIBUTED)
+    env = {**os.environ, "PYTHONPATH": repo, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    run = subprocess.run([sys.executable, str(tmp_path / "run.py"), mode], capture_output=True, text=True,
+                         timeout=600, env=env, cwd=repo)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    result = json.loads(run.stdout.split("RESULT ", 1)[1])
+    assert result["replicas"] == [1, 2] and result["updates"] == [2, 2], result
+    assert abs(result["loss"][0] - result["loss"][1]) <= 1e-5 * abs(result["loss"][0]), result
+    assert result["max_diff"] <= 1e-5 and result["moved"] > 1e-4 and result["teacher_moved"] > 0, result
