@@ -32,6 +32,11 @@ from d2v_tf.data2vec2 import (  # noqa: E402
     TFData2Vec2VisionForImageClassification,
     TFData2Vec2VisionModel,
 )
+from d2v_tf.data2vec2_pretraining import (  # noqa: E402
+    TFData2Vec2AudioForPreTraining,
+    TFData2Vec2TextForPreTraining,
+    TFData2Vec2VisionForPreTraining,
+)
 from d2v_tf.base import MODEL_REGISTRY, TFData2VecPreTrainedModel  # noqa: E402
 from d2v_tf.pretraining import (  # noqa: E402
     TFData2VecAudioForPreTraining,
@@ -84,12 +89,15 @@ __all__ = [
     "Data2Vec2TextConfig",
     "Data2Vec2VisionConfig",
     "TFData2Vec2AudioForCTC",
+    "TFData2Vec2AudioForPreTraining",
     "TFData2Vec2AudioForSequenceClassification",
     "TFData2Vec2AudioModel",
     "TFData2Vec2PreTrainedModel",
+    "TFData2Vec2TextForPreTraining",
     "TFData2Vec2TextForSequenceClassification",
     "TFData2Vec2TextModel",
     "TFData2Vec2VisionForImageClassification",
+    "TFData2Vec2VisionForPreTraining",
     "TFData2Vec2VisionModel",
     "MODEL_CLASSES",
     "MODEL_REGISTRY",

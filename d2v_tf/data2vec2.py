@@ -612,14 +612,19 @@ class TFData2Vec2TextEmbeddings(Layer):
         self.scale = math.sqrt(config.hidden_size) if config.scale_embedding else 1.0
 
     def call(self, input_ids):
+        # padding_idx as fairseq: the pad rows of both tables get no gradient (pads look up
+        # token row pad and position row pad)
+        is_pad = ops.expand_dims(ops.equal(input_ids, self.config.pad_token_id), -1)
         x = self.word_embeddings(input_ids)
+        x = ops.where(is_pad, ops.stop_gradient(x), x)
         if self.scale != 1.0:
             x = x * self.scale
         if self.config.use_position_embeddings:
             not_pad = ops.cast(ops.not_equal(input_ids, self.config.pad_token_id), "int32")
             positions = ops.cumsum(not_pad, axis=1) * not_pad + self.config.pad_token_id
             if self.position_embeddings is not None:
-                x = x + self.position_embeddings(positions)
+                learned = self.position_embeddings(positions)
+                x = x + ops.where(is_pad, ops.stop_gradient(learned), learned)
             else:
                 x = x + ops.take(ops.convert_to_tensor(self._sinusoidal), positions, axis=0)
         return self.layer_norm(x) if self.layer_norm is not None else x

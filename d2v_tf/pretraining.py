@@ -61,15 +61,16 @@ logger = logging.getLogger("d2v.pretraining")
 # -------------------------------------------------------------------- targets and loss
 
 
-def _layer_norm(x):
+def layer_norm_f32(x):
+    """LayerNorm over the last axis, no affine, float32 (the targets' norms, both generations)."""
     x = ops.cast(x, "float32")
     mean = ops.mean(x, axis=-1, keepdims=True)
     var = ops.mean(ops.square(x - mean), axis=-1, keepdims=True)
     return (x - mean) * ops.rsqrt(var + NORM_EPS)
 
 
-def _instance_norm(x):
-    """(B, T, C): each row and channel normalised over time."""
+def instance_norm_f32(x):
+    """(B, T, C): each row and channel normalised over time, float32."""
     x = ops.cast(x, "float32")
     mean = ops.mean(x, axis=1, keepdims=True)
     var = ops.mean(ops.square(x - mean), axis=1, keepdims=True)
@@ -80,14 +81,14 @@ def build_targets(layers, config):
     """Average of the top-K teacher layers, each normalised (float32)."""
     top = list(layers)[-config.top_k(len(layers)):]
     if config.instance_norm_target_layer:
-        top = [_instance_norm(x) for x in top]
+        top = [instance_norm_f32(x) for x in top]
     if config.layer_norm_target_layer:
-        top = [_layer_norm(x) for x in top]
+        top = [layer_norm_f32(x) for x in top]
     y = sum(ops.cast(x, "float32") for x in top) / len(top)
     if config.layer_norm_targets:
-        y = _layer_norm(y)
+        y = layer_norm_f32(y)
     if config.instance_norm_targets:
-        y = _instance_norm(y)
+        y = instance_norm_f32(y)
     return ops.stop_gradient(y)
 
 
@@ -478,5 +479,7 @@ __all__ = [
     "TFData2VecTextForPreTraining",
     "TFData2VecVisionForPreTraining",
     "build_targets",
+    "instance_norm_f32",
+    "layer_norm_f32",
     "regression_loss",
 ]

@@ -36,7 +36,6 @@ from torch import nn
 
 from d2v_common import data2vec2 as D
 from d2v_common.pretrain import data2vec2 as P
-from d2v_common.checkpoints.formats import write_checkpoint
 from d2v_common.data2vec2 import Data2Vec2AudioConfig, Data2Vec2TextConfig, Data2Vec2VisionConfig
 from d2v_common.pretrain.data2vec2 import Data2Vec2PreTrainingOutput, Data2Vec2PretrainingConfig
 from d2v_common.models.docstrings import document_inputs
@@ -47,8 +46,6 @@ from d2v_torch.data2vec2 import (
     Data2Vec2AudioModel, Data2Vec2TextModel, Data2Vec2VisionModel, sequence_alibi,
 )
 from d2v_torch.layers import padding_bias
-
-CONFIG_FILE = "config.json"
 
 # ----------------------------------------------------------------------------- decoder
 
@@ -215,17 +212,7 @@ class _Data2Vec2ForPreTraining(TeacherStudentPretrainingModule):
 
     def __init__(self, config, pretraining_config=None, seed: int | None = None):
         super().__init__(config)
-        pcfg = pretraining_config
-        if pcfg is None:
-            pcfg = Data2Vec2PretrainingConfig(modality=self.modality)
-        elif isinstance(pcfg, dict):
-            pcfg = Data2Vec2PretrainingConfig(modality=self.modality, **pcfg)
-        if not isinstance(pcfg, Data2Vec2PretrainingConfig):
-            raise TypeError(f"pretraining_config must be a Data2Vec2PretrainingConfig or a dict, got {type(pcfg).__name__}")
-        if pcfg.modality != self.modality:
-            raise ValueError(f"this is a {self.modality} model but the pretraining config is for {pcfg.modality}")
-        if pcfg.cls_loss > 0 and config.num_extra_tokens == 0:
-            raise ValueError("cls_loss > 0 regresses the last extra token: the config needs num_extra_tokens >= 1")
+        pcfg = P.resolve_pretraining_config(pretraining_config, self.modality, config)
         self.config = config
         self.pretraining_config = pcfg
         setattr(self, self.base_model_prefix, self.backbone_class(config))
@@ -358,7 +345,7 @@ class _Data2Vec2ForPreTraining(TeacherStudentPretrainingModule):
 
     @property
     def _fairseq_modality(self) -> str:
-        return {v: k for k, v in P.MODALITIES.items()}[self.modality]
+        return P.FAIRSEQ_MODALITY[self.modality]
 
     # ---------------------------------------------------------------- teacher EMA
     @torch.no_grad()
@@ -392,13 +379,7 @@ class _Data2Vec2ForPreTraining(TeacherStudentPretrainingModule):
         return out
 
     def load_pretraining_arrays(self, arrays: dict[str, np.ndarray]) -> None:
-        expected = set(self.pretraining_arrays())
-        got = set(arrays)
-        if got != expected:
-            raise ValueError(
-                f"{type(self).__name__}: the arrays do not fit the model: missing {sorted(expected - got)[:8]}, "
-                f"unexpected {sorted(got - expected)[:8]}"
-            )
+        P.check_pretraining_array_names(type(self).__name__, self.pretraining_arrays(), arrays)
         prefix = self.base_model_prefix + "."
         student = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
         self.student.load_arrays(student)
@@ -410,21 +391,15 @@ class _Data2Vec2ForPreTraining(TeacherStudentPretrainingModule):
         for k, v in arrays.items():
             if k.startswith("decoder."):
                 name = k[len("decoder."):]
-                if tuple(np.shape(v)) != tuple(params[name].shape):
-                    raise ValueError(f"{k}: got shape {tuple(np.shape(v))}, expected {tuple(params[name].shape)}")
+                P.check_decoder_shape(k, np.shape(v), params[name].shape)
                 decoder[name] = torch.from_numpy(np.array(v, dtype=np.float32))
         self.decoder.load_state_dict(decoder, strict=True)
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> list[str]:
         """Student, decoder and teacher (``model.safetensors``), the backbone's ``config.json``
         and ``d2v_pretraining.json`` (the recipe, the update count); staged, config files last."""
-        self.config.architectures = [self.architecture]
-        extra = {
-            P.PRETRAINING_FILE: P.pretraining_json(self.pretraining_config, self.architecture, self.num_updates,
-                                                   self.fairseq_source),
-            CONFIG_FILE: self.config.to_json_string().encode("utf-8"),
-        }
-        return write_checkpoint(save_directory, self.pretraining_arrays(), None, ("safetensors",), extra_files=extra)
+        return P.save_pretraining_folder(save_directory, self.pretraining_arrays(), self.config, self.pretraining_config,
+                                         self.architecture, self.num_updates, self.fairseq_source)
 
     def fairseq_names(self) -> dict[str, str]:
         """``{parameter / array name: fairseq key}`` for every tensor (the teacher's as
@@ -435,12 +410,8 @@ class _Data2Vec2ForPreTraining(TeacherStudentPretrainingModule):
         """The model as a fairseq ``data2vec_multi`` trainer checkpoint (student, decoder, ``_ema``
         teacher, the source's ``cfg.model``): for a model read from a fairseq checkpoint (or
         from a folder saved from one), every tensor under its original key."""
-        if not self.fairseq_source:
-            raise ValueError(
-                f"{type(self).__name__}.save_fairseq needs the fairseq names and config of the checkpoint the model "
-                "came from; this model was not read from a fairseq checkpoint (use save_pretrained)"
-            )
-        return P.write_fairseq_pretraining(path, self.pretraining_arrays(), self.fairseq_source, self.num_updates)
+        return P.save_fairseq_pretraining(type(self).__name__, path, self.pretraining_arrays(), self.fairseq_source,
+                                          self.num_updates)
 
     def save_student(self, save_directory: str | os.PathLike, **kwargs) -> list[str]:
         """The student encoder alone, as a ``Data2Vec2*Model`` checkpoint (what the 2.0 model

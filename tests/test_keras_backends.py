@@ -28,6 +28,13 @@ from tests.test_keras_loading import (  # noqa: F401 - from_pretrained's loading
     test_a_failed_read_while_creating_variables_raises_and_leaves_keras_clean,
     test_from_pretrained_creates_variables_from_the_checkpoint_only,
 )
+from tests.test_keras_data2vec2_pretraining import (  # noqa: F401 - data2vec 2.0 pretraining, on this backend too
+    test_bad_masks_are_refused_with_torchs_errors,
+    test_checkpoints_keep_decoder_and_teacher,
+    test_fit_draws_masks_inside_the_compiled_step,
+    test_fit_lowers_the_loss_and_the_teacher_follows_the_ema_formula,
+    test_step_and_gradients_equal_fairseq,
+)
 
 BACKEND = keras.backend.backend()
 CASES = all_cases("small")

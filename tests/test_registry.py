@@ -49,13 +49,11 @@ def test_all_equals_the_registry(framework):
 def test_registry_holds_every_architecture_under_its_hf_name(framework):
     package = PACKAGES[framework]
     prefix = package.MODEL_REGISTRY.class_prefix
-    # the data2vec 2.0 pretraining classes exist in PyTorch only until their Keras twins land
-    pending = set(registry.KERAS_PENDING) if framework == "keras" else set()
-    assert set(package.MODEL_REGISTRY) == set(registry.ARCHITECTURE_INFO) - pending
+    assert set(package.MODEL_REGISTRY) == set(registry.ARCHITECTURE_INFO)
     for name, cls in package.MODEL_REGISTRY.items():
         assert cls.architecture == name and cls.__name__ == prefix + name
     assert set(package.MODEL_CLASSES) == set(spec.ARCHITECTURES)
-    assert set(package.PRETRAINING_CLASSES) == set(registry.PRETRAINING_ARCHITECTURES) - pending
+    assert set(package.PRETRAINING_CLASSES) == set(registry.PRETRAINING_ARCHITECTURES)
     for name in package.MODEL_CLASSES:
         assert package.model_class(name) is package.MODEL_REGISTRY[name]
     # data2vec 2.0 and the pretraining wrappers are in the registry too

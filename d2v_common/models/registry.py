@@ -37,8 +37,6 @@ PRETRAINING_ARCHITECTURES = {
     "Data2Vec2TextForPreTraining": "text2",
     "Data2Vec2VisionForPreTraining": "vision2",
 }
-# Architectures that have no Keras class yet (the Keras registry is checked against the rest).
-KERAS_PENDING = ("Data2Vec2AudioForPreTraining", "Data2Vec2TextForPreTraining", "Data2Vec2VisionForPreTraining")
 
 # Families whose checkpoint classes ``d2v-export`` serves (ONNX, torch.export, SavedModel,
 # LiteRT). data2vec 2.0 ("text2", "audio2", "vision2") is added by listing it here.
@@ -142,7 +140,6 @@ __all__ = [
     "ARCHITECTURE_INFO",
     "EXPORTABLE_ARCHITECTURES",
     "EXPORTABLE_FAMILIES",
-    "KERAS_PENDING",
     "PRETRAINING_ARCHITECTURES",
     "ArchitectureInfo",
     "ModelRegistry",

@@ -602,6 +602,72 @@ def read_pretraining_json(directory: str | os.PathLike, architecture: str) -> tu
     return Data2Vec2PretrainingConfig.from_dict(body["pretraining"]), int(body.get("num_updates", 0)), body.get("fairseq")
 
 
+# ------------------------------------------------------------------- both frameworks' classes
+# What the PyTorch and Keras pretraining classes do alike around their step: the recipe they
+# accept, the arrays they load, the folder they write, the fairseq file they write back.
+
+FAIRSEQ_MODALITY = {v: k for k, v in MODALITIES.items()}  # "vision" -> "IMAGE" (upstream's loss names)
+CONFIG_FILE = "config.json"
+
+
+def resolve_pretraining_config(pretraining_config, modality: str, config) -> Data2Vec2PretrainingConfig:
+    """The recipe a pretraining class is built with: None (the defaults), a dict of fields or a
+    ``Data2Vec2PretrainingConfig``, for ``modality`` and fitting the backbone ``config``."""
+    pcfg = pretraining_config
+    if pcfg is None:
+        pcfg = Data2Vec2PretrainingConfig(modality=modality)
+    elif isinstance(pcfg, dict):
+        pcfg = Data2Vec2PretrainingConfig(modality=modality, **pcfg)
+    if not isinstance(pcfg, Data2Vec2PretrainingConfig):
+        raise TypeError(f"pretraining_config must be a Data2Vec2PretrainingConfig or a dict, got {type(pcfg).__name__}")
+    if pcfg.modality != modality:
+        raise ValueError(f"this is a {modality} model but the pretraining config is for {pcfg.modality}")
+    if pcfg.cls_loss > 0 and config.num_extra_tokens == 0:
+        raise ValueError("cls_loss > 0 regresses the last extra token: the config needs num_extra_tokens >= 1")
+    return pcfg
+
+
+def check_pretraining_array_names(class_name: str, expected, got) -> None:
+    """``load_pretraining_arrays``: exactly the model's names (student, decoder, teacher)."""
+    expected, got = set(expected), set(got)
+    if got != expected:
+        raise ValueError(
+            f"{class_name}: the arrays do not fit the model: missing {sorted(expected - got)[:8]}, "
+            f"unexpected {sorted(got - expected)[:8]}"
+        )
+
+
+def check_decoder_shape(name: str, got: tuple, expected: tuple) -> None:
+    if tuple(got) != tuple(expected):
+        raise ValueError(f"{name}: got shape {tuple(got)}, expected {tuple(expected)}")
+
+
+def save_pretraining_folder(directory: str | os.PathLike, arrays: dict[str, np.ndarray], config,
+                            pcfg: Data2Vec2PretrainingConfig, architecture: str, num_updates: int,
+                            fairseq: dict | None) -> list[str]:
+    """A pretraining class's ``save_pretrained``: every array (``model.safetensors``), the
+    backbone's ``config.json`` and ``d2v_pretraining.json``; staged, config files last."""
+    from d2v_common.checkpoints.formats import write_checkpoint
+
+    config.architectures = [architecture]
+    extra = {
+        PRETRAINING_FILE: pretraining_json(pcfg, architecture, num_updates, fairseq),
+        CONFIG_FILE: config.to_json_string().encode("utf-8"),
+    }
+    return write_checkpoint(directory, arrays, None, ("safetensors",), extra_files=extra)
+
+
+def save_fairseq_pretraining(class_name: str, path: str | os.PathLike, arrays: dict[str, np.ndarray],
+                             fairseq: dict | None, num_updates: int) -> str:
+    """A pretraining class's ``save_fairseq``: refused for a model not read from fairseq."""
+    if not fairseq:
+        raise ValueError(
+            f"{class_name}.save_fairseq needs the fairseq names and config of the checkpoint the model "
+            "came from; this model was not read from a fairseq checkpoint (use save_pretrained)"
+        )
+    return write_fairseq_pretraining(path, arrays, fairseq, num_updates)
+
+
 # ------------------------------------------------------------------------------ loading
 
 
@@ -844,7 +910,14 @@ __all__ = [
     "STUDENT_PREFIX",
     "FairseqPretraining",
     "LoadedPretraining",
+    "CONFIG_FILE",
+    "FAIRSEQ_MODALITY",
     "block_mask_2d",
+    "check_decoder_shape",
+    "check_pretraining_array_names",
+    "resolve_pretraining_config",
+    "save_fairseq_pretraining",
+    "save_pretraining_folder",
     "check_mask_counts",
     "check_precomputed_mask",
     "decoder_fairseq_name",
