@@ -6,7 +6,7 @@
   ``pytest-audioeval`` wheel (``pip download --no-deps pytest-audioeval -d /tmp/pa`` and unzip;
   ``--audio-dir`` points at its ``samples/audio`` folder), a 4-layer speech model; the probes
   say which clip a 0.4 s chunk comes from (27 classes; alternate chunks train / test) and which
-  language a clip, or a chunk, speaks (9 classes; each language's "pangrama" clip held out).
+  language a clip, or a chunk, speaks (9 classes; the 8 "pangrama" clips held out, English has none).
 
 Both print the probe accuracy of the pretrained student and of the same model at its random
 initialisation (frozen features: every block's output mean-pooled, concatenated; a logistic
