@@ -33,6 +33,7 @@ from d2v_tf.data2vec2 import (  # noqa: E402
     TFData2Vec2VisionModel,
 )
 from d2v_tf.base import MODEL_REGISTRY, TFData2VecPreTrainedModel  # noqa: E402
+from d2v_tf.pipelines import pipeline  # noqa: E402
 from d2v_tf.pretraining import (  # noqa: E402
     TFData2VecAudioForPreTraining,
     TFData2VecTextForPreTraining,
@@ -95,6 +96,7 @@ __all__ = [
     "MODEL_REGISTRY",
     "PRETRAINING_CLASSES",
     "model_class",
+    "pipeline",
     "Data2VecAudioConfig",
     "Data2VecTextConfig",
     "Data2VecVisionConfig",
