@@ -187,8 +187,9 @@ def test_text_classification_equals_hf(text_folder):
     for framework in (d2v_torch, d2v_tf):
         pipe = framework.pipeline("text-classification", model=text_folder)
         for inputs in (texts[0], texts, {"text": texts[0], "text_pair": texts[1]}):
-            for options in ({}, {"top_k": 2}, {"top_k": None, "function_to_apply": "sigmoid"}):
+            for options in ({}, {"top_k": None, "function_to_apply": "sigmoid"}):
                 _same_labels(pipe(inputs, **options), hf(inputs, **options))
+        _same_labels(pipe(texts[1], top_k=2), hf(texts[1], top_k=2))
 
 
 def test_feature_extraction_equals_hf(text_folder):
