@@ -41,12 +41,21 @@ def worker(folder: str, seconds: float, chunk_length_s: float, stride_length_s: 
 
     asr = d2v_torch.pipeline("automatic-speech-recognition", model=folder)
     loaded_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    start = time.perf_counter()
+    start, forward, calls = time.perf_counter(), asr.runner.forward, []
+
+    def counted_forward(*args, **kwargs):  # progress on stderr: chunks done, peak so far
+        out = forward(*args, **kwargs)
+        calls.append(None)
+        print(f"  {seconds:g} s: chunk {len(calls)} done after {time.perf_counter() - start:.0f} s, peak RSS "
+              f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB", file=sys.stderr, flush=True)
+        return out
+
+    asr.runner.forward = counted_forward
     if seconds:
         waveform = np.random.default_rng(0).standard_normal(int(seconds * 16000)).astype(np.float32)
         options = {"chunk_length_s": chunk_length_s, "stride_length_s": stride_length_s} if chunk_length_s else {}
         asr(waveform, **options)
-    return {"seconds": seconds, "chunk_length_s": chunk_length_s, "loaded_mib": round(loaded_mib),
+    return {"seconds": seconds, "chunk_length_s": chunk_length_s, "chunks": len(calls), "loaded_mib": round(loaded_mib),
             "peak_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
             "wall_s": round(time.perf_counter() - start, 1)}
 
@@ -54,9 +63,11 @@ def worker(folder: str, seconds: float, chunk_length_s: float, stride_length_s: 
 def run_worker(folder: str, seconds: float, chunk_length_s: float, stride_length_s: float) -> dict:
     code = (f"import json; from crosscheck.pipeline_memory import worker; "
             f"print(json.dumps(worker({folder!r}, {seconds}, {chunk_length_s}, {stride_length_s})))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    out = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})  # stderr: progress
+    row = json.loads(out.stdout.strip().splitlines()[-1])
+    print(json.dumps(row), flush=True)
+    return row
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,8 +81,6 @@ def main(argv: list[str] | None = None) -> int:
         rows = [run_worker(folder, 0, 0, 0),  # the model alone
                 run_worker(folder, args.chunk_length_s, 0, 0),  # one chunk, no chunking
                 run_worker(folder, args.minutes * 60, args.chunk_length_s, args.stride_length_s)]
-    for row in rows:
-        print(json.dumps(row))
     one_chunk, long = rows[1]["peak_mib"], rows[2]["peak_mib"]
     print(f"peak RSS: model loaded {rows[0]['peak_mib']} MiB, one {args.chunk_length_s:g} s chunk {one_chunk} MiB, "
           f"{args.minutes:g} min chunked {long} MiB = {long / one_chunk:.2f}x one chunk")

@@ -250,13 +250,15 @@ def test_bad_arguments_raise_errors_naming_the_fix(ctc_folder, text_folder, tmp_
          ValueError, "needs a feature_extractor: pass feature_extractor=d2v_common.processing.AudioFeatureExtractor"),
         (lambda: d2v_tf.pipeline(ASR, model=d2v_torch.Data2VecAudioForCTC.from_pretrained(ctc_folder)), TypeError,
          "d2v_tf model"),
-        (lambda: d2v_torch.pipeline("text-classification", model=ctc_folder), ValueError, "holds a audio model"),
+        (lambda: d2v_torch.pipeline("text-classification", model=ctc_folder), ValueError,
+         "holds a model of the 'audio' family; the 'text-classification' pipeline serves the 'text', 'text2'"),
         (lambda: d2v_torch.pipeline("audio-classification", model=d2v_torch.Data2VecAudioForCTC.from_pretrained(
             ctc_folder)), TypeError, "runs Data2VecAudioForSequenceClassification, not Data2VecAudioForCTC"),
         (lambda: d2v_torch.pipeline("text-classification", model=text_folder, top_k=0), ValueError, "positive int"),
         (lambda: d2v_torch.pipeline("text-classification", model=text_folder, function_to_apply="max"), ValueError,
          "'softmax', 'sigmoid', 'none'"),
-        (lambda: d2v_torch.pipeline(ASR, model=text_folder, tokenizer=ctc_folder), ValueError, "holds a text model"),
+        (lambda: d2v_torch.pipeline(ASR, model=text_folder, tokenizer=ctc_folder), ValueError,
+         "holds a model of the 'text' family"),
     ]
     no_tokenizer = tmp_path / "no-tokenizer"
     no_tokenizer.mkdir()

@@ -228,8 +228,8 @@ def build_pipeline(task_name: str, model: Any, runner: PipelineRunner, *, tokeni
         source = os.fspath(model)
         family = family_of(load_config(source, **hub_options))
         if family not in task.architectures:
-            raise ValueError(f"{source!r} holds a {family} model; the {task.name!r} pipeline serves "
-                             f"{', '.join(sorted(task.architectures))} models")
+            raise ValueError(f"{source!r} holds a model of the {family!r} family; the {task.name!r} pipeline "
+                             f"serves the {', '.join(map(repr, sorted(task.architectures)))} families")
         model = runner.model_class(task.architectures[family]).from_pretrained(
             source, **hub_options, **(model_kwargs or {}))
     elif not runner.is_model(model):
