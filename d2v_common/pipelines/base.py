@@ -18,7 +18,6 @@ import numpy as np
 
 from d2v_common.checkpoints.hub import pop_hub_options
 from d2v_common.configs import load_config
-from d2v_common.processing import AudioFeatureExtractor, CTCTokenizer, ImageProcessor, TextTokenizer
 from d2v_common.spec import family_of
 
 def modality(family: str) -> str:
@@ -60,8 +59,13 @@ class PipelineRunner:
 
 
 # ------------------------------------------------------------------------------ scores
+def softmax(x: np.ndarray) -> np.ndarray:
+    shifted = np.exp(x - x.max(-1, keepdims=True))  # no overflow for large logits
+    return shifted / shifted.sum(-1, keepdims=True)
+
+
 CLASSIFICATION_FUNCTIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "softmax": lambda x: np.exp(x - x.max(-1, keepdims=True)) / np.exp(x - x.max(-1, keepdims=True)).sum(-1, keepdims=True),
+    "softmax": softmax,
     "sigmoid": lambda x: 1.0 / (1.0 + np.exp(-x)),
     "none": lambda x: x,
 }
