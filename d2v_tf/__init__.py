@@ -38,6 +38,7 @@ from d2v_tf.data2vec2_pretraining import (  # noqa: E402
     TFData2Vec2VisionForPreTraining,
 )
 from d2v_tf.base import MODEL_REGISTRY, TFData2VecPreTrainedModel  # noqa: E402
+from d2v_tf.pipelines import pipeline  # noqa: E402
 from d2v_tf.pretraining import (  # noqa: E402
     TFData2VecAudioForPreTraining,
     TFData2VecTextForPreTraining,
@@ -103,6 +104,7 @@ __all__ = [
     "MODEL_REGISTRY",
     "PRETRAINING_CLASSES",
     "model_class",
+    "pipeline",
     "Data2VecAudioConfig",
     "Data2VecTextConfig",
     "Data2VecVisionConfig",

@@ -27,6 +27,7 @@ from d2v_torch.data2vec2_pretraining import (
     Data2Vec2TextForPreTraining,
     Data2Vec2VisionForPreTraining,
 )
+from d2v_torch.pipelines import pipeline
 from d2v_torch.pretraining import (
     Data2VecAudioForPreTraining,
     Data2VecTextForPreTraining,
@@ -91,6 +92,7 @@ __all__ = [
     "MODEL_REGISTRY",
     "PRETRAINING_CLASSES",
     "model_class",
+    "pipeline",
     "Data2VecAudioConfig",
     "Data2VecAudioForAudioFrameClassification",
     "Data2VecAudioForCTC",

@@ -95,6 +95,22 @@ def _image_file(directory: str) -> str:
     return path
 
 
+def _speech_file(directory: str) -> str:
+    """1.5 s of 16 kHz mono 16-bit PCM (a tone with noise)."""
+    import wave
+
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, "speech.wav")
+    t = np.arange(24000) / 16000
+    samples = 0.4 * np.sin(2 * np.pi * 220 * t) + 0.1 * np.random.default_rng(0).standard_normal(t.size)
+    with wave.open(path, "wb") as f:
+        f.setnchannels(1)
+        f.setsampwidth(2)
+        f.setframerate(16000)
+        f.writeframes((samples * 32767).astype("<i2").tobytes())
+    return path
+
+
 def _pretraining_checkpoint(directory: str) -> str:
     """A fairseq data2vec 2.0 pretraining checkpoint: the audio fixture (read only)."""
     from tests.fixture_paths import DATA2VEC2_PRETRAINING_DIR
@@ -110,6 +126,7 @@ PLACEHOLDERS = {
     "path/to/data2vec-text": _text_with_tokenizer,
     "path/to/data2vec-audio": _audio_with_extractor,
     "cat.png": _image_file,
+    "speech.wav": _speech_file,
 }
 
 

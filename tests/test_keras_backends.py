@@ -301,3 +301,21 @@ def test_jax_data_parallel_pretraining_matches_one_device(tmp_path):
     result = json.loads(run.stdout.split("RESULT ", 1)[1])
     assert result["devices"] == 2
     assert result["loss_diff"] <= 1e-5 and result["max_diff"] <= 1e-5, result
+
+
+def test_chunked_speech_recognition_pipeline_matches_torch(tmp_path):
+    """d2v_tf.pipeline on this backend: the chunked transcript and the feature tensor of d2v_torch's."""
+    from d2v_common.configs import Data2VecAudioConfig
+    from d2v_common.processing import AudioFeatureExtractor, CTCTokenizer
+    from tests.test_pipelines import AUDIO, VOCAB, _save, _speech
+
+    folder = _save("Data2VecAudioForCTC", Data2VecAudioConfig(**AUDIO, vocab_size=len(VOCAB)), tmp_path / "ctc")
+    AudioFeatureExtractor(return_attention_mask=True).save_pretrained(folder)
+    CTCTokenizer({t: i for i, t in enumerate(VOCAB)}).save_pretrained(folder)
+    waves = [_speech(1.1), _speech(0.7, seed=1)]
+    expected = d2v_torch.pipeline("automatic-speech-recognition", model=folder)(waves, chunk_length_s=0.5)
+    got = d2v_tf.pipeline("automatic-speech-recognition", model=folder, chunk_length_s=0.5)(waves)
+    assert got == expected and all(len(e["text"]) > 3 for e in expected)
+    features = d2v_tf.pipeline("feature-extraction", model=folder)(waves[1], return_tensors=True)
+    assert tuple(features.shape) == (1, 34, 32)
+    assert keras.ops.is_tensor(features) and not isinstance(features, np.ndarray)  # the backend's own tensor
