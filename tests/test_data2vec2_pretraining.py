@@ -23,10 +23,13 @@ from d2v_common.pretrain import data2vec2 as P
 from d2v_common.checkpoints.fairseq import FairseqCheckpointError, read_fairseq_checkpoint
 from d2v_torch import (
     PRETRAINING_CLASSES,
+    Data2Vec2AudioForCTC,
     Data2Vec2AudioForPreTraining,
     Data2Vec2AudioModel,
     Data2Vec2TextForPreTraining,
+    Data2Vec2TextForSequenceClassification,
     Data2Vec2TextModel,
+    Data2Vec2VisionForImageClassification,
     Data2Vec2VisionForPreTraining,
     Data2Vec2VisionModel,
 )
@@ -41,6 +44,9 @@ BASE_CASES = ["pretrain-audio", "pretrain-image", "pretrain-text"]
 CLASSES = {"IMAGE": Data2Vec2VisionForPreTraining, "AUDIO": Data2Vec2AudioForPreTraining,
            "TEXT": Data2Vec2TextForPreTraining}
 MODELS = {"IMAGE": Data2Vec2VisionModel, "AUDIO": Data2Vec2AudioModel, "TEXT": Data2Vec2TextModel}
+HEADS = {"IMAGE": (Data2Vec2VisionForImageClassification, {"num_labels": 3}),
+         "AUDIO": (Data2Vec2AudioForCTC, {"vocab_size": 10}),
+         "TEXT": (Data2Vec2TextForSequenceClassification, {"num_labels": 3})}
 
 
 def _case(name):
@@ -293,12 +299,20 @@ def test_save_pretrained_round_trip_is_bit_exact(name, tmp_path):
 @pytest.mark.parametrize("name", STEP_CASES)
 def test_save_student_loads_in_the_model_class(name, tmp_path):
     """The student alone is a Data2Vec2*Model checkpoint: equal outputs to the pretraining
-    encoder's, and equal weights to what the model class reads from the fairseq file itself."""
+    encoder's, and equal weights to what the model class reads from the fairseq file itself; the
+    fine-tuning class reads the fairseq file too (its encoder: those weights, a new head)."""
     case, ckpt, inputs, _ = _case(name)
     model = CLASSES[case["modality"]].from_pretrained(ckpt)
     model.save_student(tmp_path)
     encoder = MODELS[case["modality"]].from_pretrained(tmp_path)
     direct = MODELS[case["modality"]].from_pretrained(ckpt)
+    head_class, head_options = HEADS[case["modality"]]
+    with pytest.warns(UserWarning, match="newly initialized"):  # the head only
+        head = head_class.from_pretrained(ckpt, **head_options)
+    prefix = head.base_model_prefix + "."
+    tuned = {k[len(prefix):]: v for k, v in head.state_arrays().items() if k.startswith(prefix)}
+    assert set(tuned) == set(direct.state_arrays()) and all(np.array_equal(tuned[k], v)
+                                                             for k, v in direct.state_arrays().items())
     args = _model_inputs(inputs)
     model.eval()
     with torch.no_grad():
