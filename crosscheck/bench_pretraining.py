@@ -241,41 +241,74 @@ def run_workload(name: str, size: str, keys: list[str], repeats: int, warmup: in
 # --------------------------------------------------------------------------- the original
 
 
-def time_oracle(name: str, size: str, repeats: int, warmup: int, seed: int, threads: int, oracle: str,
-                tools: str) -> dict:
-    """One step of upstream fairseq (``Data2VecMultiModel``, same config, inputs and mask, forward +
-    backward of fairseq's objective) timed in the oracle's venv with ``threads`` threads."""
-    workload = WORKLOADS[name]
-    inputs = workload.inputs(size, seed + 1)
-    here = os.path.dirname(os.path.abspath(__file__))
-    with tempfile.TemporaryDirectory() as tmp:
-        np.savez(os.path.join(tmp, "inputs.npz"), **inputs)
-        with open(os.path.join(tmp, "cfg.json"), "w") as f:
+class _Oracle:
+    """Upstream fairseq's step (``Data2VecMultiModel``, same config, inputs and mask, forward +
+    backward of fairseq's objective) in the oracle's venv, one step per ``step()`` call."""
+
+    def __init__(self, workload: PretrainingWorkload, size: str, seed: int, threads: int, oracle: str, tools: str):
+        here = os.path.dirname(os.path.abspath(__file__))
+        self._tmp = tempfile.TemporaryDirectory()
+        np.savez(os.path.join(self._tmp.name, "inputs.npz"), **workload.inputs(size, seed + 1))
+        with open(os.path.join(self._tmp.name, "cfg.json"), "w") as f:
             json.dump({"modality": workload.modality, "model_cfg": workload.fairseq_cfg(size)}, f)
         env = dict(os.environ, PYTHONPATH=f"{oracle}/shim{os.pathsep}{tools}")
-        cmd = [f"{oracle}/venv/bin/python", os.path.join(here, "oracle_step_time.py"), tmp, str(repeats), str(warmup),
-               str(threads), str(seed)]
-        out = subprocess.run(cmd, env=env, capture_output=True, text=True)
-        if out.returncode:
-            raise RuntimeError(f"the oracle failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+        cmd = [f"{oracle}/venv/bin/python", os.path.join(here, "oracle_step_time.py"), self._tmp.name, str(threads),
+               str(seed)]
+        self._proc = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self._read()
+
+    def _read(self) -> dict:
+        line = self._proc.stdout.readline()
+        while line and not line.startswith("{"):
+            line = self._proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the oracle stopped (exit code {self._proc.wait()})")
+        return json.loads(line)
+
+    def step(self) -> tuple[float, float]:
+        self._proc.stdin.write("step\n")
+        self._proc.stdin.flush()
+        out = self._read()
+        return out["s"], out["loss"]
+
+    def close(self) -> None:
+        self._proc.stdin.close()
+        self._proc.wait()
+        self._tmp.cleanup()
 
 
 def compare_with_oracle(names, size, repeats, warmup, seed, threads, oracle, tools) -> list[dict]:
-    """d2v torch and the original, same workload, side by side (the oracle first, then d2v, per workload)."""
+    """d2v torch and the original, same workload and thread count, their steps interleaved (each
+    round runs both, in alternating order, after ``warmup`` untimed steps of each)."""
     import torch
 
     torch.set_num_threads(threads)
     out = []
     for name in names:
-        up = time_oracle(name, size, repeats, warmup, seed, threads, oracle, tools)
-        ours = _row(WORKLOADS[name], "pretrain-torch", size, repeats, warmup, seed)
-        med_up, med_ours = statistics.median(up["times_s"]), statistics.median(ours["times_s"])
+        workload = WORKLOADS[name]
+        config, pcfg = workload.configs(size)
+        ours = FRAMEWORKS["pretrain-torch"].build(workload, config, pcfg, workload.inputs(size, seed + 1), seed)
+        up = _Oracle(workload, size, seed, threads, oracle, tools)
+        try:
+            losses = (up.step()[1], ours())
+            for _ in range(max(warmup - 1, 0)):
+                up.step(), ours()
+            t_up, t_ours = [], []
+            for r in range(repeats):
+                for which in (("up", "ours") if r % 2 == 0 else ("ours", "up")):
+                    if which == "up":
+                        t_up.append(up.step()[0])
+                    else:
+                        start = time.perf_counter()
+                        ours()
+                        t_ours.append(time.perf_counter() - start)
+        finally:
+            up.close()
+        med_up, med_ours = statistics.median(t_up), statistics.median(t_ours)
         out.append({"workload": name, "threads": threads, "oracle_median_ms": med_up * 1e3,
-                    "oracle_times_ms": [t * 1e3 for t in up["times_s"]], "d2v_torch_median_ms": med_ours * 1e3,
-                    "d2v_torch_times_ms": [t * 1e3 for t in ours["times_s"]], "speedup": med_up / med_ours,
-                    "speedup_min": min(up["times_s"]) / min(ours["times_s"]),
-                    "oracle_loss": up["loss"], "d2v_torch_loss": ours["loss"]})
+                    "oracle_times_ms": [t * 1e3 for t in t_up], "d2v_torch_median_ms": med_ours * 1e3,
+                    "d2v_torch_times_ms": [t * 1e3 for t in t_ours], "speedup": med_up / med_ours,
+                    "speedup_min": min(t_up) / min(t_ours), "oracle_loss": losses[0], "d2v_torch_loss": losses[1]})
     return out
 
 

@@ -4,7 +4,7 @@ every loss tensor's sum / sample_size), as the oracle tools' ``step.py`` builds 
 Started by ``python -m crosscheck.bench_pretraining --oracle WORK``, which writes FOLDER/cfg.json
 (``modality``, fairseq ``model_cfg``) and FOLDER/inputs.npz (d2v's call inputs and the mask).
 
-    PYTHONPATH=WORK/shim:TOOLS WORK/venv/bin/python crosscheck/oracle_step_time.py FOLDER REPEATS WARMUP THREADS SEED
+    PYTHONPATH=WORK/shim:TOOLS WORK/venv/bin/python crosscheck/oracle_step_time.py FOLDER THREADS SEED
 """
 import json
 import os
@@ -20,7 +20,7 @@ from examples.data2vec.models.data2vec2 import Data2VecMultiConfig, Data2VecMult
 
 
 def main():
-    folder, repeats, warmup, threads, seed = sys.argv[1], *map(int, sys.argv[2:6])
+    folder, threads, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     with open(os.path.join(folder, "cfg.json")) as f:
@@ -49,17 +49,15 @@ def main():
         total.backward()
         return float(total.detach())
 
-    start = time.perf_counter()
-    loss = run()
-    first = time.perf_counter() - start
-    for _ in range(max(warmup - 1, 0)):
-        run()
-    times = []
-    for _ in range(repeats):
+    # Steps on request, so the caller can interleave them with d2v's (a loaded machine's slow
+    # spells then hit both alike): one line "step" -> one JSON line {"s", "loss"}; EOF ends.
+    print(json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        if line.strip() != "step":
+            break
         start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    print(json.dumps({"times_s": times, "first_call_s": first, "loss": loss}))
+        loss = run()
+        print(json.dumps({"s": time.perf_counter() - start, "loss": loss}), flush=True)
 
 
 if __name__ == "__main__":
