@@ -367,6 +367,17 @@ def test_block_mask_statistics():
     assert (inverse.sum(1) == 196 - int(196 * (1 - 0.8))).all()
 
 
+def test_upstream_mask_order_is_torchs_cpu_argsort():
+    """The order of the masked positions upstream keeps with keep_masked_pct (torch's unstable CPU
+    argsort), in numpy for the frameworks without torch: the fixtures' masks and random ones."""
+    rng = np.random.default_rng(0)
+    masks = [dict(np.load(os.path.join(DATA2VEC2_PRETRAINING_DIR, n, "inputs.npz")))["mask"] for n in STEP_CASES]
+    masks += [rng.random((3, n)) < rng.random() for n in [1, 2, 15, 16, 17, 40, 79, 196, 500]]
+    for mask in masks:
+        want = torch.from_numpy(mask).to(torch.uint8).argsort(dim=1).numpy()
+        np.testing.assert_array_equal(P.upstream_mask_order(mask), want)
+
+
 def test_span_mask_statistics():
     rng = np.random.default_rng(0)
     padding = np.zeros((32, 200), dtype=bool)
