@@ -17,6 +17,9 @@ d2v torch fp32 for onnxruntime fp32 and HF torch fp32 for onnxruntime int8. "err
 output's max |row - d2v torch float32| over max |d2v torch float32|; the int8 row also reports
 its error against onnxruntime fp32 and how many rows keep the fp32 argmax.
 
+The data2vec 2.0 pretraining workloads (``crosscheck.bench_pretraining``) time one training step
+(forward + backward) of the released base image and audio recipes, one row per framework.
+
 ``from_pretrained`` of a base vision checkpoint is timed for every loader in a fresh
 subprocess: seconds, and peak resident memory above the post-import level, as a multiple of
 the weight file's size.
@@ -42,6 +45,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import numpy as np  # noqa: E402
 
+from crosscheck import bench_pretraining  # noqa: E402
 from crosscheck.cases import data2vec2 as d2v2_cases  # noqa: E402
 from crosscheck.cases import tiny  # noqa: E402
 from crosscheck.flops import model_flops  # noqa: E402
@@ -883,7 +887,8 @@ def format_report(report: dict) -> str:
                 f"{e['peak_fraction']:.0%}" if "peak_fraction" in e else "-", f"{e['first_call_s']:.1f}",
             ])
         for key, why in r["skipped"].items():
-            lines.append([r["workload"], ROWS[key][0], "-", "-", "-", "-", "-", "-", "-", f"skipped: {why}"])
+            label = ROWS[key][0] if key in ROWS else bench_pretraining.FRAMEWORKS[key].label
+            lines.append([r["workload"], label, "-", "-", "-", "-", "-", "-", "-", f"skipped: {why}"])
     if lines:
         parts.append(_table(["workload", "row", "median ms", "min-max ms", "samples/s", "vs ref", "vs ref (min)",
                              "err", "of peak", "first call s"], lines))
@@ -977,8 +982,10 @@ def plot(report: dict, path: str) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m crosscheck.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workloads", help=f"comma-separated, from {', '.join(WORKLOADS)} (default: all)")
-    parser.add_argument("--rows", help=f"comma-separated, from {', '.join(ROWS)} (default: all)")
+    parser.add_argument("--workloads", help=f"comma-separated, from {', '.join([*WORKLOADS, *bench_pretraining.WORKLOADS])}"
+                        " (default: all)")
+    parser.add_argument("--rows", help=f"comma-separated, from {', '.join([*ROWS, *bench_pretraining.FRAMEWORKS])} "
+                        "(default: all)")
     parser.add_argument("--quick", action="store_true",
                         help=f"{', '.join(QUICK_WORKLOADS)} only, 3 repeats, one load run per loader")
     parser.add_argument("--repeats", type=positive_int, help="timed calls per row (default 5, --quick 3)")
@@ -1015,13 +1022,17 @@ def main(argv=None) -> int:
     if args.load_worker:
         print(json.dumps(_load_worker(*args.load_worker, threads=args.threads)))
         return 0
-    names = args.workloads.split(",") if args.workloads else (QUICK_WORKLOADS if args.quick else list(WORKLOADS))
+    # data2vec 2.0 pretraining steps (crosscheck.bench_pretraining): their own workloads and rows
+    pretraining, train_rows = bench_pretraining.WORKLOADS, bench_pretraining.FRAMEWORKS
+    names = args.workloads.split(",") if args.workloads else (
+        QUICK_WORKLOADS if args.quick else list(WORKLOADS) + list(pretraining))
     if args.load_only:
         if args.no_load:
             parser.error("--load-only and --no-load exclude each other")
         names = []
-    keys = args.rows.split(",") if args.rows else list(ROWS)
-    for bad in [n for n in names if n not in WORKLOADS] + [k for k in keys if k not in ROWS]:
+    keys = args.rows.split(",") if args.rows else list(ROWS) + list(train_rows)
+    for bad in [n for n in names if n not in WORKLOADS and n not in pretraining] + [
+            k for k in keys if k not in ROWS and k not in train_rows]:
         parser.error(f"unknown workload or row {bad!r}")
     if args.no_hf:
         keys = [k for k in keys if not k.startswith("hf-")]
@@ -1048,6 +1059,10 @@ def main(argv=None) -> int:
     for name in names:
         if not quiet:
             print(f"  {name} ...", file=sys.stderr, flush=True)
+        if name in pretraining:
+            report["workloads"].append(bench_pretraining.run_workload(name, args.size, keys, repeats, args.warmup,
+                                                                      args.seed, args.threads))
+            continue
         report["workloads"].append(
             run_workload(WORKLOADS[name], args.size, keys, repeats, args.warmup, args.seed, args.threads, peak=peak)
         )

@@ -264,7 +264,10 @@ class _Data2Vec2ForPreTraining(TeacherStudentPretrainingModule):
         x = self._positions(student, local).repeat_interleave(c, 0)
         keep_c = None if keep is None else keep.repeat_interleave(c, 0)
         maskf = mask.to(x.dtype)[..., None]
-        ids_shuffle = torch.argsort(mask.to(torch.uint8), dim=1, stable=True)
+        # upstream's (unstable) argsort: with keep_masked_pct, which masked positions the student
+        # keeps is that sort's order of equal keys, so it is called exactly as upstream does
+        # (P.upstream_mask_order is the same order in numpy, for the frameworks without torch)
+        ids_shuffle = mask.to(torch.uint8).argsort(dim=1)
         ids_restore = torch.argsort(ids_shuffle, dim=1)
         kept = P.keep_count(t, int(mask[0].sum()), pcfg.keep_masked_pct)
         ids_keep = ids_shuffle[:, :kept]

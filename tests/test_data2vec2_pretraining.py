@@ -1,8 +1,12 @@
 """data2vec 2.0 pretraining in PyTorch against upstream fairseq's training step.
 
-tests/fixtures/data2vec2-pretraining holds, per modality, a fairseq ``data2vec_multi`` trainer
+tests/fixtures/data2vec2-pretraining holds, per case, a fairseq ``data2vec_multi`` trainer
 checkpoint (student, decoder, a teacher that differs from the student), the inputs with the mask
-upstream used, and upstream's losses, targets and every parameter's gradient (cases.json).
+upstream used, and upstream's losses, targets and every parameter's gradient (cases.json): one
+base case per modality and more that, together, use every option of the recipe (clone_batch,
+CLS loss or none, each target normalisation, encoder-only EMA or not, ALiBi off and on, prenet
+depths, loss_beta, loss_scale, decoder layouts, keep_masked_pct, inverse masks). Every case
+folder is checked.
 """
 
 from __future__ import annotations
@@ -19,10 +23,13 @@ from d2v_common.pretrain import data2vec2 as P
 from d2v_common.checkpoints.fairseq import FairseqCheckpointError, read_fairseq_checkpoint
 from d2v_torch import (
     PRETRAINING_CLASSES,
+    Data2Vec2AudioForCTC,
     Data2Vec2AudioForPreTraining,
     Data2Vec2AudioModel,
     Data2Vec2TextForPreTraining,
+    Data2Vec2TextForSequenceClassification,
     Data2Vec2TextModel,
+    Data2Vec2VisionForImageClassification,
     Data2Vec2VisionForPreTraining,
     Data2Vec2VisionModel,
 )
@@ -30,9 +37,16 @@ from tests.fixture_paths import DATA2VEC2_DIR, DATA2VEC2_PRETRAINING_DIR
 
 with open(os.path.join(DATA2VEC2_PRETRAINING_DIR, "cases.json")) as f:
     CASES = {case["case"]: case for case in json.load(f)["cases"]}
+# Every case folder is checked against upstream (cases.json describes each; test_fixtures checks that).
+STEP_CASES = sorted(e.name for e in os.scandir(DATA2VEC2_PRETRAINING_DIR) if e.is_dir())
+# The three base cases (one per modality) for the tests of properties that do not depend on the options.
+BASE_CASES = ["pretrain-audio", "pretrain-image", "pretrain-text"]
 CLASSES = {"IMAGE": Data2Vec2VisionForPreTraining, "AUDIO": Data2Vec2AudioForPreTraining,
            "TEXT": Data2Vec2TextForPreTraining}
 MODELS = {"IMAGE": Data2Vec2VisionModel, "AUDIO": Data2Vec2AudioModel, "TEXT": Data2Vec2TextModel}
+HEADS = {"IMAGE": (Data2Vec2VisionForImageClassification, {"num_labels": 3}),
+         "AUDIO": (Data2Vec2AudioForCTC, {"vocab_size": 10}),
+         "TEXT": (Data2Vec2TextForSequenceClassification, {"num_labels": 3})}
 
 
 def _case(name):
@@ -56,7 +70,7 @@ def _step(model, inputs, mask=None):
     return model(*_model_inputs(inputs), precomputed_mask=torch.from_numpy(mask))
 
 
-@pytest.fixture(scope="module", params=sorted(CASES))
+@pytest.fixture(scope="module", params=STEP_CASES)
 def loaded(request):
     case, ckpt, inputs, outputs = _case(request.param)
     model = CLASSES[case["modality"]].from_pretrained(ckpt, seed=0)
@@ -112,7 +126,7 @@ def test_every_fairseq_gradient_equals_ours(loaded):
 # ------------------------------------------------------------------- checkpoint reading
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("name", STEP_CASES)
 def test_from_pretrained_keeps_decoder_and_teacher(name):
     case, ckpt, _, _ = _case(name)
     model = CLASSES[case["modality"]].from_pretrained(ckpt)
@@ -265,7 +279,7 @@ def test_cls_loss_needs_an_extra_token():
 # ---------------------------------------------------------------------------- saving
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("name", BASE_CASES)
 def test_save_pretrained_round_trip_is_bit_exact(name, tmp_path):
     case, ckpt, inputs, outputs = _case(name)
     cls = CLASSES[case["modality"]]
@@ -282,15 +296,23 @@ def test_save_pretrained_round_trip_is_bit_exact(name, tmp_path):
     assert float(_step(again, inputs).loss.detach()) == float(_step(model, inputs).loss.detach())
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("name", STEP_CASES)
 def test_save_student_loads_in_the_model_class(name, tmp_path):
     """The student alone is a Data2Vec2*Model checkpoint: equal outputs to the pretraining
-    encoder's, and equal weights to what the model class reads from the fairseq file itself."""
+    encoder's, and equal weights to what the model class reads from the fairseq file itself; the
+    fine-tuning class reads the fairseq file too (its encoder: those weights, a new head)."""
     case, ckpt, inputs, _ = _case(name)
     model = CLASSES[case["modality"]].from_pretrained(ckpt)
     model.save_student(tmp_path)
     encoder = MODELS[case["modality"]].from_pretrained(tmp_path)
     direct = MODELS[case["modality"]].from_pretrained(ckpt)
+    head_class, head_options = HEADS[case["modality"]]
+    with pytest.warns(UserWarning, match="newly initialized"):  # the head only
+        head = head_class.from_pretrained(ckpt, **head_options)
+    prefix = head.base_model_prefix + "."
+    tuned = {k[len(prefix):]: v for k, v in head.state_arrays().items() if k.startswith(prefix)}
+    assert set(tuned) == set(direct.state_arrays()) and all(np.array_equal(tuned[k], v)
+                                                             for k, v in direct.state_arrays().items())
     args = _model_inputs(inputs)
     model.eval()
     with torch.no_grad():
@@ -303,7 +325,7 @@ def test_save_student_loads_in_the_model_class(name, tmp_path):
 # ------------------------------------------------------------------------ own masks
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("name", BASE_CASES)
 def test_masks_are_drawn_when_none_is_given(name):
     """Without precomputed_mask the model draws upstream's kind of mask from its seeded
     Generator: same seed, same mask and loss; the counts upstream's samplers give."""
@@ -345,6 +367,17 @@ def test_block_mask_statistics():
     assert (inverse.sum(1) == 196 - int(196 * (1 - 0.8))).all()
 
 
+def test_upstream_mask_order_is_torchs_cpu_argsort():
+    """The order of the masked positions upstream keeps with keep_masked_pct (torch's unstable CPU
+    argsort), in numpy for the frameworks without torch: the fixtures' masks and random ones."""
+    rng = np.random.default_rng(0)
+    masks = [dict(np.load(os.path.join(DATA2VEC2_PRETRAINING_DIR, n, "inputs.npz")))["mask"] for n in STEP_CASES]
+    masks += [rng.random((3, n)) < rng.random() for n in [1, 2, 15, 16, 17, 40, 79, 196, 500]]
+    for mask in masks:
+        want = torch.from_numpy(mask).to(torch.uint8).argsort(dim=1).numpy()
+        np.testing.assert_array_equal(P.upstream_mask_order(mask), want)
+
+
 def test_span_mask_statistics():
     rng = np.random.default_rng(0)
     padding = np.zeros((32, 200), dtype=bool)
@@ -362,7 +395,7 @@ def test_span_mask_statistics():
     assert (P.random_mask(8, 12, 0.48, rng).sum(1) == 6).all()
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("name", STEP_CASES)
 def test_fairseq_round_trip_is_bit_exact(name, tmp_path):
     """fairseq .pt -> d2v folder -> fairseq .pt: every tensor (student, decoder, _ema) and the
     model config come back unchanged, and the result reads as the source does."""
@@ -407,22 +440,25 @@ def test_teacher_runs_in_eval_mode():
     assert not any(m.training for m in model.teacher.modules())
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("name", BASE_CASES + ["image-alibi-clone3-bn"])
 def test_duplicated_clones_give_the_single_clone_loss(name):
-    """clone_batch=2 with each sample's two masks equal is clone_batch=1 with that mask: the
-    regression sum doubles, as does the number of masked positions; the CLS loss, weighted by
-    that number as upstream, grows four times."""
+    """clone_batch=c with each sample's c masks equal is clone_batch=1 with that mask: the
+    regression sum grows c times, as does the number of masked positions; the CLS loss, weighted
+    by that number as upstream, grows c^2 times. (A clone_batch=1 case is tried with c=2.)"""
     case, ckpt, inputs, _ = _case(name)
     cls = CLASSES[case["modality"]]
-    two = cls.from_pretrained(ckpt)
-    one = cls(two.config, dataclasses.replace(two.pretraining_config, clone_batch=1))
-    one.load_pretraining_arrays(two.pretraining_arrays())
-    single = inputs["mask"][::2]
+    given = cls.from_pretrained(ckpt)
+    c = max(2, given.pretraining_config.clone_batch)
+    arrays = given.pretraining_arrays()
+    one, many = (cls(given.config, dataclasses.replace(given.pretraining_config, clone_batch=n)) for n in (1, c))
+    one.load_pretraining_arrays(arrays)
+    many.load_pretraining_arrays(arrays)
+    single = inputs["mask"][::given.pretraining_config.clone_batch]
     out1 = _step(one.train(), inputs, single)
-    out2 = _step(two.train(), inputs, np.repeat(single, 2, axis=0))
-    assert int(out2.sample_size) == 2 * int(out1.sample_size)
+    out2 = _step(many.train(), inputs, np.repeat(single, c, axis=0))
+    assert int(out2.sample_size) == c * int(out1.sample_size)
     for key in out1.losses:
-        factor = 4 if key == "cls" else 2
+        factor = c * c if key == "cls" else c
         assert float(out2.losses[key].detach()) == pytest.approx(factor * float(out1.losses[key].detach()), rel=1e-5)
     if "cls" not in out1.losses:
         assert float(out2.loss.detach()) == pytest.approx(float(out1.loss.detach()), rel=1e-5)
@@ -502,7 +538,7 @@ def test_text_pad_rows_get_no_gradient():
     assert emb.position_embeddings.weight.grad[pad].abs().max() == 0
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("name", STEP_CASES)
 def test_fairseq_names_of_any_model_are_the_checkpoints(name):
     """The names d2v gives upstream's tensors (``fairseq_names``, for any model) are the keys the
     checkpoint uses, tensor for tensor."""

@@ -311,6 +311,22 @@ def _text_fields(mod: dict) -> dict:
     )
 
 
+def config_from_model_cfg(model_cfg: dict, modality: str, **fields):
+    """The ``Data2Vec2*Config`` a fairseq ``data2vec_multi`` model config (``cfg['model']``)
+    describes for ``modality`` (``image``, ``audio``; ``text`` needs ``vocab_size`` among
+    ``fields``, which override what the config gives), with no checkpoint: e.g. to build a model
+    of a released recipe from scratch."""
+    sub = modality.lower()
+    config_cls = {"image": Data2Vec2VisionConfig, "audio": Data2Vec2AudioConfig, "text": Data2Vec2TextConfig}[sub]
+    mod = (model_cfg.get("modalities") or {}).get(sub) or {}
+    values = _common_fields(model_cfg, mod)
+    values.update({"image": _vision_fields, "audio": _audio_fields, "text": _text_fields}[sub](mod))
+    if sub == "image" and values["patch_embed_dim"] == values["hidden_size"]:
+        values["patch_embed_dim"] = None
+    values.update(fields)
+    return config_cls(**values)
+
+
 # ---------------------------------------------------------------------------- state dict
 
 # fairseq name (inside Data2VecMultiModel, modality prefix "M." stripped) -> canonical suffix.

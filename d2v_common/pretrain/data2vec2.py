@@ -894,6 +894,80 @@ def check_mask_counts(mask: np.ndarray) -> None:
         raise ValueError(f"precomputed_mask masks {counts[0]} of {mask.shape[1]} positions per row: need 1 .. T-1")
 
 
+def _introsort_order(keys: list[int]) -> list[int]:
+    """The order libstdc++'s ``std::sort`` (introsort: median-of-3 pivots, unguarded partitions,
+    insertion sort of 16-element runs) leaves ``range(len(keys))`` in, comparing ``keys`` only:
+    what torch's CPU ``argsort`` (not stable) gives."""
+    a = list(range(len(keys)))
+
+    def key(i):
+        return keys[a[i]]
+
+    def median_to_first(x, y, z, first):
+        kx, ky, kz = key(x), key(y), key(z)
+        if kx < ky:
+            m = y if ky < kz else (z if kx < kz else x)
+        else:
+            m = x if kx < kz else (z if ky < kz else y)
+        a[first], a[m] = a[m], a[first]
+
+    def partition(first, last, pivot):
+        kp = key(pivot)
+        while True:
+            while key(first) < kp:
+                first += 1
+            last -= 1
+            while kp < key(last):
+                last -= 1
+            if not first < last:
+                return first
+            a[first], a[last] = a[last], a[first]
+            first += 1
+
+    def introsort(first, last, depth):
+        while last - first > 16:
+            if depth == 0:  # std::sort would heapsort this range; not reached by 0/1 keys
+                a[first:last] = sorted(a[first:last], key=lambda i: keys[i])
+                return
+            depth -= 1
+            median_to_first(first + 1, first + (last - first) // 2, last - 1, first)
+            cut = partition(first + 1, last, first)
+            introsort(cut, last, depth)
+            last = cut
+
+    def linear_insert(last):
+        value = a[last]
+        while keys[value] < key(last - 1):
+            a[last] = a[last - 1]
+            last -= 1
+        a[last] = value
+
+    def insertion(first, last):
+        for i in range(first + 1, last):
+            if key(i) < key(first):
+                a[first:i + 1] = [a[i]] + a[first:i]
+            else:
+                linear_insert(i)
+
+    n = len(a)
+    if n > 1:
+        introsort(0, n, 2 * (n.bit_length() - 1))
+        insertion(0, min(n, 16))
+        for i in range(16, n):
+            linear_insert(i)
+    return a
+
+
+def upstream_mask_order(mask) -> np.ndarray:
+    """(rows, T) int64: per row, the positions in the order upstream's ``mask.argsort(dim=1)``
+    (torch's CPU sort, not stable) gives, unmasked first. The order of equal keys decides which
+    masked positions the student keeps with ``keep_masked_pct``; a stable sort keeps others once
+    a row is longer than 16."""
+    mask = np.asarray(mask, dtype=bool)
+    return np.array([_introsort_order(row.astype(np.int64).tolist()) for row in mask], dtype=np.int64).reshape(
+        mask.shape)
+
+
 def keep_count(length: int, masked: int, keep_masked_pct: float) -> int:
     """Positions the student keeps: the unmasked ones plus ``keep_masked_pct`` of the masked."""
     keep = length - masked
@@ -927,6 +1001,7 @@ __all__ = [
     "fairseq_pretraining_from",
     "is_local_name",
     "keep_count",
+    "upstream_mask_order",
     "load_pretraining",
     "pretraining_json",
     "pretraining_spec",
