@@ -44,23 +44,53 @@ def _public_attributes(layer: keras.layers.Layer):
             yield (attr[:-1] if attr.endswith("_") else attr), value
 
 
-def named_variables(layer: keras.layers.Layer, prefix: str = "") -> dict[str, keras.Variable]:
-    """Variables by attribute path (``encoder.layer.0.attention.query.kernel``), the Keras
-    counterpart of ``torch.nn.Module.state_dict()`` keys."""
-    out: dict[str, keras.Variable] = {}
+def _named_leaves(layer: keras.layers.Layer, prefix: str = ""):
+    """(attribute path, variable or layer) of every variable, and of every layer built on a
+    Keras built-in (``SPEC_ATTRIBUTES``: ``Linear``, ``Embedding``), whose own variables are
+    listed through it."""
 
-    def walk(value: Any, path: str) -> None:
+    def walk(value: Any, path: str):
         if isinstance(value, keras.Variable):
-            out[path] = value
+            yield path, value
         elif isinstance(value, keras.layers.Layer):
+            if hasattr(value, "SPEC_ATTRIBUTES"):
+                yield path, value
+                return
             for attr, child in _public_attributes(value):
-                walk(child, f"{path}.{attr}" if path else attr)
+                yield from walk(child, f"{path}.{attr}" if path else attr)
         elif isinstance(value, (list, tuple)):
             for i, child in enumerate(value):
-                walk(child, f"{path}.{i}")
+                yield from walk(child, f"{path}.{i}")
 
     for attr, child in _public_attributes(layer):
-        walk(child, f"{prefix}{attr}")
+        yield from walk(child, f"{prefix}{attr}")
+
+
+def named_variables(layer: keras.layers.Layer, prefix: str = "") -> dict[str, keras.Variable]:
+    """Variables by attribute path (``encoder.layer.0.attention.query.kernel``), the Keras
+    counterpart of ``torch.nn.Module.state_dict()`` keys: the weight spec's variables only
+    (LoRA and quantization scales are not listed)."""
+    out: dict[str, keras.Variable] = {}
+    for path, leaf in _named_leaves(layer, prefix):
+        if isinstance(leaf, keras.Variable):
+            out[path] = leaf
+            continue
+        for name, attr in leaf.SPEC_ATTRIBUTES.items():
+            variable = getattr(leaf, attr, None)
+            if variable is not None:
+                out[f"{path}.{name}"] = variable
+    return out
+
+
+def named_values(layer: keras.layers.Layer) -> dict[str, np.ndarray]:
+    """Numpy values by attribute path, as ``save_pretrained`` writes them: LoRA deltas merged,
+    quantized kernels dequantized (``Linear.spec_values``)."""
+    out: dict[str, np.ndarray] = {}
+    for path, leaf in _named_leaves(layer):
+        if isinstance(leaf, keras.Variable):
+            out[path] = np.asarray(leaf.numpy())
+        else:
+            out.update({f"{path}.{name}": value for name, value in leaf.spec_values().items()})
     return out
 
 
@@ -181,11 +211,8 @@ class TFData2VecPreTrainedModel(backend.ModelSteps, keras.Model):
 
     def state_arrays(self) -> dict[str, np.ndarray]:
         """Canonical numpy arrays of every tensor (tied copies included)."""
-        variables = self._keras_variables()
-        out = {
-            p.name: layouts.from_keras_array(p, np.asarray(variables[layouts.keras_name(p)].numpy()))
-            for p in self.spec.stored()
-        }
+        values = named_values(self)
+        out = {p.name: layouts.from_keras_array(p, values[layouts.keras_name(p)]) for p in self.spec.stored()}
         return self.spec.tie(out)
 
     # -------------------------------------------------------------------- checkpoints
