@@ -58,7 +58,7 @@ def layout_map(device_mesh, model_parallel_dim_name: str = "model") -> keras.dis
     Keys are regexes on Keras variable paths (``<module path>/kernel``)."""
     model = model_parallel_dim_name
     layouts = keras.distribution.LayoutMap(device_mesh)
-    layouts[common.COLUMN_PARALLEL[:-1] + r"/kernel$"] = (None, model)
-    layouts[common.COLUMN_PARALLEL[:-1] + r"/bias$"] = (model,)
-    layouts[common.ROW_PARALLEL[:-1] + r"/kernel$"] = (model, None)
+    layouts[common.COLUMN_PARALLEL + "/kernel"] = (None, model)
+    layouts[common.COLUMN_PARALLEL + "/bias"] = (model,)
+    layouts[common.ROW_PARALLEL + "/kernel"] = (model, None)
     return layouts

@@ -122,6 +122,7 @@ def set_variable_paths(variables: dict[str, keras.Variable]) -> None:
         module, leaf = path.rsplit(".", 1) if "." in path else ("", path)
         variable._path = f"{module}/{leaf}" if module else leaf
         if distribution is not None:  # placed when its value is assigned (load_arrays)
+            variable._layout = None  # the one it took under its first path
             variable._layout = distribution.get_variable_layout(variable)
 
 
@@ -157,7 +158,7 @@ def unpack_inputs(call):
 MODEL_REGISTRY = ModelRegistry("keras", class_prefix="TF")
 
 
-class TFData2VecPreTrainedModel(backend.ModelSteps, keras.Model):
+class TFData2VecPreTrainedModel(backend.LayerHooks, backend.ModelSteps, keras.Model):
     """Base of the Keras classes. Subclasses set ``config_class`` and ``main_input_name``, hold
     their layers under the PyTorch module names, and call ``post_init()`` last."""
 

@@ -118,7 +118,7 @@ def add_weight_maybe_deferred(add_weight, *args, **kwargs):
 # --------------------------------------------------------------------------- primitives
 
 
-class DeferredWeights:
+class DeferredWeights(backend.LayerHooks):
     """Mixin of every d2v Keras layer: ``add_weight`` only declares the variable under
     ``deferred_variables()`` (see above)."""
 

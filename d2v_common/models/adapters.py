@@ -20,12 +20,12 @@ LORA_TARGETS: dict[str, tuple[str, ...]] = {
 DEFAULT_LORA_TARGET = "query_value"
 
 # Where the backbone's encoder layers sit (1.0 text/vision ``layer``, audio and 2.0 ``layers``,
-# 2.0 vision's ``prenet_layers``).
-_ENCODER_LAYER = r"(?:^|\.)encoder\.(?:layer|layers|prenet_layers)\.\d+\."
+# 2.0 vision's ``prenet_layers``). Whole-path patterns (Keras' LayoutMap uses ``re.fullmatch``).
+_ENCODER_LAYER = r"(?:.*\.)?encoder\.(?:layer|layers|prenet_layers)\.\d+\."
 # Megatron-style tensor parallelism: the projections into a wider space shard their output
 # columns, the projections back shard their input rows, so each block needs one all-reduce.
-COLUMN_PARALLEL = _ENCODER_LAYER + r".*(?:query|key|value|[qkv]_proj|qkv_proj|intermediate\.dense|intermediate_dense)$"
-ROW_PARALLEL = _ENCODER_LAYER + r".*(?:output\.dense|out_proj|output_dense)$"
+COLUMN_PARALLEL = _ENCODER_LAYER + r".*(?:query|key|value|[qkv]_proj|qkv_proj|intermediate\.dense|intermediate_dense)"
+ROW_PARALLEL = _ENCODER_LAYER + r".*(?:output\.dense|out_proj|output_dense)"
 
 
 def check_lora_rank(rank) -> int:
@@ -67,8 +67,8 @@ def lora_layers(dense_modules: Iterable[str], target, head: set[str]) -> list[st
 
 def layout_role(module: str) -> str | None:
     """``"column"``, ``"row"`` or None (replicated) for a dense layer's module path."""
-    if re.search(COLUMN_PARALLEL, module):
+    if re.fullmatch(COLUMN_PARALLEL, module):
         return "column"
-    if re.search(ROW_PARALLEL, module):
+    if re.fullmatch(ROW_PARALLEL, module):
         return "row"
     return None
