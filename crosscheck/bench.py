@@ -46,6 +46,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 import numpy as np  # noqa: E402
 
 from crosscheck import bench_pretraining  # noqa: E402
+from crosscheck.bench_quant import QUANT_FRAMEWORKS, QUANT_ROWS  # noqa: E402
 from crosscheck.cases import data2vec2 as d2v2_cases  # noqa: E402
 from crosscheck.cases import tiny  # noqa: E402
 from crosscheck.flops import model_flops  # noqa: E402
@@ -159,6 +160,7 @@ ROWS = {
     "hf-tf-xla": ("HF TF xla", None),
     "ort-fp32": ("onnxruntime fp32", "torch-fp32"),
     "ort-int8": ("onnxruntime int8 (dynamic)", "hf-torch-fp32"),
+    **QUANT_ROWS,  # int8 rows, one entry per framework (crosscheck.bench_quant)
 }
 ORT_ROWS = ("ort-fp32", "ort-int8")
 # float32 Keras paths: eager, tf.function (TF graph: grappler + oneDNN fusions), tf.function + XLA
@@ -293,6 +295,8 @@ def build_rows(workload: Workload, size: str, keys: list[str], seed: int = 0) ->
     attempt(KERAS_ROWS, keras_rows)
     attempt(["keras-bf16"], keras_bf16_row)
     attempt(ORT_ROWS, lambda group: _onnxruntime_rows(workload, config, arrays, inputs, group))
+    for framework in QUANT_FRAMEWORKS.values():
+        attempt(list(framework.rows), lambda group, f=framework: f.build(workload, config, arrays, inputs, group))
     hf_keys = [k for k in keys if k.startswith("hf-")]
     hf = hf_oracle() if hf_keys else None
     if hf_keys and hf is None:

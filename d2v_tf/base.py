@@ -29,8 +29,8 @@ from d2v_common.loader.pretrained import (
     weights_come_later,
 )
 from d2v_common.spec import WeightSpec, weight_spec
-from d2v_tf import backend
-from d2v_tf.layers import add_weight_maybe_deferred, deferred_variables, pending_variables
+from d2v_tf import adapters, backend
+from d2v_tf.layers import Linear, add_weight_maybe_deferred, deferred_variables, pending_variables
 
 
 def _public_attributes(layer: keras.layers.Layer):
@@ -44,23 +44,53 @@ def _public_attributes(layer: keras.layers.Layer):
             yield (attr[:-1] if attr.endswith("_") else attr), value
 
 
-def named_variables(layer: keras.layers.Layer, prefix: str = "") -> dict[str, keras.Variable]:
-    """Variables by attribute path (``encoder.layer.0.attention.query.kernel``), the Keras
-    counterpart of ``torch.nn.Module.state_dict()`` keys."""
-    out: dict[str, keras.Variable] = {}
+def _named_leaves(layer: keras.layers.Layer, prefix: str = ""):
+    """(attribute path, variable or layer) of every variable, and of every layer built on a
+    Keras built-in (``SPEC_ATTRIBUTES``: ``Linear``, ``Embedding``), whose own variables are
+    listed through it."""
 
-    def walk(value: Any, path: str) -> None:
+    def walk(value: Any, path: str):
         if isinstance(value, keras.Variable):
-            out[path] = value
+            yield path, value
         elif isinstance(value, keras.layers.Layer):
+            if hasattr(value, "SPEC_ATTRIBUTES"):
+                yield path, value
+                return
             for attr, child in _public_attributes(value):
-                walk(child, f"{path}.{attr}" if path else attr)
+                yield from walk(child, f"{path}.{attr}" if path else attr)
         elif isinstance(value, (list, tuple)):
             for i, child in enumerate(value):
-                walk(child, f"{path}.{i}")
+                yield from walk(child, f"{path}.{i}")
 
     for attr, child in _public_attributes(layer):
-        walk(child, f"{prefix}{attr}")
+        yield from walk(child, f"{prefix}{attr}")
+
+
+def named_variables(layer: keras.layers.Layer, prefix: str = "") -> dict[str, keras.Variable]:
+    """Variables by attribute path (``encoder.layer.0.attention.query.kernel``), the Keras
+    counterpart of ``torch.nn.Module.state_dict()`` keys: the weight spec's variables only
+    (LoRA and quantization scales are not listed)."""
+    out: dict[str, keras.Variable] = {}
+    for path, leaf in _named_leaves(layer, prefix):
+        if isinstance(leaf, keras.Variable):
+            out[path] = leaf
+            continue
+        for name, attr in leaf.SPEC_ATTRIBUTES.items():
+            variable = getattr(leaf, attr, None)
+            if variable is not None:
+                out[f"{path}.{name}"] = variable
+    return out
+
+
+def named_values(layer: keras.layers.Layer) -> dict[str, np.ndarray]:
+    """Numpy values by attribute path, as ``save_pretrained`` writes them: LoRA deltas merged,
+    quantized kernels dequantized (``Linear.spec_values``)."""
+    out: dict[str, np.ndarray] = {}
+    for path, leaf in _named_leaves(layer):
+        if isinstance(leaf, keras.Variable):
+            out[path] = np.asarray(leaf.numpy())
+        else:
+            out.update({f"{path}.{name}": value for name, value in leaf.spec_values().items()})
     return out
 
 
@@ -80,6 +110,20 @@ def name_sublayers(layer: keras.layers.Layer) -> None:
                 walk(child, f"{path}.{i}")
 
     walk(layer, "")
+
+
+def set_variable_paths(variables: dict[str, keras.Variable]) -> None:
+    """Give each variable the Keras path ``<module path>/<leaf>`` (the path Keras gives the
+    variables a layer adds later: LoRA, quantization scales). Variables are made in the layers'
+    ``__init__``, before the layers have their names; ``keras.distribution`` layout maps match
+    these paths, so under a distribution each variable takes its layout again."""
+    distribution = keras.distribution.distribution()
+    for path, variable in variables.items():
+        module, leaf = path.rsplit(".", 1) if "." in path else ("", path)
+        variable._path = f"{module}/{leaf}" if module else leaf
+        if distribution is not None:  # placed when its value is assigned (load_arrays)
+            variable._layout = None  # the one it took under its first path
+            variable._layout = distribution.get_variable_layout(variable)
 
 
 # tf.distribute on TensorFlow, nothing to reduce elsewhere (JAX arrays are global): see d2v_tf.backend
@@ -114,7 +158,7 @@ def unpack_inputs(call):
 MODEL_REGISTRY = ModelRegistry("keras", class_prefix="TF")
 
 
-class TFData2VecPreTrainedModel(backend.ModelSteps, keras.Model):
+class TFData2VecPreTrainedModel(backend.LayerHooks, backend.ModelSteps, keras.Model):
     """Base of the Keras classes. Subclasses set ``config_class`` and ``main_input_name``, hold
     their layers under the PyTorch module names, and call ``post_init()`` last."""
 
@@ -153,6 +197,7 @@ class TFData2VecPreTrainedModel(backend.ModelSteps, keras.Model):
         check_names_match_spec(type(self).__name__, set(self._keras_variables()), expected)
         self.built = True
         name_sublayers(self)
+        set_variable_paths(self._keras_variables())
         # built for from_pretrained: the variables are created from the loaded values (load_arrays)
         self._pending_variables = pending_variables()
         if not skip_initialisation():
@@ -160,6 +205,10 @@ class TFData2VecPreTrainedModel(backend.ModelSteps, keras.Model):
 
     def load_arrays(self, arrays: dict[str, np.ndarray]) -> None:
         """Assign canonical arrays (every stored spec name) through the layout rules."""
+        quantized = adapters.quantized_layers(self._spec_layers())
+        if quantized:
+            raise ValueError(f"{type(self).__name__}: load weights before quantize(); {len(quantized)} layers are "
+                             f"quantized ({next(iter(quantized.values()))})")
         variables = self._keras_variables()
         check_no_missing(type(self).__name__, [p.name for p in self.spec.stored() if p.name not in arrays])
         pending, self._pending_variables = getattr(self, "_pending_variables", None), None
@@ -181,11 +230,8 @@ class TFData2VecPreTrainedModel(backend.ModelSteps, keras.Model):
 
     def state_arrays(self) -> dict[str, np.ndarray]:
         """Canonical numpy arrays of every tensor (tied copies included)."""
-        variables = self._keras_variables()
-        out = {
-            p.name: layouts.from_keras_array(p, np.asarray(variables[layouts.keras_name(p)].numpy()))
-            for p in self.spec.stored()
-        }
+        values = named_values(self)
+        out = {p.name: layouts.from_keras_array(p, values[layouts.keras_name(p)]) for p in self.spec.stored()}
         return self.spec.tie(out)
 
     # -------------------------------------------------------------------- checkpoints
@@ -248,7 +294,15 @@ class TFData2VecPreTrainedModel(backend.ModelSteps, keras.Model):
 
     # ------------------------------------------------------------ Keras serialisation
     def get_config(self) -> dict:
-        return {"name": self.name, "trainable": self.trainable, "config": self.config.to_dict()}
+        config = {"name": self.name, "trainable": self.trainable, "config": self.config.to_dict()}
+        # LoRA and quantization change the layers' variables: from_config does them again
+        # before Keras loads the saved values
+        if getattr(self, "_lora", None):
+            config["lora"] = dict(self._lora)
+        quantized = adapters.quantized_layers(self._spec_layers())
+        if quantized:
+            config["quantized"] = quantized
+        return config
 
     @classmethod
     def from_config(cls, config: dict | Data2VecConfigBase):
@@ -264,7 +318,88 @@ class TFData2VecPreTrainedModel(backend.ModelSteps, keras.Model):
         data = config.pop("config")
         config_cls = CONFIG_CLASSES.get(data.get("model_type"), cls.config_class)
         config.pop("dtype", None)
-        return cls(config_cls.from_dict(data), **config)
+        lora, quantized = config.pop("lora", None), config.pop("quantized", None)
+        model = cls(config_cls.from_dict(data), **config)
+        if lora:
+            model.enable_lora(lora["rank"], target=lora["layers"], alpha=lora["alpha"])
+        for mode in dict.fromkeys((quantized or {}).values()):
+            paths = {path for path, m in quantized.items() if m == mode}
+            layers = {id(layer) for path, layer in model._spec_layers().items() if path in paths}
+            model.quantize(mode, filters=lambda layer, layers=layers: id(layer) in layers)
+        return model
+
+    # ------------------------------------------------------ big models on small machines
+    def _spec_layers(self) -> dict[str, keras.layers.Layer]:
+        """The layers built on Keras built-ins (``Linear``, ``Embedding``) by module path."""
+        return {path: leaf for path, leaf in _named_leaves(self) if not isinstance(leaf, keras.Variable)}
+
+    def enable_lora(self, rank: int, target: str | list[str] = "query_value", alpha: float | None = None) -> None:
+        """LoRA fine-tuning (keras-hub's convention): the chosen dense layers gain trainable
+        low-rank factors (Keras' ``Dense.enable_lora``) and every other backbone weight is frozen;
+        the task head (what sits outside the backbone) stays trainable.
+
+        Args:
+            rank: the rank of the factors (a positive integer; 4 to 16 are usual).
+            target: ``"query_value"`` (default: the attention's query and value projections;
+                data2vec 2.0's fused ``qkv_proj``), ``"attention"`` (query, key, value), ``"all"``
+                (every dense layer of the backbone), or a list of layer names (``["query",
+                "intermediate.dense"]``) or module paths.
+            alpha: the delta is scaled by ``alpha / rank`` (default: ``rank``, a scale of 1).
+
+        ``save_pretrained`` writes the merged weights (an ordinary checkpoint); ``model.save``
+        keeps the merged kernels with LoRA enabled again on reload (Keras' ``Dense``).
+
+        Examples:
+
+        ```python
+        model.enable_lora(8)                  # query and value projections
+        model.compile(optimizer="adam")
+        model.fit(x, y)
+        model.save_pretrained("merged")       # plain checkpoint, LoRA merged in
+        ```
+        """
+        dense = {path: layer for path, layer in self._spec_layers().items() if isinstance(layer, Linear)}
+        self._lora = adapters.enable_lora(dense, self._keras_variables(), self.spec, rank, target, alpha)
+        self.train_function = self.test_function = self.predict_function = None  # traced for the old variables
+
+    def quantize(self, mode: str | None = None, config=None, filters=None, **kwargs) -> None:
+        """Quantize the dense layers' weights (Keras' ``Model.quantize``): ``"int8"`` (weights and
+        activations, per channel), ``"int4"``, ``"float8"``. By default every ``Linear`` is
+        converted; ``filters`` (a regex on layer names, a list of them, or a callable) picks
+        others, embeddings included. The quantized model saves and reloads with ``model.save``
+        / ``keras.saving.load_model``; ``save_pretrained`` writes dequantized float weights
+        (int8, per-channel int4, float8).
+
+        Examples:
+
+        ```python
+        model.quantize("int8")
+        logits = model(**inputs).logits
+        ```
+        """
+        if filters is None:
+            filters = adapters.quantizable
+        super().quantize(mode, config=config, filters=filters, **kwargs)
+
+    @staticmethod
+    def layout_map(device_mesh, model_parallel_dim_name: str = "model"):
+        """A ``keras.distribution.LayoutMap`` for ``ModelParallel`` that shards the encoder's
+        dense kernels over the mesh axis ``model_parallel_dim_name`` (query/key/value and the
+        feed-forward's first projection by output column, the projections back by input row);
+        every other weight is replicated. Build or load the model inside the distribution's
+        scope.
+
+        Examples:
+
+        ```python no-run
+        mesh = keras.distribution.DeviceMesh((1, 2), ["batch", "model"], keras.distribution.list_devices())
+        parallel = keras.distribution.ModelParallel(layout_map=TFData2VecTextModel.layout_map(mesh),
+                                                    batch_dim_name="batch")
+        with parallel.scope():
+            model = TFData2VecTextModel.from_pretrained("facebook/data2vec-text-base")
+        ```
+        """
+        return adapters.layout_map(device_mesh, model_parallel_dim_name)
 
     # ----------------------------------------------------------------- Keras training
     def loss_from_outputs(self, outputs, labels):

@@ -118,20 +118,32 @@ def add_weight_maybe_deferred(add_weight, *args, **kwargs):
 # --------------------------------------------------------------------------- primitives
 
 
-class Layer(keras.layers.Layer):
-    """Base of every d2v Keras layer: weights are created in ``__init__`` (their shapes come
-    from the config), so building is a no-op."""
-
-    def build(self, *args, **kwargs):
-        self.built = True
+class DeferredWeights(backend.LayerHooks):
+    """Mixin of every d2v Keras layer: ``add_weight`` only declares the variable under
+    ``deferred_variables()`` (see above)."""
 
     def add_weight(self, *args, **kwargs):
         return add_weight_maybe_deferred(super().add_weight, *args, **kwargs)
 
 
-class Linear(Layer):
-    """A dense layer: ``kernel`` (in, out) and ``bias`` (out,), computed as one 2-D GEMM plus the
-    bias (the layout rules map PyTorch's (out, in) weight onto it).
+class Layer(DeferredWeights, keras.layers.Layer):
+    """Base of every d2v Keras layer: weights are created in ``__init__`` (their shapes come
+    from the config), so the layer is built from the start (``model.quantize`` and
+    ``enable_lora`` refuse layers that are not built)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.built = True
+
+    def build(self, *args, **kwargs):
+        self.built = True
+
+
+class Linear(DeferredWeights, keras.layers.Dense):
+    """A ``keras.layers.Dense`` sized like ``torch.nn.Linear``: ``kernel`` (in, out) and
+    ``bias`` (out,), created in ``__init__``. It keeps Dense's hooks (``enable_lora``,
+    ``quantize``, ``.keras`` saving); the plain float path runs as one 2-D GEMM plus the bias
+    (``d2v_tf.backend.linear``).
 
     Args:
         in_features: the input width.
@@ -139,30 +151,107 @@ class Linear(Layer):
         bias: whether the layer adds a bias.
     """
 
+    # spec leaf -> attribute holding the variable (Dense keeps its kernel private: ``kernel``
+    # is a property that adds a LoRA delta)
+    SPEC_ATTRIBUTES = {"kernel": "_kernel", "bias": "bias"}
+
     def __init__(self, in_features: int, out_features: int, bias: bool = True, **kwargs):
-        super().__init__(**kwargs)
-        self.kernel = self.add_weight(shape=(in_features, out_features), initializer="zeros", name="kernel")
-        self.bias = self.add_weight(shape=(out_features,), initializer="zeros", name="bias") if bias else None
+        super().__init__(out_features, use_bias=bias, kernel_initializer="zeros", **kwargs)
+        self.in_features = in_features
+        self.build((None, in_features))
+        self.input_spec = None  # the shapes come from the config; no per-call check
 
-    def call(self, x):
-        return backend.linear(x, self.kernel, self.bias)
+    def call(self, x, training=None):
+        if self.lora_enabled:
+            return super().call(x)
+        return backend.linear(x, self._kernel, self.bias)
+
+    def quantize(self, mode=None, type_check=True, config=None):
+        # Dense refuses its subclasses unless told otherwise (``type_check``)
+        if type_check and type(self) is not Linear:
+            raise self._not_implemented_error(self.quantize)
+        super().quantize(mode, type_check=False, config=config)
+
+    def float_kernel(self) -> np.ndarray:
+        """The (in, out) kernel as float numpy: dequantized, LoRA delta merged (the value
+        ``save_pretrained`` writes); the stored variable itself when neither applies."""
+        mode = self.quantization_mode
+        if mode in (None, "float8"):
+            kernel = ops.convert_to_numpy(self._kernel)
+        elif mode == "int8":
+            kernel = ops.convert_to_numpy(self._kernel).astype("float32") / ops.convert_to_numpy(self.kernel_scale)
+        elif mode == "int4" and getattr(self, "_int4_block_size", None) in (None, -1):
+            from keras import quantizers
+
+            unpacked = quantizers.unpack_int4(self._kernel, self._orig_output_dim, axis=-1)
+            kernel = ops.convert_to_numpy(unpacked).astype("float32") / ops.convert_to_numpy(self.kernel_scale)
+        else:
+            raise ValueError(f"{self.name}: cannot read back a float kernel from quantization mode {mode!r}; "
+                             "save it with model.save('model.keras') instead")
+        if self.lora_enabled:
+            delta = ops.convert_to_numpy(self.lora_kernel_a) @ ops.convert_to_numpy(self.lora_kernel_b)
+            kernel = (kernel.astype("float32") + (self.lora_alpha / self.lora_rank) * delta).astype(kernel.dtype)
+        return kernel
+
+    def spec_values(self) -> dict:
+        """Numpy values by spec leaf, as ``save_pretrained`` writes them."""
+        out = {"kernel": self.float_kernel()}
+        if self.bias is not None:
+            out["bias"] = ops.convert_to_numpy(self.bias)
+        return out
+
+    def get_config(self):
+        config = keras.layers.Layer.get_config(self)
+        return {**config, "in_features": self.in_features, "out_features": self.units, "bias": self.use_bias}
 
 
-class Embedding(Layer):
-    """A lookup table of ``num_embeddings`` rows of width ``embedding_dim``.
+class Embedding(DeferredWeights, keras.layers.Embedding):
+    """A ``keras.layers.Embedding`` of ``num_embeddings`` rows of width ``dim``, created in
+    ``__init__``; it keeps Embedding's hooks (``enable_lora``, ``quantize``). The float path
+    looks up with a dense table gradient (``d2v_tf.backend.embedding_lookup``).
 
     Args:
         num_embeddings: the number of rows (vocabulary size).
         dim: the width of each row.
     """
 
+    SPEC_ATTRIBUTES = {"embeddings": "_embeddings"}
+
     def __init__(self, num_embeddings: int, dim: int, **kwargs):
-        super().__init__(**kwargs)
-        self.num_embeddings = num_embeddings
-        self.embeddings = self.add_weight(shape=(num_embeddings, dim), initializer="zeros", name="embeddings")
+        super().__init__(num_embeddings, dim, embeddings_initializer="zeros", **kwargs)
+        self.autocast = True  # the table is read in the compute dtype, as every other d2v weight
+        self.build()
+
+    @property
+    def num_embeddings(self) -> int:
+        return self.input_dim
+
+    @num_embeddings.setter
+    def num_embeddings(self, value: int) -> None:
+        self.input_dim = value
 
     def call(self, ids):
         return backend.embedding_lookup(self.embeddings, ops.cast(ids, "int32"))
+
+    def quantize(self, mode=None, type_check=True, config=None):
+        if type_check and type(self) is not Embedding:
+            raise self._not_implemented_error(self.quantize)
+        super().quantize(mode, type_check=False, config=config)
+
+    def spec_values(self) -> dict:
+        if self.quantization_mode is not None:
+            raise ValueError(f"{self.name}: cannot read back a float table from quantization mode "
+                             f"{self.quantization_mode!r}; save it with model.save('model.keras') instead")
+        return {"embeddings": ops.convert_to_numpy(self.embeddings)}
+
+    def get_config(self):
+        config = keras.layers.Layer.get_config(self)
+        return {**config, "num_embeddings": self.input_dim, "dim": self.output_dim}
+
+
+def spec_attribute(layer, leaf: str) -> str:
+    """The attribute of ``layer`` that holds the variable of spec leaf ``leaf``."""
+    return getattr(layer, "SPEC_ATTRIBUTES", {}).get(leaf, leaf)
 
 
 class LayerNorm(Layer):

@@ -149,7 +149,7 @@ class PretrainingMonitor(keras.callbacks.Callback):
                 warnings.warn(message, TargetCollapseWarning, stacklevel=2)
 
 
-class _TFData2VecForPreTraining(backend.PretrainingSteps, keras.Model):
+class _TFData2VecForPreTraining(backend.LayerHooks, backend.PretrainingSteps, keras.Model):
     """What the three modalities share: the teacher, the EMA, the loss, the training step.
 
     Subclasses set ``modality``, ``base_model_prefix``, ``backbone_class`` and write ``call``

@@ -42,7 +42,7 @@ from d2v_tf.base import TFData2VecPreTrainedModel, count_not_equal, name_sublaye
 from d2v_tf.layers import DenseActivation, DenseDropout
 from d2v_tf.layers import (
     is_eager, tensor_info, Activation, Dropout, Embedding, Layer, LayerNorm, Linear, attention, classification_loss,
-    cross_entropy, expand_head_mask, split_heads,
+    cross_entropy, expand_head_mask, spec_attribute, split_heads,
 )
 
 _MIN = float(np.finfo(np.float32).min)
@@ -475,7 +475,7 @@ def _owner(root, path: str):
             obj = obj[int(part)]
         else:  # sub-layers Keras reserves the name of sit under a trailing "_" (``output_``)
             obj = vars(obj)[part + "_"] if part + "_" in vars(obj) else getattr(obj, part)
-    return obj, attr
+    return obj, spec_attribute(obj, attr)
 
 
 def _replace_attribute(owner: keras.layers.Layer, attr: str, value) -> None:
@@ -557,6 +557,8 @@ class TFData2VecTextPreTrainedModel(TFData2VecPreTrainedModel):
             value = layouts.to_keras_array(p, fresh[name].astype(p.dtype))
             _replace_attribute(owner, attr, keras.Variable(value, dtype=old_var.dtype, trainable=old_var.trainable,
                                                            name=old_var.name))
+            if isinstance(owner, Linear):  # an untied decoder: Dense's width follows its kernel
+                owner.units = int(value.shape[1])
         self.get_input_embeddings().num_embeddings = n
         for model in {id(self): self, id(self._backbone()): self._backbone()}.values():
             model.spec = model._make_spec()

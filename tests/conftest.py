@@ -27,14 +27,15 @@ import numpy as np  # noqa: E402
 
 # Keras picks its backend once per process. The TensorFlow process runs every test file but
 # test_keras_backends.py; a process with another backend (KERAS_BACKEND=jax or torch, the README's
-# second and third pytest commands) runs only that file, whose tests are written for any backend.
+# second and third pytest commands) runs only the files written for any backend.
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _BACKENDS_FILE = "test_keras_backends.py"
+_ANY_BACKEND_FILES = (_BACKENDS_FILE, "test_keras_adapters.py")
 if os.environ["KERAS_BACKEND"] == "tensorflow":
     collect_ignore = [_BACKENDS_FILE]
 else:
     collect_ignore = sorted(f for f in os.listdir(_HERE) if f.startswith("test_") and f.endswith(".py")
-                            and f != _BACKENDS_FILE)
+                            and f not in _ANY_BACKEND_FILES)
 
 
 @pytest.fixture

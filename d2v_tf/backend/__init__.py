@@ -51,12 +51,14 @@ update_variable = _impl.update_variable
 compile_inference = _impl.compile_inference
 register_output_classes = _impl.register_output_classes
 ModelSteps = _impl.ModelSteps
+LayerHooks = _impl.LayerHooks
 PretrainingSteps = _impl.PretrainingSteps
 
 __all__ = [
     "NAME",
     "NUMPY_CALLBACKS_COMPILE",
     "ModelSteps",
+    "LayerHooks",
     "PretrainingSteps",
     "all_reduce_sum",
     "compile_inference",

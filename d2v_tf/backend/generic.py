@@ -116,6 +116,10 @@ def register_output_classes():
     """Nothing to do where no compiler flattens outputs (the output classes are dicts)."""
 
 
+class LayerHooks:
+    """Backend hooks mixed into every d2v Keras layer and model (none outside PyTorch)."""
+
+
 class ModelSteps:
     """Keras steps of the d2v models with the ``step(data)`` convention (TensorFlow, PyTorch)."""
 

@@ -10,6 +10,7 @@ import keras
 import numpy as np
 
 from d2v_tf.backend.generic import CompiledCalls
+from d2v_tf.backend.generic import LayerHooks  # noqa: F401  (re-exported)
 from d2v_tf.backend.generic import raising_failed_checks as generic_raising_failed_checks
 from d2v_tf.backend.generic import (  # noqa: F401  (re-exported)
     all_reduce_sum,

@@ -9,6 +9,7 @@ import tensorflow as tf
 from d2v_common.models.losses import SHOWN_BAD_LABELS
 from d2v_tf.backend import generic
 from d2v_tf.backend.generic import CompiledCalls
+from d2v_tf.backend.generic import LayerHooks  # noqa: F401  (re-exported)
 from d2v_tf.backend.generic import register_output_classes  # noqa: F401  (re-exported)
 
 # XLA cannot compile tf.numpy_function: steps with random numpy masks run as TF graphs.

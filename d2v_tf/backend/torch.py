@@ -28,6 +28,27 @@ from d2v_tf.backend.generic import (  # noqa: F401  (re-exported)
 NUMPY_CALLBACKS_COMPILE = False  # Keras' torch trainer runs eagerly anyway
 
 
+def _param_key(path: str) -> str:
+    return path.replace(".", "-")
+
+
+class LayerHooks:
+    """Keras' torch layers key their ``torch.nn.ParameterDict`` by variable path, and PyTorch
+    refuses keys with "."; d2v's paths are module paths (``encoder.layer.0.query/kernel``: the
+    layouts of ``keras.distribution`` match them), so the keys swap "." for "-"."""
+
+    def _track_variables(self):
+        self._torch_params = torch.nn.ParameterDict({_param_key(v.path): v.value for v in self.variables})
+
+    def _post_track_variable(self, variable):
+        if hasattr(self, "_torch_params") and _param_key(variable.path) not in self._torch_params:
+            self._torch_params[_param_key(variable.path)] = variable.value
+
+    def _post_untrack_variable(self, variable):
+        if hasattr(self, "_torch_params") and _param_key(variable.path) in self._torch_params:
+            self._torch_params.pop(_param_key(variable.path))
+
+
 def is_concrete(x) -> bool:
     return True
 
