@@ -28,11 +28,10 @@ from tests.test_keras_loading import (  # noqa: F401 - from_pretrained's loading
     test_a_failed_read_while_creating_variables_raises_and_leaves_keras_clean,
     test_from_pretrained_creates_variables_from_the_checkpoint_only,
 )
+from tests import test_keras_data2vec2_pretraining as data2vec2_pretraining
 from tests.test_keras_data2vec2_pretraining import (  # noqa: F401 - data2vec 2.0 pretraining, on this backend too
     test_bad_masks_are_refused_with_torchs_errors,
-    test_checkpoints_keep_decoder_and_teacher,
     test_fit_draws_masks_inside_the_compiled_step,
-    test_fit_lowers_the_loss_and_the_teacher_follows_the_ema_formula,
     test_step_and_gradients_equal_fairseq,
 )
 
@@ -254,6 +253,15 @@ def test_out_of_range_class_labels_fail_in_the_compiled_step(name):
     after = [keras.ops.convert_to_numpy(v) for v in model.trainable_variables]
     assert all(np.array_equal(a, b) for a, b in zip(weights, after))
     assert np.isfinite(model.evaluate(x, labels, batch_size=len(labels), verbose=0))
+
+
+def test_data2vec2_pretraining_checkpoints_on_this_backend(tmp_path):
+    """One case of the TensorFlow process' checkpoint test (the rest is numpy, backend-free)."""
+    data2vec2_pretraining.test_checkpoints_keep_decoder_and_teacher("pretrain-text", tmp_path)
+
+
+def test_data2vec2_pretraining_fit_and_ema_on_this_backend():
+    data2vec2_pretraining.test_fit_lowers_the_loss_and_the_teacher_follows_the_ema_formula("pretrain-text")
 
 
 _DATA_PARALLEL = """

@@ -235,7 +235,7 @@ def _fit_batch(name, clone_batch=2):
     return {**_model_inputs(inputs), "precomputed_mask": mask.reshape(-1, clone_batch, mask.shape[1])}
 
 
-@pytest.mark.parametrize("name", ["pretrain-audio", "pretrain-text"])
+@pytest.mark.parametrize("name", ["pretrain-text"])  # audio's fit runs in test_two_devices_equal_one
 def test_fit_lowers_the_loss_and_the_teacher_follows_the_ema_formula(name):
     """compile + fit: each step applies the optimizer, then the EMA (tau annealed from
     ema_decay to ema_end_decay over ema_anneal_end_step) inside the compiled step; the loss falls."""
