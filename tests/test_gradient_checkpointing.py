@@ -177,7 +177,8 @@ def keras_model_and_inputs(architecture: str):
 
 def keras_gradients(model, inputs: dict, call_kwargs: dict):
     """(gradients of the trainable variables as numpy arrays or None, seeded-block runs in the
-    forward pass, in the backward pass) of one training-mode call, on the Keras backend in use."""
+    forward pass, in the backward pass) of one training-mode call, on the Keras backend in use.
+    On JAX the backward count is the number of layers under ``jax.checkpoint``."""
     runs = {"forward": 0, "backward": 0}
     phase = ["forward"]
     plain_block = d2v_tf.checkpointing.seeded_block
@@ -196,9 +197,12 @@ def keras_gradients(model, inputs: dict, call_kwargs: dict):
                 out, _ = model.stateless_call(trainable, non_trainable, **inputs, **call_kwargs, training=True)
                 return _loss(out)
 
-            phase[0] = "backward"  # one trace: forward and backward runs are not told apart
-            grads = jax.grad(loss_fn)([v.value for v in model.trainable_variables],
-                                      [v.value for v in model.non_trainable_variables])
+            values = ([v.value for v in model.trainable_variables], [v.value for v in model.non_trainable_variables])
+            grads = jax.grad(loss_fn)(*values)
+            # JAX traces rather than runs (the forward count is of traces); what the backward
+            # pass recomputes are the layers under jax.checkpoint in the traced program
+            program = jax.make_jaxpr(loss_fn)(*values)
+            runs["backward"] = _count_checkpoints(program.jaxpr)
         elif backend == "torch":
             model.zero_grad()
             loss = _loss(model(**inputs, **call_kwargs, training=True))
@@ -216,6 +220,22 @@ def keras_gradients(model, inputs: dict, call_kwargs: dict):
         d2v_tf.checkpointing.seeded_block = plain_block
     arrays = [None if g is None else np.asarray(keras.ops.convert_to_numpy(g)) for g in grads]
     return arrays, runs["forward"], runs["backward"]
+
+
+def _count_checkpoints(jaxpr) -> int:
+    """``jax.checkpoint`` equations ("checkpoint", "remat2" as JAX versions name it) in a JAX
+    program, nested programs (``jit`` ...) included."""
+    count = 0
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name.startswith(("checkpoint", "remat")):
+            count += 1
+            continue
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, (list, tuple)) else (param,):
+                sub = getattr(sub, "jaxpr", sub)  # a ClosedJaxpr holds its Jaxpr
+                if hasattr(sub, "eqns"):
+                    count += _count_checkpoints(sub)
+    return count
 
 
 def checkpointed_and_plain_gradients(model, inputs: dict, call_kwargs: dict):
