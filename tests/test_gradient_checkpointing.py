@@ -204,6 +204,7 @@ def keras_gradients(model, inputs: dict, call_kwargs: dict):
             program = jax.make_jaxpr(loss_fn)(*values)
             runs["backward"] = _count_checkpoints(program.jaxpr)
         elif backend == "torch":
+            torch.manual_seed(0)  # Keras' unseeded dropout outside the encoder layers draws from torch's RNG
             model.zero_grad()
             loss = _loss(model(**inputs, **call_kwargs, training=True))
             phase[0] = "backward"
