@@ -47,6 +47,7 @@ import numpy as np  # noqa: E402
 
 from crosscheck import bench_pretraining  # noqa: E402
 from crosscheck.bench_quant import QUANT_FRAMEWORKS, QUANT_ROWS  # noqa: E402
+from crosscheck import bench_memory  # noqa: E402
 from crosscheck.cases import data2vec2 as d2v2_cases  # noqa: E402
 from crosscheck.cases import tiny  # noqa: E402
 from crosscheck.flops import model_flops  # noqa: E402
@@ -1005,6 +1006,9 @@ def main(argv=None) -> int:
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON ('-': print JSON only)")
     parser.add_argument("--plot", metavar="FILE.png", help="draw the speed-ups (needs matplotlib)")
     parser.add_argument("--peak-only", action="store_true", help="measure the machine's GEMM peak and stop")
+    parser.add_argument("--memory", action="store_true",
+                        help="peak training memory with and without gradient checkpointing (crosscheck.bench_memory)")
+    bench_memory.add_arguments(parser)
     parser.add_argument("--int8-example", action="store_true",
                         help="also train examples/finetune_torch_text.py's model and compare its onnxruntime int8 "
                         "and fp32 logits on the held-out set (argmax agreement)")
@@ -1023,6 +1027,8 @@ def main(argv=None) -> int:
         print(json.dumps(_jax_worker(name, size, int(seed), args.repeats or 5, args.warmup, out_path)))
         return 0
 
+    if args.memory:
+        return bench_memory.run(args.size, args.memory_steps, args.threads, args.memory_families, args.json)
     if args.load_worker:
         print(json.dumps(_load_worker(*args.load_worker, threads=args.threads)))
         return 0

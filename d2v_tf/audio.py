@@ -28,6 +28,7 @@ from d2v_common.models.outputs import (
 from d2v_common.loader.pretrained import build_nested
 from d2v_tf import backend
 from d2v_tf.base import TFData2VecPreTrainedModel, unpack_inputs
+from d2v_tf.checkpointing import CheckpointingEncoder
 from d2v_tf.layers import (
     is_eager, tensor_info, Activation, Conv1d, Dropout, Layer, LayerNorm, Linear, attention, check_labels_in_range,
     cross_entropy, padding_bias, split_heads,
@@ -214,7 +215,7 @@ class TFData2VecAudioEncoderLayer(Layer):
         return self.final_layer_norm(x + ffn), weights, ffn
 
 
-class TFData2VecAudioEncoder(Layer):
+class TFData2VecAudioEncoder(CheckpointingEncoder, Layer):
     """Positional convs (added) -> LayerNorm -> dropout -> post-norm encoder layers: (B, T, D) -> (B, T, D).
 
     ``frame_mask`` (B, T) zeroes padded frames and masks them as attention keys; in training,
@@ -234,6 +235,7 @@ class TFData2VecAudioEncoder(Layer):
         self.dropout = Dropout(config.hidden_dropout)
         self.layers = [TFData2VecAudioEncoderLayer(config) for _ in range(config.num_hidden_layers)]
         self.seed_generator = keras.random.SeedGenerator() if config.layerdrop > 0 else None
+        self.init_checkpointing()
 
     def call(self, x, frame_mask=None, output_attentions=False, output_hidden_states=False, output_ffn_states=False,
              training=False):
@@ -253,7 +255,8 @@ class TFData2VecAudioEncoder(Layer):
             if drop is not None and is_eager(drop) and bool(drop):
                 weights = ffn = None  # skipped by layerdrop, as in HF
             else:
-                new_x, weights, ffn = layer(x, bias=bias, output_attentions=output_attentions, training=training)
+                new_x, weights, ffn = self.call_layer(layer, x, dict(bias=bias), training,
+                                                      output_attentions=output_attentions)
                 # In a traced graph the draw is symbolic: run the layer and select.
                 x = new_x if drop is None or is_eager(drop) else ops.where(drop, x, new_x)
             record.layer_output(weights, ffn=ffn)

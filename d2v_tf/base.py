@@ -30,6 +30,7 @@ from d2v_common.loader.pretrained import (
 )
 from d2v_common.spec import WeightSpec, weight_spec
 from d2v_tf import adapters, backend
+from d2v_tf.checkpointing import checkpointing_encoders, set_gradient_checkpointing
 from d2v_tf.layers import Linear, add_weight_maybe_deferred, deferred_variables, pending_variables
 
 
@@ -545,6 +546,26 @@ class TFData2VecPreTrainedModel(backend.LayerHooks, backend.ModelSteps, keras.Mo
     # ------------------------------------------------------------------------ helpers
     def num_parameters(self) -> int:
         return self.spec.num_parameters()
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+        """Recompute each encoder layer in the backward pass (same gradients, less memory):
+        ``keras.remat`` on every backend, dropout masks drawn again identically
+        (``d2v_tf.checkpointing``). ``gradient_checkpointing_kwargs``: HF's argument, which holds
+        torch options; only None or ``{}`` here.
+
+        Examples:
+            >>> model.gradient_checkpointing_enable()  # doctest: +SKIP
+            >>> model.fit(x, y)  # doctest: +SKIP
+        """
+        set_gradient_checkpointing(self, True, gradient_checkpointing_kwargs)
+
+    def gradient_checkpointing_disable(self) -> None:
+        set_gradient_checkpointing(self, False)
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        """Whether ``gradient_checkpointing_enable`` is in effect."""
+        return any(encoder.gradient_checkpointing for encoder in checkpointing_encoders(self))
 
     def _output_flags(self, output_attentions, output_hidden_states, return_dict) -> tuple[bool, bool, bool]:
         """The call's output switches, each falling back to the config's default."""

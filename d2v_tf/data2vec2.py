@@ -32,6 +32,7 @@ from d2v_tf.audio import (
     TFData2VecAudioConvLayer, TFData2VecAudioPositionalConvEmbedding, check_ctc_labels_in_graph, ctc_loss,
 )
 from d2v_tf.base import TFData2VecPreTrainedModel, unpack_inputs
+from d2v_tf.checkpointing import CheckpointingEncoder
 from d2v_tf.layers import (
     Activation,
     Conv1d,
@@ -125,7 +126,7 @@ class TFData2Vec2Layer(Layer):
         return self.final_layer_norm(x + mlp), weights
 
 
-class TFData2Vec2Encoder(Layer):
+class TFData2Vec2Encoder(CheckpointingEncoder, Layer):
     """Extra tokens -> context encoder (LayerNorm, prenet layers) -> main layers (-> final LN)."""
 
     def __init__(self, config, **kwargs):
@@ -145,6 +146,7 @@ class TFData2Vec2Encoder(Layer):
         self.prenet_layers = [TFData2Vec2Layer(config) for _ in range(config.num_prenet_layers)]
         self.layers = [TFData2Vec2Layer(config) for _ in range(config.num_hidden_layers)]
         self.final_layer_norm = _layer_norm(config) if config.layer_norm_first else None
+        self.init_checkpointing()
 
     def _alibi_per_layer(self, alibi):
         alibi = ops.cast(alibi, "float32")  # biases are added to float32 scores
@@ -178,7 +180,7 @@ class TFData2Vec2Encoder(Layer):
             bias = pad
             if biases is not None:
                 bias = biases[i] if pad is None else biases[i] + pad
-            x, weights = layer(x, bias=bias, output_attentions=output_attentions, training=training)
+            x, weights = self.call_layer(layer, x, dict(bias=bias), training, output_attentions=output_attentions)
             if i >= len(self.prenet_layers):
                 if output_hidden_states:
                     hidden_states.append(x)

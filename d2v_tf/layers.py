@@ -27,6 +27,7 @@ from d2v_common.models.losses import (
 )
 from d2v_common.models.checks import TensorInfo, check_head_mask, dtype_name
 from d2v_tf import backend
+from d2v_tf.checkpointing import block_uniform, in_seeded_block
 
 # ----------------------------------------------------------------- variables made from loaded values
 # ``from_pretrained`` builds the model inside ``deferred_variables()``: ``add_weight`` then only
@@ -390,16 +391,29 @@ class _TrainingOnlyRandomLayer(Layer):
     def _draw(self, x):
         raise NotImplementedError
 
+    def _uniform(self, shape):
+        """float32 uniforms in [0, 1): inside an encoder layer from the layer call's seed (so
+        gradient checkpointing's recomputation draws the same masks; d2v_tf.checkpointing),
+        elsewhere from the layer's seed generator."""
+        if in_seeded_block():
+            return block_uniform(shape)
+        return keras.random.uniform(shape, dtype="float32", seed=self.seed_generator)
+
 
 class Dropout(_TrainingOnlyRandomLayer):
-    """Dropout drawn from the layer's own seed generator, active only with ``training=True``.
+    """Dropout drawn from the layer's own seed generator (inside an encoder layer, from the
+    layer call's seed), active only with ``training=True``.
 
     Args:
         rate: the fraction of inputs zeroed in training.
     """
 
     def _draw(self, x):
-        return keras.random.dropout(x, self.rate, seed=self.seed_generator)
+        if not in_seeded_block():
+            return keras.random.dropout(x, self.rate, seed=self.seed_generator)
+        keep = 1.0 - self.rate
+        kept = self._uniform(ops.shape(x)) < keep
+        return ops.where(kept, x / ops.cast(keep, x.dtype), ops.zeros_like(x))
 
 
 class DropPath(_TrainingOnlyRandomLayer):
@@ -415,7 +429,7 @@ class DropPath(_TrainingOnlyRandomLayer):
     def _draw(self, x):
         keep = 1.0 - self.p
         shape = (ops.shape(x)[0],) + (1,) * (len(x.shape) - 1)
-        mask = ops.floor(keep + keras.random.uniform(shape, dtype=x.dtype, seed=self.seed_generator))
+        mask = ops.floor(keep + ops.cast(self._uniform(shape), x.dtype))
         return x / keep * mask
 
 

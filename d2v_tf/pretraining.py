@@ -200,6 +200,18 @@ class _TFData2VecForPreTraining(backend.LayerHooks, backend.PretrainingSteps, ke
     def student(self):
         return getattr(self, self.base_model_prefix)
 
+    # The student trains; the teacher runs in inference mode (nothing to recompute).
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+        """Recompute the student's encoder layers in the backward pass (see the model classes)."""
+        self.student.gradient_checkpointing_enable(gradient_checkpointing_kwargs)
+
+    def gradient_checkpointing_disable(self) -> None:
+        self.student.gradient_checkpointing_disable()
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return self.student.is_gradient_checkpointing
+
     def get_config(self) -> dict:
         return {"name": self.name, "config": self.config.to_dict(), "pretraining_config": self.pretraining_config.to_dict()}
 

@@ -39,6 +39,7 @@ from d2v_common.loader.pretrained import build_nested
 from d2v_common.spec import weight_spec
 from d2v_tf import backend
 from d2v_tf.base import TFData2VecPreTrainedModel, count_not_equal, name_sublayers, unpack_inputs
+from d2v_tf.checkpointing import CheckpointingEncoder
 from d2v_tf.layers import DenseActivation, DenseDropout
 from d2v_tf.layers import (
     is_eager, tensor_info, Activation, Dropout, Embedding, Layer, LayerNorm, Linear, attention, classification_loss,
@@ -345,7 +346,7 @@ class TFData2VecTextLayer(Layer):
         return x, weights, cross_weights, present, ffn
 
 
-class TFData2VecTextEncoder(Layer):
+class TFData2VecTextEncoder(CheckpointingEncoder, Layer):
     """``num_hidden_layers`` post-norm layers: (B, T, D) -> (B, T, D).
 
     Returns the last state, the per-layer (k, v) caches (with ``use_cache``) and the recorded hidden
@@ -359,6 +360,7 @@ class TFData2VecTextEncoder(Layer):
     def __init__(self, config: Data2VecTextConfig, **kwargs):
         super().__init__(**kwargs)
         self.layer = [TFData2VecTextLayer(config) for _ in range(config.num_hidden_layers)]
+        self.init_checkpointing()
 
     def call(self, x, bias=None, head_mask=None, encoder_states=None, encoder_bias=None, past=None, use_cache=False,
              output_attentions=False, output_hidden_states=False, output_ffn_states=False, training=False):
@@ -366,9 +368,10 @@ class TFData2VecTextEncoder(Layer):
         record = EncoderRecord(output_hidden_states, output_attentions, output_ffn_states, use_cache)
         for i, layer in enumerate(self.layer):
             record.layer_input(x)
-            x, weights, cross_weights, present, ffn = layer(
-                x, bias=bias, head_mask=head_masks[i], encoder_states=encoder_states, encoder_bias=encoder_bias,
-                past=past[i] if past else None, output_attentions=output_attentions, training=training,
+            x, weights, cross_weights, present, ffn = self.call_layer(
+                layer, x, dict(bias=bias, head_mask=head_masks[i], encoder_states=encoder_states,
+                            encoder_bias=encoder_bias), training,
+                past=past[i] if past else None, output_attentions=output_attentions,
             )
             record.layer_output(weights, cross_weights, ffn, present)
         record.finish(x)

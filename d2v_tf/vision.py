@@ -32,6 +32,7 @@ from d2v_common.models.vision import (
 )
 from d2v_tf import backend
 from d2v_tf.base import TFData2VecPreTrainedModel, count_not_equal, unpack_inputs
+from d2v_tf.checkpointing import CheckpointingEncoder
 from d2v_tf.layers import DenseActivation, DenseDropout
 from d2v_tf.layers import (
     Layer, Activation, BatchNorm, Conv2d, ConvTranspose2d, DropPath, Dropout, LayerNorm, Linear, attention,
@@ -285,7 +286,7 @@ class TFData2VecVisionLayer(Layer):
         return x + self.drop_path(ff, training=training), weights
 
 
-class TFData2VecVisionEncoder(Layer):
+class TFData2VecVisionEncoder(CheckpointingEncoder, Layer):
     """``num_hidden_layers`` pre-norm blocks, drop-path rates rising linearly to ``drop_path_rate``:
     (B, N+1, D) -> (B, N+1, D).
 
@@ -306,6 +307,7 @@ class TFData2VecVisionEncoder(Layer):
         per_layer_grid = grid if config.use_relative_position_bias else None
         rates = stochastic_depth_rates(config)
         self.layer = [TFData2VecVisionLayer(config, per_layer_grid, rates[i]) for i in range(config.num_hidden_layers)]
+        self.init_checkpointing()
 
     def call(self, x, grid, head_mask=None, output_attentions=False, output_hidden_states=False, training=False):
         shared_bias = self.relative_position_bias.bias_for(grid) if self.relative_position_bias is not None else None
@@ -313,9 +315,9 @@ class TFData2VecVisionEncoder(Layer):
         record = EncoderRecord(output_hidden_states, output_attentions)
         for layer, layer_head_mask in zip(self.layer, head_masks):
             record.layer_input(x)
-            x, weights = layer(
-                x, grid=grid, shared_bias=shared_bias, head_mask=layer_head_mask,
-                output_attentions=output_attentions, training=training,
+            x, weights = self.call_layer(
+                layer, x, dict(shared_bias=shared_bias, head_mask=layer_head_mask), training,
+                grid=grid, output_attentions=output_attentions,
             )
             record.layer_output(weights)
         record.finish(x)

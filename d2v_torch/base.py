@@ -14,7 +14,9 @@ from d2v_common.checkpoints.formats import formats_from_flags
 from d2v_common.configs import Data2VecConfigBase
 from d2v_common.checkpoints.hub import pop_hub_options
 from d2v_common.models.input_types import check_input_type
-from d2v_common.models.checks import architecture_of, check_config_class, check_names_match_spec, check_no_missing
+from d2v_common.models.checks import (
+    architecture_of, check_checkpointable, check_config_class, check_names_match_spec, check_no_missing,
+)
 from d2v_common.models.outputs import finish
 from d2v_common.loader.pretrained import LoadOptions, building_nested, load_pretrained, save_arrays_for
 from d2v_common.models.registry import ModelRegistry
@@ -254,10 +256,11 @@ class Data2VecPreTrainedModel(nn.Module):
                 defaults to False, the mode torch recommends.
         """
         options = checkpoint_options(gradient_checkpointing_kwargs)
-        for module in self.modules():
-            if hasattr(module, "gradient_checkpointing"):
-                module.gradient_checkpointing = True
-                module.checkpoint_options = options
+        encoders = [module for module in self.modules() if hasattr(module, "gradient_checkpointing")]
+        check_checkpointable(type(self).__name__, len(encoders))  # never a silent no-op
+        for module in encoders:
+            module.gradient_checkpointing = True
+            module.checkpoint_options = options
 
     def gradient_checkpointing_disable(self) -> None:
         for module in self.modules():
@@ -335,6 +338,18 @@ class TeacherStudentPretrainingModule(nn.Module):
     @property
     def student(self):
         return getattr(self, self.base_model_prefix)
+
+    # The student trains; the EMA teacher runs without gradients (nothing to recompute).
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+        """Recompute the student's encoder layers in the backward pass (see the model classes)."""
+        self.student.gradient_checkpointing_enable(gradient_checkpointing_kwargs)
+
+    def gradient_checkpointing_disable(self) -> None:
+        self.student.gradient_checkpointing_disable()
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return self.student.is_gradient_checkpointing
 
     def train(self, mode: bool = True):
         super().train(mode)

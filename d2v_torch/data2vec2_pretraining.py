@@ -45,7 +45,7 @@ from d2v_torch.base import TeacherStudentPretrainingModule, all_reduce_sum, worl
 from d2v_torch.data2vec2 import (
     Data2Vec2AudioModel, Data2Vec2TextModel, Data2Vec2VisionModel, sequence_alibi,
 )
-from d2v_torch.layers import padding_bias
+from d2v_torch.layers import checkpointed, padding_bias
 
 # ----------------------------------------------------------------------------- decoder
 
@@ -144,9 +144,14 @@ def run_encoder(context, main, x, keep, alibi, end_of_block: bool = False):
     if enc.layer_norm is not None:
         x = enc.layer_norm(x)
     targets = []
+    # the student's pass recomputes its layers in backward under gradient_checkpointing_enable()
+    recompute = top.gradient_checkpointing and top.training and torch.is_grad_enabled()
     for i, layer in enumerate(layers):
         bias = pad if biases[i] is None else (biases[i] if pad is None else biases[i] + pad)
-        x, t = _block(layer, x, bias, end_of_block)
+        if recompute:
+            x, t = checkpointed(top, _block, layer, x, bias, end_of_block)
+        else:
+            x, t = _block(layer, x, bias, end_of_block)
         if i >= len(enc.prenet_layers):
             targets.append(t)
     if top.final_layer_norm is not None:

@@ -24,6 +24,9 @@ from crosscheck.cases import all_cases
 from crosscheck.runner import check_case, max_abs_diff, run_torch, to_numpy_outputs
 from crosscheck.training import deterministic_config, step_parity
 from d2v_common.spec import weight_spec
+from tests.test_gradient_checkpointing import (
+    assert_same_gradients, checkpointed_and_plain_gradients, keras_model_and_inputs,
+)
 from tests.test_keras_loading import (  # noqa: F401 - from_pretrained's loading tests, on this backend too
     test_a_failed_read_while_creating_variables_raises_and_leaves_keras_clean,
     test_from_pretrained_creates_variables_from_the_checkpoint_only,
@@ -327,3 +330,17 @@ def test_chunked_speech_recognition_pipeline_matches_torch(tmp_path):
     features = d2v_tf.pipeline("feature-extraction", model=folder)(waves[1], return_tensors=True)
     assert tuple(features.shape) == (1, 34, 32)
     assert keras.ops.is_tensor(features) and not isinstance(features, np.ndarray)  # the backend's own tensor
+
+
+@pytest.mark.parametrize("architecture", ["Data2VecTextForSequenceClassification", "Data2VecAudioForCTC",
+                                          "Data2VecVisionForImageClassification", "Data2Vec2VisionModel"])
+def test_gradient_checkpointing_recomputes_with_the_same_gradients(architecture):
+    """keras.remat on this backend (jax.checkpoint / torch.utils.checkpoint): each encoder layer
+    recomputed, the same dropout masks, the gradients of the plain model."""
+    keras.utils.set_random_seed(0)
+    model, inputs, call_kwargs = keras_model_and_inputs(architecture)
+    (plain, _, plain_recomputed), (checkpointed, _, recomputed) = checkpointed_and_plain_gradients(
+        model, inputs, call_kwargs)
+    layers = model.config.num_hidden_layers + getattr(model.config, "num_prenet_layers", 0)
+    assert (plain_recomputed, recomputed) == (0, layers)
+    assert_same_gradients(plain, checkpointed, architecture)

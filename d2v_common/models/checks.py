@@ -68,6 +68,14 @@ def check_no_missing(model_name: str, missing: list[str]) -> None:
         raise ValueError(f"{model_name}: no value for {missing[:5]}")
 
 
+def check_checkpointable(model_name: str, checkpointing_encoders: int) -> None:
+    """Raises ``ValueError`` when ``gradient_checkpointing_enable`` finds no encoder that can
+    recompute its layers (rather than silently training without checkpointing)."""
+    if checkpointing_encoders == 0:
+        raise ValueError(f"{model_name} has no encoder that supports gradient checkpointing; train it without "
+                         "gradient_checkpointing_enable()")
+
+
 def architecture_of(cls: type) -> str:
     """The HF class name a d2v model class implements: its ``architecture`` attribute.
 

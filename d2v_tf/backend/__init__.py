@@ -44,6 +44,7 @@ value_check = _impl.value_check
 raise_failed_check = _impl.raise_failed_check
 raising_failed_checks = _impl.raising_failed_checks
 shape_changing_cond = _impl.shape_changing_cond
+stateless_uniform = _impl.stateless_uniform
 replica_context = _impl.replica_context
 all_reduce_sum = _impl.all_reduce_sum
 cross_replica = _impl.cross_replica
@@ -75,6 +76,7 @@ __all__ = [
     "register_output_classes",
     "replica_context",
     "shape_changing_cond",
+    "stateless_uniform",
     "transpose_weight",
     "update_variable",
     "value_check",

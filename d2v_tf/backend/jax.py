@@ -30,6 +30,12 @@ from d2v_tf.backend.generic import (  # noqa: F401  (re-exported)
 NUMPY_CALLBACKS_COMPILE = True
 
 
+def stateless_uniform(shape, seed, salt: int):
+    """float32 uniforms in [0, 1) fixed by the (2,) uint32 ``seed`` (a raw JAX key) and ``salt``."""
+    key = jax.random.fold_in(jnp.asarray(seed, "uint32"), salt)
+    return jax.random.uniform(key, tuple(shape), dtype="float32")
+
+
 def is_concrete(x) -> bool:
     """A value known now (not a tracer inside ``jax.jit`` / ``jax.grad``)."""
     return not isinstance(x, jax.core.Tracer)

@@ -24,6 +24,13 @@ def is_concrete(x) -> bool:
 # ------------------------------------------------------------------------------ kernels
 
 
+def stateless_uniform(shape, seed, salt: int):
+    """float32 uniforms in [0, 1) fixed by the (2,) integer ``seed`` and ``salt`` (the same
+    numbers on every call: a recomputed block draws the dropout masks of its forward)."""
+    seed = tf.random.experimental.stateless_fold_in(tf.cast(seed, "int64"), salt)
+    return tf.random.stateless_uniform(shape, seed=seed, dtype="float32")
+
+
 def transpose_weight(array, perm):
     """A loaded weight in another axis order, for a new variable: TF's transpose (tiled,
     multi-threaded) takes about half the time of numpy's on the base models' kernels."""

@@ -53,6 +53,17 @@ def is_concrete(x) -> bool:
     return True
 
 
+def stateless_uniform(shape, seed, salt: int):
+    """float32 uniforms in [0, 1) fixed by the (2,) integer ``seed`` and ``salt``: a fresh
+    ``torch.Generator`` seeded from them (eager, so the seed's values are at hand)."""
+    seed = ops.convert_to_tensor(seed)
+    first, second = (int(v) for v in seed.tolist())
+    device = seed.device  # Keras' device
+    generator = torch.Generator(device=device)
+    generator.manual_seed(hash((first, second, salt)) & 0x7FFF_FFFF_FFFF_FFFF)
+    return torch.rand(tuple(int(d) for d in shape), generator=generator, device=device, dtype=torch.float32)
+
+
 def numpy_call(fn, inputs, dtypes, shapes):
     outs = fn(*[np.asarray(ops.convert_to_numpy(a)) for a in inputs])
     outs = outs if isinstance(outs, (tuple, list)) else (outs,)
