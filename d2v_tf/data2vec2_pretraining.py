@@ -413,7 +413,9 @@ class _TFData2Vec2ForPreTraining(backend.PretrainingSteps, keras.Model):
                 pos_in = ops.where(maskb[..., None], ops.cast(noise, x.dtype), x)
         if is_eager(maskb):  # removed, as upstream
             m = np.asarray(ops.convert_to_numpy(maskb)).astype(bool)
-            ids_shuffle = np.argsort(m.astype(np.uint8), axis=1, kind="stable")
+            # upstream's (unstable) argsort order: with keep_masked_pct it picks the masked
+            # positions the student keeps
+            ids_shuffle = P.upstream_mask_order(m)
             ids_restore = np.argsort(ids_shuffle, axis=1, kind="stable")
             kept = P.keep_count(t, int(m[0].sum()), pcfg.keep_masked_pct)
             ids_keep = ids_shuffle[:, :kept]
@@ -430,11 +432,10 @@ class _TFData2Vec2ForPreTraining(backend.PretrainingSteps, keras.Model):
             h, _ = run_encoder(student, student, xs, keep_s, alibi_s, training=training)
         else:  # traced: every position stays; the masked ones are no key of the attention
             visible = ops.logical_not(maskb)
-            if pcfg.keep_masked_pct > 0:  # the first masked positions stay visible, as upstream's argsort
-                count = ops.sum(ops.cast(maskb[0], "float32"))
-                extra = ops.round(count * pcfg.keep_masked_pct)
-                rank = ops.cumsum(ops.cast(maskb, "float32"), axis=1)
-                visible = ops.logical_or(visible, ops.logical_and(maskb, rank <= extra))
+            if pcfg.keep_masked_pct > 0:  # the masked positions upstream's argsort keeps stay visible
+                visible = backend.numpy_call(
+                    lambda m: P.kept_positions(np.asarray(m, bool), pcfg.keep_masked_pct),
+                    [maskb], ["bool"], [tuple(maskb.shape)])[0]
             xs = x if pos_in is None else x + self._pos_conv(student, pos_in)
             keys = visible if keep_c is None else ops.logical_and(visible, keep_c)
             alibi_s = None if alibi_np is None else ops.convert_to_tensor(alibi_np[None])
@@ -485,9 +486,9 @@ class _TFData2Vec2ForPreTraining(backend.PretrainingSteps, keras.Model):
         ctx = backend.replica_context()
         count = backend.all_reduce_sum(ctx, sample_size) if ctx is not None else sample_size
         losses = {}
-        if pcfg.cls_loss > 0:  # weighted by this replica's masked positions, as upstream's criterion
+        if pcfg.cls_loss > 0:  # weighted by the global count, as in torch: N replicas equal one device
             cls_target = ops.repeat(ops.mean(target, axis=1), c, axis=0)
-            losses["cls"] = ops.sum(regression_loss(h[:, n - 1], cls_target, pcfg) * (pcfg.cls_loss * sample_size))
+            losses["cls"] = ops.sum(regression_loss(h[:, n - 1], cls_target, pcfg) * (pcfg.cls_loss * count))
         y = ops.repeat(target, c, axis=0)
         regression = regression_loss(prediction, y, pcfg) * (pcfg.d2v_loss * maskf32[..., None])
         losses[f"{P.FAIRSEQ_MODALITY[self.modality]}_regression"] = ops.sum(regression)

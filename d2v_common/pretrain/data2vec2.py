@@ -968,6 +968,17 @@ def upstream_mask_order(mask) -> np.ndarray:
         mask.shape)
 
 
+def kept_positions(mask: np.ndarray, keep_masked_pct: float) -> np.ndarray:
+    """(rows, T) bool: the positions the student keeps for ``mask`` (the unmasked ones plus the
+    ``keep_masked_pct`` share of the masked that come first in upstream's order)."""
+    mask = np.asarray(mask, dtype=bool)
+    kept = np.zeros_like(mask)
+    if mask.size:
+        count = keep_count(mask.shape[1], int(mask[0].sum()), keep_masked_pct)
+        np.put_along_axis(kept, upstream_mask_order(mask)[:, :count], True, axis=1)
+    return kept
+
+
 def keep_count(length: int, masked: int, keep_masked_pct: float) -> int:
     """Positions the student keeps: the unmasked ones plus ``keep_masked_pct`` of the masked."""
     keep = length - masked
@@ -1002,6 +1013,7 @@ __all__ = [
     "is_local_name",
     "keep_count",
     "upstream_mask_order",
+    "kept_positions",
     "load_pretraining",
     "pretraining_json",
     "pretraining_spec",
