@@ -12,6 +12,7 @@ from d2v_torch.audio import (
     Data2VecAudioPreTrainedModel,
 )
 from d2v_torch.base import MODEL_REGISTRY, Data2VecPreTrainedModel
+from d2v_torch.big_models import lora_target_modules
 from d2v_torch.data2vec2 import (
     Data2Vec2AudioForCTC,
     Data2Vec2AudioForSequenceClassification,
@@ -91,6 +92,7 @@ __all__ = [
     "MODEL_REGISTRY",
     "PRETRAINING_CLASSES",
     "model_class",
+    "lora_target_modules",
     "Data2VecAudioConfig",
     "Data2VecAudioForAudioFrameClassification",
     "Data2VecAudioForCTC",
