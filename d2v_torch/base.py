@@ -217,6 +217,7 @@ class Data2VecPreTrainedModel(nn.Module):
         tf_h5: bool = False,
         *,
         formats: list[str] | None = None,
+        max_shard_size: int | str | None = "5GB",
     ) -> list[str]:
         """Write the weights, then ``config.json`` last (an interrupted save keeps the old files).
 
@@ -226,12 +227,16 @@ class Data2VecPreTrainedModel(nn.Module):
             tf_h5: also write HF's ``tf_model.h5`` (loadable by transformers' TF classes).
             formats: names from ``d2v_common.checkpoints.formats.CHECKPOINT_FORMATS`` (e.g.
                 ``["safetensors", "tf-h5"]``); when given, the two flags above are not used.
+            max_shard_size: as in HF: weights larger than this (bytes, or ``"500MB"``, ``"2GB"``)
+                are written as shards ``model-00001-of-0000N.safetensors`` with
+                ``model.safetensors.index.json`` (``tf_model.h5`` is always one file); None: one file.
 
         Returns:
             The paths written.
         """
         formats = formats_from_flags(formats, safe_serialization, tf_h5)
-        return save_arrays_for(save_directory, self.state_arrays(), self.spec, self.config, formats)
+        return save_arrays_for(save_directory, self.state_arrays(), self.spec, self.config, formats,
+                               max_shard_size=max_shard_size)
 
     # ------------------------------------------------------------------------ helpers
     def num_parameters(self, only_trainable: bool = False) -> int:
