@@ -17,6 +17,7 @@ from d2v_common.configs import CONFIG_CLASSES, Data2VecConfigBase
 from d2v_common.checkpoints.hub import pop_hub_options
 from d2v_common.models.checks import (
     architecture_of, check_config_class, check_names_match_spec, check_no_missing, snake_case,
+    weighted_layer_sum_size,
 )
 from d2v_common.models.outputs import finish
 from d2v_common.models.registry import ModelRegistry
@@ -109,6 +110,14 @@ def unpack_inputs(call):
     return wrapper
 
 
+def weighted_layer_sum(hidden_states, layer_weights):
+    """Softmax-weighted sum of every hidden state (embeddings output included): the SUPERB-style
+    head input of ``use_weighted_layer_sum`` (audio, text and vision classifiers)."""
+    stacked = ops.stack(hidden_states, axis=1)
+    w = ops.softmax(ops.cast(layer_weights, stacked.dtype), axis=-1)
+    return ops.sum(stacked * ops.reshape(w, (1, -1) + (1,) * (len(stacked.shape) - 2)), axis=1)
+
+
 # Every Keras model class by its architecture (HF's PyTorch name, no "TF"), filled by
 # ``__init_subclass__`` below (and the pretraining base); ``d2v_tf.MODEL_CLASSES`` reads it.
 MODEL_REGISTRY = ModelRegistry("keras", class_prefix="TF")
@@ -144,6 +153,12 @@ class TFData2VecPreTrainedModel(backend.ModelSteps, keras.Model):
 
     def add_weight(self, *args, **kwargs):
         return add_weight_maybe_deferred(super().add_weight, *args, **kwargs)
+
+    def _init_layer_weights(self) -> None:
+        """``layer_weights`` of the weighted layer sum when the config asks for it (and the head
+        has one: d2v_common.models.checks.WEIGHTED_LAYER_SUM_HEADS), else None."""
+        size = weighted_layer_sum_size(self.config, self.architecture)
+        self.layer_weights = self.add_weight(shape=(size,), initializer="zeros", name="layer_weights") if size else None
 
     def post_init(self) -> None:
         """Check the variables against the spec, then initialise them from it."""

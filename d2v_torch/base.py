@@ -14,7 +14,9 @@ from d2v_common.checkpoints.formats import formats_from_flags
 from d2v_common.configs import Data2VecConfigBase
 from d2v_common.checkpoints.hub import pop_hub_options
 from d2v_common.models.input_types import check_input_type
-from d2v_common.models.checks import architecture_of, check_config_class, check_names_match_spec, check_no_missing
+from d2v_common.models.checks import (
+    architecture_of, check_config_class, check_names_match_spec, check_no_missing, weighted_layer_sum_size,
+)
 from d2v_common.models.outputs import finish
 from d2v_common.loader.pretrained import LoadOptions, building_nested, load_pretrained, save_arrays_for
 from d2v_common.models.registry import ModelRegistry
@@ -85,6 +87,14 @@ def torch_seed() -> int:
     return int(torch.randint(0, 2**31 - 1, ()).item())
 
 
+def weighted_layer_sum(hidden_states: tuple, layer_weights: torch.Tensor) -> torch.Tensor:
+    """Softmax-weighted sum of every hidden state (embeddings output included): the SUPERB-style
+    head input of ``use_weighted_layer_sum`` (audio, text and vision classifiers)."""
+    stacked = torch.stack(hidden_states, dim=1)
+    w = torch.softmax(layer_weights, dim=-1)
+    return (stacked * w.view(-1, *([1] * (stacked.dim() - 2)))).sum(dim=1)
+
+
 # Every PyTorch model class by its architecture, filled by ``__init_subclass__`` below (and
 # the pretraining base); ``d2v_torch.MODEL_CLASSES`` and the tools read it.
 MODEL_REGISTRY = ModelRegistry("torch")
@@ -122,6 +132,12 @@ class Data2VecPreTrainedModel(nn.Module):
         if any(p.is_meta for p in self.parameters()):
             return  # built for from_pretrained: weights come from the checkpoint
         self.load_arrays(self.spec.init_arrays(torch_seed()))
+
+    def _init_layer_weights(self) -> None:
+        """``layer_weights`` of the weighted layer sum when the config asks for it (and the head
+        has one: d2v_common.models.checks.WEIGHTED_LAYER_SUM_HEADS), else None."""
+        size = weighted_layer_sum_size(self.config, self.architecture)
+        self.layer_weights = nn.Parameter(torch.zeros(size)) if size else None
 
     def tie_weights(self) -> None:
         """Re-share tied tensors (the LM decoder and the word embeddings); heads override."""
