@@ -42,6 +42,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import numpy as np  # noqa: E402
 
+from crosscheck import bench_quant_torch  # noqa: E402
 from crosscheck.cases import data2vec2 as d2v2_cases  # noqa: E402
 from crosscheck.cases import tiny  # noqa: E402
 from crosscheck.flops import model_flops  # noqa: E402
@@ -155,6 +156,7 @@ ROWS = {
     "hf-tf-xla": ("HF TF xla", None),
     "ort-fp32": ("onnxruntime fp32", "torch-fp32"),
     "ort-int8": ("onnxruntime int8 (dynamic)", "hf-torch-fp32"),
+    **bench_quant_torch.ROWS,  # torch dynamic int8 against torch fp32
 }
 ORT_ROWS = ("ort-fp32", "ort-int8")
 # float32 Keras paths: eager, tf.function (TF graph: grappler + oneDNN fusions), tf.function + XLA
@@ -289,6 +291,7 @@ def build_rows(workload: Workload, size: str, keys: list[str], seed: int = 0) ->
     attempt(KERAS_ROWS, keras_rows)
     attempt(["keras-bf16"], keras_bf16_row)
     attempt(ORT_ROWS, lambda group: _onnxruntime_rows(workload, config, arrays, inputs, group))
+    attempt(list(bench_quant_torch.ROWS), lambda group: bench_quant_torch.build_rows(workload, config, arrays, inputs))
     hf_keys = [k for k in keys if k.startswith("hf-")]
     hf = hf_oracle() if hf_keys else None
     if hf_keys and hf is None:

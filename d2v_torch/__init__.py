@@ -12,7 +12,7 @@ from d2v_torch.audio import (
     Data2VecAudioPreTrainedModel,
 )
 from d2v_torch.base import MODEL_REGISTRY, Data2VecPreTrainedModel
-from d2v_torch.big_models import lora_target_modules
+from d2v_torch.big_models import lora_target_modules, quantize_dynamic_int8
 from d2v_torch.data2vec2 import (
     Data2Vec2AudioForCTC,
     Data2Vec2AudioForSequenceClassification,
@@ -93,6 +93,7 @@ __all__ = [
     "PRETRAINING_CLASSES",
     "model_class",
     "lora_target_modules",
+    "quantize_dynamic_int8",
     "Data2VecAudioConfig",
     "Data2VecAudioForAudioFrameClassification",
     "Data2VecAudioForCTC",

@@ -6,9 +6,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import torch
+import torch.ao.nn.quantized.dynamic as nnqd
 from torch import nn
 
 from d2v_common.models.adapters import lora_target_modules as _target_modules
+from d2v_torch.layers import Linear
 
 
 # ------------------------------------------------------------------------------- LoRA (peft)
@@ -31,3 +34,51 @@ def lora_target_modules(model: nn.Module, roles: Iterable[str] = ("query", "valu
         >>> lora = get_peft_model(model, LoraConfig(r=8, target_modules=lora_target_modules(model)))  # doctest: +SKIP
     """
     return _target_modules(model.state_dict().keys(), roles)
+
+
+# ----------------------------------------------------------------------- dynamic int8
+class _DynamicInt8Linear(nnqd.Linear):
+    """torch's dynamic int8 Linear, made from d2v's ``Linear`` (an ``nn.Linear`` subclass, which
+    torch's converter refuses: it matches module types exactly)."""
+
+    _FLOAT_MODULE = Linear
+
+    @classmethod
+    def from_float(cls, mod, use_precomputed_fake_quant=False):
+        plain = nn.Linear(mod.in_features, mod.out_features, bias=mod.bias is not None, device="meta")
+        plain.weight, plain.bias, plain.qconfig = mod.weight, mod.bias, mod.qconfig
+        return nnqd.Linear.from_float(plain, use_precomputed_fake_quant=use_precomputed_fake_quant)
+
+
+# Linear layers whose weight their parent reads directly (the x-vector TDNN uses it as a conv
+# kernel): they stay float.
+_WEIGHT_READERS = ("kernel",)
+
+
+def quantize_dynamic_int8(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` whose Linear layers run with int8 weights and dynamically quantised
+    activations (CPU inference; ``torch.ao.quantization.quantize_dynamic`` with qint8).
+
+    Use this rather than ``quantize_dynamic(model, {nn.Linear})``: d2v's Linear is an
+    ``nn.Linear`` subclass, and torch matches exact types, so that call quantises nothing.
+
+    Save and load the way PyTorch does for quantised modules: ``torch.save(q.state_dict(),
+    path)``, then quantise a freshly built model of the same config and ``load_state_dict``.
+
+    Args:
+        model: a d2v PyTorch model (put in eval mode; the original is left as it is).
+
+    Returns:
+        The quantised copy.
+
+    Examples:
+        >>> q = quantize_dynamic_int8(Data2VecTextModel.from_pretrained("path"))  # doctest: +SKIP
+    """
+    from torch.ao.quantization import default_dynamic_qconfig, quantize_dynamic
+    from torch.ao.quantization.quantization_mappings import get_default_dynamic_quant_module_mappings
+
+    mapping = {**get_default_dynamic_quant_module_mappings(), Linear: _DynamicInt8Linear}
+    qconfig = {name: default_dynamic_qconfig for name, module in model.named_modules()
+               if isinstance(module, nn.Linear) and name.split(".")[-1] not in _WEIGHT_READERS}
+    return quantize_dynamic(model.eval(), qconfig, dtype=torch.qint8, mapping=mapping, inplace=False)
+

@@ -116,3 +116,24 @@ def test_lora_target_modules_name_each_familys_projections():
     assert d2v_torch.lora_target_modules(_fresh(v2)) == ["qkv_proj"]
     with pytest.raises(ValueError, match="unknown attention role 'output'"):
         d2v_torch.lora_target_modules(_fresh(v2), ("output",))
+
+
+def test_every_class_runs_with_dynamic_int8_and_reloads_from_its_state_dict(tmp_path):
+    """quantize_dynamic_int8: every Linear that runs as a Linear becomes int8, outputs stay near
+    float32 (tiny random weights: within 6% of the output's scale), and the quantised state_dict reloads into a freshly quantised model exactly."""
+    for case in ONE_PER_CLASS:
+        model = _fresh(case).eval()
+        quantized = d2v_torch.quantize_dynamic_int8(model)
+        assert any(type(m).__module__.startswith("torch.ao.nn.quantized.dynamic") for m in quantized.modules())
+        assert type(model.state_dict()[next(iter(model.state_dict()))]) is torch.Tensor  # the original is left float
+        inputs = torch_inputs(case.make_inputs(np.random.default_rng(0)))
+        reference, got = _output(model, inputs, case), _output(quantized, inputs, case)
+        scale = reference.abs().max()
+        if scale > 1e-3:  # a freshly initialised x-vector head's logits are ~1e-7: no scale to compare to
+            assert (got - reference).abs().max() <= 0.06 * scale, case.architecture
+        if case.architecture in SAVE_ROUND_TRIPS:
+            torch.save(quantized.state_dict(), tmp_path / "int8.pt")
+            again = d2v_torch.quantize_dynamic_int8(_fresh(case, seed=1))
+            again.load_state_dict(torch.load(tmp_path / "int8.pt"))
+            torch.testing.assert_close(_output(again, inputs, case), got, rtol=0, atol=0)
+
