@@ -434,8 +434,6 @@ class Data2VecTextConfig(Data2VecConfigBase):
         "position_embedding_type": Field("absolute", "str"),
         "use_cache": Field(True, "bool"),
         "classifier_dropout": Field(None, "float?"),
-        # d2v's: the sequence classifier reads a learned weighted sum of every layer (as the audio heads)
-        "use_weighted_layer_sum": Field(False, "bool"),
     }
     POSITION_EMBEDDING_TYPES = ("absolute", "relative_key", "relative_key_query")
 
@@ -643,8 +641,6 @@ class Data2VecVisionConfig(Data2VecConfigBase):
         "layer_scale_init_value": Field(0.1, "float"),
         "drop_path_rate": Field(0.1, "float"),
         "use_mean_pooling": Field(True, "bool"),
-        # d2v's: the image classifier pools a learned weighted sum of every layer (as the audio heads)
-        "use_weighted_layer_sum": Field(False, "bool"),
         "out_indices": Field([3, 5, 7, 11], "ints"),
         "pool_scales": Field([1, 2, 3, 6], "ints"),
         "use_auxiliary_head": Field(True, "bool"),

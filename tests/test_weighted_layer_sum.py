@@ -49,13 +49,15 @@ def test_torch_and_keras_agree_and_the_weights_matter(case):
 
 def test_off_by_default_and_only_on_the_classifiers():
     for config in (Data2VecTextConfig(**tiny.TEXT), Data2VecVisionConfig(**tiny.VISION)):
-        assert config.use_weighted_layer_sum is False
+        assert "use_weighted_layer_sum" not in config.to_dict()  # HF's config.json stays HF's
     on = Data2VecTextConfig(**tiny.TEXT, use_weighted_layer_sum=True)
     assert "layer_weights" in weight_spec(on, "Data2VecTextForSequenceClassification").names()
     assert "layer_weights" not in weight_spec(on, "Data2VecTextForTokenClassification").names()
     assert "layer_weights" not in weight_spec(CASES[0].config.copy(use_weighted_layer_sum=False),
                                               "Data2VecTextForSequenceClassification").names()
     assert d2v_torch.Data2VecTextForTokenClassification(on).layer_weights is None
+    with pytest.raises(TypeError, match="use_weighted_layer_sum must be true or false"):
+        weight_spec(Data2VecTextConfig(**tiny.TEXT, use_weighted_layer_sum="yes"), "Data2VecTextForSequenceClassification")
 
 
 def test_checkpoints_with_layer_weights_move_between_frameworks(tmp_path):

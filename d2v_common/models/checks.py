@@ -109,7 +109,17 @@ WEIGHTED_LAYER_SUM_HEADS = frozenset({
 
 def weighted_layer_sum_size(config, architecture: str) -> int | None:
     """How many ``layer_weights`` a head has (the hidden layers plus the embeddings output),
-    or None when it does not use the weighted layer sum."""
-    if architecture not in WEIGHTED_LAYER_SUM_HEADS or not getattr(config, "use_weighted_layer_sum", False):
+    or None when it does not use the weighted layer sum.
+
+    The text and vision configs take ``use_weighted_layer_sum`` as an extra key (HF's configs
+    have no such field, so their ``config.json`` stays HF's own unless it is set).
+
+    Raises:
+        TypeError: ``use_weighted_layer_sum`` is not a bool.
+    """
+    flag = getattr(config, "use_weighted_layer_sum", False)
+    if not isinstance(flag, bool):
+        raise TypeError(f"use_weighted_layer_sum must be true or false, got {flag!r}")
+    if architecture not in WEIGHTED_LAYER_SUM_HEADS or not flag:
         return None
     return config.num_hidden_layers + 1
