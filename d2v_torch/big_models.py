@@ -82,3 +82,43 @@ def quantize_dynamic_int8(model: nn.Module) -> nn.Module:
                if isinstance(module, nn.Linear) and name.split(".")[-1] not in _WEIGHT_READERS}
     return quantize_dynamic(model.eval(), qconfig, dtype=torch.qint8, mapping=mapping, inplace=False)
 
+
+# ------------------------------------------------------------------------------ FSDP2
+# The ModuleLists holding the transformer blocks, by their name under the backbone:
+# 1.0 text and vision ``encoder.layer``, 1.0 audio and 2.0 ``encoder.layers`` (2.0 also runs
+# its modality-specific ``encoder.prenet_layers`` first).
+ENCODER_BLOCK_LISTS = ("encoder.layer", "encoder.layers", "encoder.prenet_layers")
+
+
+def encoder_blocks(model: nn.Module) -> list[nn.Module]:
+    """The model's transformer blocks, in order (the units FSDP shards one by one)."""
+    return [block for name, module in model.named_modules() if isinstance(module, nn.ModuleList)
+            and any(name == n or name.endswith("." + n) for n in ENCODER_BLOCK_LISTS) for block in module]
+
+
+def shard_for_fsdp(model: nn.Module, **fully_shard_kwargs) -> nn.Module:
+    """Shard ``model`` with FSDP2: ``torch.distributed.fsdp.fully_shard`` on every encoder block,
+    then on the model itself (embeddings, heads and tied weights go with the root), as
+    transformers' FSDP2 wrapping does. Call it inside an initialised process group.
+
+    Args:
+        model: a d2v PyTorch model (every rank builds it the same way, e.g. from one checkpoint).
+        **fully_shard_kwargs: passed to each ``fully_shard`` call (``mesh``, ``mp_policy``,
+            ``reshard_after_forward``, ...).
+
+    Returns:
+        ``model``, sharded in place (its parameters are now ``DTensor`` shards).
+
+    Examples:
+        >>> torch.distributed.init_process_group("gloo")  # doctest: +SKIP
+        >>> model = shard_for_fsdp(Data2VecTextForSequenceClassification.from_pretrained("path"))  # doctest: +SKIP
+    """
+    from torch.distributed.fsdp import fully_shard
+
+    blocks = encoder_blocks(model)
+    if not blocks:
+        raise ValueError(f"{type(model).__name__} has no encoder blocks under {', '.join(ENCODER_BLOCK_LISTS)}")
+    for block in blocks:
+        fully_shard(block, **fully_shard_kwargs)
+    fully_shard(model, **fully_shard_kwargs)
+    return model

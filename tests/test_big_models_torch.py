@@ -137,3 +137,28 @@ def test_every_class_runs_with_dynamic_int8_and_reloads_from_its_state_dict(tmp_
             again.load_state_dict(torch.load(tmp_path / "int8.pt"))
             torch.testing.assert_close(_output(again, inputs, case), got, rtol=0, atol=0)
 
+
+# one head per family (1.0 text, audio, vision; 2.0 text, audio, vision)
+FSDP_HEADS = ["Data2VecTextForSequenceClassification", "Data2VecAudioForSequenceClassification",
+              "Data2VecVisionForImageClassification", "Data2Vec2TextForSequenceClassification",
+              "Data2Vec2AudioForSequenceClassification", "Data2Vec2VisionForImageClassification"]
+
+
+@pytest.mark.slow  # two spawned processes, each importing torch and d2v
+def test_fsdp2_step_on_two_cpu_processes_equals_the_unsharded_step(tmp_path):
+    """FSDP2 (fully_shard per encoder block + the root) on 2 gloo processes, both on the same
+    batch (gradients averaged): the step's loss and every weight equal one process's step."""
+    import torch.multiprocessing as mp
+
+    from tests import fsdp_worker
+
+    mp.start_processes(fsdp_worker.run, args=(2, str(tmp_path / "rendezvous"), FSDP_HEADS, str(tmp_path)),
+                       nprocs=2, join=True, start_method="spawn")
+    for case in fsdp_worker.cases(FSDP_HEADS):
+        model, inputs = fsdp_worker.model_and_inputs(case)
+        assert len(d2v_torch.big_models.encoder_blocks(model)) >= case.config.num_hidden_layers
+        loss = fsdp_worker.one_step(model, inputs, case)
+        sharded = np.load(tmp_path / f"{case.architecture}.npz")
+        assert abs(float(sharded["loss"]) - loss) <= 1e-5 * max(1.0, abs(loss)), case.architecture
+        for name, value in model.state_dict().items():
+            np.testing.assert_allclose(sharded[name], value.numpy(), atol=1e-5, rtol=1e-5, err_msg=name)
