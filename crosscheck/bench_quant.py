@@ -8,6 +8,8 @@ returning ``{row key: () -> main output as numpy}``. ``crosscheck.bench`` adds t
 - ``keras-int8``: d2v's Keras model after ``model.quantize("int8")`` (Keras' int8 ``Dense``:
   per-channel weights, per-token activations), run as a TF graph (``make_fast(jit_compile=False)``),
   against ``keras-graph`` (the float32 graph).
+- ``torch-int8``: d2v's PyTorch model after ``d2v_torch.quantize_dynamic_int8`` (Linear layers
+  in int8, activations quantized dynamically), against ``torch-fp32``.
 """
 
 from __future__ import annotations
@@ -37,8 +39,27 @@ def _keras_int8_rows(workload, config, arrays: dict, inputs: dict, keys: list[st
     return {"keras-int8": lambda: keras.ops.convert_to_numpy(getattr(fast(**inputs), field))}
 
 
+def _torch_int8_rows(workload, config, arrays: dict, inputs: dict, keys: list[str]) -> dict:
+    import torch
+
+    import d2v_torch
+
+    model = d2v_torch.model_class(workload.architecture)(config)
+    model.load_arrays(arrays)
+    quantized = d2v_torch.quantize_dynamic_int8(model)
+    pt_inputs = {k: torch.from_numpy(v) for k, v in inputs.items()}
+    field = workload.main_output
+
+    def run():
+        with torch.inference_mode():
+            return getattr(quantized(**pt_inputs, return_dict=True), field).float().numpy()
+
+    return {"torch-int8": run}
+
+
 QUANT_FRAMEWORKS: dict[str, QuantFramework] = {
     "keras": QuantFramework({"keras-int8": ("d2v keras int8 graph (quantize)", "keras-graph")}, _keras_int8_rows),
+    "torch": QuantFramework({"torch-int8": ("d2v torch int8 (dynamic)", "torch-fp32")}, _torch_int8_rows),
 }
 QUANT_ROWS: dict[str, tuple[str, str | None]] = {
     key: row for framework in QUANT_FRAMEWORKS.values() for key, row in framework.rows.items()

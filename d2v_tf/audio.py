@@ -27,7 +27,7 @@ from d2v_common.models.outputs import (
 )
 from d2v_common.loader.pretrained import build_nested
 from d2v_tf import backend
-from d2v_tf.base import TFData2VecPreTrainedModel, unpack_inputs
+from d2v_tf.base import TFData2VecPreTrainedModel, unpack_inputs, weighted_layer_sum
 from d2v_tf.checkpointing import CheckpointingEncoder
 from d2v_tf.layers import (
     is_eager, tensor_info, Activation, Conv1d, Dropout, Layer, LayerNorm, Linear, attention, check_labels_in_range,
@@ -364,13 +364,6 @@ class TFAMSoftmaxLoss(Layer):
         return cross_entropy(logits, labels)
 
 
-def weighted_layer_sum(hidden_states, layer_weights):
-    """Softmax-weighted sum of every hidden state (embeddings output included)."""
-    stacked = ops.stack(hidden_states, axis=1)
-    w = ops.softmax(ops.cast(layer_weights, stacked.dtype), axis=-1)
-    return ops.sum(stacked * w[None, :, None, None], axis=1)
-
-
 def statistics_pooling(x, lengths):
     """[mean, unbiased std] over the first ``lengths`` frames of each row -> (B, 2C)."""
     keep = ops.expand_dims(ops.cast(ops.arange(ops.shape(x)[1])[None, :] < lengths[:, None], x.dtype), -1)
@@ -679,12 +672,7 @@ class _TFData2VecAudioClassifierBase(TFData2VecAudioPreTrainedModel):
 
     def _init_base(self, config: Data2VecAudioConfig) -> None:
         self.data2vec_audio = build_nested(TFData2VecAudioModel, config)
-        if config.use_weighted_layer_sum:
-            self.layer_weights = self.add_weight(
-                shape=(config.num_hidden_layers + 1,), initializer="zeros", name="layer_weights"
-            )
-        else:
-            self.layer_weights = None
+        self._init_layer_weights()
 
     def freeze_feature_encoder(self) -> None:
         self.data2vec_audio.freeze_feature_encoder()

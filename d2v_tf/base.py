@@ -17,6 +17,7 @@ from d2v_common.configs import CONFIG_CLASSES, Data2VecConfigBase
 from d2v_common.checkpoints.hub import pop_hub_options
 from d2v_common.models.checks import (
     architecture_of, check_config_class, check_names_match_spec, check_no_missing, snake_case,
+    weighted_layer_sum_size,
 )
 from d2v_common.models.outputs import finish
 from d2v_common.models.registry import ModelRegistry
@@ -154,6 +155,14 @@ def unpack_inputs(call):
     return wrapper
 
 
+def weighted_layer_sum(hidden_states, layer_weights):
+    """Softmax-weighted sum of every hidden state (embeddings output included): the SUPERB-style
+    head input of ``use_weighted_layer_sum`` (audio, text and vision classifiers)."""
+    stacked = ops.stack(hidden_states, axis=1)
+    w = ops.softmax(ops.cast(layer_weights, stacked.dtype), axis=-1)
+    return ops.sum(stacked * ops.reshape(w, (1, -1) + (1,) * (len(stacked.shape) - 2)), axis=1)
+
+
 # Every Keras model class by its architecture (HF's PyTorch name, no "TF"), filled by
 # ``__init_subclass__`` below (and the pretraining base); ``d2v_tf.MODEL_CLASSES`` reads it.
 MODEL_REGISTRY = ModelRegistry("keras", class_prefix="TF")
@@ -189,6 +198,12 @@ class TFData2VecPreTrainedModel(backend.LayerHooks, backend.ModelSteps, keras.Mo
 
     def add_weight(self, *args, **kwargs):
         return add_weight_maybe_deferred(super().add_weight, *args, **kwargs)
+
+    def _init_layer_weights(self) -> None:
+        """``layer_weights`` of the weighted layer sum when the config asks for it (and the head
+        has one: d2v_common.models.checks.WEIGHTED_LAYER_SUM_HEADS), else None."""
+        size = weighted_layer_sum_size(self.config, self.architecture)
+        self.layer_weights = self.add_weight(shape=(size,), initializer="zeros", name="layer_weights") if size else None
 
     def post_init(self) -> None:
         """Check the variables against the spec, then initialise them from it."""
@@ -277,6 +292,7 @@ class TFData2VecPreTrainedModel(backend.LayerHooks, backend.ModelSteps, keras.Mo
         tf_h5: bool = False,
         *,
         formats: list[str] | None = None,
+        max_shard_size: int | str | None = "5GB",
     ) -> list[str]:
         """Write the weights, then ``config.json`` last (an interrupted save keeps the old files).
 
@@ -286,12 +302,16 @@ class TFData2VecPreTrainedModel(backend.LayerHooks, backend.ModelSteps, keras.Mo
             tf_h5: also write HF's ``tf_model.h5`` (loadable by transformers' TF classes).
             formats: names from ``d2v_common.checkpoints.formats.CHECKPOINT_FORMATS`` (e.g.
                 ``["safetensors", "tf-h5"]``); when given, the two flags above are not used.
+            max_shard_size: as in HF: weights larger than this (bytes, or ``"500MB"``, ``"2GB"``)
+                are written as shards ``model-00001-of-0000N.safetensors`` with
+                ``model.safetensors.index.json`` (``tf_model.h5`` is always one file); None: one file.
 
         Returns:
             The paths written.
         """
         formats = formats_from_flags(formats, safe_serialization, tf_h5)
-        return save_arrays_for(save_directory, self.state_arrays(), self.spec, self.config, formats)
+        return save_arrays_for(save_directory, self.state_arrays(), self.spec, self.config, formats,
+                               max_shard_size=max_shard_size)
 
     # ------------------------------------------------------------ Keras serialisation
     def get_config(self) -> dict:

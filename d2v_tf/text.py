@@ -38,7 +38,7 @@ from d2v_common.models.outputs import (
 from d2v_common.loader.pretrained import build_nested
 from d2v_common.spec import weight_spec
 from d2v_tf import backend
-from d2v_tf.base import TFData2VecPreTrainedModel, count_not_equal, name_sublayers, unpack_inputs
+from d2v_tf.base import TFData2VecPreTrainedModel, count_not_equal, name_sublayers, unpack_inputs, weighted_layer_sum
 from d2v_tf.checkpointing import CheckpointingEncoder
 from d2v_tf.layers import DenseActivation, DenseDropout
 from d2v_tf.layers import (
@@ -822,6 +822,7 @@ class _PerPositionHeadModel(TFData2VecTextPreTrainedModel):
         super().__init__(config, **kwargs)
         self.num_labels = config.num_labels
         self.data2vec_text = build_nested(TFData2VecTextModel, config, add_pooling_layer=False)
+        self._init_layer_weights()  # sequence classification with use_weighted_layer_sum only
 
     def _classify(self, hidden_states, training=False):
         raise NotImplementedError
@@ -832,13 +833,13 @@ class _PerPositionHeadModel(TFData2VecTextPreTrainedModel):
              inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None, return_dict=None,
              training=False):
         return_dict = self._return_dict_default if return_dict is None else return_dict
+        weighted = self.layer_weights is not None  # the weighted sum needs (and returns) every hidden state
         base = self.data2vec_text.forward_features(
             input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
-            output_attentions, output_hidden_states, training=training,
+            output_attentions, True if weighted else output_hidden_states, training=training,
         )
-        out = self.output_class(
-            None, self._classify(base.last_hidden_state, training), base.hidden_states, base.attentions
-        )
+        x = weighted_layer_sum(base.hidden_states, self.layer_weights) if weighted else base.last_hidden_state
+        out = self.output_class(None, self._classify(x, training), base.hidden_states, base.attentions)
         return self._finish_with_loss(out, labels, return_dict)
 
 

@@ -31,7 +31,7 @@ from d2v_common.models.vision import (
     stochastic_depth_rates,
 )
 from d2v_tf import backend
-from d2v_tf.base import TFData2VecPreTrainedModel, count_not_equal, unpack_inputs
+from d2v_tf.base import TFData2VecPreTrainedModel, count_not_equal, unpack_inputs, weighted_layer_sum
 from d2v_tf.checkpointing import CheckpointingEncoder
 from d2v_tf.layers import DenseActivation, DenseDropout
 from d2v_tf.layers import (
@@ -574,6 +574,7 @@ class TFData2VecVisionForImageClassification(TFData2VecVisionPreTrainedModel):
         self.num_labels = config.num_labels
         self.data2vec_vision = build_nested(TFData2VecVisionModel, config, add_pooling_layer=True)
         self.classifier = Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else None
+        self._init_layer_weights()
         self.post_init()
 
     def loss_from_outputs(self, outputs, labels):
@@ -586,11 +587,17 @@ class TFData2VecVisionForImageClassification(TFData2VecVisionPreTrainedModel):
     def call(self, pixel_values=None, head_mask=None, labels=None, output_attentions=None, output_hidden_states=None,
              interpolate_pos_encoding=False, return_dict=None, training=False):
         return_dict = self._return_dict_default if return_dict is None else return_dict
+        weighted = self.layer_weights is not None  # the weighted sum needs (and returns) every hidden state
         base, _ = self.data2vec_vision.forward_features(
-            pixel_values, head_mask, output_attentions, output_hidden_states, interpolate_pos_encoding,
-            training=training,
+            pixel_values, head_mask, output_attentions, True if weighted else output_hidden_states,
+            interpolate_pos_encoding, training=training,
         )
-        logits = self.classifier(base.pooler_output) if self.classifier is not None else base.pooler_output
+        pooled = base.pooler_output
+        if weighted:  # the weighted sum takes the last encoder state's place before the final norm and pooling
+            vision = self.data2vec_vision
+            x = weighted_layer_sum(base.hidden_states, self.layer_weights)
+            pooled = vision.pooler(vision.layernorm(x) if vision.layernorm is not None else x)
+        logits = self.classifier(pooled) if self.classifier is not None else pooled
         out = ImageClassifierOutput(None, logits, base.hidden_states, base.attentions)
         return self._finish_with_loss(out, labels, return_dict)
 

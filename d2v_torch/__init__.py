@@ -12,6 +12,7 @@ from d2v_torch.audio import (
     Data2VecAudioPreTrainedModel,
 )
 from d2v_torch.base import MODEL_REGISTRY, Data2VecPreTrainedModel
+from d2v_torch.big_models import lora_target_modules, quantize_dynamic_int8, shard_for_fsdp
 from d2v_torch.data2vec2 import (
     Data2Vec2AudioForCTC,
     Data2Vec2AudioForSequenceClassification,
@@ -93,6 +94,9 @@ __all__ = [
     "PRETRAINING_CLASSES",
     "model_class",
     "pipeline",
+    "lora_target_modules",
+    "quantize_dynamic_int8",
+    "shard_for_fsdp",
     "Data2VecAudioConfig",
     "Data2VecAudioForAudioFrameClassification",
     "Data2VecAudioForCTC",

@@ -26,7 +26,7 @@ from d2v_common.models.outputs import (
     finish,
 )
 from d2v_common.loader.pretrained import build_nested
-from d2v_torch.base import Data2VecPreTrainedModel, torch_seed
+from d2v_torch.base import Data2VecPreTrainedModel, torch_seed, weighted_layer_sum
 from d2v_torch.layers import (
     Activation, Linear, attention, check_labels_in_range, checkpointed, conv1d_time_major, cross_entropy, is_tracing,
     padding_bias, split_heads,
@@ -336,13 +336,6 @@ class AMSoftmaxLoss(nn.Module):
         return F.cross_entropy(logits, labels)
 
 
-def weighted_layer_sum(hidden_states: tuple, layer_weights: torch.Tensor) -> torch.Tensor:
-    """Softmax-weighted sum of every hidden state (embeddings output included)."""
-    stacked = torch.stack(hidden_states, dim=1)
-    w = torch.softmax(layer_weights, dim=-1)
-    return (stacked * w.view(-1, 1, 1)).sum(dim=1)
-
-
 def statistics_pooling(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """[mean, unbiased std] over the first ``lengths`` frames of each row -> (B, 2C)."""
     keep = (torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]).to(x.dtype)[..., None]
@@ -544,10 +537,7 @@ class _Data2VecAudioClassifierBase(Data2VecAudioPreTrainedModel):
 
     def _init_base(self, config: Data2VecAudioConfig) -> None:
         self.data2vec_audio = build_nested(Data2VecAudioModel, config)
-        if config.use_weighted_layer_sum:
-            self.layer_weights = nn.Parameter(torch.zeros(config.num_hidden_layers + 1))
-        else:
-            self.layer_weights = None
+        self._init_layer_weights()
 
     def freeze_feature_encoder(self) -> None:
         self.data2vec_audio.freeze_feature_encoder()

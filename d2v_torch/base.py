@@ -16,6 +16,7 @@ from d2v_common.checkpoints.hub import pop_hub_options
 from d2v_common.models.input_types import check_input_type
 from d2v_common.models.checks import (
     architecture_of, check_checkpointable, check_config_class, check_names_match_spec, check_no_missing,
+    weighted_layer_sum_size,
 )
 from d2v_common.models.outputs import finish
 from d2v_common.loader.pretrained import LoadOptions, building_nested, load_pretrained, save_arrays_for
@@ -87,6 +88,14 @@ def torch_seed() -> int:
     return int(torch.randint(0, 2**31 - 1, ()).item())
 
 
+def weighted_layer_sum(hidden_states: tuple, layer_weights: torch.Tensor) -> torch.Tensor:
+    """Softmax-weighted sum of every hidden state (embeddings output included): the SUPERB-style
+    head input of ``use_weighted_layer_sum`` (audio, text and vision classifiers)."""
+    stacked = torch.stack(hidden_states, dim=1)
+    w = torch.softmax(layer_weights, dim=-1)
+    return (stacked * w.view(-1, *([1] * (stacked.dim() - 2)))).sum(dim=1)
+
+
 # Every PyTorch model class by its architecture, filled by ``__init_subclass__`` below (and
 # the pretraining base); ``d2v_torch.MODEL_CLASSES`` and the tools read it.
 MODEL_REGISTRY = ModelRegistry("torch")
@@ -124,6 +133,12 @@ class Data2VecPreTrainedModel(nn.Module):
         if any(p.is_meta for p in self.parameters()):
             return  # built for from_pretrained: weights come from the checkpoint
         self.load_arrays(self.spec.init_arrays(torch_seed()))
+
+    def _init_layer_weights(self) -> None:
+        """``layer_weights`` of the weighted layer sum when the config asks for it (and the head
+        has one: d2v_common.models.checks.WEIGHTED_LAYER_SUM_HEADS), else None."""
+        size = weighted_layer_sum_size(self.config, self.architecture)
+        self.layer_weights = nn.Parameter(torch.zeros(size)) if size else None
 
     def tie_weights(self) -> None:
         """Re-share tied tensors (the LM decoder and the word embeddings); heads override."""
@@ -219,6 +234,7 @@ class Data2VecPreTrainedModel(nn.Module):
         tf_h5: bool = False,
         *,
         formats: list[str] | None = None,
+        max_shard_size: int | str | None = "5GB",
     ) -> list[str]:
         """Write the weights, then ``config.json`` last (an interrupted save keeps the old files).
 
@@ -228,12 +244,16 @@ class Data2VecPreTrainedModel(nn.Module):
             tf_h5: also write HF's ``tf_model.h5`` (loadable by transformers' TF classes).
             formats: names from ``d2v_common.checkpoints.formats.CHECKPOINT_FORMATS`` (e.g.
                 ``["safetensors", "tf-h5"]``); when given, the two flags above are not used.
+            max_shard_size: as in HF: weights larger than this (bytes, or ``"500MB"``, ``"2GB"``)
+                are written as shards ``model-00001-of-0000N.safetensors`` with
+                ``model.safetensors.index.json`` (``tf_model.h5`` is always one file); None: one file.
 
         Returns:
             The paths written.
         """
         formats = formats_from_flags(formats, safe_serialization, tf_h5)
-        return save_arrays_for(save_directory, self.state_arrays(), self.spec, self.config, formats)
+        return save_arrays_for(save_directory, self.state_arrays(), self.spec, self.config, formats,
+                               max_shard_size=max_shard_size)
 
     # ------------------------------------------------------------------------ helpers
     def num_parameters(self, only_trainable: bool = False) -> int:

@@ -36,7 +36,7 @@ from d2v_common.models.outputs import (
 )
 from d2v_common.loader.pretrained import build_nested
 from d2v_common.spec import weight_spec
-from d2v_torch.base import Data2VecPreTrainedModel, torch_seed
+from d2v_torch.base import Data2VecPreTrainedModel, torch_seed, weighted_layer_sum
 from d2v_torch.layers import DenseActivation, DenseDropout
 from d2v_torch.layers import (
     Activation, Linear, attention, checkpointed, classification_loss, cross_entropy, expand_head_mask, split_heads,
@@ -693,6 +693,7 @@ class _PerPositionHeadModel(Data2VecTextPreTrainedModel):
         super().__init__(config)
         self.num_labels = config.num_labels
         self.data2vec_text = build_nested(Data2VecTextModel, config, add_pooling_layer=False)
+        self._init_layer_weights()  # sequence classification with use_weighted_layer_sum only
 
     def _classify(self, hidden_states: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -704,11 +705,13 @@ class _PerPositionHeadModel(Data2VecTextPreTrainedModel):
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
                 inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None, return_dict=None):
         return_dict = self._return_dict_default if return_dict is None else return_dict
+        weighted = self.layer_weights is not None  # the weighted sum needs (and returns) every hidden state
         base = self.data2vec_text.forward_features(
             input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
-            output_attentions, output_hidden_states,
+            output_attentions, True if weighted else output_hidden_states,
         )
-        logits = self._classify(base.last_hidden_state)
+        x = weighted_layer_sum(base.hidden_states, self.layer_weights) if weighted else base.last_hidden_state
+        logits = self._classify(x)
         loss = self._head_loss(logits, labels) if labels is not None else None
         return finish(self.output_class(loss, logits, base.hidden_states, base.attentions), return_dict)
 

@@ -30,7 +30,7 @@ from d2v_common.models.vision import (
     stochastic_depth_rates,
 )
 from d2v_common.loader.pretrained import build_nested
-from d2v_torch.base import Data2VecPreTrainedModel
+from d2v_torch.base import Data2VecPreTrainedModel, weighted_layer_sum
 from d2v_torch.layers import DenseActivation, DenseDropout
 from d2v_torch.layers import (
     Activation, Linear, DropPath, attention, checkpointed, classification_loss, cross_entropy, expand_head_mask,
@@ -497,6 +497,7 @@ class Data2VecVisionForImageClassification(Data2VecVisionPreTrainedModel):
         self.num_labels = config.num_labels
         self.data2vec_vision = build_nested(Data2VecVisionModel, config, add_pooling_layer=True)
         self.classifier = Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
+        self._init_layer_weights()
         self.post_init()
 
     @document_inputs("Data2VecVisionForImageClassification")
@@ -505,10 +506,17 @@ class Data2VecVisionForImageClassification(Data2VecVisionPreTrainedModel):
                 output_hidden_states: bool | None = None, interpolate_pos_encoding: bool = False,
                 return_dict: bool | None = None):
         return_dict = self._return_dict_default if return_dict is None else return_dict
+        weighted = self.layer_weights is not None  # the weighted sum needs (and returns) every hidden state
         base, _ = self.data2vec_vision.forward_features(
-            pixel_values, head_mask, output_attentions, output_hidden_states, interpolate_pos_encoding
+            pixel_values, head_mask, output_attentions, True if weighted else output_hidden_states,
+            interpolate_pos_encoding,
         )
-        logits = self.classifier(base.pooler_output)
+        pooled = base.pooler_output
+        if weighted:  # the weighted sum takes the last encoder state's place before the final norm and pooling
+            vision = self.data2vec_vision
+            x = weighted_layer_sum(base.hidden_states, self.layer_weights)
+            pooled = vision.pooler(vision.layernorm(x) if vision.layernorm is not None else x)
+        logits = self.classifier(pooled)
         loss = None
         if labels is not None:
             check_image_class_labels(self.config, tensor_info(labels), logits.shape[0])

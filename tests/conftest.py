@@ -8,7 +8,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 # What the suite needs beyond the library: both frameworks and the test extra (the HF oracle and
 # the property tests). Without them every test file would fail on import; stop once instead.
-REQUIRED = ("torch", "tensorflow", "transformers", "tf_keras", "hypothesis")
+REQUIRED = ("torch", "tensorflow", "transformers", "tf_keras", "hypothesis", "peft")
 INSTALL = 'pip install torch==2.13.0 tensorflow==2.21.0 -e ".[all,test]"'
 
 

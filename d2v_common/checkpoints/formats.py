@@ -563,6 +563,10 @@ class CheckpointFormat:
         needs_torch: reading or writing needs PyTorch.
         conversion_notes: ``(path, spec) -> list[str]``: what d2v-convert should tell the user
             about a file of this format (e.g. dtypes changed on reading).
+        stored_tensors: ``(arrays, spec) -> arrays``: the tensors a file of this format holds
+            (safetensors leaves tied copies out); set together with ``write_shard``.
+        write_shard: ``(path, arrays) -> None``: write exactly ``arrays`` as one shard; a format
+            with it (and ``index_name``) can be written sharded (``max_shard_size``).
     """
 
     name: str
@@ -574,6 +578,17 @@ class CheckpointFormat:
     needs_spec: bool = False
     needs_torch: bool = False
     conversion_notes: Callable[[str, WeightSpec | None], list[str]] | None = None
+    stored_tensors: Callable[[Arrays, WeightSpec | None], Arrays] | None = None
+    write_shard: Callable[[str, Arrays], None] | None = None
+
+    @property
+    def shardable(self) -> bool:
+        return self.write_shard is not None and self.index_name is not None
+
+    def shard_name(self, number: int, count: int) -> str:
+        """HF's shard file name: ``model-00001-of-00003.safetensors``."""
+        stem, ext = os.path.splitext(self.file_name)
+        return f"{stem}-{number:05d}-of-{count:05d}{ext}"
 
     @property
     def file_names(self) -> tuple[str, ...]:
@@ -631,6 +646,8 @@ register_checkpoint_format(CheckpointFormat(
     shard_pattern=r"model-\d+-of-\d+\.safetensors",
     read_file=lambda path, spec: (read_safetensors(path), []),  # lazy: tensors are read when used
     write_file=lambda path, arrays, spec: _dump_safetensors(path, _without_tied(arrays, spec)),
+    stored_tensors=lambda arrays, spec: _without_tied(arrays, spec),
+    write_shard=lambda path, arrays: _dump_safetensors(path, arrays),
 ))
 register_checkpoint_format(CheckpointFormat(
     name="pt-bin",
@@ -641,6 +658,8 @@ register_checkpoint_format(CheckpointFormat(
     write_file=lambda path, arrays, spec: _dump_pytorch_bin(path, arrays if spec is None else spec.tie(dict(arrays))),
     needs_torch=True,
     conversion_notes=_bfloat16_notes,
+    stored_tensors=lambda arrays, spec: arrays if spec is None else spec.tie(dict(arrays)),
+    write_shard=lambda path, arrays: _dump_pytorch_bin(path, arrays),
 ))
 register_checkpoint_format(CheckpointFormat(
     name="tf-h5",
@@ -794,16 +813,25 @@ def write_checkpoint(
     spec: WeightSpec | None = None,
     formats: Iterable[str] = ("safetensors",),
     extra_files: dict[str, bytes] | None = None,
+    max_shard_size: int | str | None = None,
 ) -> list[str]:
     """Write ``arrays`` into ``directory`` in each format, plus ``extra_files`` (name -> bytes,
     e.g. ``config.json``); returns the paths written.
 
+    With ``max_shard_size`` (bytes, or HF's strings such as ``"500MB"`` / ``"2GB"``), a
+    shardable format whose tensors exceed it is written in HF's sharded layout: shards
+    ``model-00001-of-00003.safetensors`` ... (each at most ``max_shard_size``, unless one tensor
+    alone is larger) and ``model.safetensors.index.json`` (``metadata.total_size``,
+    ``weight_map``). Formats that cannot be sharded (``tf_model.h5``) are written whole.
+
     Every file is first written in full beside its target; only then are they swapped in,
-    weights first and extra files last, with a rollback if anything fails: an interrupted save
-    leaves the previous checkpoint as it was. Weight files of a previous save that this save did
-    not write are removed afterwards, so the directory never offers stale weights.
+    weights first (shards, then their index) and extra files last, with a rollback if anything
+    fails: an interrupted save leaves the previous checkpoint as it was. Weight files of a
+    previous save that this save did not write (single files, indexes, shards) are removed
+    afterwards, so the directory never offers stale weights.
     """
     directory = os.fspath(directory)
+    limit = None if max_shard_size is None else parse_size(max_shard_size)
     chosen = []
     for name in formats:
         if name not in CHECKPOINT_FORMATS:
@@ -812,10 +840,23 @@ def write_checkpoint(
         if fmt.needs_spec and spec is None:
             raise ValueError(f"writing {fmt.file_name} needs the model's weight spec")
         chosen.append(fmt)
-    plan = [
-        (os.path.join(directory, fmt.file_name), lambda tmp, fmt=fmt: fmt.write_file(tmp, arrays, spec))
-        for fmt in chosen
-    ]
+    plan = []
+    for fmt in chosen:
+        stored = fmt.stored_tensors(arrays, spec) if limit is not None and fmt.shardable else None
+        shards = shard_plan(stored, limit) if stored is not None else []
+        if len(shards) <= 1:
+            plan.append((os.path.join(directory, fmt.file_name),
+                         lambda tmp, fmt=fmt: fmt.write_file(tmp, arrays, spec)))
+            continue
+        weight_map = {}
+        for number, names in enumerate(shards, 1):
+            shard = fmt.shard_name(number, len(shards))
+            weight_map.update(dict.fromkeys(names, shard))
+            part = {n: stored[n] for n in names}
+            plan.append((os.path.join(directory, shard), lambda tmp, fmt=fmt, part=part: fmt.write_shard(tmp, part)))
+        index = {"metadata": {"total_size": sum(_nbytes(a) for a in stored.values())}, "weight_map": weight_map}
+        index_bytes = (json.dumps(index, indent=2, sort_keys=True) + "\n").encode("utf-8")
+        plan.append((os.path.join(directory, fmt.index_name), lambda tmp, data=index_bytes: _write_bytes(tmp, data)))
     written = {target for target, _ in plan}
     for name, data in (extra_files or {}).items():  # after the weights: config.json goes in last
         plan.append((os.path.join(directory, name), lambda tmp, data=data: _write_bytes(tmp, data)))
@@ -824,19 +865,63 @@ def write_checkpoint(
     return [target for target, _ in plan]
 
 
+_SIZE_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+               "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+
+def parse_size(value: int | str) -> int:
+    """Bytes from an int or HF's size strings (``"500MB"``, ``"2GB"``: powers of 10; ``"2GiB"``:
+    powers of 2).
+
+    Raises:
+        ValueError: not a positive int or such a string.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValueError(f"max_shard_size must be a number of bytes or a string such as '2GB', got {value!r}")
+    if isinstance(value, str):
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)\s*", value, re.I)
+        if match is None:
+            raise ValueError(f"max_shard_size {value!r} is not a size such as '500MB', '2GB' or '2GiB'")
+        value = int(float(match.group(1)) * _SIZE_UNITS[match.group(2).upper()])
+    if value <= 0:
+        raise ValueError(f"max_shard_size must be positive, got {value!r}")
+    return value
+
+
+def _nbytes(array) -> int:
+    return int(np.prod(np.shape(array))) * np.dtype(array.dtype).itemsize
+
+
+def shard_plan(arrays: dict[str, np.ndarray], max_shard_size: int) -> list[list[str]]:
+    """Tensor names per shard, in the arrays' order: a shard is closed when the next tensor
+    would take it past ``max_shard_size`` (a tensor larger than that gets a shard of its own)."""
+    shards: list[list[str]] = []
+    size = 0
+    for name, array in arrays.items():
+        nbytes = _nbytes(array)
+        if not shards or (size + nbytes > max_shard_size and shards[-1]):
+            shards.append([])
+            size = 0
+        shards[-1].append(name)
+        size += nbytes
+    return shards
+
+
 def write_pretrained(
     directory: str | os.PathLike,
     arrays: dict[str, np.ndarray],
     spec: WeightSpec,
     config,
     formats: list[str],
+    max_shard_size: int | str | None = None,
 ) -> list[str]:
-    """Write a model folder: the weights in each format and ``config.json`` (its
-    ``architectures`` set to the spec's), staged so that an interrupted save leaves the
-    previous checkpoint intact (config renamed in last)."""
+    """Write a model folder: the weights in each format (sharded past ``max_shard_size``, see
+    ``write_checkpoint``) and ``config.json`` (its ``architectures`` set to the spec's), staged
+    so that an interrupted save leaves the previous checkpoint intact (config renamed in last)."""
     config.architectures = [spec.architecture]
     config_bytes = config.to_json_string().encode("utf-8")
-    return write_checkpoint(directory, arrays, spec, formats, extra_files={CONFIG_NAME: config_bytes})
+    return write_checkpoint(directory, arrays, spec, formats, extra_files={CONFIG_NAME: config_bytes},
+                            max_shard_size=max_shard_size)
 
 
 def _remove_stale_weights(directory: str, keep: set[str]) -> None:
@@ -848,6 +933,9 @@ def _remove_stale_weights(directory: str, keep: set[str]) -> None:
                 stale += read_index(index)
             except CheckpointError:
                 pass
+    # shards of an earlier save whose index this save replaced (another shard count)
+    stale += [os.path.join(directory, n) for n in os.listdir(directory)
+              if any(fmt.shard_pattern and re.fullmatch(fmt.shard_pattern, n) for fmt in CHECKPOINT_FORMATS.values())]
     for path in stale:
         if path not in keep and os.path.isfile(path):
             os.unlink(path)

@@ -1,20 +1,38 @@
-"""Big models on small machines, the framework-neutral half: which dense layers LoRA adapts,
-which weights stay trainable, how the encoder's dense kernels shard for model parallelism,
-and the error texts. Names are module paths of the weight spec (``encoder.layer.0.attention.
-self.query``); the Keras side (``d2v_tf.adapters``) applies them.
+"""Big models on small machines, the framework-neutral half: which dense layers LoRA adapts
+(Keras' ``enable_lora``, peft's ``target_modules`` for torch), which weights stay trainable, how
+the encoder's dense kernels shard for model parallelism, and the error texts. Names are module
+paths of the weight spec (``encoder.layer.0.attention.self.query``).
+
+The attention projections differ by family: 1.0 text and vision use BERT's ``query`` / ``key`` /
+``value``, 1.0 audio uses wav2vec2's ``q_proj`` / ``k_proj`` / ``v_proj``, and data2vec 2.0
+keeps fairseq's single fused ``qkv_proj`` (one projection for the three roles, so an adapter on
+it adapts query, key and value together).
 """
+
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable
 
+# role -> the module names that play it, in the order tried (the first one a model has wins)
+ATTENTION_PROJECTION_NAMES: dict[str, tuple[str, ...]] = {
+    "query": ("query", "q_proj", "qkv_proj"),
+    "key": ("key", "k_proj", "qkv_proj"),
+    "value": ("value", "v_proj", "qkv_proj"),
+}
+
+
+def _names_of(*roles: str) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(name for role in roles for name in ATTENTION_PROJECTION_NAMES[role]))
+
+
 # LoRA targets by name: the last module names of the dense layers each choice adapts. The
 # query/value default is keras-hub's (and the LoRA paper's); data2vec 2.0 fuses q, k and v in
 # one ``qkv_proj``, adapted whole.
 LORA_TARGETS: dict[str, tuple[str, ...]] = {
-    "query_value": ("query", "value", "q_proj", "v_proj", "qkv_proj"),
-    "attention": ("query", "key", "value", "q_proj", "k_proj", "v_proj", "qkv_proj"),
+    "query_value": _names_of("query", "value"),
+    "attention": _names_of("query", "key", "value"),
     "all": (),  # every dense layer of the backbone
 }
 DEFAULT_LORA_TARGET = "query_value"
@@ -72,3 +90,30 @@ def layout_role(module: str) -> str | None:
     if re.fullmatch(ROW_PARALLEL, module):
         return "row"
     return None
+
+
+def lora_target_modules(parameter_names: Iterable[str], roles: Iterable[str] = ("query", "value")) -> list[str]:
+    """The module names (last path part, as peft's ``target_modules`` takes them) that play
+    ``roles`` in a model whose weights are ``parameter_names`` (its weight spec's names).
+
+    Args:
+        parameter_names: the model's tensor names (``encoder.layer.0.attention.self.query.weight``).
+        roles: attention roles, from ``ATTENTION_PROJECTION_NAMES``.
+
+    Returns:
+        The distinct module names, in role order (``["qkv_proj"]`` for data2vec 2.0's fused projection).
+
+    Raises:
+        ValueError: an unknown role, or a model with none of the role's modules.
+    """
+    modules = {name.split(".")[-2] for name in parameter_names if "." in name}
+    out: list[str] = []
+    for role in roles:
+        if role not in ATTENTION_PROJECTION_NAMES:
+            raise ValueError(f"unknown attention role {role!r}; use one of {', '.join(ATTENTION_PROJECTION_NAMES)}")
+        found = next((m for m in ATTENTION_PROJECTION_NAMES[role] if m in modules), None)
+        if found is None:
+            raise ValueError(f"the model has no {role} projection (looked for {', '.join(ATTENTION_PROJECTION_NAMES[role])})")
+        if found not in out:
+            out.append(found)
+    return out

@@ -103,3 +103,31 @@ def check_head_mask(shape: tuple, num_layers: int) -> None:
     if len(shape) == 2 and shape[0] is not None and int(shape[0]) != num_layers:
         raise ValueError(f"head_mask has {shape[0]} layers, the model has {num_layers}")
 
+
+
+# Heads that can read a learned softmax-weighted sum of every hidden state (SUPERB style,
+# ``config.use_weighted_layer_sum``) instead of the last one; the weights are ``layer_weights``.
+# Audio heads as in HF; the text and vision classifiers are d2v's (off by default, so HF
+# checkpoints are unchanged).
+WEIGHTED_LAYER_SUM_HEADS = frozenset({
+    "Data2VecAudioForSequenceClassification", "Data2VecAudioForAudioFrameClassification", "Data2VecAudioForXVector",
+    "Data2VecTextForSequenceClassification", "Data2VecVisionForImageClassification",
+})
+
+
+def weighted_layer_sum_size(config, architecture: str) -> int | None:
+    """How many ``layer_weights`` a head has (the hidden layers plus the embeddings output),
+    or None when it does not use the weighted layer sum.
+
+    The text and vision configs take ``use_weighted_layer_sum`` as an extra key (HF's configs
+    have no such field, so their ``config.json`` stays HF's own unless it is set).
+
+    Raises:
+        TypeError: ``use_weighted_layer_sum`` is not a bool.
+    """
+    flag = getattr(config, "use_weighted_layer_sum", False)
+    if not isinstance(flag, bool):
+        raise TypeError(f"use_weighted_layer_sum must be true or false, got {flag!r}")
+    if architecture not in WEIGHTED_LAYER_SUM_HEADS or not flag:
+        return None
+    return config.num_hidden_layers + 1

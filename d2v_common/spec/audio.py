@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 from d2v_common.configs import Data2VecAudioConfig
+from d2v_common.models.checks import weighted_layer_sum_size
 from d2v_common.spec.core import ZEROS, SpecBuilder, WeightSpec, fill, normal, uniform
 
 BASE_PREFIX = "data2vec_audio"
@@ -83,7 +84,7 @@ def audio_spec(config: Data2VecAudioConfig, architecture: str) -> WeightSpec:
 
     hidden = config.hidden_size
     num_layers = config.num_hidden_layers + 1  # the embeddings count as a layer for the weighted sum
-    if architecture != "Data2VecAudioForCTC" and config.use_weighted_layer_sum:
+    if weighted_layer_sum_size(config, architecture):
         root.param("layer_weights", (num_layers,), fill(1.0 / num_layers))
     _backbone(root.scope(BASE_PREFIX), config)
     if architecture == "Data2VecAudioForCTC":

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from d2v_common.configs import Data2VecTextConfig
-from d2v_common.spec.core import SpecBuilder, WeightSpec
+from d2v_common.models.checks import weighted_layer_sum_size
+from d2v_common.spec.core import SpecBuilder, WeightSpec, fill
 
 BASE_PREFIX = "data2vec_text"
 ARCHITECTURES = (
@@ -88,6 +89,9 @@ def text_spec(config: Data2VecTextConfig, architecture: str, add_pooling_layer: 
         head = root.scope("classifier")
         head.linear("dense", hidden, hidden)
         head.linear("out_proj", hidden, config.num_labels)
+        size = weighted_layer_sum_size(config, architecture)
+        if size:  # the weighted layer sum's weights, uniform
+            root.param("layer_weights", (size,), fill(1.0 / size))
     elif architecture == "Data2VecTextForMultipleChoice":
         root.linear("classifier", hidden, 1)
     elif architecture == "Data2VecTextForTokenClassification":

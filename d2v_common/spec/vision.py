@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from d2v_common.configs import Data2VecVisionConfig
+from d2v_common.models.checks import weighted_layer_sum_size
 from d2v_common.spec.core import SpecBuilder, WeightSpec, fill
 
 BASE_PREFIX = "data2vec_vision"
@@ -102,6 +103,13 @@ def _segmentation_heads(b: SpecBuilder, config: Data2VecVisionConfig) -> None:
         aux.conv2d("classifier", channels, labels, (1, 1))
 
 
+def _layer_weights(root: SpecBuilder, config, architecture: str) -> None:
+    """The weighted layer sum's ``layer_weights`` (uniform), when the head uses it."""
+    size = weighted_layer_sum_size(config, architecture)
+    if size:
+        root.param("layer_weights", (size,), fill(1.0 / size))
+
+
 def vision_spec(config: Data2VecVisionConfig, architecture: str, add_pooling_layer: bool = False) -> WeightSpec:
     if architecture not in ARCHITECTURES:
         raise ValueError(f"unknown vision architecture {architecture!r}; expected one of {ARCHITECTURES}")
@@ -112,6 +120,7 @@ def vision_spec(config: Data2VecVisionConfig, architecture: str, add_pooling_lay
         _backbone(root.scope(BASE_PREFIX), config, add_pooling_layer=True)
         if config.num_labels > 0:
             root.linear("classifier", config.hidden_size, config.num_labels)
+        _layer_weights(root, config, architecture)
     else:
         config.segmentation_feature_indices()  # validates out_indices
         _backbone(root.scope(BASE_PREFIX), config, add_pooling_layer=False)
