@@ -66,12 +66,16 @@ BASE_AUDIO = {
                     "decoder_layers": 4}}},
 }
 # --size tiny (smoke runs): the same recipes, narrow and shallow
-TINY_CHANGES = {"depth": 2, "embed_dim": 32, "num_heads": 4, "average_top_k_layers": 2, "clone_batch": 2}
+# (no dropout and no mask noise either: each framework draws its own, and the smoke run checks
+# that every row computes the same loss)
+TINY_CHANGES = {"depth": 2, "embed_dim": 32, "num_heads": 4, "average_top_k_layers": 2, "clone_batch": 2,
+                "encoder_dropout": 0.0, "post_mlp_drop": 0.0, "attention_dropout": 0.0}
 TINY_MODALITY = {
-    "image": {"prenet_depth": 1, "embed_dim": 32, "input_size": 32, "patch_size": 8,
-              "decoder": {"decoder_dim": 16, "decoder_groups": 4, "decoder_layers": 2}},
+    "image": {"prenet_depth": 1, "embed_dim": 32, "input_size": 32, "patch_size": 8, "mask_noise_std": 0.0,
+              "decoder": {"decoder_dim": 16, "decoder_groups": 4, "decoder_layers": 2, "input_dropout": 0.0}},
     "audio": {"feature_encoder_spec": "[(32, 10, 5)] + [(32, 3, 2)] * 2", "conv_pos_depth": 2, "conv_pos_width": 8,
-              "conv_pos_groups": 4, "decoder": {"decoder_dim": 16, "decoder_groups": 4, "decoder_layers": 2}},
+              "conv_pos_groups": 4, "mask_noise_std": 0.0,
+              "decoder": {"decoder_dim": 16, "decoder_groups": 4, "decoder_layers": 2, "input_dropout": 0.0}},
 }
 
 
@@ -143,13 +147,19 @@ WORKLOADS = {w.name: w for w in [
 # ----------------------------------------------------------------------------- frameworks
 
 
-def _d2v_torch_step(workload: PretrainingWorkload, config, pcfg, inputs: dict, seed: int) -> Callable[[], float]:
+def _d2v_torch_model(workload: PretrainingWorkload, config, pcfg, seed: int):
     import torch
 
     import d2v_torch
 
     torch.manual_seed(seed)
-    model = getattr(d2v_torch, workload.architecture)(config, pcfg, seed=seed)
+    return getattr(d2v_torch, workload.architecture)(config, pcfg, seed=seed)
+
+
+def _d2v_torch_step(workload: PretrainingWorkload, config, pcfg, inputs: dict, seed: int) -> Callable[[], float]:
+    import torch
+
+    model = _d2v_torch_model(workload, config, pcfg, seed)
     model.train()
     args = {k: torch.from_numpy(v) for k, v in inputs.items()}
     params = [p for p in model.parameters() if p.requires_grad]
@@ -164,6 +174,48 @@ def _d2v_torch_step(workload: PretrainingWorkload, config, pcfg, inputs: dict, s
     return run
 
 
+def _d2v_keras_step(workload: PretrainingWorkload, config, pcfg, inputs: dict, seed: int) -> Callable[[], float]:
+    """Forward + backward of the Keras class inside the backend's compiled step: one XLA
+    ``tf.function`` on TensorFlow, one ``jax.jit`` of ``stateless_call`` on JAX. Traced, the
+    student sees every position (the masked ones are hidden from attention: fixed shapes)."""
+    import keras
+
+    import d2v_tf
+
+    keras.utils.set_random_seed(seed)
+    model = getattr(d2v_tf, "TF" + workload.architecture)(config, pcfg, seed=seed)
+    # torch's initial weights, so the rows' losses compare (the "rel_err" column)
+    model.load_pretraining_arrays(_d2v_torch_model(workload, config, pcfg, seed).pretraining_arrays())
+    variables = model.trainable_variables
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        batch = {k: tf.constant(v) for k, v in inputs.items()}
+
+        @tf.function(jit_compile=True)
+        def step(batch):
+            with tf.GradientTape() as tape:
+                loss = model(batch, training=True).loss
+            return loss, tape.gradient(loss, variables)
+
+        return lambda: float(step(batch)[0])
+    import jax
+
+    def loss_fn(trainable, non_trainable, batch):
+        out, _ = model.stateless_call(trainable, non_trainable, batch, training=True)
+        return out.loss
+
+    step = jax.jit(jax.value_and_grad(loss_fn))
+    args = ([v.value for v in variables], [v.value for v in model.non_trainable_variables], inputs)
+
+    def run() -> float:
+        loss, grads = step(*args)
+        jax.block_until_ready(grads)
+        return float(loss)
+
+    return run
+
+
 @dataclass(frozen=True)
 class Framework:
     label: str
@@ -173,6 +225,8 @@ class Framework:
 
 FRAMEWORKS: dict[str, Framework] = {
     "pretrain-torch": Framework("d2v torch fp32 train step", _d2v_torch_step),
+    "pretrain-keras-xla": Framework("d2v keras (TF XLA) fp32 train step", _d2v_keras_step, "tensorflow"),
+    "pretrain-keras-jax": Framework("d2v keras (JAX jit) fp32 train step", _d2v_keras_step, "jax"),
 }
 
 
