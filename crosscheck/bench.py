@@ -1028,7 +1028,8 @@ def main(argv=None) -> int:
         return 0
 
     if args.memory:
-        return bench_memory.run(args.size, args.memory_steps, args.threads, args.memory_families, args.json)
+        return bench_memory.run(args.size, args.memory_steps, args.threads, args.memory_families, args.json,
+                                args.memory_batch)
     if args.load_worker:
         print(json.dumps(_load_worker(*args.load_worker, threads=args.threads)))
         return 0

@@ -53,17 +53,18 @@ def _config(family: str, size: str):
     return config_class(**(base if size == "base" else small))
 
 
-def _inputs(family: str, size: str, config) -> dict:
-    """One batch of one example, with its label."""
+def _inputs(family: str, size: str, config, batch: int = 1) -> dict:
+    """One batch of ``batch`` examples, with their labels."""
     rng = np.random.default_rng(0)
     n = INPUT_SIZE[size][family]
+    labels = np.ones(batch, np.int64)
     if family == "text":
-        ids = rng.integers(3, config.vocab_size, (1, n))
+        ids = rng.integers(3, config.vocab_size, (batch, n))
         ids[:, 0], ids[:, -1] = 0, 2
-        return {"input_ids": ids, "attention_mask": np.ones_like(ids), "labels": np.array([1])}
+        return {"input_ids": ids, "attention_mask": np.ones_like(ids), "labels": labels}
     if family == "vision":
-        return {"pixel_values": rng.standard_normal((1, 3, n, n)).astype(np.float32), "labels": np.array([1])}
-    return {"input_values": rng.standard_normal((1, int(n * 16000))).astype(np.float32), "labels": np.array([1])}
+        return {"pixel_values": rng.standard_normal((batch, 3, n, n)).astype(np.float32), "labels": labels}
+    return {"input_values": rng.standard_normal((batch, int(n * 16000))).astype(np.float32), "labels": labels}
 
 
 def _rss_kb() -> tuple[int, int]:
@@ -83,11 +84,12 @@ def _reset_peak() -> None:
         f.write("5")
 
 
-def worker(framework: str, family: str, checkpointing: bool, size: str, steps: int, threads: int) -> dict:
+def worker(framework: str, family: str, checkpointing: bool, size: str, steps: int, threads: int,
+           batch_size: int = 1) -> dict:
     """Runs in a fresh process: build, then ``steps`` training steps; memory and times."""
     architecture = WORKLOADS[family][0]
     config = _config(family, size)
-    inputs = _inputs(family, size, config)
+    inputs = _inputs(family, size, config, batch_size)
     import torch  # both rows pay the same imports
 
     torch.set_num_threads(threads)
@@ -127,13 +129,13 @@ def worker(framework: str, family: str, checkpointing: bool, size: str, steps: i
         step()
         seconds.append(time.perf_counter() - start)
     _, peak = _rss_kb()
-    return {"framework": framework, "family": family, "checkpointing": checkpointing,
+    return {"framework": framework, "family": family, "checkpointing": checkpointing, "batch": batch_size,
             "model_mb": baseline / 1024, "peak_mb": peak / 1024, "step_mb": (peak - baseline) / 1024,
             "step_seconds": statistics.median(seconds[1:] or seconds), "first_step_seconds": seconds[0]}
 
 
 def measure(size: str = "base", families=None, frameworks=FRAMEWORKS, steps: int = 3,
-            threads: int | None = None) -> list[dict]:
+            threads: int | None = None, batch: int = 1) -> list[dict]:
     """Every (framework, family, checkpointing) row, each in its own subprocess."""
     threads = threads or os.cpu_count() or 1
     rows = []
@@ -141,7 +143,8 @@ def measure(size: str = "base", families=None, frameworks=FRAMEWORKS, steps: int
         for framework in frameworks:
             for checkpointing in (False, True):
                 cmd = [sys.executable, "-m", "crosscheck.bench_memory", "--worker", framework, family,
-                       str(int(checkpointing)), "--size", size, "--steps", str(steps), "--threads", str(threads)]
+                       str(int(checkpointing)), "--size", size, "--steps", str(steps), "--threads", str(threads),
+                       "--batch", str(batch)]
                 proc = subprocess.run(cmd, capture_output=True, text=True,
                                       env={**os.environ, "KERAS_BACKEND": "tensorflow", "PYTHONWARNINGS": "ignore"})
                 lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
@@ -182,15 +185,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--memory-steps", type=positive_int, default=3,
                         help="--memory: training steps per row (the first is not timed; default 3)")
     parser.add_argument("--memory-families", help=f"--memory: comma-separated, from {', '.join(WORKLOADS)}")
+    parser.add_argument("--memory-batch", type=positive_int, default=1, help="--memory: examples per step (default 1)")
 
 
-def run(size: str, steps: int, threads: int, families: str | None, json_path: str | None) -> int:
+def run(size: str, steps: int, threads: int, families: str | None, json_path: str | None, batch: int = 1) -> int:
     """What ``python -m crosscheck.bench --memory`` does: measure, print the table (and JSON)."""
-    rows = measure(size, families.split(",") if families else None, steps=steps, threads=threads)
+    rows = measure(size, families.split(",") if families else None, steps=steps, threads=threads, batch=batch)
     if json_path == "-":
         print(json.dumps(rows))
         return 0
-    print(f"Peak training memory, batch 1 (text {INPUT_SIZE[size]['text']} tokens, vision "
+    print(f"Peak training memory, batch {batch} (text {INPUT_SIZE[size]['text']} tokens, vision "
           f"{INPUT_SIZE[size]['vision']} px, audio {INPUT_SIZE[size]['audio']} s), {threads} threads, {size} size:")
     print(table(rows))
     if json_path:
@@ -205,13 +209,16 @@ def main(argv=None) -> int:
     parser.add_argument("--size", choices=["base", "tiny"], default="base")
     parser.add_argument("--steps", type=positive_int, default=3)
     parser.add_argument("--threads", type=positive_int, default=os.cpu_count() or 1)
+    parser.add_argument("--batch", type=positive_int, default=1, help="examples per step (default 1)")
+    parser.add_argument("--families", help=f"comma-separated, from {', '.join(WORKLOADS)}")
     parser.add_argument("--json", metavar="FILE")
     args = parser.parse_args(argv)
     if args.worker:
         framework, family, checkpointing = args.worker
-        print(json.dumps(worker(framework, family, bool(int(checkpointing)), args.size, args.steps, args.threads)))
+        print(json.dumps(worker(framework, family, bool(int(checkpointing)), args.size, args.steps, args.threads,
+                                args.batch)))
         return 0
-    return run(args.size, args.steps, args.threads, None, args.json)
+    return run(args.size, args.steps, args.threads, args.families, args.json, args.batch)
 
 
 if __name__ == "__main__":
