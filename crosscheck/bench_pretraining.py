@@ -205,11 +205,11 @@ def _d2v_keras_step(workload: PretrainingWorkload, config, pcfg, inputs: dict, s
         out, _ = model.stateless_call(trainable, non_trainable, batch, training=True)
         return out.loss
 
-    step = jax.jit(jax.value_and_grad(loss_fn))
+    jitted = jax.jit(jax.value_and_grad(loss_fn))
     args = ([v.value for v in variables], [v.value for v in model.non_trainable_variables], inputs)
 
     def run() -> float:
-        loss, grads = step(*args)
+        loss, grads = jitted(*args)
         jax.block_until_ready(grads)
         return float(loss)
 

@@ -6,7 +6,6 @@ unchunked), labels and scores, and features; the bad-input errors; audio files a
 
 from __future__ import annotations
 
-import json
 import wave
 
 import numpy as np
