@@ -39,8 +39,6 @@ from d2v_common.pretrain import data2vec2 as P
 from d2v_common.data2vec2 import Data2Vec2AudioConfig, Data2Vec2TextConfig, Data2Vec2VisionConfig
 from d2v_common.pretrain.data2vec2 import Data2Vec2PreTrainingOutput, Data2Vec2PretrainingConfig
 from d2v_common.models.docstrings import document_inputs
-from d2v_common.checkpoints.hub import pop_hub_options
-from d2v_common.loader.pretrained import LoadOptions
 from d2v_torch.base import TeacherStudentPretrainingModule, all_reduce_sum, world_size
 from d2v_torch.data2vec2 import (
     Data2Vec2AudioModel, Data2Vec2TextModel, Data2Vec2VisionModel, sequence_alibi,
@@ -451,12 +449,8 @@ class _Data2Vec2ForPreTraining(TeacherStudentPretrainingModule):
             TypeError: a checkpoint of another modality, or an unknown keyword.
             OSError: a folder without ``d2v_pretraining.json`` (a plain model checkpoint).
         """
-        hub = pop_hub_options(hub_options)
-        if hub_options:
-            raise TypeError(f"{cls.__name__}.from_pretrained got unexpected keyword(s) {sorted(hub_options)}")
-        options = LoadOptions(checkpoint_format, ignore_mismatched_sizes, check_finite, hub)
-        loaded = P.load_pretraining(pretrained_model_name_or_path, options, architecture=cls.architecture,
-                                    config_class=cls.config_class, seed=seed)
+        loaded = P.load_pretraining_for(cls, pretrained_model_name_or_path, checkpoint_format,
+                                        ignore_mismatched_sizes, check_finite, seed, hub_options)
         model = cls(loaded.config, loaded.pretraining_config, seed=seed)
         model.load_pretraining_arrays(loaded.arrays)
         model.num_updates = loaded.num_updates

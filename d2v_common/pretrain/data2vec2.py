@@ -34,6 +34,7 @@ import numpy as np
 from d2v_common.checkpoints import fairseq
 from d2v_common.loader.matching import LoadReport
 from d2v_common.models.outputs import ModelOutput
+from d2v_common.checkpoints.hub import pop_hub_options
 from d2v_common.loader.pretrained import LoadOptions, OpenRequest, open_checkpoint
 from d2v_common.spec import weight_spec
 from d2v_common.spec.core import ZEROS, ParamSpec, WeightSpec, normal
@@ -752,6 +753,18 @@ def load_pretraining(name_or_path: str | os.PathLike, options: LoadOptions = Loa
 # torch's / numpy's global state: the same distributions, not the same draws.
 
 
+def load_pretraining_for(cls, name_or_path: str | os.PathLike, checkpoint_format, ignore_mismatched_sizes,
+                         check_finite, seed, hub_options: dict) -> LoadedPretraining:
+    """``load_pretraining`` for a pretraining class's ``from_pretrained`` (either framework):
+    the hub keywords taken out of ``hub_options``; any other keyword is a TypeError."""
+    hub = pop_hub_options(hub_options)
+    if hub_options:
+        raise TypeError(f"{cls.__name__}.from_pretrained got unexpected keyword(s) {sorted(hub_options)}")
+    options = LoadOptions(checkpoint_format, ignore_mismatched_sizes, check_finite, hub)
+    return load_pretraining(name_or_path, options, architecture=cls.architecture, config_class=cls.config_class,
+                            seed=seed)
+
+
 def _rng(rng) -> np.random.Generator:
     return rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
 
@@ -1013,6 +1026,7 @@ __all__ = [
     "is_local_name",
     "keep_count",
     "upstream_mask_order",
+    "load_pretraining_for",
     "kept_positions",
     "load_pretraining",
     "pretraining_json",
