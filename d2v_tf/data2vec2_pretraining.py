@@ -274,7 +274,7 @@ def _full_alibi(config, length: int) -> np.ndarray | None:
 # -------------------------------------------------------------------------------- base
 
 
-class _TFData2Vec2ForPreTraining(backend.PretrainingSteps, keras.Model):
+class _TFData2Vec2ForPreTraining(backend.LayerHooks, backend.PretrainingSteps, keras.Model):
     """What the three modalities share. Subclasses give the front end (``_local``), what is
     added before the context encoder (``_positions``, ``_pos_conv``) and ``call`` (inputs ->
     ``self._step``). The train step (``d2v_tf.backend``'s ``PretrainingSteps``) applies the
