@@ -209,7 +209,12 @@ def run_encoder(context, main, x, keep, alibi, end_of_block: bool = False, train
     for i, layer in enumerate(layers):
         bias = pad if biases[i] is None else (biases[i] if pad is None else biases[i] + pad)
         is_main = i >= len(enc.prenet_layers)
-        x, t = _block(layer, x, bias, end_of_block, main_training if is_main else training)
+        owner = top if is_main else enc  # its encoder's call_layer: a seeded block, remat when checkpointing
+
+        def block(x, bias=None, training=False, layer=layer):
+            return _block(layer, x, bias, end_of_block, training)
+
+        x, t = owner.call_layer(block, x, dict(bias=bias), main_training if is_main else training)
         if is_main:
             targets.append(t)
     if top.final_layer_norm is not None:

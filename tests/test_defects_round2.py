@@ -29,7 +29,8 @@ def _run(args: list[str], cwd=None, timeout: int = 300) -> subprocess.CompletedP
 # starts (a full run is tested elsewhere or below).
 CONSOLE_SCRIPTS = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
 MODULE_ENTRY_POINTS = ["d2v_common.export", "d2v_common.convert", "d2v_torch.export", "d2v_tf.export",
-                       "crosscheck", "crosscheck.bench"]
+                       "crosscheck", "crosscheck.bench", "crosscheck.bench_pretraining", "crosscheck.bench_memory",
+                       "crosscheck.adapters_report", "crosscheck.pipeline_memory"]
 EXAMPLES = sorted(p.name for p in (ROOT / "examples").glob("*.py"))
 
 
