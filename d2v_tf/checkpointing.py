@@ -99,3 +99,19 @@ def set_gradient_checkpointing(model, enabled: bool, gradient_checkpointing_kwar
         check_checkpointable(type(model).__name__, len(encoders))
     for encoder in encoders:
         encoder.gradient_checkpointing = enabled
+
+
+class StudentCheckpointing:
+    """Gradient checkpointing of a pretraining wrapper (teacher + student): it applies to the
+    student, whose layers get gradients (the teacher's pass runs without any)."""
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+        """Recompute the student's encoder layers in the backward pass (see the model classes)."""
+        self.student.gradient_checkpointing_enable(gradient_checkpointing_kwargs)
+
+    def gradient_checkpointing_disable(self) -> None:
+        self.student.gradient_checkpointing_disable()
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return self.student.is_gradient_checkpointing

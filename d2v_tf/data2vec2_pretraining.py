@@ -40,6 +40,7 @@ from d2v_common.pretrain.data2vec2 import Data2Vec2PreTrainingOutput, Data2Vec2P
 from d2v_common.spec import layouts
 from d2v_tf import backend
 from d2v_tf.base import MODEL_REGISTRY, unpack_inputs
+from d2v_tf.checkpointing import StudentCheckpointing
 from d2v_tf.data2vec2 import TFData2Vec2AudioModel, TFData2Vec2TextModel, TFData2Vec2VisionModel
 from d2v_tf.layers import Activation, Dropout, Layer, LayerNorm, Linear, is_eager, padding_bias
 from d2v_tf.pretraining import instance_norm_f32, layer_norm_f32
@@ -279,7 +280,7 @@ def _full_alibi(config, length: int) -> np.ndarray | None:
 # -------------------------------------------------------------------------------- base
 
 
-class _TFData2Vec2ForPreTraining(backend.LayerHooks, backend.PretrainingSteps, keras.Model):
+class _TFData2Vec2ForPreTraining(StudentCheckpointing, backend.LayerHooks, backend.PretrainingSteps, keras.Model):
     """What the three modalities share. Subclasses give the front end (``_local``), what is
     added before the context encoder (``_positions``, ``_pos_conv``) and ``call`` (inputs ->
     ``self._step``). The train step (``d2v_tf.backend``'s ``PretrainingSteps``) applies the

@@ -52,6 +52,7 @@ from d2v_common.pretrain.data2vec1 import (
 from d2v_tf.audio import TFData2VecAudioModel
 from d2v_tf import backend
 from d2v_tf.base import MODEL_REGISTRY, named_variables, unpack_inputs
+from d2v_tf.checkpointing import StudentCheckpointing
 from d2v_tf.layers import Linear, is_eager
 from d2v_tf.text import TFData2VecTextModel
 from d2v_tf.vision import TFData2VecVisionModel
@@ -149,7 +150,7 @@ class PretrainingMonitor(keras.callbacks.Callback):
                 warnings.warn(message, TargetCollapseWarning, stacklevel=2)
 
 
-class _TFData2VecForPreTraining(backend.LayerHooks, backend.PretrainingSteps, keras.Model):
+class _TFData2VecForPreTraining(StudentCheckpointing, backend.LayerHooks, backend.PretrainingSteps, keras.Model):
     """What the three modalities share: the teacher, the EMA, the loss, the training step.
 
     Subclasses set ``modality``, ``base_model_prefix``, ``backbone_class`` and write ``call``
@@ -201,17 +202,6 @@ class _TFData2VecForPreTraining(backend.LayerHooks, backend.PretrainingSteps, ke
         return getattr(self, self.base_model_prefix)
 
     # The student trains; the teacher runs in inference mode (nothing to recompute).
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
-        """Recompute the student's encoder layers in the backward pass (see the model classes)."""
-        self.student.gradient_checkpointing_enable(gradient_checkpointing_kwargs)
-
-    def gradient_checkpointing_disable(self) -> None:
-        self.student.gradient_checkpointing_disable()
-
-    @property
-    def is_gradient_checkpointing(self) -> bool:
-        return self.student.is_gradient_checkpointing
-
     def get_config(self) -> dict:
         return {"name": self.name, "config": self.config.to_dict(), "pretraining_config": self.pretraining_config.to_dict()}
 
