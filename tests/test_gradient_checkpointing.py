@@ -262,7 +262,11 @@ def checkpointed_and_plain_gradients(model, inputs: dict, call_kwargs: dict):
 
 def assert_same_gradients(plain, checkpointed, label: str):
     assert [g is None for g in plain] == [g is None for g in checkpointed], label
-    worst = max(float(np.abs(a - b).max()) for a, b in zip(plain, checkpointed) if a is not None)
+    # within 1e-6 of each gradient's scale (at least 1): an absolute 1e-6 is below float32's
+    # resolution for large entries (XLA's remat on JAX fuses the recomputation differently: 2 ulps
+    # of a 404-sized entry were measured); TensorFlow and torch give 0 difference
+    worst = max(float(np.abs(a - b).max()) / max(1.0, float(np.abs(a).max()))
+                for a, b in zip(plain, checkpointed) if a is not None)
     assert worst <= 1e-6, (label, worst)
 
 
