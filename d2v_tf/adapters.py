@@ -7,6 +7,9 @@ Which layers and how come from ``d2v_common.models.adapters``; the model methods
 
 from __future__ import annotations
 
+import contextlib
+import gc
+
 import keras
 
 from d2v_common.models import adapters as common
@@ -50,6 +53,20 @@ def quantized_layers(leaves: dict[str, keras.layers.Layer]) -> dict[str, str]:
         for path, layer in leaves.items()
         if isinstance(layer, (Linear, Embedding)) and layer.quantization_mode is not None
     }
+
+
+@contextlib.contextmanager
+def one_garbage_collection():
+    """Within the block ``gc.collect()`` does nothing; one collection runs at its end. Keras'
+    ``Layer.__delattr__`` collects after every variable it removes (quantize drops each float
+    kernel), a full pass over the process' heap per dense layer."""
+    collect = gc.collect
+    gc.collect = lambda generation=2: 0
+    try:
+        yield
+    finally:
+        gc.collect = collect
+        collect()
 
 
 def layout_map(device_mesh, model_parallel_dim_name: str = "model") -> keras.distribution.LayoutMap:

@@ -400,7 +400,10 @@ class TFData2VecPreTrainedModel(backend.LayerHooks, backend.ModelSteps, keras.Mo
         """
         if filters is None:
             filters = adapters.quantizable
-        super().quantize(mode, config=config, filters=filters, **kwargs)
+        # Keras runs a full gc.collect() for every float kernel it drops (to free device memory):
+        # seconds per layer in a large process. Collect once, after the last layer, instead.
+        with adapters.one_garbage_collection():
+            super().quantize(mode, config=config, filters=filters, **kwargs)
 
     @staticmethod
     def layout_map(device_mesh, model_parallel_dim_name: str = "model"):

@@ -37,8 +37,8 @@ def test_ci_runs_exactly_the_readme_test_command():
 def test_test_command_runs_pytest_once_per_keras_backend():
     command = _readme_test_command()
     runs = [part.strip() for part in command.split("&&") if "-m pytest" in part]
-    assert runs == [".venv/bin/python -m pytest -q"] + [f"KERAS_BACKEND={b} .venv/bin/python -m pytest -q"
-                                                         for b in BACKENDS[1:]]
+    pytest = ".venv/bin/python -m pytest -q -n 2 --dist loadfile"  # two workers (CI's two cores), a file each
+    assert runs == [pytest] + [f"KERAS_BACKEND={b} {pytest}" for b in BACKENDS[1:]]
     assert "||" not in command and ";" not in command  # one && chain: any failing step fails it
 
 

@@ -177,9 +177,9 @@ def test_keras_fit_lowers_loss(head):
     hist = model.fit(x, y, batch_size=8, epochs=4, verbose=0)
     assert hist.history["loss"][-1] < hist.history["loss"][0]
     assert model.evaluate(x, y, verbose=0) < first
-    # labels inside x work too
-    hist = model.fit({"pixel_values": x, "labels": y}, batch_size=8, epochs=1, verbose=0)
-    assert np.isfinite(hist.history["loss"][0])
+    if head == "cls":  # labels inside x work too (a new trace: once is enough)
+        hist = model.fit({"pixel_values": x, "labels": y}, batch_size=8, epochs=1, verbose=0)
+        assert np.isfinite(hist.history["loss"][0])
 
 
 @pytest.mark.parametrize("head", ["cls", "seg"])
