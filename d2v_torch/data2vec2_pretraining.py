@@ -48,6 +48,34 @@ from d2v_torch.layers import checkpointed, padding_bias
 # ----------------------------------------------------------------------------- decoder
 
 
+def grouped_conv_channels_last(conv: nn.Conv1d | nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x)`` for a channels-last ``x`` ((B, C, T) or (B, C, H, W) views of time-major /
+    (B, H, W, C) memory, as the step's convs get them), run as oneDNN's channels-last 2-D conv
+    and returned channels-last. A 1-D conv on such a view takes a slower path (about 2x for
+    the audio recipe's positional convs, forward + backward, and mixed gradient layouts
+    after it). Same sums up to float32 rounding (oneDNN's blocked order)."""
+    if x.device.type != "cpu" or x.dim() != 3:
+        return conv(x)
+    y = F.conv2d(x.unsqueeze(2), conv.weight.unsqueeze(2), conv.bias, stride=(1, conv.stride[0]),
+                 padding=(0, conv.padding[0]), dilation=(1, conv.dilation[0]), groups=conv.groups)
+    return y.squeeze(2)
+
+
+def positional_convs(encoder, x: torch.Tensor) -> torch.Tensor:
+    """The audio encoder's relative positional convs (``pos_conv_embed`` after its optional
+    LayerNorm): (B, T, D) -> (B, T, D), the inference layers' math on channels-last memory."""
+    if encoder.pos_conv_layer_norm is not None:
+        x = encoder.pos_conv_layer_norm(x)
+    x = x.transpose(1, 2)
+    for layer in encoder.pos_conv_embed.layers:
+        x = grouped_conv_channels_last(layer.conv, x)
+        if layer.trim:
+            x = x[:, :, : -layer.trim]
+        x = layer.activation(layer.layer_norm(x.transpose(1, 2))).transpose(1, 2)
+    return x.transpose(1, 2)
+
+
+
 class Data2Vec2DecoderLayer(nn.Module):
     """Grouped conv (same length: odd kernels pad k//2, even ones drop the last step) ->
     LayerNorm over channels (no affine) -> GELU; 1-D (B, C, T) or 2-D (B, C, H, W)."""
@@ -60,11 +88,12 @@ class Data2Vec2DecoderLayer(nn.Module):
         self.trim = 1 if k % 2 == 0 else 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv(x)
+        x = grouped_conv_channels_last(self.conv, x)
         if self.trim:
             x = x[..., :-1] if x.dim() == 3 else x[..., :-1, :-1]
-        x = F.layer_norm(x.movedim(1, -1), (x.shape[1],)).movedim(-1, 1)
-        return F.gelu(x)
+        # LayerNorm and GELU on the channels-last memory (no copy; GELU's backward then gets its
+        # gradient in the layout of its input, not the strided slow path)
+        return F.gelu(F.layer_norm(x.movedim(1, -1), (x.shape[1],))).movedim(-1, 1)
 
 
 class Data2Vec2Decoder(nn.Module):
@@ -522,8 +551,7 @@ class Data2Vec2AudioForPreTraining(_Data2Vec2ForPreTraining):
         return backbone.feature_projection(backbone.feature_extractor(input_values).transpose(1, 2))
 
     def _pos_conv(self, backbone, x):
-        enc = backbone.encoder
-        return enc.pos_conv_embed(enc.pos_conv_layer_norm(x) if enc.pos_conv_layer_norm is not None else x)
+        return positional_convs(backbone.encoder, x)
 
     @document_inputs("Data2Vec2AudioForPreTraining")
     def forward(self, input_values, attention_mask=None, precomputed_mask=None, return_dict=None):

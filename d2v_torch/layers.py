@@ -288,7 +288,7 @@ def attention(
             bias = bias.to(query.dtype)
         # exported programs too: the ONNX translation decomposes SDPA with a (B, 1, T, T) mask
         # into a view its symbolic strides reject; two matmuls translate cleanly
-        if _matmul_attention_is_faster(query, key) or torch.compiler.is_exporting():
+        if _matmul_attention_is_faster(query, key, p) or torch.compiler.is_exporting():
             return _matmul_attention(query, key, value, bias, p, scale), None
         context = F.scaled_dot_product_attention(query, key, value, attn_mask=bias, dropout_p=p, scale=scale)
         return merge_heads(context), None
@@ -303,15 +303,17 @@ def attention(
     return merge_heads(context), weights if head_mask is None else probs
 
 
-def _matmul_attention_is_faster(query: torch.Tensor, key: torch.Tensor) -> bool:
+def _matmul_attention_is_faster(query: torch.Tensor, key: torch.Tensor, dropout: float = 0.0) -> bool:
     """On CPU in bfloat16 / float16, torch's fused kernel works through float32 tiles and runs
     about 2x slower than two batched matmuls and a softmax for up to ~1k tokens; beyond that
-    (or when the scores would take much memory) the fused kernel wins."""
+    (or when the scores would take much memory) the fused kernel wins. With attention dropout
+    the CPU kernel is not fused at all: torch falls back to its own matmuls, which also scale q
+    and k separately and check for fully masked rows, so ours are cheaper in any dtype."""
     b, h, t, _ = query.shape
     s = key.shape[2]
     return (
         query.device.type == "cpu"
-        and query.dtype in (torch.bfloat16, torch.float16)
+        and (query.dtype in (torch.bfloat16, torch.float16) or dropout > 0)
         and t * s <= 1 << 20
         and b * h * t * s <= 1 << 26
     )
