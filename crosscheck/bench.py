@@ -66,9 +66,10 @@ TINY = {
     "audio": dict(tiny.AUDIO),
     "vision": {**{k: v for k, v in tiny.VISION.items() if k != "image_size"}, "use_relative_position_bias": True},
 }
-# data2vec 2.0 (families "audio2", "vision2"): the config defaults are the base size
+# data2vec 2.0 (families "audio2", "vision2", "text2"): the config defaults are the base size
 TINY_D2V2 = {"audio2": dict(d2v2_cases.AUDIO),
-             "vision2": {k: v for k, v in d2v2_cases.VISION.items() if k != "image_size"}}
+             "vision2": {k: v for k, v in d2v2_cases.VISION.items() if k != "image_size"},
+             "text2": dict(d2v2_cases.TEXT)}
 
 
 @dataclass(frozen=True)

@@ -111,6 +111,17 @@ def test_data2vec2_int8_rows_next_to_fp32():
     assert rows["ort-fp32"]["rel_err"] <= 1e-5 and 0 < rows["ort-int8"]["rel_err_vs_fp32"] <= 0.1
 
 
+def test_adapters_report_covers_every_family():
+    """``crosscheck.adapters_report`` (docs/training.md's int8 and LoRA table) has a workload for
+    each of the six families; data2vec 2.0 text, which has no bench workload, measures too."""
+    from crosscheck import adapters_report
+
+    workloads = [adapters_report.REPORT_WORKLOADS[name] for name in adapters_report.FAMILY_WORKLOADS.values()]
+    assert sorted(w.family for w in workloads) == sorted(adapters_report.FAMILY_WORKLOADS)
+    row = adapters_report.measure("text2-cls-b8x128", "tiny")
+    assert row["family"] == "text2" and 0 < row["lora_share"] < 0.2 and 0 < row["int8_rel_err"] < 0.1
+
+
 def test_bench_cli_rejects_unknown_names():
     with pytest.raises(SystemExit):
         bench.main(["--workloads", "nope", "--no-load"])
