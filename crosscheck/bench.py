@@ -66,9 +66,10 @@ TINY = {
     "audio": dict(tiny.AUDIO),
     "vision": {**{k: v for k, v in tiny.VISION.items() if k != "image_size"}, "use_relative_position_bias": True},
 }
-# data2vec 2.0 (families "audio2", "vision2"): the config defaults are the base size
+# data2vec 2.0 (families "audio2", "vision2", "text2"): the config defaults are the base size
 TINY_D2V2 = {"audio2": dict(d2v2_cases.AUDIO),
-             "vision2": {k: v for k, v in d2v2_cases.VISION.items() if k != "image_size"}}
+             "vision2": {k: v for k, v in d2v2_cases.VISION.items() if k != "image_size"},
+             "text2": dict(d2v2_cases.TEXT)}
 
 
 @dataclass(frozen=True)
@@ -560,17 +561,26 @@ def run_workload(workload: Workload, size: str, keys: list[str], repeats: int, w
 PEAK_SIZES = {"base": 2048, "tiny": 256}
 
 
-def measure_gemm_peak(n: int = 2048, repeats: int = 5) -> dict:
+def peak_precisions(keys) -> tuple[str, ...]:
+    """The GEMM precisions the rows ``keys`` are read against: bfloat16 only when a bf16 row runs
+    (a CPU without bf16 instructions multiplies 2048x2048 in bf16 at ~0.1 GFLOP/s, minutes per
+    call, for a figure no int8 or fp32 row uses)."""
+    return ("fp32", "bf16") if any("bf16" in key for key in keys) else ("fp32",)
+
+
+def measure_gemm_peak(n: int = 2048, repeats: int = 5, precisions=("fp32", "bf16")) -> dict:
     """The machine's float32 and bfloat16 GEMM rates: ``torch.matmul`` of two n x n matrices,
     the best of ``repeats`` calls after one untimed call (GFLOP/s = 2 n^3 / seconds).
 
     Returns:
-        ``{"n": n, "fp32_gflops": ..., "bf16_gflops": ...}``.
+        ``{"n": n, "fp32_gflops": ..., "bf16_gflops": ...}`` (the ``precisions`` asked for).
     """
     import torch
 
     out = {"n": n}
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        if name not in precisions:
+            continue
         a = torch.randn(n, n, dtype=torch.float32).to(dtype)
         b = torch.randn(n, n, dtype=torch.float32).to(dtype)
         torch.matmul(a, b)
@@ -588,10 +598,15 @@ def workload_gflop(workload: Workload, size: str) -> float:
     return model_flops(workload.config(size), workload.architecture, workload.batch, workload.size_for(size)) / 1e9
 
 
+def _peak_rates(peak: dict) -> str:
+    return ", ".join(f"{p} {peak[f'{p}_gflops']:.0f} GFLOP/s" for p in ("fp32", "bf16") if f"{p}_gflops" in peak)
+
+
 def _peak_fraction(key: str, median_s: float, gflop: float | None, peak: dict | None) -> float | None:
     if not gflop or not peak or not median_s > 0:
         return None
-    return gflop / median_s / peak["bf16_gflops" if "bf16" in key else "fp32_gflops"]
+    rate = peak.get("bf16_gflops" if "bf16" in key else "fp32_gflops")
+    return gflop / median_s / rate if rate else None
 
 
 # ------------------------------------------------------------------------- Keras on JAX
@@ -879,7 +894,7 @@ def format_report(report: dict) -> str:
     peak = report.get("gemm_peak")
     if peak:
         parts.append(f"GEMM peak of this machine (torch.matmul, {peak['n']}x{peak['n']}): "
-                     f"fp32 {peak['fp32_gflops']:.0f} GFLOP/s, bf16 {peak['bf16_gflops']:.0f} GFLOP/s; "
+                     f"{_peak_rates(peak)}; "
                      "'of peak' = the row's model FLOPs per second over the peak of its precision")
     lines = []
     for r in report["workloads"]:
@@ -1059,11 +1074,12 @@ def main(argv=None) -> int:
 
     # The machine's GEMM peak first: every row is also read as a fraction of it, so figures from
     # machines with different peaks can be compared.
-    peak = measure_gemm_peak(PEAK_SIZES[args.size])
+    peak = measure_gemm_peak(PEAK_SIZES[args.size],
+                             precisions=("fp32", "bf16") if args.peak_only else peak_precisions(keys))
     if args.peak_only:
         print(json.dumps(peak) if quiet else
               f"GEMM peak (torch.matmul, {peak['n']}x{peak['n']}, {args.threads} threads): "
-              f"fp32 {peak['fp32_gflops']:.0f} GFLOP/s, bf16 {peak['bf16_gflops']:.0f} GFLOP/s")
+              f"{_peak_rates(peak)}")
         return 0
     report = {"threads": args.threads, "repeats": repeats, "warmup": args.warmup, "size": args.size,
               "gemm_peak": peak, "workloads": [], "loading": {}}

@@ -53,6 +53,21 @@ def test_bench_rows_tables_and_plot(tmp_path):
     assert (tmp_path / "b.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_gemm_peak_measures_bf16_only_for_bf16_rows():
+    """int8 and fp32 runs skip the bfloat16 peak (minutes on a CPU without bf16 instructions)."""
+    assert bench.peak_precisions(["torch-fp32", "torch-int8", "keras-int8"]) == ("fp32",)
+    assert bench.peak_precisions(["torch-fp32", "keras-bf16"]) == ("fp32", "bf16")
+    peak = bench.measure_gemm_peak(64, repeats=1, precisions=("fp32",))
+    assert set(peak) == {"n", "fp32_gflops"} and peak["fp32_gflops"] > 0
+    assert bench._peak_fraction("torch-fp32", 1.0, 2.0, peak) == 2.0 / peak["fp32_gflops"]
+    assert bench._peak_fraction("torch-bf16", 1.0, 2.0, peak) is None
+    report = {"threads": 1, "repeats": 1, "warmup": 1, "size": "tiny", "gemm_peak": peak, "workloads": [],
+              "loading": {}}
+    report["targets"] = bench.targets(report["workloads"], report["loading"])
+    header = next(line for line in bench.format_report(report).splitlines() if "GEMM peak" in line)
+    assert "fp32" in header and "bf16" not in header
+
+
 def test_workload_flops_count_every_matmul():
     """Text encoder FLOPs: 2 x (linear weights) per token plus 4 x length x hidden per token and
     layer for the two attention products (the embeddings do no matmul)."""
@@ -109,6 +124,17 @@ def test_data2vec2_int8_rows_next_to_fp32():
     rows = result["rows"]
     assert not result["skipped"] and set(rows) == {"torch-fp32", "ort-fp32", "ort-int8"}
     assert rows["ort-fp32"]["rel_err"] <= 1e-5 and 0 < rows["ort-int8"]["rel_err_vs_fp32"] <= 0.1
+
+
+def test_adapters_report_covers_every_family():
+    """``crosscheck.adapters_report`` (docs/training.md's int8 and LoRA table) has a workload for
+    each of the six families; data2vec 2.0 text, which has no bench workload, measures too."""
+    from crosscheck import adapters_report
+
+    workloads = [adapters_report.REPORT_WORKLOADS[name] for name in adapters_report.FAMILY_WORKLOADS.values()]
+    assert sorted(w.family for w in workloads) == sorted(adapters_report.FAMILY_WORKLOADS)
+    row = adapters_report.measure("text2-cls-b8x128", "tiny")
+    assert row["family"] == "text2" and 0 < row["lora_share"] < 0.2 and 0 < row["int8_rel_err"] < 0.1
 
 
 def test_bench_cli_rejects_unknown_names():
