@@ -251,6 +251,13 @@ def _count_checkpoints(jaxpr) -> int:
     return count
 
 
+def keras_conv_layers(model) -> int:
+    """The conv layers that checkpointing recomputes (plainly, outside seeded blocks): those of
+    trainable audio feature encoders."""
+    return sum(len(layer.conv_layers) for layer in d2v_tf.checkpointing.checkpointing_encoders(model)
+               if hasattr(layer, "conv_layers") and layer.trainable)
+
+
 def checkpointed_and_plain_gradients(model, inputs: dict, call_kwargs: dict):
     """``keras_gradients`` of the plain model, then with checkpointing, from the same seeds."""
     model(**inputs, **call_kwargs)  # built (Keras traces a first call symbolically) outside the counts
