@@ -28,7 +28,7 @@ from d2v_common.models.outputs import (
 from d2v_common.loader.pretrained import build_nested
 from d2v_tf import backend
 from d2v_tf.base import TFData2VecPreTrainedModel, unpack_inputs, weighted_layer_sum
-from d2v_tf.checkpointing import CheckpointingEncoder
+from d2v_tf.checkpointing import Checkpointing, CheckpointingEncoder
 from d2v_tf.layers import (
     is_eager, tensor_info, Activation, Conv1d, Dropout, Layer, LayerNorm, Linear, attention, check_labels_in_range,
     cross_entropy, padding_bias, split_heads,
@@ -61,20 +61,28 @@ class TFData2VecAudioConvLayer(Layer):
         return self.activation(self.layer_norm(self.conv(x)))
 
 
-class TFData2VecAudioFeatureEncoder(Layer):
-    """Raw waveform (B, samples) -> frames (B, frames, channels)."""
+class TFData2VecAudioFeatureEncoder(Checkpointing, Layer):
+    """Raw waveform (B, samples) -> frames (B, frames, channels).
+
+    Under ``gradient_checkpointing_enable()`` training recomputes each conv layer in the backward
+    pass while the encoder is trainable (as torch's twin).
+    """
 
     def __init__(self, config: Data2VecAudioConfig, **kwargs):
         super().__init__(**kwargs)
-        self.conv_layers = [TFData2VecAudioConvLayer(config, i) for i in range(len(config.conv_dim))]
+        self.conv_layers = [self.conv_layer(config, i) for i in range(len(config.conv_dim))]
+
+    @staticmethod
+    def conv_layer(config: Data2VecAudioConfig, layer_id: int) -> Layer:
+        return TFData2VecAudioConvLayer(config, layer_id)
 
     def _freeze_parameters(self) -> None:
         self.trainable = False
 
-    def call(self, input_values):
+    def call(self, input_values, training=False):
         x = ops.expand_dims(input_values, -1)  # not x[..., None]: LiteRT lacks that strided slice
         for layer in self.conv_layers:
-            x = layer(x)
+            x = self.remat_call(layer, x, training)
         return x
 
 
@@ -542,7 +550,7 @@ class TFData2VecAudioModel(TFData2VecAudioPreTrainedModel):
             output_attentions, output_hidden_states, return_dict
         )
         input_values, attention_mask, _ = _check_inputs(self.config, input_values, attention_mask)
-        features = self.feature_extractor(input_values)
+        features = self.feature_extractor(input_values, training=training)
         frame_mask = None
         if attention_mask is not None:
             frame_mask = self._frame_mask(attention_mask, ops.shape(features)[1])

@@ -2,7 +2,8 @@
 
 With ``model.gradient_checkpointing_enable()`` each encoder layer runs under ``keras.remat``
 (``tf.recompute_grad`` on TensorFlow, ``jax.checkpoint`` on JAX, ``torch.utils.checkpoint`` on
-PyTorch): its activations are dropped after the forward and recomputed in the backward pass.
+PyTorch): its activations are dropped after the forward and recomputed in the backward pass;
+so does each conv layer of the audio feature encoders (``Checkpointing.remat_call``), as in torch.
 
 The recomputation must draw the dropout masks of the forward. So in training every encoder
 layer runs as a *seeded block*: the encoder draws one seed per layer call from its own
@@ -49,7 +50,22 @@ def block_uniform(shape):
     return backend.stateless_uniform(shape, seed, salt)
 
 
-class CheckpointingEncoder:
+class Checkpointing:
+    """Mixin of the Keras layers that ``gradient_checkpointing_enable()`` switches (its
+    ``gradient_checkpointing`` flag): the encoders below, and the audio feature encoders, whose
+    conv layers hold no randomness and run under ``keras.remat`` as they are (``remat_call``)."""
+
+    gradient_checkpointing = False
+
+    def remat_call(self, layer, x, training: bool):
+        """``layer(x)``, recomputed in the backward pass when training with checkpointing on
+        (and the layer is trainable: a frozen one keeps nothing for the backward pass)."""
+        if not (training and self.gradient_checkpointing and self.trainable):
+            return layer(x)
+        return keras.remat(lambda x: layer(x))(x)
+
+
+class CheckpointingEncoder(Checkpointing):
     """Mixin of the Keras encoders (``keras.layers.Layer`` subclasses): ``call_layer`` runs one
     encoder layer, as a seeded block in training and under ``keras.remat`` when
     ``gradient_checkpointing`` is on. Call ``init_checkpointing()`` in ``__init__``."""
@@ -84,8 +100,8 @@ class CheckpointingEncoder:
 
 
 def checkpointing_encoders(model) -> list:
-    """The encoders (``CheckpointingEncoder`` layers) inside a Keras model."""
-    return [layer for layer in model._flatten_layers(include_self=False) if isinstance(layer, CheckpointingEncoder)]
+    """The layers that checkpoint (``Checkpointing``: encoders, audio feature encoders) inside a Keras model."""
+    return [layer for layer in model._flatten_layers(include_self=False) if isinstance(layer, Checkpointing)]
 
 
 def set_gradient_checkpointing(model, enabled: bool, gradient_checkpointing_kwargs: dict | None = None) -> None:

@@ -29,7 +29,8 @@ from d2v_common.models.outputs import (
 from d2v_common.loader.pretrained import build_nested
 from d2v_common.spec.data2vec2 import has_context_norm
 from d2v_tf.audio import (
-    TFData2VecAudioConvLayer, TFData2VecAudioPositionalConvEmbedding, check_ctc_labels_in_graph, ctc_loss,
+    TFData2VecAudioConvLayer, TFData2VecAudioFeatureEncoder, TFData2VecAudioPositionalConvEmbedding,
+    check_ctc_labels_in_graph, ctc_loss,
 )
 from d2v_tf.base import TFData2VecPreTrainedModel, unpack_inputs
 from d2v_tf.checkpointing import CheckpointingEncoder
@@ -383,19 +384,14 @@ class TFData2Vec2AudioGroupNormConvLayer(Layer):
         return self.activation(x)
 
 
-class TFData2Vec2AudioFeatureEncoder(Layer):
-    """Raw waveform (B, samples) -> (B, frames, channels); "layer" mode reuses 1.0's conv layers."""
+class TFData2Vec2AudioFeatureEncoder(TFData2VecAudioFeatureEncoder):
+    """Raw waveform (B, samples) -> (B, frames, channels): 1.0's feature encoder (gradient
+    checkpointing included), its conv layers 1.0's in "layer" mode, GroupNorm ones in "group" mode."""
 
-    def __init__(self, config: Data2Vec2AudioConfig, **kwargs):
-        super().__init__(**kwargs)
+    @staticmethod
+    def conv_layer(config: Data2Vec2AudioConfig, layer_id: int) -> Layer:
         layer = TFData2VecAudioConvLayer if config.feat_extract_norm == "layer" else TFData2Vec2AudioGroupNormConvLayer
-        self.conv_layers = [layer(config, i) for i in range(len(config.conv_dim))]
-
-    def call(self, input_values):
-        x = ops.expand_dims(input_values, -1)  # not x[..., None]: LiteRT lacks that strided slice
-        for layer in self.conv_layers:
-            x = layer(x)
-        return x
+        return layer(config, layer_id)
 
 
 class TFData2Vec2AudioFeatureProjection(Layer):
@@ -490,7 +486,7 @@ class TFData2Vec2AudioModel(TFData2Vec2AudioPreTrainedModel):
         )
         input_values = ops.convert_to_tensor(input_values)
         D.check_input_values(self.config, tuple(input_values.shape), str(input_values.dtype))
-        features = self.feature_extractor(input_values)
+        features = self.feature_extractor(input_values, training=training)
         keep = None
         if attention_mask is not None:
             attention_mask = ops.convert_to_tensor(attention_mask)

@@ -28,8 +28,8 @@ from d2v_common.models.outputs import (
 from d2v_common.loader.pretrained import build_nested
 from d2v_torch.base import Data2VecPreTrainedModel, torch_seed, weighted_layer_sum
 from d2v_torch.layers import (
-    Activation, Linear, attention, check_labels_in_range, checkpointed, conv1d_time_major, cross_entropy, is_tracing,
-    padding_bias, split_heads,
+    DEFAULT_CHECKPOINT_OPTIONS, Activation, Linear, attention, check_labels_in_range, checkpointed, conv1d_time_major,
+    cross_entropy, is_tracing, padding_bias, split_heads,
 )
 
 # ------------------------------------------------------------------------- feature encoder
@@ -55,22 +55,44 @@ class Data2VecAudioConvLayer(nn.Module):
 
 
 class Data2VecAudioFeatureEncoder(nn.Module):
-    """Raw waveform (B, samples) -> frames (B, channels, frames)."""
+    """Raw waveform (B, samples) -> frames (B, channels, frames).
+
+    Under ``gradient_checkpointing_enable()`` training recomputes each conv layer in the backward
+    pass while the convs are trainable (as HF's feature encoder): at 10 s of audio their outputs
+    are as large as the whole transformer's activations.
+    """
 
     def __init__(self, config: Data2VecAudioConfig):
         super().__init__()
-        self.conv_layers = nn.ModuleList([Data2VecAudioConvLayer(config, i) for i in range(len(config.conv_dim))])
+        self.conv_layers = nn.ModuleList([self.conv_layer(config, i) for i in range(len(config.conv_dim))])
         self._requires_grad = True
+        self.gradient_checkpointing = False
+
+    @staticmethod
+    def conv_layer(config: Data2VecAudioConfig, layer_id: int) -> nn.Module:
+        return Data2VecAudioConvLayer(config, layer_id)
 
     def _freeze_parameters(self) -> None:
         for p in self.parameters():
             p.requires_grad = False
         self._requires_grad = False
 
+    def _recomputes(self) -> bool:
+        return (self.gradient_checkpointing and self.training and torch.is_grad_enabled()
+                and any(p.requires_grad for p in self.parameters()))  # a frozen encoder keeps nothing for backward
+
     def forward(self, input_values: torch.Tensor) -> torch.Tensor:
         x = input_values[:, None]
+        if not self._recomputes():
+            for layer in self.conv_layers:
+                x = layer(x)
+            return x
+        options = getattr(self, "checkpoint_options", DEFAULT_CHECKPOINT_OPTIONS)
+        if options["use_reentrant"] and not x.requires_grad:
+            # reentrant checkpointing gives the weights gradients only when an input needs one
+            x = x.detach().requires_grad_()
         for layer in self.conv_layers:
-            x = layer(x)
+            x = checkpointed(self, layer, x)
         return x
 
 

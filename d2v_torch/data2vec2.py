@@ -30,7 +30,9 @@ from d2v_common.models.outputs import (
 )
 from d2v_common.loader.pretrained import build_nested
 from d2v_common.spec.data2vec2 import has_context_norm
-from d2v_torch.audio import Data2VecAudioConvLayer, Data2VecAudioPositionalConvEmbedding
+from d2v_torch.audio import (
+    Data2VecAudioConvLayer, Data2VecAudioFeatureEncoder, Data2VecAudioPositionalConvEmbedding,
+)
 from d2v_torch.base import Data2VecPreTrainedModel
 from d2v_torch.layers import (
     Activation, Linear, attention, checkpointed, classification_loss, conv1d_time_major, is_tracing, padding_bias,
@@ -351,19 +353,14 @@ class Data2Vec2AudioGroupNormConvLayer(Data2VecAudioConvLayer):
         return self.activation(x)
 
 
-class Data2Vec2AudioFeatureEncoder(nn.Module):
-    """Raw waveform (B, samples) -> (B, channels, frames); "layer" mode reuses 1.0's conv layers."""
+class Data2Vec2AudioFeatureEncoder(Data2VecAudioFeatureEncoder):
+    """Raw waveform (B, samples) -> (B, channels, frames): 1.0's feature encoder (gradient
+    checkpointing included), its conv layers 1.0's in "layer" mode, GroupNorm ones in "group" mode."""
 
-    def __init__(self, config: Data2Vec2AudioConfig):
-        super().__init__()
+    @staticmethod
+    def conv_layer(config: Data2Vec2AudioConfig, layer_id: int) -> nn.Module:
         layer = Data2VecAudioConvLayer if config.feat_extract_norm == "layer" else Data2Vec2AudioGroupNormConvLayer
-        self.conv_layers = nn.ModuleList([layer(config, i) for i in range(len(config.conv_dim))])
-
-    def forward(self, input_values: torch.Tensor) -> torch.Tensor:
-        x = input_values[:, None]
-        for layer in self.conv_layers:
-            x = layer(x)
-        return x
+        return layer(config, layer_id)
 
 
 class Data2Vec2AudioFeatureProjection(nn.Module):

@@ -20,6 +20,7 @@ import torch
 import d2v_tf
 import d2v_torch
 import d2v_tf.checkpointing
+import d2v_torch.audio
 from crosscheck.cases import all_cases, tiny
 from crosscheck.training import deterministic_config
 from d2v_common import data2vec2 as D2
@@ -141,9 +142,10 @@ def test_torch_every_class_recomputes_each_encoder_layer_with_equal_gradients(mo
             grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
             if not checkpointing:
                 assert runs == {"forward": 0, "backward": 0, "calls": 0}, architecture
-        # every encoder layer of the student checkpointed, and run again in the backward pass
+        # every encoder layer of the student checkpointed, and run again in the backward pass, and
+        # every conv layer of an audio feature encoder
         config = model.config
-        layers = config.num_hidden_layers + getattr(config, "num_prenet_layers", 0)
+        layers = config.num_hidden_layers + getattr(config, "num_prenet_layers", 0) + _torch_conv_layers(model)
         assert runs["calls"] == runs["forward"] == layers, (architecture, runs)
         # segmentation's last layer feeds no feature map: nothing of it to recompute
         assert runs["backward"] == layers - ("Segmentation" in architecture), (architecture, runs)
@@ -152,6 +154,13 @@ def test_torch_every_class_recomputes_each_encoder_layer_with_equal_gradients(mo
             torch.testing.assert_close(grads[1][name], grads[0][name], rtol=0, atol=1e-6, msg=name)
         model.gradient_checkpointing_disable()
         assert not model.is_gradient_checkpointing
+
+
+def _torch_conv_layers(model) -> int:
+    """The conv layers that checkpointing recomputes: those of trainable audio feature encoders."""
+    return sum(len(m.conv_layers) for m in model.modules()
+               if isinstance(m, d2v_torch.audio.Data2VecAudioFeatureEncoder) and m.gradient_checkpointing
+               and any(p.requires_grad for p in m.parameters()))
 
 
 def test_torch_a_model_without_a_checkpointing_encoder_refuses():
@@ -242,6 +251,13 @@ def _count_checkpoints(jaxpr) -> int:
     return count
 
 
+def keras_conv_layers(model) -> int:
+    """The conv layers that checkpointing recomputes (plainly, outside seeded blocks): those of
+    trainable audio feature encoders."""
+    return sum(len(layer.conv_layers) for layer in d2v_tf.checkpointing.checkpointing_encoders(model)
+               if hasattr(layer, "conv_layers") and layer.trainable)
+
+
 def checkpointed_and_plain_gradients(model, inputs: dict, call_kwargs: dict):
     """``keras_gradients`` of the plain model, then with checkpointing, from the same seeds."""
     model(**inputs, **call_kwargs)  # built (Keras traces a first call symbolically) outside the counts
@@ -294,3 +310,66 @@ def test_keras_checkpointing_refusals(monkeypatch):
     monkeypatch.setattr(d2v_tf.checkpointing, "checkpointing_encoders", lambda model: [])  # none found
     with pytest.raises(ValueError, match="no encoder that supports gradient checkpointing"):
         model.gradient_checkpointing_enable()
+
+
+def test_audio_feature_encoder_recomputes_each_conv_layer_while_trainable(monkeypatch):
+    """As HF's feature encoder: with checkpointing on, each conv layer of the audio feature
+    encoder runs again in the backward pass, in torch and Keras (TensorFlow here), with the plain
+    model's gradients; a frozen feature encoder is not recomputed. (data2vec 2.0's feature
+    encoder is a subclass; the every-class tests above cover its gradients and torch's counts.)"""
+    architecture = "Data2VecAudioModel"
+    runs = {"forward": 0, "backward": 0}
+    phase = ["forward"]
+
+    def counted(function):
+        def run(*args, **kwargs):
+            runs[phase[0]] += 1
+            return function(*args, **kwargs)
+        return run
+
+    plain_checkpoint, plain_remat = torch.utils.checkpoint.checkpoint, keras.remat
+    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint",
+                        lambda function, *args, **kwargs: plain_checkpoint(counted(function), *args, **kwargs))
+    monkeypatch.setattr(keras, "remat", lambda function: plain_remat(counted(function)))
+    import tensorflow as tf
+
+    torch_model, _, kwargs = _torch_model_and_inputs(architecture)
+    keras_model, inputs, call_kwargs = keras_model_and_inputs(architecture)
+    torch_model.train()
+    keras_model(**inputs, **call_kwargs)  # built outside the counts
+    config = torch_model.config
+    convs, layers = len(config.conv_dim), config.num_hidden_layers
+    for frozen in (False, True):
+        if frozen:
+            torch_model.freeze_feature_encoder()
+            keras_model.freeze_feature_encoder()
+        seeds = [np.asarray(v.numpy()) for v in keras_model.non_trainable_variables]
+        torch_grads, keras_grads = [], []
+        for checkpointing in (False, True):
+            if checkpointing:
+                torch_model.gradient_checkpointing_enable()
+                keras_model.gradient_checkpointing_enable()
+            for variable, value in zip(keras_model.non_trainable_variables, seeds):
+                variable.assign(value)
+            runs.update(forward=0, backward=0)
+            phase[0] = "forward"
+            torch_model.zero_grad()
+            torch.manual_seed(0)
+            loss = _loss(torch_model(**kwargs))
+            phase[0] = "backward"
+            loss.backward()
+            torch_grads.append([p.grad.clone() for p in torch_model.parameters() if p.grad is not None])
+            torch_runs = dict(runs)
+            runs.update(forward=0, backward=0)
+            phase[0] = "forward"
+            with tf.GradientTape() as tape:
+                loss = _loss(keras_model(**inputs, **call_kwargs, training=True))
+            phase[0] = "backward"
+            keras_grads.append([np.asarray(g) for g in tape.gradient(loss, keras_model.trainable_variables)])
+            recomputed = (layers + (0 if frozen else convs)) * checkpointing
+            assert torch_runs == runs == {"forward": recomputed, "backward": recomputed}, (frozen, torch_runs, runs)
+            torch_model.gradient_checkpointing_disable()
+            keras_model.gradient_checkpointing_disable()
+        for plain, checkpointed in zip(*torch_grads):
+            torch.testing.assert_close(checkpointed, plain, rtol=0, atol=1e-6)
+        assert_same_gradients(*keras_grads, architecture)
