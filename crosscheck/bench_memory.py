@@ -9,7 +9,8 @@ set size of the steps ("peak"), that peak above the RSS of the built model ("ste
 activations, gradients, workspace; for Keras the first step's graph tracing too, the same in
 both modes), and the median time of the steps after the first. Workloads, batch 1: text
 512 tokens (sequence classification), vision 224 px (image classification), audio 10 s at
-16 kHz (sequence classification).
+16 kHz (sequence classification; ``audio-frozen``: the same with ``freeze_feature_encoder()``, as
+HF's speech fine-tuning runs).
 """
 
 from __future__ import annotations
@@ -40,15 +41,21 @@ WORKLOADS = {
                dict(vision_cases.BASE, use_relative_position_bias=True), dict(tiny.VISION, num_labels=3)),
     "audio": ("Data2VecAudioForSequenceClassification", dict(audio_cases.BASE), dict(tiny.AUDIO, num_labels=3)),
 }
+# HF's speech fine-tuning recipe freezes the conv feature encoder (``freeze_feature_encoder()``): the
+# same audio model trained that way, a workload of its own
+WORKLOADS["audio-frozen"] = WORKLOADS["audio"]
+FROZEN_FEATURE_ENCODER = {"audio-frozen"}
 # the inputs' size at base size: tokens, pixels, seconds of 16 kHz audio (tiny: what tiny configs take)
-INPUT_SIZE = {"base": {"text": 512, "vision": 224, "audio": 10.0}, "tiny": {"text": 32, "vision": 32, "audio": 0.1}}
+INPUT_SIZE = {"base": {"text": 512, "vision": 224, "audio": 10.0, "audio-frozen": 10.0},
+              "tiny": {"text": 32, "vision": 32, "audio": 0.1, "audio-frozen": 0.1}}
 TARGET_REDUCTION = 0.40  # issue 30: at least 40% less peak training memory with checkpointing
 
 
 def _config(family: str, size: str):
     from d2v_common.configs import Data2VecAudioConfig, Data2VecTextConfig, Data2VecVisionConfig
 
-    config_class = {"text": Data2VecTextConfig, "vision": Data2VecVisionConfig, "audio": Data2VecAudioConfig}[family]
+    config_class = {"text": Data2VecTextConfig, "vision": Data2VecVisionConfig,
+                    "audio": Data2VecAudioConfig}[family.split("-")[0]]
     _, base, small = WORKLOADS[family]
     return config_class(**(base if size == "base" else small))
 
@@ -97,6 +104,8 @@ def worker(framework: str, family: str, checkpointing: bool, size: str, steps: i
         import d2v_torch
 
         model = getattr(d2v_torch, architecture)(config).train()
+        if family in FROZEN_FEATURE_ENCODER:
+            model.freeze_feature_encoder()
         if checkpointing:
             model.gradient_checkpointing_enable()
         optimizer = torch.optim.SGD(model.parameters(), lr=1e-4)
@@ -114,6 +123,8 @@ def worker(framework: str, family: str, checkpointing: bool, size: str, steps: i
 
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         model = getattr(d2v_tf, "TF" + architecture)(config)
+        if family in FROZEN_FEATURE_ENCODER:
+            model.freeze_feature_encoder()
         if checkpointing:
             model.gradient_checkpointing_enable()
         model.compile(optimizer=keras.optimizers.SGD(1e-4), jit_compile=False)
