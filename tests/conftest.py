@@ -37,6 +37,31 @@ else:
     collect_ignore = sorted(f for f in os.listdir(_HERE) if f.startswith("test_") and f.endswith(".py")
                             and f not in _ANY_BACKEND_FILES)
 
+# `pytest -n 2 --dist loadfile` (the README's command) keeps each file's tests on one worker, so a
+# module fixture (an export of every class, a built model) is made once. The files below share
+# nothing between tests: theirs spread over both workers, test by test. In a Keras process on JAX
+# or PyTorch they are the only two files, and one of them is most of the run.
+SPREAD_FILES = frozenset(_ANY_BACKEND_FILES)
+
+
+def scheduling_unit(nodeid: str) -> str:
+    """What xdist keeps on one worker under ``--dist loadfile``: the test's file, or the test itself
+    in ``SPREAD_FILES``."""
+    path = nodeid.split("::", 1)[0]
+    return nodeid if os.path.basename(path) in SPREAD_FILES else path
+
+
+def pytest_xdist_make_scheduler(config, log):
+    if config.getvalue("dist") != "loadfile":
+        return None  # xdist's own scheduler for any other --dist
+    from xdist.scheduler import LoadFileScheduling
+
+    class FilesWholeButSpread(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:  # xdist's hook for a scheduler's unit of work
+            return scheduling_unit(nodeid)
+
+    return FilesWholeButSpread(config, log)
+
 
 @pytest.fixture
 def rng():

@@ -28,3 +28,13 @@ def test_pytest_without_the_test_extra_stops_with_one_message(tmp_path):
     assert run.returncode != 0
     assert "the test suite needs transformers (the test extra): pip install" in run.stderr + run.stdout
     assert "passed" not in run.stdout
+
+
+def test_loadfile_keeps_files_whole_but_spreads_the_any_backend_files():
+    # the README's `pytest -n 2 --dist loadfile`: a file's module fixtures are made once, on one worker
+    assert conftest.scheduling_unit("tests/test_export_torch.py::test_onnx[Data2VecTextModel]") == (
+        "tests/test_export_torch.py")
+    for name in conftest.SPREAD_FILES:
+        nodeid = f"tests/{name}::test_x[a]"
+        assert conftest.scheduling_unit(nodeid) == nodeid
+    assert "test_keras_backends.py" in conftest.SPREAD_FILES
