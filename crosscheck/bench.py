@@ -1044,7 +1044,7 @@ def main(argv=None) -> int:
 
     if args.memory:
         return bench_memory.run(args.size, args.memory_steps, args.threads, args.memory_families, args.json,
-                                args.memory_batch)
+                                args.memory_batch, args.memory_malloc_mmap_threshold)
     if args.load_worker:
         print(json.dumps(_load_worker(*args.load_worker, threads=args.threads)))
         return 0

@@ -11,6 +11,15 @@ both modes), and the median time of the steps after the first. Workloads, batch 
 512 tokens (sequence classification), vision 224 px (image classification), audio 10 s at
 16 kHz (sequence classification; ``audio-frozen``: the same with ``freeze_feature_encoder()``, as
 HF's speech fine-tuning runs).
+
+Peak RSS counts memory the allocator keeps after tensors are freed. glibc's malloc raises its
+mmap threshold as large blocks are freed, so later activations come from its heap, and freed heap
+memory stays resident where a live block sits above it. Checkpointing frees and reallocates a
+block's activations once per block in the backward pass, so it pays most for this.
+``--malloc-mmap-threshold 131072`` runs every row (both modes) with glibc's
+``MALLOC_MMAP_THRESHOLD_`` fixed there: blocks over 128 KiB are mapped on their own and go back
+to the system when freed, so the peak is that of the memory in use (jemalloc or tcmalloc,
+which Intel's PyTorch CPU guides preload, return freed memory too).
 """
 
 from __future__ import annotations
@@ -145,10 +154,20 @@ def worker(framework: str, family: str, checkpointing: bool, size: str, steps: i
             "step_seconds": statistics.median(seconds[1:] or seconds), "first_step_seconds": seconds[0]}
 
 
+def worker_environment(malloc_mmap_threshold: int | None = None) -> dict:
+    """The rows' environment: the TensorFlow backend, and glibc's fixed mmap threshold if asked."""
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "PYTHONWARNINGS": "ignore"}
+    env.pop("MALLOC_MMAP_THRESHOLD_", None)  # the rows measure the default unless asked
+    if malloc_mmap_threshold is not None:
+        env["MALLOC_MMAP_THRESHOLD_"] = str(malloc_mmap_threshold)
+    return env
+
+
 def measure(size: str = "base", families=None, frameworks=FRAMEWORKS, steps: int = 3,
-            threads: int | None = None, batch: int = 1) -> list[dict]:
+            threads: int | None = None, batch: int = 1, malloc_mmap_threshold: int | None = None) -> list[dict]:
     """Every (framework, family, checkpointing) row, each in its own subprocess."""
     threads = threads or os.cpu_count() or 1
+    env = worker_environment(malloc_mmap_threshold)
     rows = []
     for family in families or WORKLOADS:
         for framework in frameworks:
@@ -156,8 +175,7 @@ def measure(size: str = "base", families=None, frameworks=FRAMEWORKS, steps: int
                 cmd = [sys.executable, "-m", "crosscheck.bench_memory", "--worker", framework, family,
                        str(int(checkpointing)), "--size", size, "--steps", str(steps), "--threads", str(threads),
                        "--batch", str(batch)]
-                proc = subprocess.run(cmd, capture_output=True, text=True,
-                                      env={**os.environ, "KERAS_BACKEND": "tensorflow", "PYTHONWARNINGS": "ignore"})
+                proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
                 lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
                 if proc.returncode != 0 or not lines:
                     error = (proc.stderr.strip().splitlines() or ["failed"])[-1][:200]
@@ -197,16 +215,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="--memory: training steps per row (the first is not timed; default 3)")
     parser.add_argument("--memory-families", help=f"--memory: comma-separated, from {', '.join(WORKLOADS)}")
     parser.add_argument("--memory-batch", type=positive_int, default=1, help="--memory: examples per step (default 1)")
+    parser.add_argument("--memory-malloc-mmap-threshold", type=positive_int, metavar="BYTES",
+                        help="--memory: run the rows with glibc's MALLOC_MMAP_THRESHOLD_=BYTES (freed large "
+                             "blocks go back to the system; default: glibc's own)")
 
 
-def run(size: str, steps: int, threads: int, families: str | None, json_path: str | None, batch: int = 1) -> int:
+def run(size: str, steps: int, threads: int, families: str | None, json_path: str | None, batch: int = 1,
+        malloc_mmap_threshold: int | None = None) -> int:
     """What ``python -m crosscheck.bench --memory`` does: measure, print the table (and JSON)."""
-    rows = measure(size, families.split(",") if families else None, steps=steps, threads=threads, batch=batch)
+    rows = measure(size, families.split(",") if families else None, steps=steps, threads=threads, batch=batch,
+                   malloc_mmap_threshold=malloc_mmap_threshold)
     if json_path == "-":
         print(json.dumps(rows))
         return 0
     print(f"Peak training memory, batch {batch} (text {INPUT_SIZE[size]['text']} tokens, vision "
-          f"{INPUT_SIZE[size]['vision']} px, audio {INPUT_SIZE[size]['audio']} s), {threads} threads, {size} size:")
+          f"{INPUT_SIZE[size]['vision']} px, audio {INPUT_SIZE[size]['audio']} s), {threads} threads, {size} size"
+          + (f", MALLOC_MMAP_THRESHOLD_={malloc_mmap_threshold}:" if malloc_mmap_threshold else ", glibc's malloc as is:"))
     print(table(rows))
     if json_path:
         with open(json_path, "w") as f:
@@ -222,6 +246,9 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=positive_int, default=os.cpu_count() or 1)
     parser.add_argument("--batch", type=positive_int, default=1, help="examples per step (default 1)")
     parser.add_argument("--families", help=f"comma-separated, from {', '.join(WORKLOADS)}")
+    parser.add_argument("--malloc-mmap-threshold", type=positive_int, metavar="BYTES",
+                        help="run the rows with glibc's MALLOC_MMAP_THRESHOLD_=BYTES (e.g. 131072: freed large "
+                             "blocks go back to the system; default: glibc's own)")
     parser.add_argument("--json", metavar="FILE")
     args = parser.parse_args(argv)
     if args.worker:
@@ -229,7 +256,7 @@ def main(argv=None) -> int:
         print(json.dumps(worker(framework, family, bool(int(checkpointing)), args.size, args.steps, args.threads,
                                 args.batch)))
         return 0
-    return run(args.size, args.steps, args.threads, args.families, args.json, args.batch)
+    return run(args.size, args.steps, args.threads, args.families, args.json, args.batch, args.malloc_mmap_threshold)
 
 
 if __name__ == "__main__":
