@@ -39,6 +39,7 @@ from d2v_common.pretrain import data2vec2 as P
 from d2v_common.data2vec2 import Data2Vec2AudioConfig, Data2Vec2TextConfig, Data2Vec2VisionConfig
 from d2v_common.pretrain.data2vec2 import Data2Vec2PreTrainingOutput, Data2Vec2PretrainingConfig
 from d2v_common.models.docstrings import document_inputs
+from d2v_torch.audio import Data2VecAudioConvLayer
 from d2v_torch.base import TeacherStudentPretrainingModule, all_reduce_sum, world_size
 from d2v_torch.data2vec2 import (
     Data2Vec2AudioModel, Data2Vec2TextModel, Data2Vec2VisionModel, sequence_alibi,
@@ -74,6 +75,24 @@ def positional_convs(encoder, x: torch.Tensor) -> torch.Tensor:
         x = layer.activation(layer.layer_norm(x.transpose(1, 2))).transpose(1, 2)
     return x.transpose(1, 2)
 
+
+def feature_encoder(encoder, input_values: torch.Tensor) -> torch.Tensor:
+    """The audio feature encoder (``Data2Vec2AudioFeatureEncoder``): (B, samples) -> (B, C, T),
+    its LayerNorm-mode conv layers run as oneDNN channels-last convs on the time-major memory
+    each LayerNorm leaves (no layout copies before each conv and after it, and GELU's backward
+    gets its gradient in its input's layout): forward + backward about 1.4x faster than the
+    inference classes' path on the base recipe's 2 s, same sums up to float32 rounding. Other
+    layers (the raw-waveform conv, GroupNorm mode) and gradient checkpointing take that path."""
+    if encoder._recomputes():
+        return encoder(input_values)
+    x = input_values[:, None]
+    for layer in encoder.conv_layers:
+        if type(layer) is Data2VecAudioConvLayer and layer.conv.in_channels > 1:
+            x = grouped_conv_channels_last(layer.conv, x)
+            x = layer.activation(layer.layer_norm(x.transpose(1, 2))).transpose(1, 2)
+        else:
+            x = layer(x)
+    return x
 
 
 class Data2Vec2DecoderLayer(nn.Module):
@@ -548,7 +567,7 @@ class Data2Vec2AudioForPreTraining(_Data2Vec2ForPreTraining):
         return True
 
     def _local(self, backbone, input_values):
-        return backbone.feature_projection(backbone.feature_extractor(input_values).transpose(1, 2))
+        return backbone.feature_projection(feature_encoder(backbone.feature_extractor, input_values).transpose(1, 2))
 
     def _pos_conv(self, backbone, x):
         return positional_convs(backbone.encoder, x)
