@@ -61,8 +61,11 @@ class Data2Vec2Attention(nn.Module):
     def forward(self, x: torch.Tensor, bias: torch.Tensor | None, output_attentions: bool = False):
         """(output, attention weights or None)."""
         b, t, d = x.shape
+        # unbind, not three indexings: its backward writes the (3, B, H, T, d) gradient once
+        # instead of zero-filling and accumulating it three times
         qkv = self.qkv_proj(x).view(b, t, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
-        context, weights = attention(qkv[0], qkv[1], qkv[2], bias, dropout=self.attention_dropout,
+        q, k, v = qkv.unbind(0)
+        context, weights = attention(q, k, v, bias, dropout=self.attention_dropout,
                                      training=self.training, need_weights=output_attentions)
         return self.dropout(self.out_proj(context)), weights
 

@@ -718,3 +718,23 @@ def test_torchrun_ddp_matches_one_process(tmp_path):
         moved = [k for k in start if k.startswith("teacher.") and not np.array_equal(start[k], expected[k])]
         assert moved, f"{name}: the teacher did not move"
         assert max(float(np.abs(expected[k] - start[k]).max()) for k in start if k.startswith("decoder.")) > 1e-3
+
+
+@pytest.mark.parametrize("kernel,stride,length,bias", [(3, 2, 41, False), (3, 2, 40, True), (2, 2, 17, False),
+                                                       (5, 2, 30, True), (4, 3, 29, False)])
+def test_strided_conv_as_matmuls_equals_the_conv(kernel, stride, length, bias):
+    """The pretraining step's feature-encoder convs (matmuls on time-major views): the conv's
+    output (time-major) and the input's and weights' gradients, up to float32 rounding."""
+    from d2v_torch.data2vec2_pretraining import strided_conv_as_matmuls
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv1d(6, 5, kernel, stride=stride, bias=bias)
+    x = torch.randn(2, length, 6).transpose(1, 2).requires_grad_()  # time-major, as the encoder's
+    want = conv(x)
+    got = strided_conv_as_matmuls(conv, x)
+    assert got.shape == want.shape and got.transpose(1, 2).is_contiguous()
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    g = torch.randn_like(want)
+    params = [x, *conv.parameters()]
+    for a, b in zip(torch.autograd.grad(want, params, g), torch.autograd.grad(got, params, g)):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
