@@ -8,7 +8,10 @@
   into 0.25 s chunks (275); the probes say which language a chunk speaks and which clip it comes
   from (even chunks of every clip train, odd ones test), and which language a chunk of an unseen
   sentence speaks (the 8 "pangrama" clips held out; English has none). Each probe standardises the
-  features and picks its C by cross-validation on its training split.
+  features and picks its C by cross-validation on its training split. The audio defaults are close
+  to fairseq's base audio recipe (lr warm-up, EMA 0.999 -> 0.9999, mask 0.5, top 3 of 4 layers,
+  instance-normalised) with the teacher keeping its own EMA feature encoder
+  (``--no-ema-local-encoder`` shares the student's, which lets the targets collapse).
 
 Both print the probe accuracy of the pretrained student and of the same model at its random
 initialisation (frozen features: every block's output mean-pooled, concatenated; a logistic
@@ -53,11 +56,11 @@ def block_features(backbone, inputs, skip_tokens: int = 0, batch: int = 256) -> 
     return np.concatenate(out)
 
 
-def pretrain(model, next_batch, steps: int, lr: float, log_every: int):
-    """AdamW, linear warm-up then cosine decay, EMA after each step."""
+def pretrain(model, next_batch, steps: int, lr: float, log_every: int, warmup: float = 0.1):
+    """AdamW, linear warm-up (``warmup`` of the steps) then cosine decay, EMA after each step."""
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.05,
                             betas=(0.9, 0.98))
-    warmup = max(1, steps // 10)
+    warmup = max(1, int(steps * warmup))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))
     )
@@ -161,11 +164,15 @@ def run_audio(args) -> dict:
         conv_dim=[64] * 6, conv_kernel=[10, 3, 3, 3, 2, 2], conv_stride=[5, 2, 2, 2, 2, 2],  # 160x: 100 frames / s
         num_conv_pos_embeddings=2, conv_pos_kernel_size=9, num_conv_pos_embedding_groups=4,
     )
-    steps = args.steps or 600
+    steps = args.steps or 2000
     pcfg = Data2Vec2PretrainingConfig(
-        modality="audio", clone_batch=4, average_top_k_layers=2, instance_norm_target_layer=True,
+        modality="audio", clone_batch=args.clone_batch, average_top_k_layers=args.top_k,
+        instance_norm_target_layer=True,
         ema_decay=args.ema_decay, ema_end_decay=args.ema_end_decay, ema_anneal_end_step=steps,
         mask_prob=args.mask_prob, mask_length=5,
+        # the teacher's own (EMA) feature encoder: sharing the student's lets the student make the
+        # teacher's input, hence the targets, the same for every clip (the collapse in the docs)
+        ema_encoder_only=not args.ema_local_encoder, ema_local_encoder=args.ema_local_encoder,
         decoder_dim=64, decoder_groups=4, decoder_kernel=7, decoder_layers=2, decoder_input_dropout=0.0,
     )
     model = Data2Vec2AudioForPreTraining(config, pcfg, seed=args.seed)
@@ -181,7 +188,7 @@ def run_audio(args) -> dict:
             batch.append(wave[start : start + crop])
         return [torch.from_numpy(normalise(np.stack(batch)))]
 
-    seconds, losses = pretrain(model, next_batch, steps, args.lr, 50)
+    seconds, losses = pretrain(model, next_batch, steps, args.lr, 50, warmup=args.warmup)
     results = {"steps": steps, "seconds": seconds, "loss, first 50 steps": float(np.mean(losses[:50])),
                "loss, last 50 steps": float(np.mean(losses[-50:]))}
 
@@ -220,19 +227,22 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--modality", choices=("vision", "audio"), required=True)
     parser.add_argument("--audio-dir", default="/tmp/pa/pytest_audioeval/samples/audio")
-    parser.add_argument("--steps", type=int, default=None, help="default: 800 (vision), 600 (audio)")
+    parser.add_argument("--steps", type=int, default=None, help="default: 800 (vision), 2000 (audio)")
     parser.add_argument("--batch-size", type=int, default=None, help="default: 32 (vision), 8 (audio)")
-    parser.add_argument("--lr", type=float, default=None, help="default: 1e-3 (vision), 2e-3 (audio)")
-    parser.add_argument("--mask-prob", type=float, default=0.65, help="audio only")
-    parser.add_argument("--ema-decay", type=float, default=0.99, help="audio only: the teacher's EMA decay at step 0")
-    parser.add_argument("--ema-end-decay", type=float, default=0.999, help="audio only: ... at the last step")
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--mask-prob", type=float, default=0.5, help="audio only")
+    parser.add_argument("--ema-decay", type=float, default=0.999, help="audio only: the teacher's EMA decay at step 0")
+    parser.add_argument("--ema-end-decay", type=float, default=0.9999, help="audio only: ... at the last step")
+    parser.add_argument("--warmup", type=float, default=0.25, help="audio only: fraction of the steps spent warming up")
+    parser.add_argument("--top-k", type=int, default=3, help="audio only: teacher layers averaged into the targets")
+    parser.add_argument("--clone-batch", type=int, default=4, help="audio only")
+    parser.add_argument("--ema-local-encoder", action=argparse.BooleanOptionalAction, default=True,
+                        help="audio only: the teacher keeps its own EMA copy of the feature encoder")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     if args.batch_size is None:
         args.batch_size = 32 if args.modality == "vision" else 8
-    if args.lr is None:
-        args.lr = 1e-3 if args.modality == "vision" else 2e-3
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     results = (run_vision if args.modality == "vision" else run_audio)(args)
