@@ -5,6 +5,7 @@ import os
 import pathlib
 import re
 
+import numpy as np
 import pytest
 
 pytestmark = pytest.mark.slow  # whole fine-tuning runs
@@ -78,3 +79,29 @@ def test_continue_pretraining_data2vec2_example(tmp_path):
         example.main([ckpt["image"], str(tmp_path / "empty"), "--output", str(tmp_path / "x")])
     with pytest.raises(ValueError, match="is a vision model but .* holds 2 speech files"):
         example.main([ckpt["image"], str(waves), "--output", str(tmp_path / "x")])
+
+
+def test_pretraining_probes_example_runs_both_modalities(monkeypatch):
+    """A few steps each: the probes' pipeline end to end (the docs' figures come from full runs).
+    Audio reads synthetic clips in place of the speech wheel's (its reader, soundfile, is not a
+    test requirement): 9 tinted-noise "languages" x 3 clips, one of them a held-out "pangrama"."""
+    probes = _load("pretrain_data2vec2_probes")
+    vision = probes.main(["--modality", "vision", "--steps", "3"])
+    assert 0.5 < vision["random init"] <= 1 and 0.5 < vision["pretrained"] <= 1  # 10 digits: chance 0.1
+
+    rng = np.random.default_rng(0)
+
+    def synthetic_clips(folder):
+        clips = []
+        for language in range(9):
+            for name in ("a", "b", "pangrama"):
+                noise = rng.standard_normal(24000).astype(np.float32)  # 1.5 s at 16 kHz
+                clips.append((f"lang{language}", name, np.convolve(noise, np.ones(language + 1), "same")))
+        return clips
+
+    monkeypatch.setattr(probes, "load_clips", synthetic_clips)
+    audio = probes.main(["--modality", "audio", "--steps", "3", "--batch-size", "4"])
+    assert audio["steps"] == 3 and audio["held-out clip chunks"] == 9 * (24000 // probes.CHUNK)
+    for probe in ("language, interleaved", "clip, interleaved", "language, held-out clips"):
+        for model in ("random init", "pretrained"):
+            assert 0 <= audio[f"{probe}, {model}"] <= 1
