@@ -7,6 +7,7 @@ Keras twin (``d2v_tf/audio.py``, kept section for section) shares them.
 
 from __future__ import annotations
 
+import functools
 
 import numpy as np
 import torch
@@ -81,18 +82,20 @@ class Data2VecAudioFeatureEncoder(nn.Module):
         return (self.gradient_checkpointing and self.training and torch.is_grad_enabled()
                 and any(p.requires_grad for p in self.parameters()))  # a frozen encoder keeps nothing for backward
 
-    def forward(self, input_values: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_values: torch.Tensor, run_layer=None) -> torch.Tensor:
+        """``run_layer(layer, x)``, when given, computes each conv layer in place of ``layer(x)``
+        (the pretraining step's own kernels), recomputed the same way under checkpointing."""
         x = input_values[:, None]
         if not self._recomputes():
             for layer in self.conv_layers:
-                x = layer(x)
+                x = run_layer(layer, x) if run_layer else layer(x)
             return x
         options = getattr(self, "checkpoint_options", DEFAULT_CHECKPOINT_OPTIONS)
         if options["use_reentrant"] and not x.requires_grad:
             # reentrant checkpointing gives the weights gradients only when an input needs one
             x = x.detach().requires_grad_()
         for layer in self.conv_layers:
-            x = checkpointed(self, layer, x)
+            x = checkpointed(self, functools.partial(run_layer, layer) if run_layer else layer, x)
         return x
 
 

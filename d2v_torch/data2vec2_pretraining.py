@@ -100,25 +100,25 @@ def strided_conv_as_matmuls(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
     return y.transpose(1, 2)
 
 
+def conv_layer_as_matmuls(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``layer(x)`` for an audio feature encoder's conv layer, its LayerNorm-mode strided conv as
+    matmuls on the time-major memory each LayerNorm leaves (``strided_conv_as_matmuls``): no
+    layout copies around the convs, GELU's backward gets its gradient in its input's layout, and
+    the GEMMs' backward beats oneDNN's conv backward. Other layers (the raw-waveform conv,
+    GroupNorm mode) and other devices take the inference path."""
+    conv = getattr(layer, "conv", None)
+    if (type(layer) is Data2VecAudioConvLayer and x.device.type == "cpu" and conv.in_channels > 1
+            and conv.groups == 1 and conv.padding == (0,) and conv.dilation == (1,)):
+        x = strided_conv_as_matmuls(conv, x)
+        return layer.activation(layer.layer_norm(x.transpose(1, 2))).transpose(1, 2)
+    return layer(x)
+
+
 def feature_encoder(encoder, input_values: torch.Tensor) -> torch.Tensor:
     """The audio feature encoder (``Data2Vec2AudioFeatureEncoder``): (B, samples) -> (B, C, T),
-    the inference layers' math with its LayerNorm-mode strided convs as matmuls on the
-    time-major memory each LayerNorm leaves (``strided_conv_as_matmuls``): no layout copies
-    around the convs, GELU's backward gets its gradient in its input's layout, and the GEMMs'
-    backward beats oneDNN's conv backward. Other layers (the raw-waveform conv, GroupNorm mode),
-    other devices and gradient checkpointing take the inference path."""
-    if encoder._recomputes() or input_values.device.type != "cpu":
-        return encoder(input_values)
-    x = input_values[:, None]
-    for layer in encoder.conv_layers:
-        conv = layer.conv
-        if (type(layer) is Data2VecAudioConvLayer and conv.in_channels > 1 and conv.groups == 1
-                and conv.padding == (0,) and conv.dilation == (1,)):
-            x = strided_conv_as_matmuls(conv, x)
-            x = layer.activation(layer.layer_norm(x.transpose(1, 2))).transpose(1, 2)
-        else:
-            x = layer(x)
-    return x
+    each conv layer by ``conv_layer_as_matmuls``; under gradient checkpointing the encoder
+    recomputes those same kernels, so the gradients do not change."""
+    return encoder(input_values, run_layer=conv_layer_as_matmuls)
 
 
 class Data2Vec2DecoderLayer(nn.Module):
