@@ -114,13 +114,6 @@ def conv_layer_as_matmuls(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return layer(x)
 
 
-def feature_encoder(encoder, input_values: torch.Tensor) -> torch.Tensor:
-    """The audio feature encoder (``Data2Vec2AudioFeatureEncoder``): (B, samples) -> (B, C, T),
-    each conv layer by ``conv_layer_as_matmuls``; under gradient checkpointing the encoder
-    recomputes those same kernels, so the gradients do not change."""
-    return encoder(input_values, run_layer=conv_layer_as_matmuls)
-
-
 class Data2Vec2DecoderLayer(nn.Module):
     """Grouped conv (same length: odd kernels pad k//2, even ones drop the last step) ->
     LayerNorm over channels (no affine) -> GELU; 1-D (B, C, T) or 2-D (B, C, H, W)."""
@@ -593,7 +586,9 @@ class Data2Vec2AudioForPreTraining(_Data2Vec2ForPreTraining):
         return True
 
     def _local(self, backbone, input_values):
-        return backbone.feature_projection(feature_encoder(backbone.feature_extractor, input_values).transpose(1, 2))
+        # each conv layer by conv_layer_as_matmuls; checkpointing recomputes those same kernels
+        frames = backbone.feature_extractor(input_values, run_layer=conv_layer_as_matmuls)
+        return backbone.feature_projection(frames.transpose(1, 2))
 
     def _pos_conv(self, backbone, x):
         return positional_convs(backbone.encoder, x)
