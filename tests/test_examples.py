@@ -23,14 +23,14 @@ def _load(name):
 def test_keras_segmentation_example_beats_chance():
     result = _load("finetune_keras_segmentation").main(["--quick"])
     assert result["pixel_accuracy"] > result["majority_baseline"] + 0.05
-    # docs/training.md quotes this run's figures (seed 0): they must be what it prints, up to the
-    # CPU's float rounding over 2 epochs (an AMD EPYC gave 0.860 / 0.616, an Intel Xeon 0.859 / 0.626)
+    # docs/training.md quotes this run's figures (seed 0), one pair per CPU measured (float
+    # rounding differs by CPU): what it prints must be one of them, exactly
     doc = (EXAMPLES.parent / "docs" / "training.md").read_text()
-    quoted = re.search(r"With `--quick` it reaches pixel accuracy ([\d.]+)\s+and mean IoU ([\d.]+)", doc)
+    sentence = re.search(r"With `--quick` it reaches (.*?)`tests/test_examples.py`", doc, re.S)
+    assert sentence, "docs/training.md no longer quotes the --quick figures"
+    quoted = re.findall(r"pixel accuracy ([\d.]+)\s+and mean IoU ([\d.]+)", sentence.group(1))
     assert quoted, "docs/training.md no longer quotes the --quick figures"
-    accuracy, iou = map(float, quoted.groups())
-    assert abs(result["pixel_accuracy"] - accuracy) <= 0.01 and abs(result["mean_iou"] - iou) <= 0.02, (
-        result, quoted.groups())
+    assert (f"{result['pixel_accuracy']:.3f}", f"{result['mean_iou']:.3f}") in quoted, quoted
 
 
 @pytest.mark.parametrize("seed", [0])
