@@ -61,10 +61,11 @@ class Data2Vec2Attention(nn.Module):
     def forward(self, x: torch.Tensor, bias: torch.Tensor | None, output_attentions: bool = False):
         """(output, attention weights or None)."""
         b, t, d = x.shape
-        # unbind, not three indexings: its backward writes the (3, B, H, T, d) gradient once
-        # instead of zero-filling and accumulating it three times
-        qkv = self.qkv_proj(x).view(b, t, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)
+        # unbind, not three indexings: its backward writes the gradient once instead of
+        # zero-filling and accumulating it three times; on the (B, T, 3, H, d) axis, so that
+        # gradient lands in the projection's own layout (no second copy to make it 2-D)
+        qkv = self.qkv_proj(x).view(b, t, 3, self.num_heads, d // self.num_heads)
+        q, k, v = (y.transpose(1, 2) for y in qkv.unbind(2))
         context, weights = attention(q, k, v, bias, dropout=self.attention_dropout,
                                      training=self.training, need_weights=output_attentions)
         return self.dropout(self.out_proj(context)), weights
