@@ -259,9 +259,21 @@ def regression_loss(x: torch.Tensor, y: torch.Tensor, pcfg: Data2Vec2Pretraining
     return loss * pcfg.loss_scale_for(x.shape[-1])
 
 
+def _row_index(index: torch.Tensor, width: int) -> torch.Tensor:
+    """(B, K) positions -> the (B, K, width) index that gather / scatter on dim 1 take."""
+    return index[..., None].expand(-1, -1, width)
+
+
 def _gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """x (B, T, D), index (B, K) -> (B, K, D)."""
-    return torch.gather(x, 1, index[..., None].expand(-1, -1, x.shape[-1]))
+    return torch.gather(x, 1, _row_index(index, x.shape[-1]))
+
+
+def _gather_clone_rows(x: torch.Tensor, index: torch.Tensor, clones: int) -> torch.Tensor:
+    """x (B, T, D), index (B * clones, K) -> (B * clones, K, D): row r reads sample r // clones."""
+    b, t, d = x.shape
+    flat = (torch.arange(index.shape[0], device=index.device) // clones * t)[:, None] + index
+    return x.reshape(b * t, d)[flat]
 
 
 def _gather_alibi(alibi: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -331,18 +343,20 @@ class _Data2Vec2ForPreTraining(TeacherStudentPretrainingModule):
         alibi = self._alibi(t, local.device)
 
         # ---- student: clones, masked positions removed
-        x = self._positions(student, local).repeat_interleave(c, 0)
+        x = self._positions(student, local)
         keep_c = None if keep is None else keep.repeat_interleave(c, 0)
         maskf = mask.to(x.dtype)[..., None]
         # upstream's (unstable) argsort: with keep_masked_pct, which masked positions the student
         # keeps is that sort's order of equal keys, so it is called exactly as upstream does
         # (P.upstream_mask_order is the same order in numpy, for the frameworks without torch)
         ids_shuffle = mask.to(torch.uint8).argsort(dim=1)
-        ids_restore = torch.argsort(ids_shuffle, dim=1)
         kept = P.keep_count(t, int(mask[0].sum()), pcfg.keep_masked_pct)
         ids_keep = ids_shuffle[:, :kept]
-        xs = _gather_rows(x, ids_keep)  # before the mask is applied, as upstream's x_unmasked
+        # before the mask is applied, as upstream's x_unmasked; read from each sample's row, not
+        # from clone_batch materialised copies (only the positional convs need those)
+        xs = _gather_clone_rows(x, ids_keep, c)
         if self._has_pos_conv:  # the positional convs see the masked sequence (zeros or noise)
+            x = x.repeat_interleave(c, 0)
             if pcfg.encoder_zero_mask:
                 x = x * (1 - maskf)
             else:
@@ -358,11 +372,13 @@ class _Data2Vec2ForPreTraining(TeacherStudentPretrainingModule):
         # ---- decoder: encoder output back in place, masked slots zero (or noise)
         if pcfg.decoder_input_dropout > 0:  # upstream drops in place: the CLS loss sees it too
             h = F.dropout(h, pcfg.decoder_input_dropout, training=self.training)
+        # (scattered into place: the backward then reads the kept rows back, no full-size pass)
         dx = h[:, n:]
-        fill = dx.new_zeros(b * c, t - kept, d)
-        if pcfg.mask_noise_std > 0:
-            fill = fill.normal_(0, pcfg.mask_noise_std)
-        dx = _gather_rows(torch.cat([dx, fill], dim=1), ids_restore)
+        slots = dx.new_zeros(b * c, t, d)
+        if pcfg.mask_noise_std > 0 and t > kept:
+            fill = dx.new_empty(b * c, t - kept, d).normal_(0, pcfg.mask_noise_std)
+            slots.scatter_(1, _row_index(ids_shuffle[:, kept:], d), fill)
+        dx = slots.scatter(1, _row_index(ids_keep, d), dx)
         if pcfg.add_positions_masked or pcfg.add_positions_all:
             positions = self._positions(student, torch.zeros_like(dx))
             dx = dx + (positions * maskf if pcfg.add_positions_masked else 0)
@@ -391,8 +407,8 @@ class _Data2Vec2ForPreTraining(TeacherStudentPretrainingModule):
         if pcfg.cls_loss > 0:
             cls_target = target.mean(dim=1).repeat_interleave(c, 0)
             losses["cls"] = (regression_loss(h[:, n - 1], cls_target, pcfg) * (pcfg.cls_loss * global_size)).sum()
-        y = target.repeat_interleave(c, 0)[mask]
-        regression = regression_loss(prediction[mask], y, pcfg) * pcfg.d2v_loss
+        rows, cols = mask.nonzero(as_tuple=True)  # clone rows i*c..i*c+c-1 share sample i's targets
+        regression = regression_loss(prediction[rows, cols], target[rows // c, cols], pcfg) * pcfg.d2v_loss
         losses[f"{self._fairseq_modality}_regression"] = regression.sum()
         loss = sum(losses.values()) / normaliser
         out = Data2Vec2PreTrainingOutput(loss, losses, sample_size, mask, prediction, target)
