@@ -181,8 +181,9 @@ def test_load_rows_compare_keras_with_torch_and_peak_memory_with_the_weights():
 
 @pytest.fixture
 def onednn_everywhere(monkeypatch):
-    """Route even tiny float32 inference matmuls through oneDNN."""
+    """Route even tiny float32 inference matmuls through oneDNN (on Intel CPUs too)."""
     monkeypatch.setattr(layers, "ONEDNN_MIN_MACS", 0)
+    monkeypatch.setattr(layers, "_ONEDNN_FLOAT32", True)
     calls = []
     op = layers._ONEDNN_LINEAR_OP
     monkeypatch.setattr(layers, "_ONEDNN_LINEAR_OP", lambda *a: calls.append(1) or op(*a))
@@ -208,6 +209,24 @@ def test_onednn_linear_steps_aside_for_training(onednn_everywhere):
     assert onednn_everywhere
     torch.testing.assert_close(y, F.linear(x, lin.weight, lin.bias), rtol=0, atol=1e-6)
     assert isinstance(lin, torch.nn.Linear) and set(lin.state_dict()) == {"weight", "bias"}
+
+
+def test_float32_inference_stays_on_mkl_on_intel_cpus(onednn_everywhere, monkeypatch):
+    """Where MKL is the faster float32 kernel (Intel CPUs) float32 inference keeps F.linear;
+    bfloat16 still takes oneDNN (its weight laid out once)."""
+    monkeypatch.setattr(layers, "_ONEDNN_FLOAT32", False)
+    lin = layers.Linear(8, 5)
+    with torch.no_grad():
+        lin(torch.randn(3, 8))
+    assert not onednn_everywhere
+    with torch.no_grad():
+        lin.bfloat16()(torch.randn(3, 8).bfloat16())
+    assert bool(onednn_everywhere) == layers._ONEDNN_BF16
+
+
+def test_onednn_float32_rule_follows_the_cpu_vendor():
+    assert layers._ONEDNN_FLOAT32 == (layers._cpu_vendor() != "GenuineIntel")
+    assert isinstance(layers._cpu_vendor(), str)
 
 
 def test_bf16_packed_weight_follows_weight_changes(onednn_everywhere):
