@@ -248,14 +248,17 @@ def make_targets(layers, pcfg: Data2Vec2PretrainingConfig) -> torch.Tensor:
     return y
 
 
-def regression_loss(x: torch.Tensor, y: torch.Tensor, pcfg: Data2Vec2PretrainingConfig) -> torch.Tensor:
-    """Element-wise L2 (or smooth-L1 with ``loss_beta``) times ``loss_scale`` (None: 1/sqrt(D))."""
+def regression_loss(x: torch.Tensor, y: torch.Tensor, pcfg: Data2Vec2PretrainingConfig,
+                    reduction: str = "none") -> torch.Tensor:
+    """Element-wise L2 (or smooth-L1 with ``loss_beta``) times ``loss_scale`` (None: 1/sqrt(D));
+    ``reduction="sum"``: their sum, reduced inside the loss kernel (no element-wise tensor, and
+    the scale applied once to the sum)."""
     x = x.reshape(-1, x.shape[-1]).float()
     y = y.reshape(-1, x.shape[-1])
     if pcfg.loss_beta == 0:
-        loss = F.mse_loss(x, y, reduction="none")
+        loss = F.mse_loss(x, y, reduction=reduction)
     else:
-        loss = F.smooth_l1_loss(x, y, reduction="none", beta=pcfg.loss_beta)
+        loss = F.smooth_l1_loss(x, y, reduction=reduction, beta=pcfg.loss_beta)
     return loss * pcfg.loss_scale_for(x.shape[-1])
 
 
@@ -406,10 +409,10 @@ class _Data2Vec2ForPreTraining(TeacherStudentPretrainingModule):
         losses = {}
         if pcfg.cls_loss > 0:
             cls_target = target.mean(dim=1).repeat_interleave(c, 0)
-            losses["cls"] = (regression_loss(h[:, n - 1], cls_target, pcfg) * (pcfg.cls_loss * global_size)).sum()
+            losses["cls"] = regression_loss(h[:, n - 1], cls_target, pcfg, "sum") * (pcfg.cls_loss * global_size)
         rows, cols = mask.nonzero(as_tuple=True)  # clone rows i*c..i*c+c-1 share sample i's targets
-        regression = regression_loss(prediction[rows, cols], target[rows // c, cols], pcfg) * pcfg.d2v_loss
-        losses[f"{self._fairseq_modality}_regression"] = regression.sum()
+        regression = regression_loss(prediction[rows, cols], target[rows // c, cols], pcfg, "sum") * pcfg.d2v_loss
+        losses[f"{self._fairseq_modality}_regression"] = regression
         loss = sum(losses.values()) / normaliser
         out = Data2Vec2PreTrainingOutput(loss, losses, sample_size, mask, prediction, target)
         return out if return_dict is not False else out.to_tuple()
