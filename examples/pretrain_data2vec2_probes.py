@@ -12,13 +12,25 @@
   to fairseq's base audio recipe (lr warm-up, EMA 0.999 -> 0.9999, mask 0.5, top 3 of 4 layers,
   instance-normalised) with the teacher keeping its own EMA feature encoder
   (``--no-ema-local-encoder`` shares the student's, which lets the targets collapse).
+* ``--modality audio`` with ``--audio-dir`` at the ``recordings`` folder of the Free Spoken Digit
+  Dataset (``git clone https://github.com/Jakobovski/free-spoken-digit-dataset``; 3,000 clips
+  ``{digit}_{speaker}_{take}.wav``, 8 kHz int16, 6 speakers x 10 digits x 50 takes; found by the file
+  names, or ``--audio-dataset fsdd``): the same speech model and recipe, pretrained on random
+  ``--crop-seconds`` crops (0.6 s; shorter clips zero-padded, with an attention mask) of FSDD's
+  training takes (5-49) of the speakers not in ``--held-out-speakers`` (theo, yweweler). Probes on
+  whole clips (pooled over their valid frames): the digit on FSDD's official split (takes 0-4 of
+  every speaker test: 2,700 / 300 clips) and the digit of the unseen speakers (trained on the seen
+  speakers' training takes, tested on every take of the held-out ones: 1,800 / 1,000). Needs scipy
+  (a scikit-learn dependency) to read and resample (8 -> 16 kHz) the WAVs.
 
 Both print the probe accuracy of the pretrained student and of the same model at its random
 initialisation (frozen features: every block's output mean-pooled, concatenated; a logistic
-regression on top). Needs the ``examples`` extra (scikit-learn) and, for audio, soundfile.
+regression on top). Needs the ``examples`` extra (scikit-learn) and, for the pytest-audioeval
+clips, soundfile.
 
     python examples/pretrain_data2vec2_probes.py --modality vision
     python examples/pretrain_data2vec2_probes.py --modality audio --audio-dir /tmp/pa/pytest_audioeval/samples/audio
+    python examples/pretrain_data2vec2_probes.py --modality audio --audio-dir free-spoken-digit-dataset/recordings
 """
 
 from __future__ import annotations
@@ -28,6 +40,7 @@ import copy
 import glob
 import math
 import os
+import re
 import sys
 import time
 import warnings
@@ -157,15 +170,17 @@ def probe_accuracy_cv(train_x, train_y, test_x, test_y, seed: int = 0) -> tuple[
     return float(search.score(test_x, test_y)), float(search.best_params_["logisticregression__C"])
 
 
-def run_audio(args) -> dict:
-    clips = load_clips(args.audio_dir)
-    config = Data2Vec2AudioConfig(
+def audio_config() -> Data2Vec2AudioConfig:
+    """The tiny speech model: 4 layers x 64, a 6-layer conv feature encoder at 100 frames/s."""
+    return Data2Vec2AudioConfig(
         hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=128,
         conv_dim=[64] * 6, conv_kernel=[10, 3, 3, 3, 2, 2], conv_stride=[5, 2, 2, 2, 2, 2],  # 160x: 100 frames / s
         num_conv_pos_embeddings=2, conv_pos_kernel_size=9, num_conv_pos_embedding_groups=4,
     )
-    steps = args.steps or 2000
-    pcfg = Data2Vec2PretrainingConfig(
+
+
+def audio_pretraining_config(args, steps: int) -> Data2Vec2PretrainingConfig:
+    return Data2Vec2PretrainingConfig(
         modality="audio", clone_batch=args.clone_batch, average_top_k_layers=args.top_k,
         instance_norm_target_layer=True,
         ema_decay=args.ema_decay, ema_end_decay=args.ema_end_decay, ema_anneal_end_step=steps,
@@ -175,6 +190,13 @@ def run_audio(args) -> dict:
         ema_encoder_only=not args.ema_local_encoder, ema_local_encoder=args.ema_local_encoder,
         decoder_dim=64, decoder_groups=4, decoder_kernel=7, decoder_layers=2, decoder_input_dropout=0.0,
     )
+
+
+def run_audio(args) -> dict:
+    clips = load_clips(args.audio_dir)
+    config = audio_config()
+    steps = args.steps or 2000
+    pcfg = audio_pretraining_config(args, steps)
     model = Data2Vec2AudioForPreTraining(config, pcfg, seed=args.seed)
     initial = copy.deepcopy(model.student)
     rng = np.random.default_rng(args.seed)
@@ -223,6 +245,131 @@ def run_audio(args) -> dict:
     return results
 
 
+# ------------------------------------------------------------------- audio: spoken digits
+
+FSDD_NAME = re.compile(r"^(\d)_([a-z]+)_(\d+)\.wav$")  # {digit}_{speaker}_{take}.wav
+
+
+def is_fsdd(folder: str) -> bool:
+    """True when the folder holds WAVs named like the Free Spoken Digit Dataset's."""
+    return any(FSDD_NAME.match(name) for name in os.listdir(folder)) if os.path.isdir(folder) else False
+
+
+def load_fsdd(folder: str) -> list[tuple[int, str, int, np.ndarray]]:
+    """(digit, speaker, take, 16 kHz float32 wave) for every ``{digit}_{speaker}_{take}.wav``: int16
+    scaled to [-1, 1), resampled from the files' rate (8 kHz) to 16 kHz."""
+    from scipy.io import wavfile
+    from scipy.signal import resample_poly
+
+    clips = []
+    for name in sorted(os.listdir(folder)):
+        match = FSDD_NAME.match(name)
+        if not match:
+            continue
+        rate, wave = wavfile.read(os.path.join(folder, name))
+        if wave.ndim != 1 or wave.dtype != np.int16:
+            raise ValueError(f"{name}: expected mono int16, got {wave.dtype} of shape {wave.shape}")
+        wave = wave.astype(np.float32) / 32768.0
+        if rate != 16000:
+            g = math.gcd(rate, 16000)
+            wave = resample_poly(wave, 16000 // g, rate // g).astype(np.float32)
+        clips.append((int(match.group(1)), match.group(2), int(match.group(3)), wave))
+    if not clips:
+        raise FileNotFoundError(f"no {{digit}}_{{speaker}}_{{take}}.wav in {folder}: git clone "
+                                "https://github.com/Jakobovski/free-spoken-digit-dataset, then point "
+                                "--audio-dir at its recordings folder")
+    return clips
+
+
+def crop_or_pad(wave: np.ndarray, length: int, rng) -> tuple[np.ndarray, np.ndarray]:
+    """A random ``length``-sample crop of a normalised clip, or the whole clip zero-padded to it;
+    returns (samples, keep-mask)."""
+    wave = normalise(wave)
+    if len(wave) >= length:
+        start = int(rng.integers(0, len(wave) - length + 1))
+        return wave[start : start + length], np.ones(length, np.int64)
+    out, keep = np.zeros(length, np.float32), np.zeros(length, np.int64)
+    out[: len(wave)], keep[: len(wave)] = wave, 1
+    return out, keep
+
+
+def clip_features(backbone, waves: list[np.ndarray], batch: int = 64) -> dict[str, np.ndarray]:
+    """Frozen features of whole clips (normalised, batched by length, zero-padded with an
+    attention mask), pooled over each clip's valid frames: ``"blocks mean"`` (every block's output
+    mean-pooled, concatenated), ``"blocks mean+std"`` and ``"last block mean"``."""
+    backbone.eval()
+    order = np.argsort([len(w) for w in waves], kind="stable")
+    pooled = {"blocks mean": [None] * len(waves), "blocks mean+std": [None] * len(waves),
+              "last block mean": [None] * len(waves)}
+    with torch.no_grad():
+        for i in range(0, len(order), batch):
+            idx = order[i : i + batch]
+            length = max(len(waves[j]) for j in idx)
+            x, keep = np.zeros((len(idx), length), np.float32), np.zeros((len(idx), length), np.int64)
+            for row, j in enumerate(idx):
+                x[row, : len(waves[j])], keep[row, : len(waves[j])] = normalise(waves[j]), 1
+            x, keep = torch.from_numpy(x), torch.from_numpy(keep)
+            hidden = backbone(x, attention_mask=keep, output_hidden_states=True).hidden_states[1:]
+            frames = backbone.frame_mask(keep, hidden[0].shape[1]).float()[..., None]  # (B, T, 1)
+            count = frames.sum(1)
+            means = [(h * frames).sum(1) / count for h in hidden]
+            stds = [(((h - m[:, None]) ** 2 * frames).sum(1) / count).sqrt() for h, m in zip(hidden, means)]
+            mean_cat = torch.cat(means, -1).numpy()
+            both = torch.cat(means + stds, -1).numpy()
+            for row, j in enumerate(idx):
+                pooled["blocks mean"][j] = mean_cat[row]
+                pooled["blocks mean+std"][j] = both[row]
+                pooled["last block mean"][j] = means[-1][row].numpy()
+    return {k: np.stack(v) for k, v in pooled.items()}
+
+
+def run_fsdd(args) -> dict:
+    clips = load_fsdd(args.audio_dir)
+    config = audio_config()
+    steps = args.steps or 2000
+    model = Data2Vec2AudioForPreTraining(config, audio_pretraining_config(args, steps), seed=args.seed)
+    initial = copy.deepcopy(model.student)
+    digits = np.array([c[0] for c in clips])
+    speakers = np.array([c[1] for c in clips])
+    takes = np.array([c[2] for c in clips])
+    held_speakers = [s for s in args.held_out_speakers.split(",") if s]
+    unseen = np.isin(speakers, held_speakers)
+    official_test = takes < 5  # FSDD's split: takes 0-4 of every speaker and digit test, the rest train
+    pretrain_ids = np.flatnonzero(~official_test & ~unseen)  # training takes of the seen speakers only
+    rng = np.random.default_rng(args.seed)
+    crop = int(round(args.crop_seconds * 16000))
+
+    def next_batch():
+        pairs = [crop_or_pad(clips[i][3], crop, rng) for i in rng.choice(pretrain_ids, args.batch_size)]
+        return [torch.from_numpy(np.stack([p[0] for p in pairs])), torch.from_numpy(np.stack([p[1] for p in pairs]))]
+
+    seconds, losses = pretrain(model, next_batch, steps, args.lr, 50, warmup=args.warmup)
+    results = {"steps": steps, "seconds": seconds, "loss, first 50 steps": float(np.mean(losses[:50])),
+               "loss, last 50 steps": float(np.mean(losses[-50:])), "pretraining clips": int(len(pretrain_ids))}
+    probes = {
+        # FSDD's official split (300 test clips, every speaker; the held-out speakers' training
+        # takes are in the probe's training split but were not pretrained on)
+        "digit, official split": (~official_test, official_test),
+        # train on the seen speakers' training takes, test on every take of the unseen speakers
+        "digit, unseen speakers": (~official_test & ~unseen, unseen),
+    }
+    for probe, (train, test) in probes.items():
+        results[f"{probe}, train/test clips"] = f"{int(train.sum())}/{int(test.sum())}"
+    start = time.time()
+    waves = [c[3] for c in clips]
+    for name, backbone in (("random init", initial), ("pretrained", model.student)):
+        features = clip_features(backbone, waves)
+        for pooling in args.poolings.split(","):
+            f = features[pooling]
+            for probe, (train, test) in probes.items():
+                acc, c = probe_accuracy_cv(f[train], digits[train], f[test], digits[test], seed=args.seed)
+                key = f"{probe}, {name}" if pooling == "blocks mean" else f"{probe}, {name}, {pooling}"
+                results[key] = acc
+                results[f"{key}, C"] = c
+    results["probe seconds"] = time.time() - start
+    return results
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--modality", choices=("vision", "audio"), required=True)
@@ -238,6 +385,14 @@ def main(argv=None) -> dict:
     parser.add_argument("--clone-batch", type=int, default=4, help="audio only")
     parser.add_argument("--ema-local-encoder", action=argparse.BooleanOptionalAction, default=True,
                         help="audio only: the teacher keeps its own EMA copy of the feature encoder")
+    parser.add_argument("--audio-dataset", choices=("auto", "audioeval", "fsdd"), default="auto",
+                        help="audio only: auto = fsdd when --audio-dir holds {digit}_{speaker}_{take}.wav files")
+    parser.add_argument("--crop-seconds", type=float, default=0.6,
+                        help="fsdd only: pretraining crop (shorter clips zero-padded, with an attention mask)")
+    parser.add_argument("--held-out-speakers", default="theo,yweweler",
+                        help="fsdd only: speakers left out of pretraining and of the unseen-speaker probe's training")
+    parser.add_argument("--poolings", default="blocks mean",
+                        help="fsdd only: comma-separated, of: blocks mean, blocks mean+std, last block mean")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
@@ -245,7 +400,15 @@ def main(argv=None) -> dict:
         args.batch_size = 32 if args.modality == "vision" else 8
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    results = (run_vision if args.modality == "vision" else run_audio)(args)
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(args.threads):  # numpy's / scikit-learn's BLAS too, not only torch
+        if args.modality == "vision":
+            results = run_vision(args)
+        elif args.audio_dataset == "fsdd" or (args.audio_dataset == "auto" and is_fsdd(args.audio_dir)):
+            results = run_fsdd(args)
+        else:
+            results = run_audio(args)
     for key, value in results.items():
         print(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
     return results

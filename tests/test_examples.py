@@ -108,3 +108,34 @@ def test_pretraining_probes_example_runs_both_modalities(monkeypatch):
     for probe in ("language, interleaved", "clip, interleaved", "language, held-out clips"):
         for model in ("random init", "pretrained"):
             assert 0 <= audio[f"{probe}, {model}"] <= 1
+
+
+def test_pretraining_probes_example_fsdd_mode(tmp_path):
+    """The spoken-digit mode on a tiny folder named like the Free Spoken Digit Dataset's
+    ({digit}_{speaker}_{take}.wav, 8 kHz int16): found by the file names, resampled, FSDD's split
+    (takes 0-4 test), the held-out speaker kept out of pretraining; a few steps."""
+    from scipy.io import wavfile
+
+    probes = _load("pretrain_data2vec2_probes")
+    rng = np.random.default_rng(0)
+    for digit in range(10):
+        for speaker in ("alice", "bob", "carol"):
+            for take in range(8):  # takes 5-7 train: 3 per speaker and digit, enough for 3 CV folds
+                n = int(rng.integers(1200, 6400))  # 0.15-0.8 s: some shorter than the crop, some longer
+                t = np.arange(n) / 8000
+                wave = 0.3 * np.sin(2 * np.pi * (200 + 60 * digit) * t) + 0.05 * rng.standard_normal(n)
+                wavfile.write(tmp_path / f"{digit}_{speaker}_{take}.wav", 8000, (wave * 32767).astype(np.int16))
+    (tmp_path / "README.md").write_text("not a clip")
+    assert probes.is_fsdd(str(tmp_path))
+    clips = probes.load_fsdd(str(tmp_path))
+    assert len(clips) == 240 and clips[0][:3] == (0, "alice", 0) and clips[0][3].dtype == np.float32
+    assert abs(len(clips[0][3]) - 2 * len(wavfile.read(tmp_path / "0_alice_0.wav")[1])) <= 1  # 8 -> 16 kHz
+
+    out = probes.main(["--modality", "audio", "--audio-dir", str(tmp_path), "--steps", "3", "--batch-size", "4",
+                       "--held-out-speakers", "carol", "--poolings", "blocks mean,last block mean"])
+    assert out["steps"] == 3 and out["pretraining clips"] == 2 * 10 * 3
+    assert out["digit, official split, train/test clips"] == "90/150"
+    assert out["digit, unseen speakers, train/test clips"] == "60/80"
+    for probe in ("digit, official split", "digit, unseen speakers"):
+        for model in ("random init", "pretrained", "pretrained, last block mean"):
+            assert 0 <= out[f"{probe}, {model}"] <= 1
