@@ -81,10 +81,10 @@ def _onednn_ops():
 _ONEDNN_LINEAR_OP, _ONEDNN_PACK_WEIGHT, _ONEDNN_BF16 = _onednn_ops()
 
 
-def _cpu_vendor() -> str:
+def _cpu_vendor(cpuinfo: str = "/proc/cpuinfo") -> str:
     """The CPU's vendor id (``GenuineIntel``, ``AuthenticAMD``, ...), or "" where unknown."""
     try:
-        with open("/proc/cpuinfo") as f:
+        with open(cpuinfo) as f:
             for line in f:
                 if line.startswith("vendor_id"):
                     return line.split(":", 1)[1].strip()

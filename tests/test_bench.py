@@ -224,9 +224,18 @@ def test_float32_inference_stays_on_mkl_on_intel_cpus(onednn_everywhere, monkeyp
     assert bool(onednn_everywhere) == layers._ONEDNN_BF16
 
 
-def test_onednn_float32_rule_follows_the_cpu_vendor():
+def test_cpu_vendor_is_read_from_cpuinfo(tmp_path, monkeypatch):
+    """The vendor id that picks float32's kernel: /proc/cpuinfo's ``vendor_id`` line; without
+    that file, what ``platform.processor()`` names (Windows), else unknown (oneDNN kept)."""
+    info = tmp_path / "cpuinfo"
+    for vendor in ("GenuineIntel", "AuthenticAMD"):
+        info.write_text(f"processor\t: 0\nvendor_id\t: {vendor}\ncpu family\t: 6\n")
+        assert layers._cpu_vendor(str(info)) == vendor
+    monkeypatch.setattr(layers.platform, "processor", lambda: "Intel64 Family 6 Model 85 Stepping 7, GenuineIntel")
+    assert layers._cpu_vendor(str(tmp_path / "absent")) == "GenuineIntel"
+    monkeypatch.setattr(layers.platform, "processor", lambda: "arm")
+    assert layers._cpu_vendor(str(tmp_path / "absent")) == ""
     assert layers._ONEDNN_FLOAT32 == (layers._cpu_vendor() != "GenuineIntel")
-    assert isinstance(layers._cpu_vendor(), str)
 
 
 def test_bf16_packed_weight_follows_weight_changes(onednn_everywhere):
